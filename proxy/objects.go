@@ -1,0 +1,187 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// resolve finds the verified entry for (contract, name) and checks that it
+// may be served now: contract state, capability and quota.
+func (s *Server) resolve(id, name string) (Source, *ManifestEntry, Grant, error) {
+	src, err := s.source(id)
+	if err != nil {
+		return nil, nil, Grant{}, err
+	}
+	if err := contract.ValidateName(name); err != nil {
+		return nil, nil, Grant{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
+	}
+	if st := src.Status(); !st.Serving() {
+		return nil, nil, Grant{}, stateError(st)
+	}
+	e, err := src.Lookup(name)
+	if err != nil {
+		return nil, nil, Grant{}, err
+	}
+	g, err := src.Grant()
+	if err != nil {
+		return nil, nil, Grant{}, err
+	}
+	if err := s.checkQuota(src, g, e.DecodedSize); err != nil {
+		return nil, nil, Grant{}, err
+	}
+	return src, e, g, nil
+}
+
+// checkQuota refuses when serving size more bytes would pass the token's
+// quota or the contract's. Concurrent requests can overrun it by at most
+// the requests in flight.
+func (s *Server) checkQuota(src Source, g Grant, size int64) error {
+	samples, bytes := s.cfg.Meter.Usage(src.ID(), g.TokenID)
+	q := g.Quota
+	u := src.Contract().Usage
+	if (q.MaxSamples > 0 && samples >= q.MaxSamples) || (u.MaxSamples > 0 && samples >= u.MaxSamples) {
+		return fmt.Errorf("%w: %d of %d samples used", ErrQuotaSpent, samples, max(q.MaxSamples, u.MaxSamples))
+	}
+	if (q.MaxBytes > 0 && bytes+size > q.MaxBytes) || (u.MaxBytes > 0 && bytes+size > u.MaxBytes) {
+		return fmt.Errorf("%w: %d bytes used", ErrQuotaSpent, bytes)
+	}
+	return nil
+}
+
+func etag(sha string) string { return `"` + sha + `"` }
+
+// object serves GET and HEAD of one verified object. HEAD and a matching
+// If-None-Match are answered from the manifest without touching the
+// origin; GET streams the verified file (Range supported) and meters the
+// bytes that went out.
+func (s *Server) object(w http.ResponseWriter, r *http.Request) error {
+	return s.serveObject(w, r, r.PathValue("id"), r.PathValue("name"))
+}
+
+// serveObject is the one path by which object bytes leave the sidecar: the
+// data endpoint, the S3 facade and the forward proxy all come through it.
+func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name string) error {
+	epoch, job, err := meterParams(r)
+	if err != nil {
+		return err
+	}
+	src, e, g, err := s.resolve(id, name)
+	if err != nil {
+		s.countRefusal(err)
+		return err
+	}
+	h := w.Header()
+	h.Set("ETag", etag(e.DecodedSHA256))
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Cache-Control", "private, max-age=0")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if e.MediaType != "" {
+		h.Set("Content-Type", e.MediaType)
+	} else {
+		h.Set("Content-Type", "application/octet-stream")
+	}
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, etag(e.DecodedSHA256)) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	if r.Method == http.MethodHead {
+		h.Set("Content-Length", strconv.FormatInt(e.DecodedSize, 10))
+		return nil
+	}
+	obj, err := s.cfg.Cache.Get(r.Context(), src.ID(), &e.ObjectClaim)
+	if err != nil {
+		s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+		return err
+	}
+	defer obj.Close()
+	sw := w.(*statusWriter)
+	http.ServeContent(sw, r, "", time.Time{}, obj.File())
+	if sw.statusCode() >= 300 {
+		return nil
+	}
+	outcome := OutcomeServed
+	if sw.n != e.DecodedSize {
+		outcome = OutcomePartial
+	}
+	return s.meter(r.Context(), Access{Contract: src.ID(), Name: e.Name, Bytes: sw.n, DecodedSHA: e.DecodedSHA256,
+		Epoch: epoch, Job: job, TokenID: g.TokenID, Outcome: outcome})
+}
+
+// meter records an access after its bytes went out. The response is
+// complete by then; a ledger failure is logged and counted, not reported
+// to the client, whose bytes are already delivered.
+func (s *Server) meter(ctx context.Context, a Access) error {
+	a.Time = time.Now().UTC()
+	s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
+	if err := s.cfg.Meter.Access(context.WithoutCancel(ctx), a); err != nil {
+		s.metrics.meterErrors.Inc()
+		s.log.Error("metering failed", "contract", a.Contract, "name", a.Name, "err", err)
+	}
+	return nil
+}
+
+// countFetchError counts a failed fetch and records verification failures
+// in the ledger.
+func (s *Server) countFetchError(contractID, name string, epoch int64, job string, g Grant, err error) {
+	if isVerification(err) {
+		s.metrics.verifyFailures.WithLabelValues(verificationKind(err)).Inc()
+		a := Access{Time: time.Now().UTC(), Contract: contractID, Name: name, Epoch: epoch, Job: job, TokenID: g.TokenID, Outcome: OutcomeVerifyKO}
+		if merr := s.cfg.Meter.Access(context.Background(), a); merr != nil && !errors.Is(merr, ErrBusy) {
+			s.log.Error("metering failed", "contract", contractID, "err", merr)
+		}
+	}
+}
+
+func (s *Server) countRefusal(err error) {
+	status, code := statusOf(err)
+	s.metrics.refusals.WithLabelValues(strconv.Itoa(status), code).Inc()
+}
+
+// etagMatch implements If-None-Match's weak comparison for a list of tags.
+func etagMatch(header, tag string) bool {
+	for header != "" {
+		var t string
+		header = trimOWS(header)
+		if header == "" {
+			break
+		}
+		if header[0] == '*' {
+			return true
+		}
+		if len(header) > 2 && header[:2] == "W/" {
+			header = header[2:]
+		}
+		if header[0] != '"' {
+			return false
+		}
+		end := 1
+		for end < len(header) && header[end] != '"' {
+			end++
+		}
+		if end == len(header) {
+			return false
+		}
+		t, header = header[:end+1], header[end+1:]
+		if t == tag {
+			return true
+		}
+		header = trimOWS(header)
+		if header != "" && header[0] == ',' {
+			header = header[1:]
+		}
+	}
+	return false
+}
+
+func trimOWS(s string) string {
+	for s != "" && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	return s
+}

@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// Errors a Source, Cache or Meter returns (or wraps) to get the status code
+// DESIGN.md promises. Verification failures wrap verify's sentinels and map
+// to 502.
+var (
+	ErrUnknownContract = errors.New("contract not mounted")
+	ErrNotFound        = errors.New("not in the verified manifest")
+	ErrRedacted        = errors.New("redacted")
+	ErrNotReady        = errors.New("contract not verified yet")
+	ErrQuarantined     = errors.New("contract quarantined")
+	ErrTokenExpired    = errors.New("capability token expired and not refreshable")
+	ErrQuotaSpent      = errors.New("quota spent")
+	ErrBusy            = errors.New("ledger is full; retry shortly")
+	ErrUnauthorized    = errors.New("missing or bad local bearer token")
+)
+
+// Contract states, shown at /v1/contracts and /readyz.
+const (
+	StateStarting    = "starting"
+	StateVerifying   = "verifying"
+	StateReady       = "ready"
+	StateDegraded    = "degraded"    // registry unreachable, token still valid
+	StateQuarantined = "quarantined" // fork or rollback detected
+	StateExpired     = "expired"     // token expired, not refreshable
+)
+
+// Status is a mounted contract's state as /v1/contracts shows it.
+type Status struct {
+	ID             string    `json:"contract_id"`
+	State          string    `json:"state"`
+	TreeSize       uint64    `json:"verified_size"`
+	Root           string    `json:"checkpoint_root,omitempty"`
+	CheckpointTime time.Time `json:"checkpoint_time,omitzero"`
+	Objects        int       `json:"objects"`
+	TokenExpiry    time.Time `json:"token_expiry,omitzero"`
+	Error          string    `json:"error,omitempty"`
+}
+
+// Serving reports whether bytes may be served in this state.
+func (s Status) Serving() bool { return s.State == StateReady || s.State == StateDegraded }
+
+// ManifestEntry is one verified object of a contract.
+type ManifestEntry struct {
+	contract.ObjectClaim
+	Seq uint64
+}
+
+// Grant is the capability in force: the token's id and quota.
+type Grant struct {
+	TokenID string
+	Quota   contract.Quota
+	Expiry  time.Time
+}
+
+// Source is one mounted contract.
+type Source interface {
+	ID() string
+	Contract() *contract.Contract
+	Status() Status
+	// Lookup returns the verified entry for name, or an error wrapping
+	// ErrNotFound, ErrRedacted, ErrNotReady or ErrQuarantined.
+	Lookup(name string) (*ManifestEntry, error)
+	// Manifest lists the verified, unredacted objects sorted by name.
+	Manifest() []ManifestEntry
+	// Grant returns the capability in force, or an error wrapping
+	// ErrTokenExpired.
+	Grant() (Grant, error)
+}
+
+// Cache hands out verified, decoded objects.
+type Cache interface {
+	// Get returns the committed, verified object, fetching it first if it
+	// is not cached. The caller must Close it.
+	Get(ctx context.Context, contractID string, obj *contract.ObjectClaim) (Object, error)
+}
+
+// Object is a verified object on disk, pinned until Close.
+type Object interface {
+	File() *os.File
+	Close() error
+}
+
+// Access is one served (or refused) object, for the ledger.
+type Access struct {
+	Time       time.Time
+	Contract   string
+	Name       string
+	Bytes      int64
+	DecodedSHA string
+	Epoch      int64
+	Job        string
+	TokenID    string
+	Outcome    string
+}
+
+// Access outcomes.
+const (
+	OutcomeServed   = "served"
+	OutcomePartial  = "partial"
+	OutcomeRefused  = "refused"
+	OutcomeVerifyKO = "verification_failed"
+)
+
+// Meter records accesses and closes epochs.
+type Meter interface {
+	// Access records one access durably, or fails with an error wrapping
+	// ErrBusy when the ledger cannot take it now.
+	Access(ctx context.Context, a Access) error
+	// EndEpoch closes an epoch's summary and returns it (JSON-encodable).
+	EndEpoch(ctx context.Context, contractID, job string, epoch int64) (any, error)
+	// Usage is what the token has consumed so far.
+	Usage(contractID, tokenID string) (samples, bytes int64)
+}
