@@ -1,0 +1,253 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// ForwardConfig configures the forward proxy.
+type ForwardConfig struct {
+	// OriginHosts are the origin's host[:port] names (and, for
+	// virtual-host style, any "bucket.host" under them). Requests to them
+	// are served from the verified cache; HTTPS to them is intercepted
+	// with the local CA.
+	OriginHosts []string
+	// Allow lists other hosts that may be reached through the proxy
+	// ("host", "host:port" or "*.suffix"); everything else is denied.
+	Allow []string
+	// CA signs the certificates presented for origin hosts.
+	CA *tls.Certificate
+}
+
+// NewForwardProxy returns an HTTP(S)_PROXY handler. Requests for the
+// origin's hosts are answered by the sidecar itself (GET and HEAD of
+// contract objects, through the verified cache, metered); other hosts pass
+// only when allowlisted; the rest get a 403. Credentials (Authorization,
+// query strings) are never logged.
+func (s *Server) NewForwardProxy(cfg ForwardConfig) (http.Handler, error) {
+	if cfg.CA == nil {
+		return nil, fmt.Errorf("forward proxy: a CA is required")
+	}
+	p := goproxy.NewProxyHttpServer()
+	p.Verbose = false
+	p.Logger = discardLogger{}
+	p.CertStore = newCertStore()
+	// Allowlisted traffic goes out with normal TLS verification.
+	p.Tr = &http.Transport{Proxy: nil, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: false,
+		ResponseHeaderTimeout: time.Minute, IdleConnTimeout: time.Minute}
+	mitm := &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: goproxy.TLSConfigFromCA(cfg.CA)}
+	f := &forward{s: s, cfg: cfg}
+
+	p.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+		switch {
+		case f.isOrigin(host):
+			return mitm, host
+		case f.allowed(host):
+			return goproxy.OkConnect, host
+		default:
+			s.metrics.proxyDenied.WithLabelValues("host").Inc()
+			s.log.Info("forward proxy denied CONNECT", "host", hostOnly(host))
+			return goproxy.RejectConnect, host
+		}
+	})
+	p.OnRequest().DoFunc(func(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+		host := req.URL.Host
+		if host == "" {
+			host = req.Host
+		}
+		switch {
+		case f.isOrigin(host):
+			return nil, f.serve(req, host)
+		case f.allowed(host):
+			return req, nil
+		default:
+			s.metrics.proxyDenied.WithLabelValues("host").Inc()
+			s.log.Info("forward proxy denied request", "host", hostOnly(host), "method", req.Method)
+			return nil, jsonResponse(req, http.StatusForbidden, contract.CodeForbidden,
+				fmt.Sprintf("host %q is not allowed through the provgate proxy", hostOnly(host)))
+		}
+	})
+	return p, nil
+}
+
+type forward struct {
+	s   *Server
+	cfg ForwardConfig
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return strings.ToLower(h)
+	}
+	return strings.ToLower(hostport)
+}
+
+// originBucket reports whether host is an origin host, and the bucket when
+// it is virtual-host style (bucket.originhost).
+func (f *forward) originBucket(host string) (bucket string, ok bool) {
+	h := hostOnly(host)
+	for _, o := range f.cfg.OriginHosts {
+		oh := hostOnly(o)
+		if h == oh {
+			return "", true
+		}
+		if b, found := strings.CutSuffix(h, "."+oh); found && b != "" && !strings.Contains(b, ".") {
+			return b, true
+		}
+	}
+	return "", false
+}
+
+func (f *forward) isOrigin(host string) bool {
+	_, ok := f.originBucket(host)
+	return ok
+}
+
+func (f *forward) allowed(host string) bool {
+	h := hostOnly(host)
+	for _, a := range f.cfg.Allow {
+		a = strings.ToLower(a)
+		switch {
+		case strings.HasPrefix(a, "*."):
+			if strings.HasSuffix(h, a[1:]) {
+				return true
+			}
+		case strings.Contains(a, ":"):
+			if strings.EqualFold(host, a) {
+				return true
+			}
+		case h == a:
+			return true
+		}
+	}
+	return false
+}
+
+// serve answers an origin request through the S3 facade's routing, with a
+// streamed body (never buffered whole).
+func (f *forward) serve(req *http.Request, host string) *http.Response {
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		f.s.metrics.proxyDenied.WithLabelValues("method").Inc()
+		return jsonResponse(req, http.StatusForbidden, contract.CodeForbidden, "the origin is read-only through provgate")
+	}
+	r := req.Clone(req.Context())
+	if bucket, _ := f.originBucket(host); bucket != "" {
+		r.URL.Path = "/" + bucket + req.URL.Path
+		r.URL.RawPath = ""
+	}
+	r.RequestURI = r.URL.RequestURI()
+	// The origin's own signature is for the origin; the sidecar does not
+	// need it, and never forwards it.
+	r.Header.Del("Authorization")
+	bt := f.s.cfg.BearerToken
+	if bt != "" {
+		if got, ok := strings.CutPrefix(req.Header.Get("Proxy-Authorization"), "Bearer "); !ok || got != bt {
+			return jsonResponse(req, http.StatusProxyAuthRequired, contract.CodeUnauthorized, "proxy requires the local bearer token")
+		}
+		r.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential="+bt+"/")
+	}
+	return pipeHandler(f.s.s3Handler(), r)
+}
+
+// pipeHandler runs h in a goroutine and returns its response as soon as the
+// header is written, streaming the body through a pipe. A handler that
+// aborts mid-body closes the pipe with an error, so the client sees a
+// broken stream.
+func pipeHandler(h http.Handler, r *http.Request) *http.Response {
+	pr, pw := io.Pipe()
+	w := &pipeWriter{header: http.Header{}, pw: pw, ready: make(chan struct{})}
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				pw.CloseWithError(fmt.Errorf("response aborted: %v", v))
+				w.markReady(http.StatusBadGateway)
+				return
+			}
+			w.markReady(http.StatusOK)
+			pw.Close()
+		}()
+		h.ServeHTTP(w, r)
+	}()
+	<-w.ready
+	resp := &http.Response{
+		StatusCode: w.status, Status: strconv.Itoa(w.status) + " " + http.StatusText(w.status),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: w.header, Body: pr, Request: r, ContentLength: -1,
+	}
+	if cl, err := strconv.ParseInt(w.header.Get("Content-Length"), 10, 64); err == nil {
+		resp.ContentLength = cl
+	}
+	if r.Method == http.MethodHead {
+		resp.Body = http.NoBody
+		pr.Close()
+	}
+	return resp
+}
+
+type pipeWriter struct {
+	header http.Header
+	pw     *io.PipeWriter
+	once   sync.Once
+	ready  chan struct{}
+	status int
+}
+
+func (w *pipeWriter) Header() http.Header { return w.header }
+
+func (w *pipeWriter) markReady(status int) {
+	w.once.Do(func() {
+		w.status = status
+		w.header = w.header.Clone()
+		close(w.ready)
+	})
+}
+
+func (w *pipeWriter) WriteHeader(code int) { w.markReady(code) }
+
+func (w *pipeWriter) Write(p []byte) (int, error) {
+	w.markReady(http.StatusOK)
+	return w.pw.Write(p)
+}
+
+func jsonResponse(req *http.Request, status int, code, msg string) *http.Response {
+	body := fmt.Sprintf(`{"error":{"code":%q,"message":%q}}`+"\n", code, msg)
+	resp := goproxy.NewResponse(req, "application/json", status, body)
+	return resp
+}
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(string, ...any) {}
+
+// certStore caches the per-host certificates signed for MITM.
+type certStore struct {
+	mu    sync.Mutex
+	certs map[string]*tls.Certificate
+}
+
+func newCertStore() *certStore { return &certStore{certs: map[string]*tls.Certificate{}} }
+
+func (c *certStore) Fetch(host string, gen func() (*tls.Certificate, error)) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cert, ok := c.certs[host]; ok {
+		return cert, nil
+	}
+	cert, err := gen()
+	if err != nil {
+		return nil, err
+	}
+	c.certs[host] = cert
+	return cert, nil
+}
