@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,6 +29,13 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 // variables (--cache-size reads PROVGATE_CACHE_SIZE); flags on the command
 // line win. A -h gives errHelp, a bad flag a usageError.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	if fs.Lookup("config") != nil {
+		if path := configPath(args); path != "" {
+			if err := applyConfigFile(fs, path); err != nil {
+				return &usageError{msg: err.Error()}
+			}
+		}
+	}
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "PROVGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -59,6 +67,62 @@ func (s *stringList) Set(v string) error {
 	for _, p := range strings.Split(v, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
+// configPath finds --config in args, else PROVGATE_CONFIG.
+func configPath(args []string) string {
+	for i, a := range args {
+		for _, p := range []string{"--config", "-config"} {
+			if a == p && i+1 < len(args) {
+				return args[i+1]
+			}
+			if v, ok := strings.CutPrefix(a, p+"="); ok {
+				return v
+			}
+		}
+		if a == "--" {
+			break
+		}
+	}
+	return os.Getenv("PROVGATE_CONFIG")
+}
+
+// applyConfigFile sets flags from a JSON object whose keys are flag names
+// ({"cache-size": "10GiB", "contract": ["a", "b"]}). The order of
+// precedence is: command line, then PROVGATE_* environment, then the file,
+// then defaults. Unknown keys are an error, so a typo is never ignored.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	for k, raw := range m {
+		if k == "config" || fs.Lookup(k) == nil {
+			return fmt.Errorf("config %s: unknown setting %q", path, k)
+		}
+		var vals []string
+		var list []any
+		var one any
+		if json.Unmarshal(raw, &list) == nil {
+			for _, v := range list {
+				vals = append(vals, fmt.Sprint(v))
+			}
+		} else if err := json.Unmarshal(raw, &one); err == nil {
+			vals = []string{fmt.Sprint(one)}
+		} else {
+			return fmt.Errorf("config %s: %s: %w", path, k, err)
+		}
+		for _, v := range vals {
+			if err := fs.Set(k, v); err != nil {
+				return fmt.Errorf("config %s: %s: %w", path, k, err)
+			}
 		}
 	}
 	return nil
