@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -107,17 +108,19 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		if k == "config" || fs.Lookup(k) == nil {
 			return fmt.Errorf("config %s: unknown setting %q", path, k)
 		}
-		var vals []string
-		var list []any
-		var one any
-		if json.Unmarshal(raw, &list) == nil {
-			for _, v := range list {
-				vals = append(vals, fmt.Sprint(v))
-			}
-		} else if err := json.Unmarshal(raw, &one); err == nil {
-			vals = []string{fmt.Sprint(one)}
-		} else {
+		var v any
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
 			return fmt.Errorf("config %s: %s: %w", path, k, err)
+		}
+		var vals []string
+		if list, ok := v.([]any); ok {
+			for _, e := range list {
+				vals = append(vals, fmt.Sprint(e))
+			}
+		} else {
+			vals = []string{fmt.Sprint(v)}
 		}
 		for _, v := range vals {
 			if err := fs.Set(k, v); err != nil {
