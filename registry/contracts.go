@@ -1,0 +1,246 @@
+package registry
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+// Origin returns the log origin of a contract on a registry named name.
+func Origin(name, contractID string) string { return name + "/log/" + contractID }
+
+func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) error {
+	if err := s.checkAdmin(r); err != nil {
+		return err
+	}
+	var c contract.Contract
+	if err := decodeBody(w, r, MaxBodySize, &c); err != nil {
+		return err
+	}
+	if err := c.Validate(); err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "invalid contract: %v", err)
+	}
+	for _, ct := range c.Contributors {
+		if ct.JWKS == nil {
+			continue
+		}
+		for i := range ct.JWKS.Keys {
+			if err := verify.CheckKey(&ct.JWKS.Keys[i], algOf(&ct.JWKS.Keys[i])); err != nil {
+				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "contributor %q: %v", ct.ID, err)
+			}
+		}
+	}
+	if c.Origin.Mode == "" {
+		c.Origin.Mode = contract.ModeMarketplace
+	}
+	c.ProvenanceEndpoint = s.baseURL(r) + "/provenance/" + c.ContractID
+	c.Log = contract.LogInfo{Origin: Origin(s.cfg.Name, c.ContractID), CheckpointKey: s.cpVKey}
+	c.CreatedAt = s.now().UTC().Truncate(time.Second)
+	body, err := json.Marshal(&c)
+	if err != nil {
+		return err
+	}
+	etag := etagOf(body)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.st.createContract(r.Context(), c.ContractID, body, etag, c.CreatedAt); err != nil {
+		if err == errExists {
+			return contract.Errorf(http.StatusConflict, contract.CodeConflict, "contract %q already exists", c.ContractID)
+		}
+		return err
+	}
+	h, err := s.head(r.Context(), c.ContractID)
+	if err != nil {
+		return err
+	}
+	note, err := s.cpSigner.Sign(c.Log.Origin, 0, h.root())
+	if err != nil {
+		return err
+	}
+	if err := s.st.addCheckpoint(r.Context(), c.ContractID, 0, s.now(), note); err != nil {
+		return err
+	}
+	s.logger.Info("contract created", logKeyContract, c.ContractID)
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	w.Write(body)
+	return nil
+}
+
+func (s *Server) checkAdmin(r *http.Request) error {
+	if s.cfg.AdminToken == "" {
+		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden, "contract creation is disabled (no admin token configured)")
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.AdminToken)) != 1 {
+		return contract.Errorf(http.StatusUnauthorized, contract.CodeUnauthorized, "admin bearer token required")
+	}
+	return nil
+}
+
+func etagOf(body []byte) string {
+	h := sha256.Sum256(body)
+	return `"` + hex.EncodeToString(h[:16]) + `"`
+}
+
+func (s *Server) handleGetContract(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := contract.ValidateID(id); err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "contract id: %v", err)
+	}
+	body, etag, err := s.st.contract(r.Context(), id)
+	if err == errNotFound {
+		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no contract %q", id)
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Cache-Control", "public, max-age=60")
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(body)
+	return nil
+}
+
+func etagMatch(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == etag || t == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+// algOf is the signature algorithm a public key is for: its alg, or the
+// one its type implies.
+func algOf(k *jose.JSONWebKey) jose.SignatureAlgorithm {
+	if k.Algorithm != "" {
+		return jose.SignatureAlgorithm(k.Algorithm)
+	}
+	switch k.Key.(type) {
+	case ed25519.PublicKey, ed25519.PrivateKey:
+		return jose.EdDSA
+	case *ecdsa.PublicKey, *ecdsa.PrivateKey:
+		return jose.ES256
+	}
+	return ""
+}
+
+// contributorKeys returns a contributor's key set: inline, or fetched from
+// its jwks_uri (cached for a minute).
+func (s *Server) contributorKeys(ctx context.Context, ct *contract.Contributor) (*jose.JSONWebKeySet, error) {
+	if ct.JWKS != nil && len(ct.JWKS.Keys) > 0 {
+		return ct.JWKS, nil
+	}
+	return s.fetchJWKS(ctx, ct.JWKSURI)
+}
+
+type cachedJWKS struct {
+	set     *jose.JSONWebKeySet
+	fetched time.Time
+}
+
+const jwksCacheTTL = time.Minute
+
+func (s *Server) fetchJWKS(ctx context.Context, uri string) (*jose.JSONWebKeySet, error) {
+	s.jwksMu.Lock()
+	c, ok := s.jwksCache[uri]
+	s.jwksMu.Unlock()
+	if ok && s.now().Sub(c.fetched) < jwksCacheTTL {
+		return c.set, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uri, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return nil, contract.Errorf(http.StatusBadGateway, contract.CodeUnavailable, "fetch contributor keys: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, contract.Errorf(http.StatusBadGateway, contract.CodeUnavailable, "fetch contributor keys %s: status %d", uri, resp.StatusCode)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.NewDecoder(io.LimitReader(resp.Body, MaxBodySize)).Decode(&set); err != nil {
+		return nil, contract.Errorf(http.StatusBadGateway, contract.CodeUnavailable, "contributor keys %s: %v", uri, err)
+	}
+	s.jwksMu.Lock()
+	s.jwksCache[uri] = cachedJWKS{set: &set, fetched: s.now()}
+	s.jwksMu.Unlock()
+	return &set, nil
+}
+
+// handleContributorJWKS serves the union of the inline keys that contracts
+// list for a contributor, or redirects to its jwks_uri.
+func (s *Server) handleContributorJWKS(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	bodies, err := s.st.contracts(r.Context())
+	if err != nil {
+		return err
+	}
+	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{}}
+	seen := map[string]bool{}
+	uri := ""
+	found := false
+	for _, b := range bodies {
+		var c contract.Contract
+		if err := json.Unmarshal(b, &c); err != nil {
+			return fmt.Errorf("%w: %v", errCorrupted, err)
+		}
+		ct := c.Contributor(id)
+		if ct == nil {
+			continue
+		}
+		found = true
+		if ct.JWKSURI != "" {
+			uri = ct.JWKSURI
+		}
+		if ct.JWKS == nil {
+			continue
+		}
+		for _, k := range ct.JWKS.Keys {
+			tp, err := verify.Thumbprint(&k)
+			if err != nil || seen[k.KeyID+"/"+tp] {
+				continue
+			}
+			seen[k.KeyID+"/"+tp] = true
+			set.Keys = append(set.Keys, k)
+		}
+	}
+	if !found {
+		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no contributor %q", id)
+	}
+	if len(set.Keys) == 0 && uri != "" {
+		http.Redirect(w, r, uri, http.StatusFound)
+		return nil
+	}
+	b, err := json.Marshal(set)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", contract.JWKSMediaType)
+	w.Header().Set("Cache-Control", "public, max-age=60")
+	w.Write(b)
+	return nil
+}

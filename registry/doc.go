@@ -1,0 +1,21 @@
+// Package registry is provgate's reference contract and provenance API
+// server, backed by one SQLite file.
+//
+// It holds data contracts, issues DPoP-bound capability tokens signed with
+// its JWK (with rotation: a retired key stays in the JWKS for a transition
+// window), keeps one append-only provenance log per contract, and ingests
+// metering. An entry is appended only after its attestation verifies
+// against the contributor's keys; the registry builds the entry, stores its
+// exact bytes, its RFC 6962 Merkle nodes and a C2SP checkpoint signed over
+// the new size, all in one transaction, and re-signs each log's checkpoint
+// every CheckpointInterval so that a quiet log stays fresh. Proofs are
+// built from the stored nodes (transparency-dev/merkle proof.Nodes).
+//
+// Metering events are counted once each, by a durable unique constraint on
+// (contract, event id); presigned URLs are issued only for live objects of
+// the log and within the token's quota.
+//
+// Persistence sits behind the unexported store interface; SQLite (WAL,
+// synchronous=FULL) implements it. The wire contract is in package
+// contract; registry/registrytest starts a real server for tests.
+package registry

@@ -1,0 +1,433 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+var rangeFactory = compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+
+// head is a log's Merkle state: the compact range over all entries and the
+// last entry's leaf hash. Heads are only touched under Server.mu.
+type head struct {
+	rng  *compact.Range
+	last []byte
+}
+
+func (h *head) size() uint64 { return h.rng.End() }
+
+func (h *head) root() []byte {
+	if h.size() == 0 {
+		return rfc6962.DefaultHasher.EmptyRoot()
+	}
+	root, err := h.rng.GetRootHash(nil)
+	if err != nil {
+		panic(err) // a non-empty range from 0 always has a root
+	}
+	return root
+}
+
+// head returns the cached Merkle state of a log, loading it from the
+// stored nodes on first use. Callers hold s.mu.
+func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
+	if h, ok := s.heads[contractID]; ok {
+		return h, nil
+	}
+	size, err := s.st.logSize(ctx, contractID)
+	if err != nil {
+		return nil, err
+	}
+	h := &head{last: contract.ZeroHash}
+	if size == 0 {
+		h.rng = rangeFactory.NewEmptyRange(0)
+	} else {
+		hashes, err := s.st.nodes(ctx, contractID, compact.RangeNodes(0, size, nil))
+		if err != nil {
+			return nil, err
+		}
+		if h.rng, err = rangeFactory.NewRange(0, size, hashes); err != nil {
+			return nil, fmt.Errorf("%w: %v", errCorrupted, err)
+		}
+		last, err := s.st.nodes(ctx, contractID, []compact.NodeID{compact.NewNodeID(0, size-1)})
+		if err != nil {
+			return nil, err
+		}
+		h.last = last[0]
+	}
+	s.heads[contractID] = h
+	return h, nil
+}
+
+// appendLocked builds the entry for rec (kind, jws, accepted already set by
+// the caller, who holds s.mu), computes its Merkle nodes and a checkpoint
+// over the new size, and stores all of it in one transaction.
+func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head, kind contract.EntryKind, jws string, accepted []string, rec *appendRecord) error {
+	rec.Seq = h.size() + 1
+	rec.Time = s.now().UTC()
+	raw, err := contract.EncodeEntry(&contract.Entry{
+		V: contract.EntryVersion, Seq: rec.Seq, PrevHash: hex.EncodeToString(h.last), Time: rec.Time,
+		Contract: c.ContractID, Kind: kind, JWS: jws, Accepted: accepted,
+	})
+	if err != nil {
+		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "%v", err)
+	}
+	rec.Entry = raw
+	leaf := contract.LeafHash(raw)
+	rng, err := rangeFactory.NewRange(0, h.size(), h.rng.Hashes())
+	if err != nil {
+		return err
+	}
+	rec.Nodes = map[compact.NodeID][]byte{}
+	if err := rng.Append(leaf, func(id compact.NodeID, hash []byte) { rec.Nodes[id] = bytes.Clone(hash) }); err != nil {
+		return err
+	}
+	next := &head{rng: rng, last: leaf}
+	if rec.CheckpointNote, err = s.cpSigner.Sign(c.Log.Origin, next.size(), next.root()); err != nil {
+		return err
+	}
+	if err := s.st.appendEntry(ctx, c.ContractID, rec); err != nil {
+		return err
+	}
+	s.heads[c.ContractID] = next
+	s.wake(c.ContractID)
+	s.logger.Info("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
+	return nil
+}
+
+// wake tells live streams of a log that it grew.
+func (s *Server) wake(contractID string) {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	if ch, ok := s.notify[contractID]; ok {
+		close(ch)
+		delete(s.notify, contractID)
+	}
+}
+
+// waiter returns a channel closed at the log's next append.
+func (s *Server) waiter(contractID string) <-chan struct{} {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	ch, ok := s.notify[contractID]
+	if !ok {
+		ch = make(chan struct{})
+		s.notify[contractID] = ch
+	}
+	return ch
+}
+
+func queryUint(r *http.Request, name string, def uint64) (uint64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%s=%q: want a non-negative integer", name, v)
+	}
+	return n, nil
+}
+
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	since, err := queryUint(r, "since", 0)
+	if err != nil {
+		return err
+	}
+	limit, err := queryUint(r, "limit", contract.DefaultEventsLimit)
+	if err != nil {
+		return err
+	}
+	if limit == 0 || limit > contract.MaxEventsLimit {
+		limit = min(max(limit, 1), contract.MaxEventsLimit)
+	}
+	size, err := s.st.logSize(r.Context(), c.ContractID)
+	if err != nil {
+		return err
+	}
+	entries, err := s.st.entries(r.Context(), c.ContractID, since, int(limit))
+	if err != nil {
+		return err
+	}
+	if n := len(entries); n > 0 && entries[n-1].Seq > size {
+		size = entries[n-1].Seq
+	}
+	writeJSON(w, http.StatusOK, contract.EventsPage{Entries: entries, TreeSize: size})
+	return nil
+}
+
+// handleStream is the live feed: every entry after since, then each new
+// one as it is appended, as Server-Sent Events ("event: entry", data =
+// WireEntry JSON), with a comment heartbeat.
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	since, err := queryUint(r, "since", 0)
+	if err != nil {
+		return err
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return nil
+	}
+	heartbeat := time.NewTicker(15 * time.Second)
+	defer heartbeat.Stop()
+	ctx := r.Context()
+	for {
+		wait := s.waiter(c.ContractID)
+		entries, err := s.st.entries(ctx, c.ContractID, since, contract.DefaultEventsLimit)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.logger.Error("stream", logKeyContract, c.ContractID, logKeyErr, err)
+			}
+			return nil
+		}
+		for _, e := range entries {
+			b, _ := json.Marshal(e)
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: entry\ndata: %s\n\n", e.Seq, b); err != nil {
+				return nil
+			}
+			since = e.Seq
+		}
+		if len(entries) > 0 {
+			if err := rc.Flush(); err != nil {
+				return nil
+			}
+			if len(entries) == contract.DefaultEventsLimit {
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.done:
+			return nil
+		case <-wait:
+		case <-heartbeat.C:
+			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
+				return nil
+			}
+			if err := rc.Flush(); err != nil {
+				return nil
+			}
+		}
+	}
+}
+
+func writeNote(w http.ResponseWriter, note []byte) {
+	w.Header().Set("Content-Type", contract.CheckpointMediaType)
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(note)
+}
+
+func (s *Server) handleCheckpoint(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	note, err := s.st.latestCheckpoint(r.Context(), c.ContractID)
+	if err != nil {
+		return err
+	}
+	writeNote(w, note)
+	return nil
+}
+
+func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	v := r.URL.Query().Get("at")
+	at, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "at=%q: want unix seconds", v)
+	}
+	// The checkpoint in force at `at` is the last one signed before the end
+	// of that second.
+	note, err := s.st.checkpointAt(r.Context(), c.ContractID, time.Unix(at+1, 0).Add(-time.Nanosecond))
+	if errors.Is(err, errNotFound) {
+		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no checkpoint of %q at or before %d", c.ContractID, at)
+	}
+	if err != nil {
+		return err
+	}
+	writeNote(w, note)
+	return nil
+}
+
+func (s *Server) handleInclusion(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	seq, err := queryUint(r, "seq", 0)
+	if err != nil {
+		return err
+	}
+	cur, err := s.st.logSize(r.Context(), c.ContractID)
+	if err != nil {
+		return err
+	}
+	size, err := queryUint(r, "size", cur)
+	if err != nil {
+		return err
+	}
+	if seq == 0 || seq > size || size > cur {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "need 1 <= seq (%d) <= size (%d) <= log size (%d)", seq, size, cur)
+	}
+	nodes, err := proof.Inclusion(seq-1, size)
+	if err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
+	}
+	hashes, err := s.proofHashes(r.Context(), c.ContractID, nodes)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, contract.InclusionProof{Seq: seq, TreeSize: size, Hashes: hashes})
+	return nil
+}
+
+func (s *Server) handleConsistency(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	from, err := queryUint(r, "from", 0)
+	if err != nil {
+		return err
+	}
+	cur, err := s.st.logSize(r.Context(), c.ContractID)
+	if err != nil {
+		return err
+	}
+	to, err := queryUint(r, "to", cur)
+	if err != nil {
+		return err
+	}
+	if from == 0 || from > to || to > cur {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "need 1 <= from (%d) <= to (%d) <= log size (%d)", from, to, cur)
+	}
+	hashes, err := s.consistency(r.Context(), c.ContractID, from, to)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, contract.ConsistencyProof{From: from, To: to, Hashes: hashes})
+	return nil
+}
+
+func (s *Server) consistency(ctx context.Context, contractID string, from, to uint64) ([][]byte, error) {
+	nodes, err := proof.Consistency(from, to)
+	if err != nil {
+		return nil, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
+	}
+	return s.proofHashes(ctx, contractID, nodes)
+}
+
+func (s *Server) proofHashes(ctx context.Context, contractID string, nodes proof.Nodes) ([][]byte, error) {
+	hashes, err := s.st.nodes(ctx, contractID, nodes.IDs)
+	if err != nil {
+		return nil, err
+	}
+	out, err := nodes.Rehash(hashes, rfc6962.DefaultHasher.HashChildren)
+	if err != nil {
+		return nil, fmt.Errorf("%w: rehash: %v", errCorrupted, err)
+	}
+	if out == nil {
+		out = [][]byte{}
+	}
+	return out, nil
+}
+
+// rootAt is the root of the first size entries, from the stored nodes.
+func (s *Server) rootAt(ctx context.Context, contractID string, size uint64) ([]byte, error) {
+	if size == 0 {
+		return rfc6962.DefaultHasher.EmptyRoot(), nil
+	}
+	hashes, err := s.st.nodes(ctx, contractID, compact.RangeNodes(0, size, nil))
+	if err != nil {
+		return nil, err
+	}
+	rng, err := rangeFactory.NewRange(0, size, hashes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errCorrupted, err)
+	}
+	return rng.GetRootHash(nil)
+}
+
+// handleVerify checks a client's checkpoint against the log: signed by the
+// log's key, and a prefix of the current log (with the consistency proof).
+func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) error {
+	var req contract.VerifyRequest
+	if err := decodeBody(w, r, 64<<10, &req); err != nil {
+		return err
+	}
+	c, err := s.loadContract(r.Context(), req.Contract)
+	if err != nil {
+		return err
+	}
+	v, err := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+	if err != nil {
+		return err
+	}
+	cp, err := v.Parse([]byte(req.Checkpoint))
+	if err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeVerification, "%v", err)
+	}
+	latest, err := s.st.latestCheckpoint(r.Context(), c.ContractID)
+	if err != nil {
+		return err
+	}
+	cur, err := v.Parse(latest)
+	if err != nil {
+		return fmt.Errorf("%w: latest checkpoint: %v", errCorrupted, err)
+	}
+	resp := contract.VerifyResponse{TreeSize: cur.Size, Checkpoint: string(latest)}
+	if cp.Size > cur.Size {
+		resp.Message = fmt.Sprintf("checkpoint size %d is beyond the log's size %d", cp.Size, cur.Size)
+		writeJSON(w, http.StatusOK, resp)
+		return nil
+	}
+	root, err := s.rootAt(r.Context(), c.ContractID, cp.Size)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(root, cp.Hash) {
+		resp.Message = fmt.Sprintf("checkpoint root %x at size %d is not the log's root %x: a fork", cp.Hash, cp.Size, root)
+		writeJSON(w, http.StatusOK, resp)
+		return nil
+	}
+	resp.Consistent = true
+	if cp.Size > 0 && cp.Size < cur.Size {
+		hashes, err := s.consistency(r.Context(), c.ContractID, cp.Size, cur.Size)
+		if err != nil {
+			return err
+		}
+		resp.Proof = &contract.ConsistencyProof{From: cp.Size, To: cur.Size, Hashes: hashes}
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}

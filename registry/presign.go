@@ -1,0 +1,75 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// handlePresign returns short-lived presigned GET URLs for live objects of
+// the contract (marketplace mode). The token and its proof authorise the
+// caller; each name must be a live object of the log (a redacted one is
+// 451); the distinct objects presigned under one token are counted against
+// its max_samples quota.
+func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	c, err := s.loadContract(ctx, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	claims, err := s.authorize(ctx, r, c.ContractID)
+	if err != nil {
+		return err
+	}
+	if s.cfg.S3 == nil {
+		return contract.Errorf(http.StatusServiceUnavailable, contract.CodeUnavailable, "this registry does not presign (no S3 endpoint configured)")
+	}
+	var req contract.PresignRequest
+	if err := decodeBody(w, r, MaxBodySize, &req); err != nil {
+		return err
+	}
+	if len(req.Names) == 0 || len(req.Names) > contract.MaxPresignNames {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "names: 1 to %d names", contract.MaxPresignNames)
+	}
+	for _, n := range req.Names {
+		if err := contract.ValidateName(n); err != nil {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
+		}
+		o, err := s.st.object(ctx, c.ContractID, n)
+		if errors.Is(err, errNotFound) {
+			return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "%q is not an object of contract %q", n, c.ContractID)
+		}
+		if err != nil {
+			return err
+		}
+		if o.Redacted != 0 {
+			return contract.Errorf(http.StatusUnavailableForLegalReasons, contract.CodeRedacted, "%q was redacted by entry %d", n, o.Redacted)
+		}
+	}
+	limit := claims.Quota.MaxSamples
+	if limit == 0 {
+		limit = c.Usage.MaxSamples
+	}
+	if err := s.st.presign(ctx, claims.ID, req.Names, limit); err != nil {
+		return err
+	}
+	now := s.now()
+	ttl := min(s.cfg.PresignTTL, time.Unix(claims.Expiry, 0).Sub(now))
+	if ttl < time.Second {
+		ttl = time.Second
+	}
+	resp := contract.PresignResponse{URLs: make([]contract.PresignedURL, 0, len(req.Names))}
+	for _, n := range req.Names {
+		u, err := s.cfg.S3.PresignedGetObject(ctx, c.Origin.Bucket, c.Origin.Key(n), ttl, nil)
+		if err != nil {
+			return fmt.Errorf("presign %s: %w", n, err)
+		}
+		resp.URLs = append(resp.URLs, contract.PresignedURL{Name: n, URL: u.String(), ExpiresAt: now.Add(ttl).UTC()})
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}

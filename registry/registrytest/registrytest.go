@@ -1,0 +1,250 @@
+// Package registrytest starts a real provgate registry for tests: the real
+// server (registry.New) on 127.0.0.1:0 over a temporary SQLite file,
+// stopped by tb.Cleanup.
+//
+//	h := registrytest.Start(t)                                  // or Start(t, registrytest.WithMinIO(endpoint, key, secret))
+//	alice := h.NewContributor(t, "did:example:alice")           // EdDSA key
+//	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
+//	seq := alice.Attest(t, c.ContractID, registrytest.Object("a/1.txt", []byte("hello")))
+//	page, _ := h.Client.Events(ctx, c.ContractID, 0, 100)
+//
+// Harness fields: URL (base URL), AdminToken, Server (*registry.Server),
+// Client (*contract.Client for URL, without a proof signer), DBPath.
+// Contributor has ID and Key (the private JWK) and can Sign, Append,
+// Attest (a contribution) and Redact.
+//
+// Options: WithMinIO gives the registry S3 credentials, so that it
+// presigns (marketplace mode); WithClock injects the registry's clock;
+// WithConfig edits the registry.Config before the server starts.
+package registrytest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/registry"
+	"github.com/provgate/provgate/verify"
+)
+
+// AdminToken is the harness registry's admin token.
+const AdminToken = "registrytest-admin-token"
+
+// Harness is a running registry.
+type Harness struct {
+	URL        string
+	AdminToken string
+	Server     *registry.Server
+	Client     *contract.Client
+	DBPath     string
+}
+
+// Option configures Start.
+type Option func(*options)
+
+type options struct {
+	cfg   registry.Config
+	minio *minioOpt
+}
+
+type minioOpt struct{ endpoint, access, secret, region string }
+
+// WithMinIO lets the registry presign GET URLs on the S3 endpoint
+// (host:port, plain http) with these credentials.
+func WithMinIO(endpoint, accessKey, secretKey string) Option {
+	return func(o *options) { o.minio = &minioOpt{endpoint, accessKey, secretKey, "us-east-1"} }
+}
+
+// WithClock sets the registry's clock.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) { o.cfg.Clock = now }
+}
+
+// WithConfig edits the registry's config before it starts (DBPath,
+// AdminToken and S3 are set by the harness first).
+func WithConfig(f func(*registry.Config)) Option {
+	return func(o *options) { f(&o.cfg) }
+}
+
+// Start starts a registry on 127.0.0.1:0 with a fresh SQLite file in
+// tb.TempDir(), and stops it when the test ends.
+func Start(tb testing.TB, opts ...Option) *Harness {
+	tb.Helper()
+	o := &options{}
+	o.cfg.DBPath = filepath.Join(tb.TempDir(), "registry.db")
+	o.cfg.AdminToken = AdminToken
+	o.cfg.Name = "registrytest"
+	o.cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, opt := range opts {
+		opt(o)
+	}
+	if o.minio != nil && o.cfg.S3 == nil {
+		mc, err := minio.New(o.minio.endpoint, &minio.Options{
+			Creds: credentials.NewStaticV4(o.minio.access, o.minio.secret, ""), Region: o.minio.region,
+		})
+		if err != nil {
+			tb.Fatalf("registrytest: minio client: %v", err)
+		}
+		o.cfg.S3 = mc
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("registrytest: listen: %v", err)
+	}
+	url := "http://" + ln.Addr().String()
+	if o.cfg.PublicURL == "" {
+		o.cfg.PublicURL = url
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := registry.New(ctx, o.cfg)
+	if err != nil {
+		ln.Close()
+		tb.Fatalf("registrytest: %v", err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			tb.Errorf("registrytest: serve: %v", err)
+		}
+	}()
+	tb.Cleanup(func() {
+		srv.Close() // ends live streams first
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			hs.Close()
+		}
+		<-served
+	})
+	client, err := contract.NewClient(url)
+	if err != nil {
+		tb.Fatalf("registrytest: %v", err)
+	}
+	client.BaseDelay = 10 * time.Millisecond
+	client.MaxDelay = 100 * time.Millisecond
+	h := &Harness{URL: url, AdminToken: o.cfg.AdminToken, Server: srv, Client: client, DBPath: o.cfg.DBPath}
+	// Readiness: the JWKS answers.
+	if _, err := client.JWKS(ctx, client.RegistryJWKSURL()); err != nil {
+		tb.Fatalf("registrytest: registry not ready: %v", err)
+	}
+	return h
+}
+
+// Contributor is a party with an EdDSA key that signs attestations.
+type Contributor struct {
+	ID  string
+	Key *jose.JSONWebKey
+	h   *Harness
+}
+
+// NewContributor makes a contributor with a fresh EdDSA key.
+func (h *Harness) NewContributor(tb testing.TB, id string) *Contributor {
+	tb.Helper()
+	k, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Contributor{ID: id, Key: k, h: h}
+}
+
+// Entry is the contributor as a contract lists it (inline public JWKS).
+func (c *Contributor) Entry() contract.Contributor {
+	return contract.Contributor{ID: c.ID, JWKS: verify.PublicJWKS(c.Key)}
+}
+
+// NewContract is a valid contract over bucket with the given contributors:
+// pricing 0.0005 USD per sample, purpose "training", max 1,000,000 samples.
+func NewContract(id, bucket string, contributors ...*Contributor) *contract.Contract {
+	c := &contract.Contract{
+		ContractID: id, Version: "2026-01-15", License: "cc-by-4.0",
+		Pricing: contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005},
+		Usage:   contract.Usage{Purposes: []string{"training"}, RetentionDays: 30, MaxSamples: 1000000},
+		Origin:  contract.Origin{Bucket: bucket, Prefix: "data/"},
+	}
+	for _, ct := range contributors {
+		c.Contributors = append(c.Contributors, ct.Entry())
+	}
+	return c
+}
+
+// CreateContract creates c with the admin token and returns it as the
+// registry completed it (log origin, checkpoint key, endpoint).
+func (h *Harness) CreateContract(tb testing.TB, c *contract.Contract) *contract.Contract {
+	tb.Helper()
+	out, err := h.Client.CreateContract(context.Background(), h.AdminToken, c)
+	if err != nil {
+		tb.Fatalf("registrytest: create contract %s: %v", c.ContractID, err)
+	}
+	return out
+}
+
+// Object is the claim for data stored as-is (identity encoding).
+func Object(name string, data []byte) contract.ObjectClaim {
+	sum := sha256.Sum256(data)
+	h := hex.EncodeToString(sum[:])
+	return contract.ObjectClaim{Name: name, StoredSHA256: h, StoredSize: int64(len(data)), Encoding: contract.EncodingIdentity,
+		DecodedSHA256: h, DecodedSize: int64(len(data))}
+}
+
+// Sign signs an attestation; Issuer, Subject, IssuedAt and ID are filled
+// in when empty.
+func (c *Contributor) Sign(tb testing.TB, contractID string, a *contract.Attestation) string {
+	tb.Helper()
+	if a.Issuer == "" {
+		a.Issuer = c.ID
+	}
+	if a.Subject == "" {
+		a.Subject = contractID
+	}
+	if a.IssuedAt == 0 {
+		a.IssuedAt = time.Now().Unix()
+	}
+	if a.ID == "" {
+		a.ID = verify.NewID()
+	}
+	jws, err := verify.SignAttestation(c.Key, a)
+	if err != nil {
+		tb.Fatalf("registrytest: sign: %v", err)
+	}
+	return jws
+}
+
+// Append submits a signed attestation and returns its seq.
+func (c *Contributor) Append(tb testing.TB, contractID, jws string) uint64 {
+	tb.Helper()
+	res, err := c.h.Client.AppendAttestation(context.Background(), contractID, jws)
+	if err != nil {
+		tb.Fatalf("registrytest: append to %s: %v", contractID, err)
+	}
+	return res.Seq
+}
+
+// Attest appends a contribution of obj and returns its seq.
+func (c *Contributor) Attest(tb testing.TB, contractID string, obj contract.ObjectClaim) uint64 {
+	tb.Helper()
+	o := obj
+	return c.Append(tb, contractID, c.Sign(tb, contractID, &contract.Attestation{Type: contract.Contribution, Object: &o}))
+}
+
+// Redact appends a redaction of name and returns its seq.
+func (c *Contributor) Redact(tb testing.TB, contractID, name string) uint64 {
+	tb.Helper()
+	return c.Append(tb, contractID, c.Sign(tb, contractID, &contract.Attestation{Type: contract.Redaction,
+		Redaction: &contract.RedactionClaim{Name: name, Reason: "registrytest"}}))
+}

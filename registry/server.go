@@ -1,0 +1,416 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+// Defaults for Config's tuning fields.
+const (
+	DefaultName               = "provgate-registry"
+	DefaultTokenTTL           = 5 * time.Minute
+	DefaultCheckpointInterval = 30 * time.Second
+	DefaultKeyTransition      = 24 * time.Hour
+	DefaultPresignTTL         = 5 * time.Minute
+	// MaxBodySize bounds every request body the registry reads.
+	MaxBodySize = 1 << 20
+)
+
+// Log attribute keys.
+const (
+	logKeyContract = "contract"
+	logKeySeq      = "seq"
+	logKeyErr      = "err"
+	logKeyKind     = "kind"
+	logKeyKID      = "kid"
+)
+
+// Config configures a registry Server.
+type Config struct {
+	// DBPath is the SQLite database file; it is created if missing.
+	DBPath string
+	// SigningKey is the registry's token signing key (ES256 or EdDSA, with
+	// a kid). When it is not the database's active key it becomes the
+	// active key and the previous one stays published for KeyTransition.
+	// Nil: the database's active key, or a new EdDSA key on first start.
+	SigningKey *jose.JSONWebKey
+	// CheckpointKey is the signed-note private key (skey) for checkpoints.
+	// Empty: the key stored in the database, generated on first start.
+	CheckpointKey string
+	// AdminToken guards POST /contracts; empty disables contract creation.
+	AdminToken string
+	// S3 presigns GET URLs for marketplace-mode contracts with its own
+	// credentials; nil disables presigning (503).
+	S3 *minio.Client
+	// Name is the registry's public name: log origins are
+	// "<Name>/log/<contract_id>" and tokens' iss is Name.
+	Name string
+	// PublicURL is the registry's base URL as clients see it, used for
+	// provenance_endpoint and to check DPoP proofs' htu. Empty: taken from
+	// each request's Host.
+	PublicURL string
+	// TokenTTL is the capability tokens' lifetime.
+	TokenTTL time.Duration
+	// CheckpointInterval is how often a fresh checkpoint is signed even
+	// when no entry was appended (appends sign one at once).
+	CheckpointInterval time.Duration
+	// KeyTransition is how long a rotated-out signing key stays in the JWKS.
+	KeyTransition time.Duration
+	// PresignTTL is the lifetime of presigned URLs (capped at the token's).
+	PresignTTL time.Duration
+	// HTTPClient fetches contributors' jwks_uri; nil: a 10s-timeout client.
+	HTTPClient *http.Client
+	// Clock is the time source; nil: time.Now.
+	Clock func() time.Time
+	// Logger; nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the registry. Serve its Handler; Close it when done.
+type Server struct {
+	cfg    Config
+	st     *sqliteStore
+	logger *slog.Logger
+	now    func() time.Time
+
+	cpSigner *verify.CheckpointSigner
+	cpVKey   string
+
+	// mu serialises appends; heads caches each log's Merkle state.
+	mu    sync.Mutex
+	heads map[string]*head
+
+	notifyMu sync.Mutex
+	notify   map[string]chan struct{}
+
+	keyMu    sync.Mutex
+	keyCache map[string]*jose.JSONWebKey
+
+	jwksMu    sync.Mutex
+	jwksCache map[string]cachedJWKS
+
+	handler http.Handler
+	done    chan struct{}
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// New opens (or creates) the database, loads or creates the keys, and
+// starts the checkpoint loop.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.DBPath == "" {
+		return nil, errors.New("registry: DBPath is required")
+	}
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = DefaultTokenTTL
+	}
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if cfg.KeyTransition <= 0 {
+		cfg.KeyTransition = DefaultKeyTransition
+	}
+	if cfg.PresignTTL <= 0 {
+		cfg.PresignTTL = DefaultPresignTTL
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
+	st, err := openSQLite(ctx, cfg.DBPath)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	s := &Server{
+		cfg:       cfg,
+		st:        st,
+		logger:    cfg.Logger,
+		now:       cfg.Clock,
+		heads:     map[string]*head{},
+		notify:    map[string]chan struct{}{},
+		keyCache:  map[string]*jose.JSONWebKey{},
+		jwksCache: map[string]cachedJWKS{},
+		done:      make(chan struct{}),
+	}
+	if err := s.initCheckpointKey(ctx); err != nil {
+		st.close()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	if err := s.initSigningKey(ctx); err != nil {
+		st.close()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	s.handler = s.routes()
+	loopCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.wg.Add(1)
+	go s.checkpointLoop(loopCtx)
+	return s, nil
+}
+
+// Handler serves the registry's HTTP API.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// CheckpointVerifierKey is the note verifier key that contracts publish.
+func (s *Server) CheckpointVerifierKey() string { return s.cpVKey }
+
+// Close stops the background loop, ends live streams and closes the
+// database. It is safe to call once.
+func (s *Server) Close() error {
+	s.cancel()
+	close(s.done)
+	s.wg.Wait()
+	return s.st.close()
+}
+
+func (s *Server) initCheckpointKey(ctx context.Context) error {
+	stored, err := s.st.meta(ctx, "checkpoint_skey")
+	if err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	skey := s.cfg.CheckpointKey
+	switch {
+	case skey != "" && stored != "" && skey != stored:
+		return errors.New("the given checkpoint key differs from the one in the database; contracts publish the stored one")
+	case skey == "" && stored != "":
+		skey = stored
+	case skey == "":
+		if skey, _, err = verify.GenerateCheckpointKey(s.cfg.Name); err != nil {
+			return err
+		}
+	}
+	if stored == "" {
+		if err := s.st.setMeta(ctx, "checkpoint_skey", skey); err != nil {
+			return err
+		}
+	}
+	signer, err := verify.NewCheckpointSigner(skey)
+	if err != nil {
+		return err
+	}
+	vkey, err := vkeyOf(skey)
+	if err != nil {
+		return err
+	}
+	s.cpSigner, s.cpVKey = signer, vkey
+	return nil
+}
+
+// checkpointLoop re-signs every log's checkpoint each interval, so that a
+// quiet log still has a fresh one and a frozen registry is detectable.
+func (s *Server) checkpointLoop(ctx context.Context) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.ResignCheckpoints(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("re-sign checkpoints", logKeyErr, err)
+			}
+			if err := s.st.pruneProofIDs(ctx, s.now()); err != nil && ctx.Err() == nil {
+				s.logger.Error("prune proof ids", logKeyErr, err)
+			}
+		}
+	}
+}
+
+// ResignCheckpoints signs a fresh checkpoint for every contract's log at
+// its current size. The checkpoint loop calls it every interval.
+func (s *Server) ResignCheckpoints(ctx context.Context) error {
+	bodies, err := s.st.contracts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, b := range bodies {
+		var c contract.Contract
+		if err := json.Unmarshal(b, &c); err != nil {
+			return fmt.Errorf("%w: contract: %v", errCorrupted, err)
+		}
+		if err := s.resign(ctx, &c); err != nil {
+			return fmt.Errorf("contract %s: %w", c.ContractID, err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) resign(ctx context.Context, c *contract.Contract) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, err := s.head(ctx, c.ContractID)
+	if err != nil {
+		return err
+	}
+	note, err := s.cpSigner.Sign(c.Log.Origin, h.size(), h.root())
+	if err != nil {
+		return err
+	}
+	return s.st.addCheckpoint(ctx, c.ContractID, h.size(), s.now(), note)
+}
+
+// ---- HTTP plumbing
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	h := func(pattern string, f handlerFunc) {
+		mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := f(w, r); err != nil {
+				s.writeError(w, r, err)
+			}
+		}))
+	}
+	h("GET /.well-known/jwks.json", s.handleJWKS)
+	h("POST /contracts", s.handleCreateContract)
+	h("GET /contracts/{id}", s.handleGetContract)
+	h("POST /contracts/{id}/request", s.handleTokenRequest)
+	h("POST /contracts/{id}/objects/presign", s.handlePresign)
+	h("POST /provenance/{id}/events", s.handleAppend)
+	h("GET /provenance/{id}/events", s.handleEvents)
+	h("GET /provenance/{id}/events/stream", s.handleStream)
+	h("GET /provenance/{id}/checkpoint", s.handleCheckpoint)
+	h("GET /provenance/{id}/snapshot", s.handleSnapshot)
+	h("GET /provenance/{id}/proof/inclusion", s.handleInclusion)
+	h("GET /provenance/{id}/proof/consistency", s.handleConsistency)
+	h("POST /provenance/verify", s.handleVerify)
+	h("POST /provenance/{id}/metering", s.handleMetering)
+	h("GET /provenance/{id}/metering/totals", s.handleTotals)
+	h("GET /contributors/{id}/jwks.json", s.handleContributorJWKS)
+	h("/", func(w http.ResponseWriter, r *http.Request) error {
+		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
+	})
+	return mux
+}
+
+// writeError is the one place errors become responses: an APIError keeps
+// its status and code, known store errors map to theirs, and anything else
+// is a 500 whose details go to the log, not to the client.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *contract.APIError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &mbe):
+		ae = contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "request body exceeds %d bytes", mbe.Limit)
+	case errors.Is(err, errNotFound):
+		ae = contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "%v", err)
+	case errors.Is(err, errExists), errors.Is(err, errConflict):
+		ae = contract.Errorf(http.StatusConflict, contract.CodeConflict, "%v", err)
+	case errors.Is(err, errReplay):
+		ae = contract.Errorf(http.StatusUnauthorized, contract.CodeReplay, "proof of possession already used")
+	case errors.Is(err, errQuota):
+		ae = contract.Errorf(http.StatusForbidden, contract.CodeQuotaExceeded, "%v", err)
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return // the client went away
+	default:
+		s.logger.Error("request failed", "method", r.Method, "path", r.URL.Path, logKeyErr, err)
+		ae = contract.Errorf(http.StatusInternalServerError, contract.CodeInternal, "internal error")
+	}
+	if ae.Status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `DPoP algs="ES256 EdDSA"`)
+	}
+	writeJSON(w, ae.Status, contract.ErrorBody{Error: contract.ErrorDetail{Code: ae.Code, Message: ae.Message}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, `{"error":{"code":"internal","message":"encode response"}}`, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// readBody reads a bounded request body.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, err
+		}
+		return nil, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "read body: %v", err)
+	}
+	return b, nil
+}
+
+// decodeBody decodes a bounded JSON body strictly.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	b, err := readBody(w, r, limit)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "bad JSON body: %v", err)
+	}
+	if dec.More() {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "bad JSON body: trailing data")
+	}
+	return nil
+}
+
+// baseURL is the registry's URL as the client sees it.
+func (s *Server) baseURL(r *http.Request) string {
+	if s.cfg.PublicURL != "" {
+		return s.cfg.PublicURL
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+// requestURL is the URL a DPoP proof must name (htu).
+func (s *Server) requestURL(r *http.Request) string {
+	return s.baseURL(r) + r.URL.EscapedPath()
+}
+
+// loadContract reads and decodes a contract; 404 when unknown.
+func (s *Server) loadContract(ctx context.Context, id string) (*contract.Contract, error) {
+	if err := contract.ValidateID(id); err != nil {
+		return nil, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "contract id: %v", err)
+	}
+	body, _, err := s.st.contract(ctx, id)
+	if errors.Is(err, errNotFound) {
+		return nil, contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no contract %q", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var c contract.Contract
+	if err := json.Unmarshal(body, &c); err != nil {
+		return nil, fmt.Errorf("%w: contract %s: %v", errCorrupted, id, err)
+	}
+	return &c, nil
+}

@@ -1,0 +1,565 @@
+package registry
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+	"github.com/transparency-dev/merkle/compact"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// store is the registry's persistence: contracts, signing keys, and one
+// append-only log per contract with its Merkle nodes and side tables. The
+// server serialises writers itself; a store only has to make each call
+// atomic and durable. SQLite implements it for one machine; a larger
+// deployment would put the same calls on PostgreSQL or on a tessera log.
+type store interface {
+	meta(ctx context.Context, key string) (string, error)
+	setMeta(ctx context.Context, key, value string) error
+
+	signingKeys(ctx context.Context) ([]signingKey, error)
+	addSigningKey(ctx context.Context, k signingKey, retireAt time.Time) error
+
+	createContract(ctx context.Context, id string, body []byte, etag string, created time.Time) error
+	contract(ctx context.Context, id string) (body []byte, etag string, err error)
+	contracts(ctx context.Context) ([][]byte, error)
+
+	logSize(ctx context.Context, contractID string) (uint64, error)
+	entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error)
+	nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error)
+	appendEntry(ctx context.Context, contractID string, rec *appendRecord) error
+
+	addCheckpoint(ctx context.Context, contractID string, size uint64, at time.Time, note []byte) error
+	latestCheckpoint(ctx context.Context, contractID string) ([]byte, error)
+	checkpointAt(ctx context.Context, contractID string, at time.Time) ([]byte, error)
+
+	object(ctx context.Context, contractID, name string) (*objectRow, error)
+	revoked(ctx context.Context, contractID, issuer, kid string) (bool, error)
+	attestationSeen(ctx context.Context, contractID, issuer, jti string) (bool, error)
+
+	sidecarKey(ctx context.Context, jkt string) ([]byte, error)
+	putSidecarKey(ctx context.Context, jkt string, jwk []byte) error
+	useProofID(ctx context.Context, jti string, exp time.Time) error
+	pruneProofIDs(ctx context.Context, before time.Time) error
+	presign(ctx context.Context, tokenID string, names []string, limit int64) error
+
+	knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error)
+	idempotent(ctx context.Context, contractID, key string) (bodyHash string, response []byte, err error)
+	putIdempotent(ctx context.Context, contractID, key, bodyHash string, response []byte) error
+	meteringTotals(ctx context.Context, contractID, job string, epoch int64) (*contract.MeteringTotals, error)
+
+	close() error
+}
+
+var _ store = (*sqliteStore)(nil)
+
+// Store errors.
+var (
+	errNotFound  = errors.New("not found")
+	errExists    = errors.New("already exists")
+	errReplay    = errors.New("proof already used")
+	errQuota     = errors.New("quota exceeded")
+	errConflict  = errors.New("conflict")
+	errCorrupted = errors.New("storage corrupted")
+)
+
+type signingKey struct {
+	KeyID   string
+	JWK     []byte // private JWK JSON
+	Created time.Time
+	Retired time.Time // zero: active
+}
+
+type objectRow struct {
+	Name     string
+	Seq      uint64
+	Redacted uint64 // seq of the redaction, 0 if live
+}
+
+// appendRecord is everything one append writes, in one transaction: the
+// entry, its Merkle nodes, the checkpoint signed over the new size, and the
+// side effects of the entry's kind.
+type appendRecord struct {
+	Seq   uint64
+	Entry []byte
+	Time  time.Time
+	Nodes map[compact.NodeID][]byte
+
+	CheckpointNote []byte
+
+	// Attestation side effects.
+	Issuer, JTI string
+	Object      *contract.ObjectClaim // contribution or transformation
+	Redact      string                // redaction: object name
+	RevokeKID   string                // revocation
+
+	// Metering side effects.
+	Events       []contract.MeteringEvent // only the new ones
+	IdemKey      string
+	IdemBodyHash string
+	IdemResponse []byte
+}
+
+type sqliteStore struct {
+	db *sql.DB
+}
+
+const schema = `
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signing_keys (
+	kid TEXT PRIMARY KEY, jwk BLOB NOT NULL, created INTEGER NOT NULL, retired INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS contracts (
+	id TEXT PRIMARY KEY, body BLOB NOT NULL, etag TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+	contract TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, time INTEGER NOT NULL,
+	PRIMARY KEY (contract, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+	contract TEXT NOT NULL, level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+	PRIMARY KEY (contract, level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+	contract TEXT NOT NULL, time INTEGER NOT NULL, size INTEGER NOT NULL, note BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS checkpoints_time ON checkpoints (contract, time);
+CREATE TABLE IF NOT EXISTS attestations (
+	contract TEXT NOT NULL, issuer TEXT NOT NULL, jti TEXT NOT NULL, seq INTEGER NOT NULL,
+	PRIMARY KEY (contract, issuer, jti)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+	contract TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, redacted INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (contract, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS revoked_keys (
+	contract TEXT NOT NULL, issuer TEXT NOT NULL, kid TEXT NOT NULL, seq INTEGER NOT NULL,
+	PRIMARY KEY (contract, issuer, kid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS presigned (
+	token TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (token, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metering_events (
+	contract TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+	bytes INTEGER NOT NULL, samples INTEGER NOT NULL, units INTEGER NOT NULL, cost INTEGER NOT NULL,
+	epoch INTEGER NOT NULL, job TEXT NOT NULL,
+	PRIMARY KEY (contract, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+	contract TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, response BLOB NOT NULL,
+	PRIMARY KEY (contract, key)) WITHOUT ROWID;
+`
+
+func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
+	q := url.Values{}
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", "FULL")
+	q.Set("_busy_timeout", "10000")
+	q.Set("_txlock", "immediate")
+	q.Set("_foreign_keys", "on")
+	db, err := sql.Open("sqlite3", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: schema: %w", path, err)
+	}
+	return &sqliteStore{db: db}, nil
+}
+
+func (s *sqliteStore) close() error { return s.db.Close() }
+
+func (s *sqliteStore) meta(ctx context.Context, key string) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", errNotFound
+	}
+	return v, err
+}
+
+func (s *sqliteStore) setMeta(ctx context.Context, key, value string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, key, value)
+	return err
+}
+
+func (s *sqliteStore) signingKeys(ctx context.Context) ([]signingKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT kid, jwk, created, retired FROM signing_keys ORDER BY created, kid`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []signingKey
+	for rows.Next() {
+		var k signingKey
+		var created, retired int64
+		if err := rows.Scan(&k.KeyID, &k.JWK, &created, &retired); err != nil {
+			return nil, err
+		}
+		k.Created = time.Unix(0, created)
+		if retired != 0 {
+			k.Retired = time.Unix(0, retired)
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// addSigningKey makes k the active key (inserting it if new) and retires
+// every other active key at retireAt.
+func (s *sqliteStore) addSigningKey(ctx context.Context, k signingKey, retireAt time.Time) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `UPDATE signing_keys SET retired = ? WHERE retired = 0 AND kid != ?`, retireAt.UnixNano(), k.KeyID); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO signing_keys (kid, jwk, created, retired) VALUES (?, ?, ?, 0)
+		ON CONFLICT (kid) DO UPDATE SET retired = 0`, k.KeyID, k.JWK, k.Created.UnixNano()); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (s *sqliteStore) createContract(ctx context.Context, id string, body []byte, etag string, created time.Time) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO contracts (id, body, etag, created) VALUES (?, ?, ?, ?)`, id, body, etag, created.UnixNano())
+	if isUnique(err) {
+		return errExists
+	}
+	return err
+}
+
+func (s *sqliteStore) contract(ctx context.Context, id string) ([]byte, string, error) {
+	var body []byte
+	var etag string
+	err := s.db.QueryRowContext(ctx, `SELECT body, etag FROM contracts WHERE id = ?`, id).Scan(&body, &etag)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", errNotFound
+	}
+	return body, etag, err
+}
+
+func (s *sqliteStore) contracts(ctx context.Context) ([][]byte, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT body FROM contracts ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]byte
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqliteStore) logSize(ctx context.Context, contractID string) (uint64, error) {
+	var n sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT MAX(seq) FROM entries WHERE contract = ?`, contractID).Scan(&n); err != nil {
+		return 0, err
+	}
+	return uint64(n.Int64), nil
+}
+
+func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, body FROM entries WHERE contract = ? AND seq > ? ORDER BY seq LIMIT ?`, contractID, since, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []contract.WireEntry{}
+	for rows.Next() {
+		var we contract.WireEntry
+		if err := rows.Scan(&we.Seq, &we.Entry); err != nil {
+			return nil, err
+		}
+		out = append(out, we)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqliteStore) nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error) {
+	out := make([][]byte, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	stmt, err := s.db.PrepareContext(ctx, `SELECT hash FROM nodes WHERE contract = ? AND level = ? AND idx = ?`)
+	if err != nil {
+		return nil, err
+	}
+	defer stmt.Close()
+	for i, id := range ids {
+		if err := stmt.QueryRowContext(ctx, contractID, id.Level, id.Index).Scan(&out[i]); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil, fmt.Errorf("%w: node %d/%d missing", errCorrupted, id.Level, id.Index)
+			}
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *appendRecord) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO entries (contract, seq, body, time) VALUES (?, ?, ?, ?)`,
+		contractID, rec.Seq, rec.Entry, rec.Time.UnixNano()); err != nil {
+		if isUnique(err) {
+			return fmt.Errorf("%w: seq %d taken", errConflict, rec.Seq)
+		}
+		return err
+	}
+	for id, h := range rec.Nodes {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (contract, level, idx, hash) VALUES (?, ?, ?, ?)`,
+			contractID, id.Level, id.Index, h); err != nil {
+			return fmt.Errorf("node %d/%d: %w", id.Level, id.Index, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (contract, time, size, note) VALUES (?, ?, ?, ?)`,
+		contractID, rec.Time.UnixNano(), rec.Seq, rec.CheckpointNote); err != nil {
+		return err
+	}
+	if rec.JTI != "" {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO attestations (contract, issuer, jti, seq) VALUES (?, ?, ?, ?)`,
+			contractID, rec.Issuer, rec.JTI, rec.Seq); err != nil {
+			if isUnique(err) {
+				return fmt.Errorf("%w: attestation %q of %q already in the log", errExists, rec.JTI, rec.Issuer)
+			}
+			return err
+		}
+	}
+	if rec.Object != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO objects (contract, name, seq, redacted) VALUES (?, ?, ?, 0)
+			ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0`, contractID, rec.Object.Name, rec.Seq); err != nil {
+			return err
+		}
+	}
+	if rec.Redact != "" {
+		res, err := tx.ExecContext(ctx, `UPDATE objects SET redacted = ? WHERE contract = ? AND name = ? AND redacted = 0`, rec.Seq, contractID, rec.Redact)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("%w: object %q is not live", errNotFound, rec.Redact)
+		}
+	}
+	if rec.RevokeKID != "" {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO revoked_keys (contract, issuer, kid, seq) VALUES (?, ?, ?, ?)`,
+			contractID, rec.Issuer, rec.RevokeKID, rec.Seq); err != nil {
+			if isUnique(err) {
+				return fmt.Errorf("%w: key %q is already revoked", errConflict, rec.RevokeKID)
+			}
+			return err
+		}
+	}
+	for _, e := range rec.Events {
+		// The primary key (contract, id) is the durable guarantee that an
+		// event is counted once, whatever the batch it arrives in.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO metering_events (contract, id, seq, kind, bytes, samples, units, cost, epoch, job)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, contractID, e.ID, rec.Seq, e.Kind, e.Bytes, e.Samples, e.Units, e.CostNanoUSD, e.Epoch, e.Job); err != nil {
+			if isUnique(err) {
+				return fmt.Errorf("%w: metering event %q already counted", errConflict, e.ID)
+			}
+			return err
+		}
+	}
+	if rec.IdemKey != "" {
+		if err := putIdempotent(ctx, tx, contractID, rec.IdemKey, rec.IdemBodyHash, rec.IdemResponse); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+func putIdempotent(ctx context.Context, tx *sql.Tx, contractID, key, bodyHash string, response []byte) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO idempotency (contract, key, body_hash, response) VALUES (?, ?, ?, ?)`,
+		contractID, key, bodyHash, response)
+	if isUnique(err) {
+		return fmt.Errorf("%w: idempotency key %q reused", errConflict, key)
+	}
+	return err
+}
+
+// putIdempotent records an idempotency key for a batch that appended
+// nothing (every event was already counted).
+func (s *sqliteStore) putIdempotent(ctx context.Context, contractID, key, bodyHash string, response []byte) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := putIdempotent(ctx, tx, contractID, key, bodyHash, response); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (s *sqliteStore) addCheckpoint(ctx context.Context, contractID string, size uint64, at time.Time, note []byte) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO checkpoints (contract, time, size, note) VALUES (?, ?, ?, ?)`, contractID, at.UnixNano(), size, note)
+	return err
+}
+
+func (s *sqliteStore) latestCheckpoint(ctx context.Context, contractID string) ([]byte, error) {
+	var note []byte
+	err := s.db.QueryRowContext(ctx, `SELECT note FROM checkpoints WHERE contract = ? ORDER BY time DESC, size DESC LIMIT 1`, contractID).Scan(&note)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, errNotFound
+	}
+	return note, err
+}
+
+func (s *sqliteStore) checkpointAt(ctx context.Context, contractID string, at time.Time) ([]byte, error) {
+	var note []byte
+	err := s.db.QueryRowContext(ctx, `SELECT note FROM checkpoints WHERE contract = ? AND time <= ? ORDER BY time DESC, size DESC LIMIT 1`,
+		contractID, at.UnixNano()).Scan(&note)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, errNotFound
+	}
+	return note, err
+}
+
+func (s *sqliteStore) object(ctx context.Context, contractID, name string) (*objectRow, error) {
+	o := &objectRow{Name: name}
+	err := s.db.QueryRowContext(ctx, `SELECT seq, redacted FROM objects WHERE contract = ? AND name = ?`, contractID, name).Scan(&o.Seq, &o.Redacted)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, errNotFound
+	}
+	return o, err
+}
+
+func (s *sqliteStore) revoked(ctx context.Context, contractID, issuer, kid string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM revoked_keys WHERE contract = ? AND issuer = ? AND kid = ?`, contractID, issuer, kid).Scan(&n)
+	return n > 0, err
+}
+
+func (s *sqliteStore) attestationSeen(ctx context.Context, contractID, issuer, jti string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM attestations WHERE contract = ? AND issuer = ? AND jti = ?`, contractID, issuer, jti).Scan(&n)
+	return n > 0, err
+}
+
+func (s *sqliteStore) sidecarKey(ctx context.Context, jkt string) ([]byte, error) {
+	var b []byte
+	err := s.db.QueryRowContext(ctx, `SELECT jwk FROM sidecar_keys WHERE jkt = ?`, jkt).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, errNotFound
+	}
+	return b, err
+}
+
+func (s *sqliteStore) putSidecarKey(ctx context.Context, jkt string, jwk []byte) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO sidecar_keys (jkt, jwk) VALUES (?, ?) ON CONFLICT (jkt) DO NOTHING`, jkt, jwk)
+	return err
+}
+
+func (s *sqliteStore) useProofID(ctx context.Context, jti string, exp time.Time) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO proof_ids (jti, exp) VALUES (?, ?)`, jti, exp.UnixNano())
+	if isUnique(err) {
+		return errReplay
+	}
+	return err
+}
+
+func (s *sqliteStore) pruneProofIDs(ctx context.Context, before time.Time) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM proof_ids WHERE exp < ?`, before.UnixNano())
+	return err
+}
+
+// presign records names as presigned under token, refusing (and recording
+// nothing) when the distinct names presigned under it would exceed limit
+// (0: no limit).
+func (s *sqliteStore) presign(ctx context.Context, tokenID string, names []string, limit int64) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, n := range names {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO presigned (token, name) VALUES (?, ?) ON CONFLICT DO NOTHING`, tokenID, n); err != nil {
+			return err
+		}
+	}
+	if limit > 0 {
+		var count int64
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM presigned WHERE token = ?`, tokenID).Scan(&count); err != nil {
+			return err
+		}
+		if count > limit {
+			return fmt.Errorf("%w: %d objects would exceed the token's %d", errQuota, count, limit)
+		}
+	}
+	return tx.Commit()
+}
+
+func (s *sqliteStore) knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error) {
+	known := map[string]bool{}
+	for start := 0; start < len(ids); start += 500 {
+		chunk := ids[start:min(start+500, len(ids))]
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, contractID)
+		for _, id := range chunk {
+			args = append(args, id)
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT id FROM metering_events WHERE contract = ? AND id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			known[id] = true
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+	}
+	return known, nil
+}
+
+func (s *sqliteStore) idempotent(ctx context.Context, contractID, key string) (string, []byte, error) {
+	var h string
+	var resp []byte
+	err := s.db.QueryRowContext(ctx, `SELECT body_hash, response FROM idempotency WHERE contract = ? AND key = ?`, contractID, key).Scan(&h, &resp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil, errNotFound
+	}
+	return h, resp, err
+}
+
+func (s *sqliteStore) meteringTotals(ctx context.Context, contractID, job string, epoch int64) (*contract.MeteringTotals, error) {
+	q := `SELECT COUNT(*),
+		COALESCE(SUM(kind = 'access'), 0), COALESCE(SUM(CASE WHEN kind = 'access' THEN bytes END), 0),
+		COALESCE(SUM(kind = 'epoch'), 0), COALESCE(SUM(CASE WHEN kind = 'epoch' THEN samples END), 0),
+		COALESCE(SUM(CASE WHEN kind = 'epoch' THEN bytes END), 0),
+		COALESCE(SUM(units), 0), COALESCE(SUM(cost), 0)
+		FROM metering_events WHERE contract = ?`
+	args := []any{contractID}
+	if job != "" {
+		q += ` AND job = ?`
+		args = append(args, job)
+	}
+	if epoch >= 0 {
+		q += ` AND epoch = ?`
+		args = append(args, epoch)
+	}
+	t := &contract.MeteringTotals{Contract: contractID}
+	err := s.db.QueryRowContext(ctx, q, args...).Scan(&t.Events, &t.AccessEvents, &t.AccessBytes, &t.EpochEvents, &t.EpochSamples, &t.EpochBytes, &t.Units, &t.CostNanoUSD)
+	return t, err
+}
+
+func isUnique(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && (se.ExtendedCode == sqlite3.ErrConstraintUnique || se.ExtendedCode == sqlite3.ErrConstraintPrimaryKey)
+}
