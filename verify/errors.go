@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Sentinel errors. Every refusal wraps one of them, so that callers can
@@ -32,7 +33,107 @@ var (
 	ErrDigest         = errors.New("digest mismatch")
 	ErrSize           = errors.New("size mismatch")
 	ErrDuplicate      = errors.New("duplicate")
+	// ErrQuarantined: the contract's log forked or rolled back; nothing
+	// from it is served until an operator clears the state.
+	ErrQuarantined = errors.New("contract quarantined")
+	// ErrNotVerified: no verified state yet (503 until the first sync).
+	ErrNotVerified = errors.New("log not verified yet")
+	// ErrNoTrustAnchor: first contact needs a pinned checkpoint or an
+	// explicit trust-on-first-use.
+	ErrNoTrustAnchor = errors.New("no trusted checkpoint: pin one or enable trust on first use")
+	// ErrKeysUnavailable: a key set could not be fetched; the entries that
+	// need it are retried later, not refused.
+	ErrKeysUnavailable = errors.New("keys unavailable")
+	// ErrRedacted and ErrNotFound answer manifest lookups.
+	ErrRedacted = errors.New("redacted")
+	ErrNotFound = errors.New("not in the verified manifest")
+	// ErrState: the persisted trusted state is unreadable or does not match
+	// its own checkpoint.
+	ErrState = errors.New("bad persisted state")
 )
+
+// RevokedKeyError carries the evidence of a refusal for a revoked key: the
+// contributor, the kid, the seq of the revocation entry and the seq of the
+// refused entry.
+type RevokedKeyError struct {
+	Contributor string
+	KeyID       string
+	RevokedAt   uint64
+	Seq         uint64
+	Retroactive bool
+}
+
+func (e *RevokedKeyError) Error() string {
+	how := "after"
+	if e.Seq < e.RevokedAt {
+		how = "before (retroactive)"
+	}
+	return fmt.Sprintf("key %q of %q revoked by entry %d; entry %d is %s it", e.KeyID, e.Contributor, e.RevokedAt, e.Seq, how)
+}
+
+// Unwrap makes errors.Is(err, ErrRevokedKey) true.
+func (e *RevokedKeyError) Unwrap() error { return ErrRevokedKey }
+
+// QuarantineError is why a contract was quarantined, with its evidence
+// (an *InconsistentError, *RootMismatchError or *EntryError as Err).
+type QuarantineError struct {
+	Contract string
+	At       time.Time
+	Err      error
+}
+
+func (e *QuarantineError) Error() string {
+	return fmt.Sprintf("contract %q quarantined at %s: %v", e.Contract, e.At.UTC().Format(time.RFC3339), e.Err)
+}
+
+// Unwrap makes errors.Is(err, ErrQuarantined) true, and the evidence
+// reachable with errors.As.
+func (e *QuarantineError) Unwrap() []error { return []error{ErrQuarantined, e.Err} }
+
+// Reason is a short, stable label for err, for metrics: the sentinel it
+// wraps ("signature", "unknown_key", "revoked_key", "fork", ...).
+func Reason(err error) string {
+	for _, r := range reasons {
+		if errors.Is(err, r.err) {
+			return r.label
+		}
+	}
+	return "other"
+}
+
+var reasons = []struct {
+	err   error
+	label string
+}{
+	{ErrQuarantined, "quarantined"},
+	{ErrRollback, "rollback"},
+	{ErrInconsistent, "fork"},
+	{ErrRoot, "root_mismatch"},
+	{ErrChain, "chain"},
+	{ErrStale, "stale_checkpoint"},
+	{ErrCheckpoint, "bad_checkpoint"},
+	{ErrAlgorithm, "algorithm"},
+	{ErrRevokedKey, "revoked_key"},
+	{ErrUnknownKey, "unknown_key"},
+	{ErrKeyMismatch, "key_mismatch"},
+	{ErrKeyWindow, "key_window"},
+	{ErrSignature, "signature"},
+	{ErrNotContributor, "not_contributor"},
+	{ErrWrongContract, "wrong_contract"},
+	{ErrWrongKey, "wrong_key"},
+	{ErrExpired, "expired"},
+	{ErrNotYetValid, "not_yet_valid"},
+	{ErrProof, "proof"},
+	{ErrReplay, "replay"},
+	{ErrDuplicate, "duplicate"},
+	{ErrDigest, "digest"},
+	{ErrSize, "size"},
+	{ErrKeysUnavailable, "keys_unavailable"},
+	{ErrNoTrustAnchor, "no_trust_anchor"},
+	{ErrNotVerified, "not_verified"},
+	{ErrState, "state"},
+	{ErrMalformed, "malformed"},
+}
 
 // DigestMismatchError carries the evidence of a hash mismatch.
 type DigestMismatchError struct {

@@ -1,0 +1,789 @@
+package verify
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// LogSource reads a contract's log: cursor pages, the latest signed
+// checkpoint and consistency proofs. *contract.Client satisfies it.
+type LogSource interface {
+	Events(ctx context.Context, id string, since uint64, limit int) (*contract.EventsPage, error)
+	Checkpoint(ctx context.Context, id string) ([]byte, error)
+	ConsistencyProof(ctx context.Context, id string, from, to uint64) (*contract.ConsistencyProof, error)
+}
+
+// StreamSource is the live feed of new entries. *contract.Client satisfies
+// it. Streamed entries only wake the follower up and spare it a page read:
+// they are trusted no more than paged ones.
+type StreamSource interface {
+	Stream(ctx context.Context, id string, since uint64, fn func(contract.WireEntry) error) error
+}
+
+var (
+	_ LogSource    = (*contract.Client)(nil)
+	_ StreamSource = (*contract.Client)(nil)
+)
+
+// Follower defaults.
+const (
+	DefaultPollInterval = 5 * time.Second
+	// DefaultMaxCheckpointAge is the freshness window: a checkpoint signed
+	// longer ago is a frozen log and is refused, and a contract whose last
+	// trusted checkpoint is older stops serving.
+	DefaultMaxCheckpointAge = 24 * time.Hour
+	DefaultPageSize         = contract.DefaultEventsLimit
+	DefaultBaseBackoff      = 500 * time.Millisecond
+	DefaultMaxBackoff       = time.Minute
+	// maxStreamed bounds the entries kept from the live feed between syncs.
+	maxStreamed = 10000
+)
+
+// FollowerConfig configures a Follower. Contract, Source and Store are
+// required; the rest have defaults.
+type FollowerConfig struct {
+	Contract *contract.Contract
+	Source   LogSource
+	// Stream is the live feed; nil polls only.
+	Stream StreamSource
+	// Fetcher fetches contributors' jwks_uri key sets; nil when all keys
+	// are inline.
+	Fetcher JWKSFetcher
+	Store   *Store
+	Logger  *slog.Logger
+	Metrics *Metrics
+	// OnRedact is called (outside any lock) for each name a redaction or a
+	// retroactive revocation removed, after the change is persisted, so
+	// that the cache purges it.
+	OnRedact func(contractID, name string)
+	// Now is the clock (tests); nil is time.Now.
+	Now func() time.Time
+
+	PollInterval     time.Duration
+	MaxCheckpointAge time.Duration
+	BaseBackoff      time.Duration
+	MaxBackoff       time.Duration
+	PageSize         int
+	// Workers verify signatures in parallel; 0 is GOMAXPROCS.
+	Workers int
+}
+
+// Option is a security option of a Follower.
+type Option func(*options)
+
+type options struct {
+	pinned      []byte
+	tofu        bool
+	noFreshness bool
+	retroactive bool
+}
+
+// WithPinnedCheckpoint trusts the signed checkpoint note on first contact:
+// the log must be consistent with it.
+func WithPinnedCheckpoint(note []byte) Option {
+	return func(o *options) { o.pinned = bytes.Clone(note) }
+}
+
+// WithTrustOnFirstUse trusts, on first contact, whatever checkpoint the
+// registry serves. Later checkpoints must still extend it.
+func WithTrustOnFirstUse() Option { return func(o *options) { o.tofu = true } }
+
+// WithoutFreshnessCheckUnsafe turns the freshness window off: a frozen log
+// goes unnoticed.
+func WithoutFreshnessCheckUnsafe() Option { return func(o *options) { o.noFreshness = true } }
+
+// WithRetroactiveRevocations treats every revocation as retroactive: the
+// objects signed earlier by a revoked key are dropped too.
+func WithRetroactiveRevocations() Option { return func(o *options) { o.retroactive = true } }
+
+// State is a follower's state.
+type State string
+
+// Follower states.
+const (
+	// StateSyncing: no verified state yet.
+	StateSyncing State = "syncing"
+	// StateReady: verified, with a fresh checkpoint.
+	StateReady State = "ready"
+	// StateStale: the last trusted checkpoint is older than the freshness
+	// window (the registry froze or is unreachable).
+	StateStale State = "stale"
+	// StateQuarantined: the log forked or rolled back.
+	StateQuarantined State = "quarantined"
+)
+
+// Status is a follower's state, as /v1/contracts shows it.
+type Status struct {
+	Contract       string    `json:"contract_id"`
+	State          State     `json:"state"`
+	Size           uint64    `json:"verified_size"`
+	Root           []byte    `json:"checkpoint_root,omitempty"`
+	CheckpointTime time.Time `json:"checkpoint_time,omitzero"`
+	Objects        int       `json:"objects"`
+	Redacted       int       `json:"redacted"`
+	Rejected       uint64    `json:"rejected_entries"`
+	LastSync       time.Time `json:"last_sync,omitzero"`
+	LastError      string    `json:"last_error,omitempty"`
+	Quarantine     string    `json:"quarantine,omitempty"`
+}
+
+// Follower follows one contract's provenance log: it replays it, checks
+// the hash chain, the Merkle root against the signed checkpoint,
+// consistency with the last trusted checkpoint, freshness and every
+// attestation, keeps the verified manifest, and persists what it trusts.
+type Follower struct {
+	cfg      FollowerConfig
+	opt      options
+	id       string
+	log      *slog.Logger
+	cpv      *CheckpointVerifier
+	keys     *KeyStore
+	manifest *Manifest
+	notify   chan struct{}
+
+	syncMu sync.Mutex // one sync at a time
+
+	mu         sync.RWMutex
+	chain      *Chain
+	trusted    *Checkpoint // last trusted checkpoint; pinned before first sync
+	verified   bool        // chain and trusted are a committed, verified state
+	revs       map[revKey]revocation
+	quarantine *QuarantineError
+	lastSync   time.Time
+	lastErr    error
+	rejected   uint64
+
+	streamMu sync.Mutex
+	streamed map[uint64][]byte
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewFollower makes the follower of cfg.Contract and loads its persisted
+// state: when there is one, the follower is ready at once (if the state's
+// checkpoint is fresh), before any network round trip.
+func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Follower, error) {
+	if cfg.Contract == nil || cfg.Source == nil || cfg.Store == nil {
+		return nil, errors.New("follower: Contract, Source and Store are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.MaxCheckpointAge <= 0 {
+		cfg.MaxCheckpointAge = DefaultMaxCheckpointAge
+	}
+	if cfg.BaseBackoff <= 0 {
+		cfg.BaseBackoff = DefaultBaseBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.PageSize <= 0 || cfg.PageSize > contract.MaxEventsLimit {
+		cfg.PageSize = DefaultPageSize
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	c := cfg.Contract
+	f := &Follower{cfg: cfg, id: c.ContractID, manifest: newManifest(), revs: map[revKey]revocation{},
+		notify: make(chan struct{}, 1), streamed: map[uint64][]byte{}}
+	f.log = cfg.Logger.With("contract", f.id)
+	for _, o := range opts {
+		o(&f.opt)
+	}
+	var err error
+	if f.cpv, err = NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey); err != nil {
+		return nil, fmt.Errorf("follower %s: %w", f.id, err)
+	}
+	if f.keys, err = NewKeyStore(c, cfg.Fetcher); err != nil {
+		return nil, fmt.Errorf("follower %s: %w", f.id, err)
+	}
+	if f.chain, err = NewChain(f.id, nil); err != nil {
+		return nil, err
+	}
+	if f.opt.pinned != nil {
+		if f.trusted, err = f.cpv.Parse(f.opt.pinned); err != nil {
+			return nil, fmt.Errorf("follower %s: pinned checkpoint: %w", f.id, err)
+		}
+	}
+	if err := f.load(ctx); err != nil {
+		return nil, fmt.Errorf("follower %s: %w", f.id, err)
+	}
+	return f, nil
+}
+
+// load restores the persisted state, checking it against its own signed
+// checkpoint.
+func (f *Follower) load(ctx context.Context) error {
+	t, err := f.cfg.Store.load(ctx, f.id)
+	if err != nil || t == nil {
+		return err
+	}
+	if t.quarantine != "" {
+		f.quarantine = &QuarantineError{Contract: f.id, At: f.cfg.Now(), Err: errors.New(t.quarantine)}
+		f.log.Error("contract is quarantined (persisted); reset its state to resume", "evidence", t.quarantine)
+		return nil
+	}
+	cp, err := f.cpv.Parse(t.checkpoint)
+	if err != nil {
+		return fmt.Errorf("%w: persisted checkpoint: %v", ErrState, err)
+	}
+	chain, err := NewChain(f.id, &t.state)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrState, err)
+	}
+	if err := chain.CheckCheckpoint(cp); err != nil {
+		return fmt.Errorf("%w: persisted log state does not match its checkpoint: %v", ErrState, err)
+	}
+	f.chain, f.trusted, f.verified = chain, cp, true
+	f.manifest, f.revs = t.manifest, t.revs
+	return nil
+}
+
+// Contract is the followed contract.
+func (f *Follower) Contract() *contract.Contract { return f.cfg.Contract }
+
+// Manifest is the verified manifest. Prefer Lookup, which also refuses
+// while the contract is not servable.
+func (f *Follower) Manifest() *Manifest { return f.manifest }
+
+// Ready reports whether the contract may be served: nil, or an error
+// wrapping ErrQuarantined, ErrNotVerified or ErrStale.
+func (f *Follower) Ready() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.readyLocked()
+}
+
+func (f *Follower) readyLocked() error {
+	switch {
+	case f.quarantine != nil:
+		return f.quarantine
+	case !f.verified:
+		return fmt.Errorf("contract %q: %w", f.id, ErrNotVerified)
+	case !f.opt.noFreshness:
+		return CheckFresh(f.trusted, f.cfg.Now(), f.cfg.MaxCheckpointAge)
+	}
+	return nil
+}
+
+// Lookup returns the verified entry for name, or an error wrapping
+// ErrQuarantined, ErrNotVerified, ErrStale (503), ErrRedacted (451) or
+// ErrNotFound (404).
+func (f *Follower) Lookup(name string) (ManifestEntry, error) {
+	if err := f.Ready(); err != nil {
+		return ManifestEntry{}, err
+	}
+	return f.manifest.Lookup(name)
+}
+
+// Status reports the follower's state.
+func (f *Follower) Status() Status {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	st := Status{Contract: f.id, Size: f.chain.Size(), Objects: f.manifest.Len(), Redacted: f.manifest.Redacted(),
+		Rejected: f.rejected, LastSync: f.lastSync}
+	if f.verified {
+		st.Root, st.CheckpointTime = f.trusted.Hash, f.trusted.Time
+	}
+	if f.lastErr != nil {
+		st.LastError = f.lastErr.Error()
+	}
+	err := f.readyLocked()
+	switch {
+	case err == nil:
+		st.State = StateReady
+	case errors.Is(err, ErrQuarantined):
+		st.State, st.Quarantine = StateQuarantined, f.quarantine.Err.Error()
+	case errors.Is(err, ErrStale):
+		st.State = StateStale
+	default:
+		st.State = StateSyncing
+	}
+	return st
+}
+
+// Start runs the follower in the background until ctx ends or Stop: a sync
+// at once, then one per PollInterval and whenever the live feed brings an
+// entry, with capped backoff after failures.
+func (f *Follower) Start(ctx context.Context) error {
+	if f.cancel != nil {
+		return errors.New("follower: already started")
+	}
+	ctx, f.cancel = context.WithCancel(ctx)
+	f.wg.Go(func() { f.monitor(ctx) })
+	if f.cfg.Stream != nil {
+		f.wg.Go(func() { f.follow(ctx) })
+	}
+	return nil
+}
+
+// Stop stops the background loops and waits for them.
+func (f *Follower) Stop() {
+	if f.cancel != nil {
+		f.cancel()
+	}
+	f.wg.Wait()
+}
+
+func (f *Follower) poke() {
+	select {
+	case f.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (f *Follower) monitor(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	attempt := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-f.notify:
+		}
+		err := f.Sync(ctx)
+		wait := f.cfg.PollInterval
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			attempt = 0
+		case errors.Is(err, ErrQuarantined):
+			// Logged when it happened; nothing more to do until reset.
+		default:
+			attempt++
+			wait = max(contract.Backoff(attempt, f.cfg.BaseBackoff, f.cfg.MaxBackoff), f.cfg.BaseBackoff)
+			f.log.Warn("log sync failed", "attempt", attempt, "retry_in", wait, "err", err)
+		}
+		timer.Reset(wait)
+	}
+}
+
+// follow keeps the live feed open; when the registry has none, polling
+// alone goes on.
+func (f *Follower) follow(ctx context.Context) {
+	attempt := 0
+	for {
+		err := f.cfg.Stream.Stream(ctx, f.id, f.size(), func(we contract.WireEntry) error {
+			attempt = 0
+			f.keepStreamed(we)
+			f.poke()
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		switch contract.StatusOf(err) {
+		case 404, 405, 501:
+			f.log.Info("live feed not available; polling", "err", err)
+			return
+		}
+		attempt++
+		d := max(contract.Backoff(attempt, f.cfg.BaseBackoff, f.cfg.MaxBackoff), f.cfg.BaseBackoff)
+		f.log.Debug("live feed closed; reconnecting", "retry_in", d, "err", err)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (f *Follower) size() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.chain.Size()
+}
+
+func (f *Follower) keepStreamed(we contract.WireEntry) {
+	f.streamMu.Lock()
+	defer f.streamMu.Unlock()
+	if len(f.streamed) < maxStreamed && len(we.Entry) <= contract.MaxEntrySize {
+		f.streamed[we.Seq] = we.Entry
+	}
+}
+
+// takeStreamed returns the streamed entries after since, in order, as long
+// as they are contiguous, and forgets the older ones.
+func (f *Follower) takeStreamed(since uint64, limit int) []contract.WireEntry {
+	f.streamMu.Lock()
+	defer f.streamMu.Unlock()
+	var out []contract.WireEntry
+	for seq := since + 1; len(out) < limit; seq++ {
+		raw, ok := f.streamed[seq]
+		if !ok {
+			break
+		}
+		out = append(out, contract.WireEntry{Seq: seq, Entry: raw})
+	}
+	for seq := range f.streamed {
+		if seq <= since+uint64(len(out)) {
+			delete(f.streamed, seq)
+		}
+	}
+	return out
+}
+
+// Sync runs one round: fetch and check the latest checkpoint, check it
+// extends the trusted one, replay and verify the new entries, and commit.
+// It returns an error wrapping ErrQuarantined once the log forked or
+// rolled back.
+func (f *Follower) Sync(ctx context.Context) (err error) {
+	f.syncMu.Lock()
+	defer f.syncMu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.lastErr = err
+		if err == nil {
+			f.lastSync = f.cfg.Now()
+		}
+		f.mu.Unlock()
+	}()
+	f.mu.RLock()
+	q, trusted, verified := f.quarantine, f.trusted, f.verified
+	f.mu.RUnlock()
+	if q != nil {
+		return q
+	}
+	raw, err := f.cfg.Source.Checkpoint(ctx, f.id)
+	if err != nil {
+		return fmt.Errorf("fetch checkpoint: %w", err)
+	}
+	cp, err := f.cpv.Parse(raw)
+	if err != nil {
+		f.cfg.Metrics.refuse(f.id, err)
+		return err
+	}
+	if !f.opt.noFreshness {
+		if err := CheckFresh(cp, f.cfg.Now(), f.cfg.MaxCheckpointAge); err != nil {
+			f.cfg.Metrics.refuse(f.id, err)
+			return err
+		}
+	}
+	if trusted == nil && !f.opt.tofu {
+		f.cfg.Metrics.refuse(f.id, ErrNoTrustAnchor)
+		return fmt.Errorf("contract %q: %w", f.id, ErrNoTrustAnchor)
+	}
+	if trusted != nil {
+		if err := f.checkExtends(ctx, trusted, cp); err != nil {
+			if errors.Is(err, ErrInconsistent) {
+				return f.quarantineWith(ctx, err)
+			}
+			return err
+		}
+		if verified && cp.Size == trusted.Size {
+			// Nothing new; keep the newer signed time.
+			if cp.Time.After(trusted.Time) {
+				return f.commit(ctx, cp, f.chainClone(), nil)
+			}
+			return nil
+		}
+	}
+	return f.replay(ctx, cp)
+}
+
+// checkExtends checks cp against the trusted checkpoint: a smaller size is
+// a rollback, the same size with another root a fork, a larger size needs
+// a valid consistency proof.
+func (f *Follower) checkExtends(ctx context.Context, trusted, cp *Checkpoint) error {
+	var hashes [][]byte
+	if cp.Size > trusted.Size && trusted.Size > 0 {
+		p, err := f.cfg.Source.ConsistencyProof(ctx, f.id, trusted.Size, cp.Size)
+		if err != nil {
+			return fmt.Errorf("fetch consistency proof %d..%d: %w", trusted.Size, cp.Size, err)
+		}
+		if p.From != trusted.Size || p.To != cp.Size {
+			return &InconsistentError{Old: trusted, New: cp, Proof: p.Hashes,
+				Err: fmt.Errorf("proof is for sizes %d..%d", p.From, p.To)}
+		}
+		hashes = p.Hashes
+	}
+	if err := VerifyConsistency(trusted, cp, hashes); err != nil {
+		f.cfg.Metrics.refuse(f.id, err)
+		return err
+	}
+	return nil
+}
+
+func (f *Follower) chainClone() *Chain {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	st := f.chain.State()
+	c, err := NewChain(f.id, &st)
+	if err != nil {
+		panic(err) // a state taken from a chain always restores
+	}
+	return c
+}
+
+// replay reads the entries up to cp.Size, checks them and commits.
+func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
+	work := f.chainClone()
+	f.mu.RLock()
+	d := newDelta(f.manifest, f.revs)
+	f.mu.RUnlock()
+	verified := 0
+	for work.Size() < cp.Size {
+		since := work.Size()
+		limit := int(min(uint64(f.cfg.PageSize), cp.Size-since))
+		page := f.takeStreamed(since, limit)
+		if len(page) == 0 {
+			p, err := f.cfg.Source.Events(ctx, f.id, since, limit)
+			if err != nil {
+				return fmt.Errorf("fetch entries after %d: %w", since, err)
+			}
+			page = p.Entries
+		}
+		entries := make([]*contract.Entry, 0, len(page))
+		for _, we := range page {
+			if we.Seq <= work.Size() {
+				continue // overlap: already have it
+			}
+			if we.Seq > cp.Size {
+				break // beyond the checkpoint: next round
+			}
+			if we.Seq != work.Size()+1 {
+				return fmt.Errorf("entries after %d: got seq %d: a gap", work.Size(), we.Seq)
+			}
+			e, err := work.Append(we.Seq, we.Entry)
+			if err != nil {
+				// The registry serves entries that are not the log it signs.
+				return f.quarantineWith(ctx, err)
+			}
+			entries = append(entries, e)
+		}
+		if len(entries) == 0 {
+			return fmt.Errorf("registry served no entries after %d below its checkpoint size %d", since, cp.Size)
+		}
+		checked, err := f.verifyEntries(ctx, entries)
+		if err != nil {
+			return err
+		}
+		for i := range checked {
+			f.apply(d, &checked[i])
+		}
+		verified += len(entries)
+	}
+	if err := work.CheckCheckpoint(cp); err != nil {
+		return f.quarantineWith(ctx, err)
+	}
+	if err := f.commit(ctx, cp, work, d); err != nil {
+		return err
+	}
+	f.cfg.Metrics.verified(f.id, verified)
+	for _, r := range d.rejected {
+		f.cfg.Metrics.reject(f.id, r.Err)
+		f.log.Warn("log entry refused", "seq", r.Seq, "reason", Reason(r.Err), "err", r.Err)
+	}
+	if f.cfg.OnRedact != nil {
+		for _, name := range d.purged {
+			f.cfg.OnRedact(f.id, name)
+		}
+	}
+	return nil
+}
+
+// commit persists the new trusted state and then makes it current.
+func (f *Follower) commit(ctx context.Context, cp *Checkpoint, work *Chain, d *delta) error {
+	if err := f.cfg.Store.commit(ctx, f.id, work.State(), cp.Raw, d); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.chain, f.trusted, f.verified = work, cp, true
+	if d != nil {
+		f.manifest.apply(d)
+		if len(d.newRevs) > 0 {
+			revs := make(map[revKey]revocation, len(f.revs)+len(d.newRevs))
+			for k, r := range f.revs {
+				revs[k] = r
+			}
+			for k, r := range d.newRevs {
+				revs[k] = r
+			}
+			f.revs = revs
+		}
+		f.rejected += uint64(len(d.rejected))
+	}
+	return nil
+}
+
+func (f *Follower) quarantineWith(ctx context.Context, cause error) error {
+	q := &QuarantineError{Contract: f.id, At: f.cfg.Now(), Err: cause}
+	f.mu.Lock()
+	f.quarantine = q
+	f.mu.Unlock()
+	f.cfg.Metrics.quarantine(f.id)
+	f.log.Error("CONTRACT QUARANTINED: the registry's log forked, rolled back or does not match its signed checkpoint; nothing is served for it",
+		"reason", Reason(cause), "evidence", cause)
+	// Persist even if the caller's context is ending: a restart must not
+	// forget the evidence.
+	if err := f.cfg.Store.quarantine(context.WithoutCancel(ctx), f.id, cause.Error()); err != nil {
+		return errors.Join(q, err)
+	}
+	return q
+}
+
+// checked is the outcome of verifying one entry's signature.
+type checked struct {
+	entry *contract.Entry
+	att   *contract.Attestation
+	kid   string
+	err   error
+}
+
+// verifyEntries verifies the attestations of entries in parallel. It fails
+// only when keys could not be fetched (the entries are retried later); a
+// refused attestation is reported in its checked.err.
+func (f *Follower) verifyEntries(ctx context.Context, entries []*contract.Entry) ([]checked, error) {
+	out := make([]checked, len(entries))
+	var next atomic.Int64
+	var fatal atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range min(f.cfg.Workers, len(entries)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(entries) || fatal.Load() != nil {
+					return
+				}
+				c := &out[i]
+				c.entry = entries[i]
+				if c.entry.Kind != contract.EntryAttestation {
+					continue // metering: chain and Merkle only
+				}
+				if err := f.verifyOne(ctx, c); err != nil {
+					fatal.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if p := fatal.Load(); p != nil {
+		return nil, *p
+	}
+	return out, nil
+}
+
+func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
+	u, err := PeekAttestation(c.entry.JWS)
+	if err != nil {
+		c.err = err
+		return nil
+	}
+	c.kid = u.KeyID
+	keys, err := f.keys.Keys(ctx, u.Issuer, u.KeyID)
+	if err != nil {
+		if errors.Is(err, ErrKeysUnavailable) || ctx.Err() != nil {
+			return fmt.Errorf("entry %d: %w", c.entry.Seq, err)
+		}
+		c.err = err
+		return nil
+	}
+	c.att, c.kid, c.err = VerifyAttestation(c.entry.JWS, f.cfg.Contract, keys)
+	return nil
+}
+
+// apply adds one verified entry to the delta, in log order.
+func (f *Follower) apply(d *delta, c *checked) {
+	e := c.entry
+	if e.Kind != contract.EntryAttestation {
+		return
+	}
+	if c.err != nil {
+		d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &EntryError{Seq: e.Seq, Err: c.err}})
+		return
+	}
+	a := c.att
+	if r, ok := d.revocation(revKey{a.Issuer, c.kid}); ok && e.Seq > r.Seq {
+		d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &RevokedKeyError{Contributor: a.Issuer, KeyID: c.kid, RevokedAt: r.Seq, Seq: e.Seq, Retroactive: r.Retroactive}})
+		return
+	}
+	switch a.Type {
+	case contract.Contribution, contract.Transformation:
+		name := a.Object.Name
+		if cur := d.object(name); cur != nil {
+			d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &EntryError{Seq: e.Seq,
+				Err: fmt.Errorf("%w: %q is already in the manifest from entry %d; redact it first", ErrDuplicate, name, cur.Seq)}})
+			return
+		}
+		d.objects[name] = &ManifestEntry{ObjectClaim: *a.Object, Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid}
+		if d.isRedacted(name) {
+			d.redacted[name] = 0
+		}
+	case contract.Redaction:
+		name := a.Redaction.Name
+		cur := d.object(name)
+		switch {
+		case cur == nil:
+			d.redacted[name] = e.Seq
+		case a.Redaction.Seq == 0 || a.Redaction.Seq == cur.Seq:
+			d.remove(name)
+			d.redacted[name] = e.Seq
+		default:
+			// It redacts an earlier version of the name, already gone.
+		}
+	case contract.Revocation:
+		k := revKey{a.Issuer, a.Revocation.KeyID}
+		retro := a.Revocation.Retroactive || f.opt.retroactive
+		r := revocation{Seq: e.Seq, Retroactive: retro}
+		if old, ok := d.revocation(k); ok {
+			if old.Retroactive || !retro {
+				return
+			}
+			r.Seq = old.Seq
+		}
+		d.newRevs[k] = r
+		if retro {
+			d.dropSignedBy(k)
+		}
+	}
+}
+
+func (d *delta) isRedacted(name string) bool {
+	if seq, ok := d.redacted[name]; ok {
+		return seq != 0
+	}
+	_, ok := d.base.redacted[name]
+	return ok
+}
+
+// dropSignedBy removes every object signed by the key k.
+func (d *delta) dropSignedBy(k revKey) {
+	var names []string
+	for name, e := range d.base.objects {
+		if _, changed := d.objects[name]; !changed && e.Issuer == k.issuer && e.KeyID == k.kid {
+			names = append(names, name)
+		}
+	}
+	for name, e := range d.objects {
+		if e != nil && e.Issuer == k.issuer && e.KeyID == k.kid {
+			names = append(names, name)
+		}
+	}
+	for _, name := range names {
+		d.remove(name)
+	}
+}

@@ -1,0 +1,255 @@
+package verify
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3" // the SQLite driver
+)
+
+// StateFile is the name of the trusted-state database in the sidecar's
+// state dir.
+const StateFile = "verify.db"
+
+// Store persists what the sidecar trusts of each contract's log: the log
+// state (size, last leaf, compact range), the last trusted checkpoint, the
+// verified manifest, the revocations seen, and a quarantine, so that a
+// restart resumes at once and still catches a rollback or a fork. One
+// SQLite file serves every contract of a sidecar; every sync commits in one
+// transaction.
+type Store struct {
+	db *sql.DB
+}
+
+const schema = `
+CREATE TABLE IF NOT EXISTS logs (
+	contract   TEXT PRIMARY KEY,
+	state      BLOB NOT NULL,
+	checkpoint BLOB NOT NULL,
+	quarantine TEXT NOT NULL DEFAULT '',
+	updated    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+	contract TEXT NOT NULL,
+	name     TEXT NOT NULL,
+	entry    BLOB NOT NULL,
+	PRIMARY KEY (contract, name)
+);
+CREATE TABLE IF NOT EXISTS redactions (
+	contract TEXT NOT NULL,
+	name     TEXT NOT NULL,
+	seq      INTEGER NOT NULL,
+	PRIMARY KEY (contract, name)
+);
+CREATE TABLE IF NOT EXISTS revocations (
+	contract    TEXT NOT NULL,
+	issuer      TEXT NOT NULL,
+	kid         TEXT NOT NULL,
+	seq         INTEGER NOT NULL,
+	retroactive INTEGER NOT NULL,
+	PRIMARY KEY (contract, issuer, kid)
+);
+`
+
+// OpenStore opens (creating if needed) the state database at path.
+func OpenStore(path string) (*Store, error) {
+	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Reset forgets everything trusted about a contract, quarantine included:
+// the next follower starts from first contact (pinned checkpoint or trust
+// on first use). It is the operator's way out of a quarantine.
+func (s *Store) Reset(ctx context.Context, contractID string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("reset state: %w", err)
+	}
+	defer tx.Rollback()
+	for _, t := range []string{"logs", "objects", "redactions", "revocations"} {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t+" WHERE contract = ?", contractID); err != nil {
+			return fmt.Errorf("reset state: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+// trusted is a contract's persisted state.
+type trusted struct {
+	state      LogState
+	checkpoint []byte
+	quarantine string
+	manifest   *Manifest
+	revs       map[revKey]revocation
+}
+
+// load reads a contract's state; nil when there is none.
+func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
+	var stateJSON, cp []byte
+	var q string
+	err := s.db.QueryRowContext(ctx, "SELECT state, checkpoint, quarantine FROM logs WHERE contract = ?", contractID).Scan(&stateJSON, &cp, &q)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load state: %w", err)
+	}
+	t := &trusted{checkpoint: cp, quarantine: q, manifest: newManifest(), revs: map[revKey]revocation{}}
+	if err := json.Unmarshal(stateJSON, &t.state); err != nil {
+		return nil, fmt.Errorf("%w: log state: %v", ErrState, err)
+	}
+	rows, err := s.db.QueryContext(ctx, "SELECT name, entry FROM objects WHERE contract = ?", contractID)
+	if err != nil {
+		return nil, fmt.Errorf("load manifest: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var b []byte
+		if err := rows.Scan(&name, &b); err != nil {
+			return nil, fmt.Errorf("load manifest: %w", err)
+		}
+		var e ManifestEntry
+		if err := json.Unmarshal(b, &e); err != nil || e.Name != name {
+			return nil, fmt.Errorf("%w: manifest entry %q", ErrState, name)
+		}
+		t.manifest.objects[name] = &e
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load manifest: %w", err)
+	}
+	rows.Close()
+	rrows, err := s.db.QueryContext(ctx, "SELECT name, seq FROM redactions WHERE contract = ?", contractID)
+	if err != nil {
+		return nil, fmt.Errorf("load redactions: %w", err)
+	}
+	defer rrows.Close()
+	for rrows.Next() {
+		var name string
+		var seq uint64
+		if err := rrows.Scan(&name, &seq); err != nil {
+			return nil, fmt.Errorf("load redactions: %w", err)
+		}
+		t.manifest.redacted[name] = seq
+	}
+	if err := rrows.Err(); err != nil {
+		return nil, fmt.Errorf("load redactions: %w", err)
+	}
+	vrows, err := s.db.QueryContext(ctx, "SELECT issuer, kid, seq, retroactive FROM revocations WHERE contract = ?", contractID)
+	if err != nil {
+		return nil, fmt.Errorf("load revocations: %w", err)
+	}
+	defer vrows.Close()
+	for vrows.Next() {
+		var k revKey
+		var r revocation
+		if err := vrows.Scan(&k.issuer, &k.kid, &r.Seq, &r.Retroactive); err != nil {
+			return nil, fmt.Errorf("load revocations: %w", err)
+		}
+		t.revs[k] = r
+	}
+	return t, vrows.Err()
+}
+
+// commit stores a verified sync atomically: the new log state and
+// checkpoint, and the manifest delta.
+func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp []byte, d *delta) error {
+	stateJSON, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("commit state: %w", err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("commit state: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO logs (contract, state, checkpoint, updated) VALUES (?, ?, ?, ?)
+		ON CONFLICT (contract) DO UPDATE SET state = excluded.state, checkpoint = excluded.checkpoint, updated = excluded.updated`,
+		contractID, stateJSON, cp, time.Now().Unix()); err != nil {
+		return fmt.Errorf("commit state: %w", err)
+	}
+	if d != nil {
+		if err := commitDelta(ctx, tx, contractID, d); err != nil {
+			return fmt.Errorf("commit manifest: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit state: %w", err)
+	}
+	return nil
+}
+
+func commitDelta(ctx context.Context, tx *sql.Tx, contractID string, d *delta) error {
+	put, err := tx.PrepareContext(ctx, "INSERT OR REPLACE INTO objects (contract, name, entry) VALUES (?, ?, ?)")
+	if err != nil {
+		return err
+	}
+	defer put.Close()
+	del, err := tx.PrepareContext(ctx, "DELETE FROM objects WHERE contract = ? AND name = ?")
+	if err != nil {
+		return err
+	}
+	defer del.Close()
+	for name, e := range d.objects {
+		if e == nil {
+			_, err = del.ExecContext(ctx, contractID, name)
+		} else {
+			var b []byte
+			if b, err = json.Marshal(e); err == nil {
+				_, err = put.ExecContext(ctx, contractID, name, b)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for name, seq := range d.redacted {
+		if seq == 0 {
+			_, err = tx.ExecContext(ctx, "DELETE FROM redactions WHERE contract = ? AND name = ?", contractID, name)
+		} else {
+			_, err = tx.ExecContext(ctx, "INSERT OR REPLACE INTO redactions (contract, name, seq) VALUES (?, ?, ?)", contractID, name, seq)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for k, r := range d.newRevs {
+		if _, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO revocations (contract, issuer, kid, seq, retroactive) VALUES (?, ?, ?, ?, ?)",
+			contractID, k.issuer, k.kid, r.Seq, r.Retroactive); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// quarantine records a contract's quarantine and its evidence.
+func (s *Store) quarantine(ctx context.Context, contractID, evidence string) error {
+	res, err := s.db.ExecContext(ctx, "UPDATE logs SET quarantine = ?, updated = ? WHERE contract = ?", evidence, time.Now().Unix(), contractID)
+	if err != nil {
+		return fmt.Errorf("record quarantine: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		// Quarantined before any state was trusted: keep the evidence anyway.
+		st, _ := json.Marshal(LogState{})
+		if _, err := s.db.ExecContext(ctx, "INSERT INTO logs (contract, state, checkpoint, quarantine, updated) VALUES (?, ?, ?, ?, ?)",
+			contractID, st, []byte{}, evidence, time.Now().Unix()); err != nil {
+			return fmt.Errorf("record quarantine: %w", err)
+		}
+	}
+	return nil
+}
