@@ -1,0 +1,426 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+func init() {
+	commands["contribute"] = command{summary: "upload files to a contract's bucket and append signed contribution attestations", run: runContribute}
+}
+
+const contributeSynopsis = "contribute --registry URL --contract ID --key FILE --s3-endpoint URL [--bucket B]\n                    [--prefix P] [--encoding identity|gzip|zstd] [--contributor ID] PATH..."
+
+type contributeOpts struct {
+	client      *contract.Client
+	s3          *minio.Client
+	c           *contract.Contract
+	key         *jose.JSONWebKey
+	contributor string
+	encoding    string
+	tmpDir      string
+	existing    map[string]contract.ObjectClaim
+}
+
+type contributeItem struct {
+	path, name string
+}
+
+func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("contribute", contributeSynopsis, stderr)
+	reg := fs.String("registry", "", "registry base URL")
+	contractID := fs.String("contract", "", "contract id")
+	keyFile := fs.String("key", "", "the contributor's private JWK")
+	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or the shared files)")
+	bucket := fs.String("bucket", "", "bucket (default and only allowed value: the contract's origin bucket)")
+	prefix := fs.String("prefix", "", "prefix for the logical names (name = PREFIX + path relative to PATH)")
+	encoding := fs.String("encoding", contract.EncodingIdentity, "store each file as identity, gzip or zstd")
+	contributor := fs.String("contributor", "", "contributor id (default: the contract's contributor whose keys include --key)")
+	jobs := fs.Int("jobs", 4, "files processed in parallel")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *reg == "" || *contractID == "" || *keyFile == "" || *s3Endpoint == "" || fs.NArg() == 0 {
+		return &usageError{msg: "contribute: --registry, --contract, --key, --s3-endpoint and at least one PATH are required"}
+	}
+	switch *encoding {
+	case contract.EncodingIdentity, contract.EncodingGzip, contract.EncodingZstd:
+	default:
+		return &usageError{msg: fmt.Sprintf("contribute: --encoding %q: want identity, gzip or zstd", *encoding)}
+	}
+	if *prefix != "" && !strings.HasSuffix(*prefix, "/") {
+		*prefix += "/"
+	}
+	key, err := verify.LoadKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	client, err := contract.NewClient(*reg)
+	if err != nil {
+		return err
+	}
+	c, _, err := client.GetContract(ctx, *contractID, "")
+	if err != nil {
+		return fmt.Errorf("contribute: contract %s: %w", *contractID, err)
+	}
+	o := &contributeOpts{client: client, c: c, key: key, contributor: *contributor, encoding: *encoding, tmpDir: os.TempDir()}
+	if o.contributor == "" {
+		if o.contributor, err = contributorOf(c, key); err != nil {
+			return err
+		}
+	}
+	if *bucket != "" && *bucket != c.Origin.Bucket {
+		return fmt.Errorf("contribute: --bucket %q is not the contract's origin bucket %q", *bucket, c.Origin.Bucket)
+	}
+	if o.s3, err = newS3Client(*s3Endpoint); err != nil {
+		return err
+	}
+	items, err := collectFiles(fs.Args(), *prefix)
+	if err != nil {
+		return err
+	}
+	if o.existing, err = liveObjects(ctx, client, c.ContractID); err != nil {
+		return fmt.Errorf("contribute: read the log: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	prog := &progress{w: stderr, total: len(items), show: len(items) > 1}
+	work := make(chan contributeItem)
+	var wg sync.WaitGroup
+	var firstErr error
+	var errOnce sync.Once
+	for range max(1, *jobs) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range work {
+				added, n, err := o.one(ctx, it)
+				if err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("contribute: %s: %w", it.path, err); cancel() })
+					continue
+				}
+				prog.add(added, n)
+			}
+		}()
+	}
+feed:
+	for _, it := range items {
+		select {
+		case work <- it:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	prog.finish()
+	if firstErr != nil {
+		return firstErr
+	}
+	fmt.Fprintf(stdout, "contributed %d objects to %s (%d already in the log)\n", prog.added, c.ContractID, prog.skipped)
+	return nil
+}
+
+// one uploads one file and appends its attestation, unless the log already
+// holds a live object of that name with the same content and encoding.
+func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool, n int64, err error) {
+	decSHA, decSize, err := hashFile(it.path)
+	if err != nil {
+		return false, 0, err
+	}
+	if prev, ok := o.existing[it.name]; ok && prev.DecodedSHA256 == decSHA && prev.Encoding == o.encoding {
+		return false, decSize, nil
+	}
+	obj := contract.ObjectClaim{Name: it.name, Encoding: o.encoding, DecodedSHA256: decSHA, DecodedSize: decSize}
+	upload := it.path
+	if o.encoding == contract.EncodingIdentity {
+		obj.StoredSHA256, obj.StoredSize = decSHA, decSize
+	} else {
+		tmp, sum, size, err := encodeFile(it.path, o.tmpDir, o.encoding)
+		if err != nil {
+			return false, 0, err
+		}
+		defer os.Remove(tmp)
+		upload, obj.StoredSHA256, obj.StoredSize = tmp, sum, size
+	}
+	f, err := os.Open(upload)
+	if err != nil {
+		return false, 0, err
+	}
+	defer f.Close()
+	if _, err := o.s3.PutObject(ctx, o.c.Origin.Bucket, o.c.Origin.Key(it.name), f, obj.StoredSize,
+		minio.PutObjectOptions{ContentType: "application/octet-stream"}); err != nil {
+		return false, 0, fmt.Errorf("upload: %w", err)
+	}
+	a := &contract.Attestation{Issuer: o.contributor, Subject: o.c.ContractID, IssuedAt: time.Now().Unix(), ID: verify.NewID(),
+		Type: contract.Contribution, Object: &obj}
+	jws, err := verify.SignAttestation(o.key, a)
+	if err != nil {
+		return false, 0, err
+	}
+	if _, err := o.client.AppendAttestation(ctx, o.c.ContractID, jws); err != nil {
+		return false, 0, fmt.Errorf("append: %w", err)
+	}
+	return true, decSize, nil
+}
+
+// contributorOf finds the contract's contributor whose inline keys hold key.
+func contributorOf(c *contract.Contract, key *jose.JSONWebKey) (string, error) {
+	tp, err := verify.Thumbprint(key)
+	if err != nil {
+		return "", err
+	}
+	for _, ct := range c.Contributors {
+		if ct.JWKS == nil {
+			continue
+		}
+		for _, k := range ct.JWKS.Keys {
+			if ktp, err := verify.Thumbprint(&k); err == nil && ktp == tp {
+				return ct.ID, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("contribute: key %s is not among the inline keys of contract %s's contributors; pass --contributor", key.KeyID, c.ContractID)
+}
+
+// collectFiles lists the regular files under each path; a file's name is
+// prefix + its path relative to the directory given (or its base name).
+func collectFiles(paths []string, prefix string) ([]contributeItem, error) {
+	var items []contributeItem
+	seen := map[string]string{}
+	add := func(path, rel string) error {
+		name := prefix + filepath.ToSlash(rel)
+		if err := contract.ValidateName(name); err != nil {
+			return fmt.Errorf("contribute: %s: %w", path, err)
+		}
+		if other, ok := seen[name]; ok {
+			return fmt.Errorf("contribute: %s and %s both map to name %q", other, path, name)
+		}
+		seen[name] = path
+		items = append(items, contributeItem{path: path, name: name})
+		return nil
+	}
+	for _, root := range paths {
+		st, err := os.Stat(root)
+		if err != nil {
+			return nil, fmt.Errorf("contribute: %w", err)
+		}
+		if !st.IsDir() {
+			if err := add(root, filepath.Base(root)); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.Type().IsRegular() {
+				return nil // directories, symlinks, devices
+			}
+			rel, err := filepath.Rel(root, path)
+			if err != nil {
+				return err
+			}
+			return add(path, rel)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("contribute: %w", err)
+		}
+	}
+	if len(items) == 0 {
+		return nil, errors.New("contribute: no files found")
+	}
+	return items, nil
+}
+
+func hashFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// encodeFile compresses path into a temp file, hashing what it writes.
+func encodeFile(path, dir, encoding string) (tmp, sum string, size int64, err error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return "", "", 0, err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(dir, "provgate-contribute-*")
+	if err != nil {
+		return "", "", 0, err
+	}
+	defer func() {
+		out.Close()
+		if err != nil {
+			os.Remove(out.Name())
+		}
+	}()
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(out, h)}
+	var enc io.WriteCloser
+	switch encoding {
+	case contract.EncodingGzip:
+		enc = gzip.NewWriter(cw)
+	case contract.EncodingZstd:
+		if enc, err = zstd.NewWriter(cw, zstd.WithEncoderConcurrency(1)); err != nil {
+			return "", "", 0, err
+		}
+	default:
+		return "", "", 0, fmt.Errorf("unknown encoding %q", encoding)
+	}
+	if _, err = io.Copy(enc, in); err != nil {
+		return "", "", 0, err
+	}
+	if err = enc.Close(); err != nil {
+		return "", "", 0, err
+	}
+	if err = out.Close(); err != nil {
+		return "", "", 0, err
+	}
+	return out.Name(), hex.EncodeToString(h.Sum(nil)), cw.n, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// liveObjects replays the log (trusting the registry: this is only to skip
+// work already done) and returns the live objects by name.
+func liveObjects(ctx context.Context, client *contract.Client, contractID string) (map[string]contract.ObjectClaim, error) {
+	live := map[string]contract.ObjectClaim{}
+	var since uint64
+	for {
+		page, err := client.Events(ctx, contractID, since, contract.MaxEventsLimit)
+		if err != nil {
+			return nil, err
+		}
+		for _, we := range page.Entries {
+			since = we.Seq
+			e, err := contract.DecodeEntry(we.Entry)
+			if err != nil || e.Kind != contract.EntryAttestation {
+				continue
+			}
+			a, err := unverifiedAttestation(e.JWS)
+			if err != nil {
+				continue
+			}
+			switch {
+			case a.Object != nil:
+				live[a.Object.Name] = *a.Object
+			case a.Redaction != nil:
+				delete(live, a.Redaction.Name)
+			}
+		}
+		if len(page.Entries) == 0 || since >= page.TreeSize {
+			return live, nil
+		}
+	}
+}
+
+// unverifiedAttestation decodes an attestation's payload without checking
+// its signature.
+func unverifiedAttestation(jws string) (*contract.Attestation, error) {
+	parts := strings.Split(jws, ".")
+	if len(parts) != 3 {
+		return nil, errors.New("not a compact JWS")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, err
+	}
+	var a contract.Attestation
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// newS3Client makes a minio-go client for an endpoint URL, with the
+// credentials every S3 tool reads: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+// (and AWS_SESSION_TOKEN), then the shared credentials file; AWS_REGION.
+func newS3Client(endpoint string) (*minio.Client, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("--s3-endpoint %q: want http(s)://host[:port]", endpoint)
+	}
+	creds := credentials.NewChainCredentials([]credentials.Provider{&credentials.EnvAWS{}, &credentials.FileAWSCredentials{}})
+	region := os.Getenv("AWS_REGION")
+	if region == "" {
+		region = os.Getenv("AWS_DEFAULT_REGION")
+	}
+	return minio.New(u.Host, &minio.Options{Creds: creds, Secure: u.Scheme == "https", Region: region})
+}
+
+// progress prints one updating line on stderr.
+type progress struct {
+	mu             sync.Mutex
+	w              io.Writer
+	total          int
+	show           bool
+	added, skipped int
+	bytes          int64
+	last           time.Time
+}
+
+func (p *progress) add(added bool, n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if added {
+		p.added++
+	} else {
+		p.skipped++
+	}
+	p.bytes += n
+	if p.show && (time.Since(p.last) > 100*time.Millisecond || p.added+p.skipped == p.total) {
+		p.last = time.Now()
+		fmt.Fprintf(p.w, "\rcontribute: %d/%d files, %.1f MiB", p.added+p.skipped, p.total, float64(p.bytes)/(1<<20))
+	}
+}
+
+func (p *progress) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.show && p.added+p.skipped > 0 {
+		fmt.Fprintln(p.w)
+	}
+}

@@ -1,0 +1,341 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+func init() {
+	commands["verify"] = command{summary: "audit a contract's provenance log: 'verify log' replays and checks it independently", run: runVerify}
+}
+
+const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--max-age DURATION]"
+
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "log" {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(stderr, "Usage: provgate "+verifyLogSynopsis)
+			return errHelp
+		}
+		return &usageError{msg: "usage: provgate " + verifyLogSynopsis}
+	}
+	fs := newFlagSet("verify log", verifyLogSynopsis, stderr)
+	reg := fs.String("registry", "", "registry base URL")
+	id := fs.String("contract", "", "contract id")
+	trusted := fs.String("trusted-checkpoint", "", "a checkpoint you trust: the log must be consistent with it; it is advanced on success (created on first use)")
+	maxAge := fs.Duration("max-age", 0, "refuse a checkpoint signed longer ago than this (0: no freshness check)")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	if *reg == "" || *id == "" || fs.NArg() != 0 {
+		return &usageError{msg: "verify log: --registry and --contract are required"}
+	}
+	client, err := contract.NewClient(*reg)
+	if err != nil {
+		return err
+	}
+	c, _, err := client.GetContract(ctx, *id, "")
+	if err != nil {
+		return fmt.Errorf("verify log: contract %s: %w", *id, err)
+	}
+	a, err := newAuditor(client, c)
+	if err != nil {
+		return fmt.Errorf("verify log: %w", err)
+	}
+	rep, err := a.run(ctx, *trusted, *maxAge)
+	if err != nil {
+		return fmt.Errorf("verify log: %s: %w", c.ContractID, err)
+	}
+	fmt.Fprintf(stdout, "verify log: OK %s: %d entries (%d attestations, %d metering, %d redactions, %d revocations) match checkpoint size %d root %x signed %s\n",
+		c.ContractID, rep.size, rep.attestations, rep.metering, rep.redactions, rep.revocations, rep.cp.Size, rep.cp.Hash, rep.cp.Time.UTC().Format(time.RFC3339))
+	if rep.trusted != nil {
+		fmt.Fprintf(stdout, "verify log: consistent with the trusted checkpoint of size %d; %s now holds size %d\n", rep.trusted.Size, *trusted, rep.cp.Size)
+	} else if *trusted != "" {
+		fmt.Fprintf(stdout, "verify log: trust on first use: wrote checkpoint of size %d to %s\n", rep.cp.Size, *trusted)
+	}
+	return nil
+}
+
+// auditor replays a log independently of the registry's own claims: it
+// trusts only the contract's checkpoint key and contributor keys.
+type auditor struct {
+	client  *contract.Client
+	c       *contract.Contract
+	cpv     *verify.CheckpointVerifier
+	keys    map[string]*jose.JSONWebKeySet
+	revoked map[string]uint64 // issuer/kid -> seq of the revocation
+	live    map[string]uint64 // object name -> seq
+	counted map[string]uint64 // metering event id -> seq
+	leaves  [][]byte
+}
+
+type auditReport struct {
+	cp, trusted                                           *verify.Checkpoint
+	size, attestations, metering, redactions, revocations uint64
+}
+
+func newAuditor(client *contract.Client, c *contract.Contract) (*auditor, error) {
+	cpv, err := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+	if err != nil {
+		return nil, err
+	}
+	return &auditor{client: client, c: c, cpv: cpv, keys: map[string]*jose.JSONWebKeySet{},
+		revoked: map[string]uint64{}, live: map[string]uint64{}, counted: map[string]uint64{}}, nil
+}
+
+func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Duration) (*auditReport, error) {
+	raw, err := a.client.Checkpoint(ctx, a.c.ContractID)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	cp, err := a.cpv.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := verify.CheckFresh(cp, time.Now(), maxAge); err != nil {
+		return nil, err
+	}
+	rep := &auditReport{cp: cp}
+	if trustedPath != "" {
+		if rep.trusted, err = a.checkTrusted(ctx, trustedPath, cp); err != nil {
+			return nil, err
+		}
+	}
+	chain, err := verify.NewChain(a.c.ContractID, nil)
+	if err != nil {
+		return nil, err
+	}
+	for chain.Size() < cp.Size {
+		page, err := a.client.Events(ctx, a.c.ContractID, chain.Size(), contract.MaxEventsLimit)
+		if err != nil {
+			return nil, fmt.Errorf("events after %d: %w", chain.Size(), err)
+		}
+		if len(page.Entries) == 0 {
+			return nil, fmt.Errorf("%w: the registry serves %d entries, its checkpoint commits to %d", verify.ErrRoot, chain.Size(), cp.Size)
+		}
+		for _, we := range page.Entries {
+			if we.Seq > cp.Size {
+				break
+			}
+			e, err := chain.Append(we.Seq, we.Entry)
+			if err != nil {
+				return nil, a.locate(ctx, cp, we.Seq, contract.LeafHash(we.Entry), err)
+			}
+			a.leaves = append(a.leaves, contract.LeafHash(we.Entry))
+			if err := a.check(ctx, e, rep); err != nil {
+				return nil, &verify.EntryError{Seq: e.Seq, Err: err}
+			}
+		}
+	}
+	if err := chain.CheckCheckpoint(cp); err != nil {
+		return nil, a.locate(ctx, cp, chain.Size(), nil, err)
+	}
+	rep.size = chain.Size()
+	if trustedPath != "" {
+		if err := verify.WriteFileAtomic(trustedPath, cp.Raw, 0o644); err != nil {
+			return nil, fmt.Errorf("save trusted checkpoint: %w", err)
+		}
+	}
+	return rep, nil
+}
+
+// checkTrusted checks that cp extends the trusted checkpoint in path, with
+// the registry's consistency proof. A missing file is first use.
+func (a *auditor) checkTrusted(ctx context.Context, path string, cp *verify.Checkpoint) (*verify.Checkpoint, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	old, err := a.cpv.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("trusted checkpoint %s: %w", path, err)
+	}
+	var hashes [][]byte
+	if old.Size > 0 && old.Size < cp.Size {
+		p, err := a.client.ConsistencyProof(ctx, a.c.ContractID, old.Size, cp.Size)
+		if err != nil {
+			return nil, fmt.Errorf("consistency proof %d -> %d: %w", old.Size, cp.Size, err)
+		}
+		hashes = p.Hashes
+	}
+	if err := verify.VerifyConsistency(old, cp, hashes); err != nil {
+		return nil, err
+	}
+	return old, nil
+}
+
+// check verifies what an entry says: an attestation's signature against
+// its contributor's keys, revocations in force, redactions of live
+// objects; a metering entry's shape and that no event is counted twice.
+func (a *auditor) check(ctx context.Context, e *contract.Entry, rep *auditReport) error {
+	switch e.Kind {
+	case contract.EntryMetering:
+		rep.metering++
+		return a.checkMetering(e)
+	case contract.EntryAttestation:
+		rep.attestations++
+	default:
+		return fmt.Errorf("%w: unknown kind %q", verify.ErrMalformed, e.Kind)
+	}
+	peek, err := verify.PeekAttestation(e.JWS)
+	if err != nil {
+		return err
+	}
+	keys, err := a.contributorKeys(ctx, peek.Issuer)
+	if err != nil {
+		return err
+	}
+	at, kid, err := verify.VerifyAttestation(e.JWS, a.c, keys)
+	if err != nil {
+		return err
+	}
+	if r, ok := a.revoked[at.Issuer+"/"+kid]; ok {
+		return fmt.Errorf("%w: key %q of %q was revoked by entry %d", verify.ErrRevokedKey, kid, at.Issuer, r)
+	}
+	switch at.Type {
+	case contract.Contribution, contract.Transformation:
+		a.live[at.Object.Name] = e.Seq
+	case contract.Redaction:
+		rep.redactions++
+		if _, ok := a.live[at.Redaction.Name]; !ok {
+			return fmt.Errorf("redaction of %q, which is not a live object", at.Redaction.Name)
+		}
+		delete(a.live, at.Redaction.Name)
+	case contract.Revocation:
+		rep.revocations++
+		a.revoked[at.Issuer+"/"+at.Revocation.KeyID] = e.Seq
+	}
+	return nil
+}
+
+func (a *auditor) checkMetering(e *contract.Entry) error {
+	if _, err := verify.PeekKeyID(e.JWS, contract.TypeMetering); err != nil {
+		return err
+	}
+	// The sidecar's key is the registry's to check; an auditor checks that
+	// the entry is a batch for this contract and that every accepted event
+	// is in it and was not counted before.
+	parts := strings.Split(e.JWS, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return fmt.Errorf("%w: metering payload: %v", verify.ErrMalformed, err)
+	}
+	var b contract.MeteringBatch
+	if err := json.Unmarshal(payload, &b); err != nil {
+		return fmt.Errorf("%w: metering payload: %v", verify.ErrMalformed, err)
+	}
+	if b.Contract != a.c.ContractID {
+		return fmt.Errorf("%w: metering batch for %q", verify.ErrWrongContract, b.Contract)
+	}
+	inBatch := map[string]bool{}
+	for _, ev := range b.Events {
+		inBatch[ev.ID] = true
+	}
+	if len(e.Accepted) == 0 {
+		return errors.New("metering entry accepts no event")
+	}
+	for _, id := range e.Accepted {
+		if !inBatch[id] {
+			return fmt.Errorf("accepted event %q is not in the batch", id)
+		}
+		if prev, ok := a.counted[id]; ok {
+			return fmt.Errorf("%w: event %q was already counted by entry %d", verify.ErrDuplicate, id, prev)
+		}
+		a.counted[id] = e.Seq
+	}
+	return nil
+}
+
+func (a *auditor) contributorKeys(ctx context.Context, id string) (*jose.JSONWebKeySet, error) {
+	if k, ok := a.keys[id]; ok {
+		return k, nil
+	}
+	ct := a.c.Contributor(id)
+	if ct == nil {
+		return nil, fmt.Errorf("%w: %q", verify.ErrNotContributor, id)
+	}
+	set := ct.JWKS
+	if set == nil || len(set.Keys) == 0 {
+		var err error
+		if set, err = a.client.JWKS(ctx, ct.JWKSURI); err != nil {
+			return nil, fmt.Errorf("keys of %q: %w", id, err)
+		}
+	}
+	a.keys[id] = set
+	return set, nil
+}
+
+// locate names the first entry whose bytes are not the ones the signed
+// checkpoint commits to. The replayed leaves 1..n-1 and the leaf of entry
+// n (nil if n was replayed) are checked by prefix: a prefix of size m is
+// intact iff its root is consistent with the checkpoint's root, which is
+// monotone in m, so a binary search finds the first changed entry. If
+// every prefix is intact, entry n itself is what is wrong.
+func (a *auditor) locate(ctx context.Context, cp *verify.Checkpoint, n uint64, leafN []byte, cause error) error {
+	leaves := a.leaves
+	if leafN != nil && uint64(len(leaves)) == n-1 {
+		leaves = append(leaves[:len(leaves):len(leaves)], leafN)
+	}
+	if n > uint64(len(leaves)) {
+		n = uint64(len(leaves))
+	}
+	intact := func(m uint64) bool {
+		root := prefixRoot(leaves[:m])
+		if m == cp.Size {
+			return bytes.Equal(root, cp.Hash)
+		}
+		p, err := a.client.ConsistencyProof(ctx, a.c.ContractID, m, cp.Size)
+		if err != nil {
+			return false
+		}
+		return proof.VerifyConsistency(rfc6962.DefaultHasher, m, cp.Size, p.Hashes, root, cp.Hash) == nil
+	}
+	lo, hi := uint64(1), n // find the first m in [lo, hi] that is not intact
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if intact(mid) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if n >= 1 && !intact(lo) {
+		return &verify.EntryError{Seq: lo, Err: fmt.Errorf("its bytes are not the ones the signed checkpoint commits to (%w)", cause)}
+	}
+	var ee *verify.EntryError
+	if errors.As(cause, &ee) {
+		return cause
+	}
+	return &verify.EntryError{Seq: max(n, 1), Err: cause}
+}
+
+func prefixRoot(leaves [][]byte) []byte {
+	if len(leaves) == 0 {
+		return rfc6962.DefaultHasher.EmptyRoot()
+	}
+	rng := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
+	for _, l := range leaves {
+		rng.Append(l, nil)
+	}
+	root, _ := rng.GetRootHash(nil)
+	return root
+}
