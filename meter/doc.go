@@ -1,0 +1,85 @@
+// Package meter is the sidecar's metering ledger: a local SQLite file
+// (github.com/mattn/go-sqlite3, WAL mode) that records every access to a
+// contract's objects and every epoch summary before anything leaves the
+// machine, and an outbox that ships the rows to the registry exactly once.
+//
+// # Rows
+//
+// An access row records one served, partial, refused or failed access:
+// time, contract, name, bytes, decoded sha256, epoch, job, token jti and
+// outcome, with the units and the cost (integer nano-USD) that the
+// contract's pricing gives it (per sample, per token, per byte; a
+// subscription bills nothing per use). Only the outcomes served and
+// partial bill. An epoch row summarises one (contract, job, epoch): the
+// access events, served samples, bytes, distinct objects, units and cost
+// of its access rows. The bill is the sum of access rows; an epoch row is
+// a report and is sent with units and cost zero, so that nothing is ever
+// counted twice (its own figures stay in the ledger and in
+// `provgate meter report`).
+//
+// Every row gets a sequence number and an event id when it is written
+// (ledger id + "-" + seq; the ledger id is 128 random bits minted when the
+// file is created), so any number of retries of a row count it once at the
+// registry.
+//
+// # Durability policy
+//
+// Writes go through one writer goroutine that commits whatever is queued
+// as one transaction (group commit). An event is acknowledged when Record
+// (or Pending.Wait) returns nil: its transaction has committed. What an
+// acknowledged event survives depends on Config.Sync:
+//
+//   - SyncNormal (the default): WAL with synchronous=NORMAL. A commit has
+//     reached the operating system before it is acknowledged, so an
+//     acknowledged event survives the process being killed (kill -9, OOM,
+//     panic). An operating-system crash or power loss may lose the last
+//     commits since the last WAL checkpoint. It costs no fsync on the data
+//     path, which is why it is the default for a sidecar whose pod dies
+//     with its node anyway.
+//   - SyncFull: synchronous=FULL. Every group commit is fsynced before it
+//     is acknowledged, so acknowledged events survive power loss too; the
+//     fsync is shared by every event in the group.
+//
+// Events submitted but not yet acknowledged are lost by a kill; they were
+// never acknowledged, and a caller that must not serve unrecorded bytes
+// waits for the acknowledgement.
+//
+// # When the buffer is full
+//
+// The queue is bounded (Config.BufferSize events). A Submit that finds it
+// full waits up to Config.FullWait for room, then fails with an error
+// wrapping ErrBusy, which the sidecar maps to 503: no event is ever
+// dropped silently, the request is refused instead and the client retries.
+// Refusals are counted in Stats.
+//
+// # Tamper evidence
+//
+// Each row stores hash = SHA-256(previous row's hash || seq || record),
+// starting from SHA-256("provgate-meter-v1" || ledger id), and the
+// ledger's head (last seq and hash) is kept in the same transaction.
+// Verify walks the chain and names the first row that was edited, deleted
+// or inserted. Someone who can rewrite the file and recompute every hash
+// after the edited row is not caught locally; rows already synced are also
+// anchored in the registry's signed log.
+//
+// # Outbox
+//
+// Per contract, the ledger keeps a cursor: every row up to acked_seq has
+// been accepted by the registry. The Syncer takes the next unsynced rows
+// (at most DefaultBatchSize events and DefaultMaxBatchBytes of JSON),
+// derives the batch id from their event ids, signs the batch with the
+// sidecar key and stores the signed batch with the cursor before sending
+// it, so a retry after a crash sends the same bytes with the same
+// Idempotency-Key. An acknowledged batch moves the cursor. A registry
+// outage only grows the outbox; a restart resumes from the cursor. Synced
+// rows are kept for the retention period, then pruned from the front; the
+// chain is anchored at the last pruned row.
+//
+// # Export schema (provgate.meter.export/v1)
+//
+// `provgate meter export` writes one JSON object per row, in seq order,
+// with the fields of ExportRow: seq, id, kind ("access" or "epoch"), time
+// (RFC 3339, UTC), contract_id, name, bytes, samples, tokens, distinct,
+// units, cost_nano_usd, epoch, job, token_jti, decoded_sha256, outcome,
+// hash (hex chain hash) and synced. Fields are only ever added.
+package meter

@@ -1,0 +1,237 @@
+package meter
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"strconv"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// Access outcomes. Only OutcomeServed and OutcomePartial bill.
+const (
+	OutcomeServed       = "served"
+	OutcomePartial      = "partial"
+	OutcomeRefused      = "refused"
+	OutcomeVerifyFailed = "verification_failed"
+)
+
+// Limits on what one event may carry.
+const (
+	MaxNameLen    = 1024
+	MaxFieldLen   = 128 // job, token jti, outcome, decoded sha256
+	maxContractID = contract.MaxIDLen
+)
+
+// Event is one access to a contract's object, as the data path reports it.
+type Event struct {
+	// Time of the access; zero means now.
+	Time     time.Time
+	Contract string
+	Name     string
+	// Bytes delivered to the client.
+	Bytes int64
+	// Samples delivered; zero means 1 for a billing outcome (served,
+	// partial) and 0 otherwise.
+	Samples int64
+	// Tokens delivered, for contracts priced per token.
+	Tokens        int64
+	DecodedSHA256 string
+	Epoch         int64
+	Job           string
+	TokenID       string
+	// Outcome is one of the Outcome constants (or another short word for a
+	// refusal); empty means OutcomeServed.
+	Outcome string
+}
+
+// billable reports whether an outcome bills.
+func billable(outcome string) bool {
+	return outcome == OutcomeServed || outcome == OutcomePartial
+}
+
+// normalize fills defaults and checks bounds.
+func (e *Event) normalize(now time.Time) error {
+	if e.Time.IsZero() {
+		e.Time = now
+	}
+	if e.Outcome == "" {
+		e.Outcome = OutcomeServed
+	}
+	if e.Samples == 0 && billable(e.Outcome) {
+		e.Samples = 1
+	}
+	switch {
+	case e.Contract == "" || len(e.Contract) > maxContractID:
+		return fmt.Errorf("%w: contract id must be 1 to %d bytes", ErrInvalidEvent, maxContractID)
+	case len(e.Name) > MaxNameLen:
+		return fmt.Errorf("%w: name longer than %d bytes", ErrInvalidEvent, MaxNameLen)
+	case len(e.Job) > MaxFieldLen || len(e.TokenID) > MaxFieldLen || len(e.Outcome) > MaxFieldLen || len(e.DecodedSHA256) > MaxFieldLen:
+		return fmt.Errorf("%w: job, token id, outcome and sha256 are at most %d bytes", ErrInvalidEvent, MaxFieldLen)
+	case e.Bytes < 0 || e.Samples < 0 || e.Tokens < 0 || e.Epoch < 0:
+		return fmt.Errorf("%w: negative bytes, samples, tokens or epoch", ErrInvalidEvent)
+	}
+	return nil
+}
+
+// price returns the units and cost of an event under p, or an error when
+// the cost does not fit in int64.
+func price(p contract.Pricing, nano int64, e *Event) (units, cost int64, err error) {
+	if !billable(e.Outcome) {
+		return 0, 0, nil
+	}
+	switch p.Unit {
+	case contract.UnitSample:
+		units = e.Samples
+	case contract.UnitByte:
+		units = e.Bytes
+	case contract.UnitToken:
+		units = e.Tokens
+	case contract.UnitSubscription:
+		return 0, 0, nil
+	}
+	hi, lo := bits.Mul64(uint64(units), uint64(nano))
+	if hi != 0 || lo > 1<<63-1 {
+		return 0, 0, fmt.Errorf("%w: cost of %d units at %d nano-USD overflows", ErrInvalidEvent, units, nano)
+	}
+	return units, int64(lo), nil
+}
+
+// Row kinds, as stored.
+const (
+	kindAccess byte = 1
+	kindEpoch  byte = 2
+)
+
+// Row is one ledger row as stored: an access or an epoch summary.
+type Row struct {
+	Seq      int64
+	ID       string
+	Kind     string // contract.EventAccess or contract.EventEpoch
+	Time     time.Time
+	Contract string
+	Name     string
+	Bytes    int64
+	Samples  int64
+	Tokens   int64
+	// Distinct objects, for an epoch row.
+	Distinct    int64
+	Units       int64
+	CostNanoUSD int64
+	Epoch       int64
+	Job         string
+	TokenID     string
+	DecodedSHA  string
+	Outcome     string
+	// Events is the number of access rows an epoch row summarises.
+	Events int64
+	// Hash is the row's chain hash.
+	Hash []byte
+}
+
+// MeteringEvent is the row as sent to the registry. An epoch row is sent
+// with units and cost zero: the bill is the sum of access rows.
+func (r *Row) MeteringEvent() contract.MeteringEvent {
+	ev := contract.MeteringEvent{
+		ID: r.ID, Time: r.Time, Kind: r.Kind, Name: r.Name, Bytes: r.Bytes, Samples: r.Samples,
+		Distinct: r.Distinct, Units: r.Units, CostNanoUSD: r.CostNanoUSD, Epoch: r.Epoch,
+		Job: r.Job, TokenID: r.TokenID, DecodedSHA: r.DecodedSHA, Outcome: r.Outcome,
+	}
+	if r.Kind == contract.EventEpoch {
+		ev.Units, ev.CostNanoUSD = 0, 0
+	}
+	return ev
+}
+
+// eventID mints the id of row seq of ledger id.
+func eventID(ledgerID string, seq int64) string {
+	return ledgerID + "-" + strconv.FormatInt(seq, 10)
+}
+
+// recordVersion is the first byte of every encoded record.
+const recordVersion = 1
+
+// appendRecord encodes the row's content (everything but seq, id and
+// hash) in the stable binary form that is stored and hashed.
+func appendRecord(b []byte, r *Row) []byte {
+	kind := kindAccess
+	if r.Kind == contract.EventEpoch {
+		kind = kindEpoch
+	}
+	b = append(b, recordVersion, kind)
+	b = binary.AppendVarint(b, r.Time.UnixNano())
+	for _, s := range [...]string{r.Contract, r.Name, r.Job, r.TokenID, r.DecodedSHA, r.Outcome} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	for _, n := range [...]int64{r.Bytes, r.Samples, r.Tokens, r.Distinct, r.Units, r.CostNanoUSD, r.Epoch, r.Events} {
+		b = binary.AppendVarint(b, n)
+	}
+	return b
+}
+
+var errRecord = errors.New("malformed record")
+
+// decodeRecord fills r from an encoded record.
+func decodeRecord(b []byte, r *Row) error {
+	if len(b) < 2 || b[0] != recordVersion {
+		return errRecord
+	}
+	switch b[1] {
+	case kindAccess:
+		r.Kind = contract.EventAccess
+	case kindEpoch:
+		r.Kind = contract.EventEpoch
+	default:
+		return errRecord
+	}
+	b = b[2:]
+	t, n := binary.Varint(b)
+	if n <= 0 {
+		return errRecord
+	}
+	r.Time = time.Unix(0, t).UTC()
+	b = b[n:]
+	for _, s := range [...]*string{&r.Contract, &r.Name, &r.Job, &r.TokenID, &r.DecodedSHA, &r.Outcome} {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l > uint64(len(b)-n) {
+			return errRecord
+		}
+		*s = string(b[n : n+int(l)])
+		b = b[n+int(l):]
+	}
+	for _, p := range [...]*int64{&r.Bytes, &r.Samples, &r.Tokens, &r.Distinct, &r.Units, &r.CostNanoUSD, &r.Epoch, &r.Events} {
+		v, n := binary.Varint(b)
+		if n <= 0 {
+			return errRecord
+		}
+		*p = v
+		b = b[n:]
+	}
+	if len(b) != 0 {
+		return errRecord
+	}
+	return nil
+}
+
+// genesis is the chain's starting hash for a ledger id.
+func genesis(ledgerID string) []byte {
+	h := sha256.Sum256([]byte("provgate-meter-v1" + ledgerID))
+	return h[:]
+}
+
+// chainHash is SHA-256(prev || seq || record).
+type chainHasher struct {
+	buf []byte
+}
+
+func (c *chainHasher) sum(prev []byte, seq int64, rec []byte) [32]byte {
+	c.buf = append(c.buf[:0], prev...)
+	c.buf = binary.BigEndian.AppendUint64(c.buf, uint64(seq))
+	c.buf = append(c.buf, rec...)
+	return sha256.Sum256(c.buf)
+}

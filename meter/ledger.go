@@ -1,0 +1,681 @@
+package meter
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	// SQLite driver: registers "sqlite3".
+	_ "github.com/mattn/go-sqlite3"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// Errors. Callers test them with errors.Is.
+var (
+	// ErrBusy: the write buffer stayed full for Config.FullWait; the
+	// sidecar answers 503 and the client retries.
+	ErrBusy = errors.New("meter: ledger buffer is full")
+	// ErrClosed: the ledger is stopping or stopped.
+	ErrClosed = errors.New("meter: ledger is closed")
+	// ErrUnknownContract: no pricing was set for the contract.
+	ErrUnknownContract = errors.New("meter: contract has no pricing in the ledger")
+	// ErrInvalidEvent: the event is out of bounds; nothing was written.
+	ErrInvalidEvent = errors.New("meter: invalid event")
+	// ErrTampered: Verify found a row that breaks the chain.
+	ErrTampered = errors.New("meter: ledger chain is broken")
+	// ErrQuotaSpent: a token's or contract's quota is used up.
+	ErrQuotaSpent = errors.New("meter: quota spent")
+)
+
+// Sync is the durability of an acknowledged event; see the package doc.
+type Sync int
+
+const (
+	// SyncNormal: acknowledged events survive a killed process.
+	SyncNormal Sync = iota
+	// SyncFull: acknowledged events survive power loss (fsync per group commit).
+	SyncFull
+)
+
+// Defaults for Config.
+const (
+	DefaultBufferSize = 1 << 16
+	DefaultFullWait   = 50 * time.Millisecond
+)
+
+// Config tunes a Ledger. The zero value is usable.
+type Config struct {
+	Sync Sync
+	// BufferSize bounds the events queued for the writer.
+	BufferSize int
+	// FullWait is how long Submit waits for room before ErrBusy.
+	FullWait time.Duration
+	Logger   *slog.Logger
+}
+
+// Ledger is the metering ledger. Open it, SetPricing for each mounted
+// contract, Start the writer, then Record or Submit events.
+type Ledger struct {
+	path     string
+	cfg      Config
+	log      *slog.Logger
+	db       *sql.DB // one connection, every write
+	rdb      *sql.DB // readers
+	id       string  // ledger id
+	readOnly bool
+
+	mu        sync.Mutex
+	cur       *group
+	queued    int
+	room      chan struct{} // closed when the writer frees room
+	closed    bool
+	contracts map[string]*contractState
+	byID      map[int64]*contractState
+	usage     map[usageKey]*usageTotals // per contract and token
+	cusage    map[int64]*usageTotals    // per contract
+
+	wake      chan struct{}
+	committed chan struct{} // tells a Syncer there is new work
+
+	// owned by the writer goroutine
+	headSeq    int64
+	headHash   []byte
+	epochsSeen map[epochKey]bool
+	hasher     chainHasher
+	recBuf     []byte
+	insert     *sql.Stmt
+
+	startOnce sync.Once
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+
+	written, commits, refused, writeErrors atomic.Uint64
+	synced, batches, syncErrors            atomic.Uint64
+}
+
+type contractState struct {
+	id      int64
+	name    string
+	pricing contract.Pricing
+	nano    int64
+	priced  bool
+	outbox  atomic.Int64 // rows not yet acknowledged by the registry
+}
+
+type usageKey struct {
+	contract int64
+	token    string
+}
+
+type usageTotals struct{ samples, bytes int64 }
+
+type epochKey struct {
+	contract int64
+	job      string
+	epoch    int64
+}
+
+// item is one queued write: an access event or an epoch close.
+type item struct {
+	kind         byte
+	c            *contractState
+	ev           Event
+	units, cost  int64
+	epochSummary *EpochSummary // result, for kindEpoch
+}
+
+// group is the set of items one transaction commits.
+type group struct {
+	items []item
+	seqs  []int64
+	err   error
+	done  chan struct{}
+}
+
+func newGroup() *group { return &group{done: make(chan struct{})} }
+
+// Open opens (creating if needed) the ledger at path and migrates its
+// schema. The writer does not run until Start.
+func Open(ctx context.Context, path string, cfg Config) (*Ledger, error) {
+	if cfg.BufferSize <= 0 {
+		cfg.BufferSize = DefaultBufferSize
+	}
+	if cfg.FullWait <= 0 {
+		cfg.FullWait = DefaultFullWait
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	sync := "NORMAL"
+	if cfg.Sync == SyncFull {
+		sync = "FULL"
+	}
+	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous="+sync+"&_busy_timeout=10000&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open ledger: %w", err)
+	}
+	db.SetMaxOpenConns(1)
+	db.SetConnMaxIdleTime(0)
+	db.SetConnMaxLifetime(0)
+	l := newLedger(path, cfg, db)
+	if err := l.init(ctx, false); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// OpenReadOnly opens an existing ledger for reading (report, export,
+// verify), while a sidecar may be writing it.
+func OpenReadOnly(ctx context.Context, path string) (*Ledger, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("open ledger: %w", err)
+	}
+	l := newLedger(path, Config{Logger: slog.New(slog.DiscardHandler)}, nil)
+	l.readOnly = true
+	if err := l.init(ctx, true); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func newLedger(path string, cfg Config, db *sql.DB) *Ledger {
+	return &Ledger{
+		path: path, cfg: cfg, log: cfg.Logger, db: db,
+		cur:        newGroup(),
+		room:       make(chan struct{}),
+		contracts:  map[string]*contractState{},
+		byID:       map[int64]*contractState{},
+		usage:      map[usageKey]*usageTotals{},
+		cusage:     map[int64]*usageTotals{},
+		wake:       make(chan struct{}, 1),
+		committed:  make(chan struct{}, 1),
+		epochsSeen: map[epochKey]bool{},
+	}
+}
+
+func (l *Ledger) init(ctx context.Context, readOnly bool) error {
+	if !readOnly {
+		if err := migrate(ctx, l.db); err != nil {
+			return err
+		}
+		if err := l.ensureID(ctx); err != nil {
+			return err
+		}
+	}
+	rdb, err := sql.Open("sqlite3", "file:"+l.path+"?_busy_timeout=10000&_query_only=1")
+	if err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	rdb.SetMaxOpenConns(4)
+	l.rdb = rdb
+	if readOnly {
+		var v int
+		if err := rdb.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+			rdb.Close()
+			return fmt.Errorf("open ledger %s: %w", l.path, err)
+		}
+		if v != SchemaVersion {
+			rdb.Close()
+			return fmt.Errorf("open ledger %s: schema version %d, this program reads %d", l.path, v, SchemaVersion)
+		}
+	}
+	if err := l.load(ctx); err != nil {
+		rdb.Close()
+		return err
+	}
+	if !readOnly {
+		l.insert, err = l.db.PrepareContext(ctx, "INSERT INTO events (seq, contract, rec, hash) VALUES (?, ?, ?, ?)")
+		if err != nil {
+			rdb.Close()
+			return fmt.Errorf("open ledger: %w", err)
+		}
+	}
+	return nil
+}
+
+// ensureID mints the ledger id the first time.
+func (l *Ledger) ensureID(ctx context.Context) error {
+	var b [16]byte
+	rand.Read(b[:])
+	_, err := l.db.ExecContext(ctx, "INSERT OR IGNORE INTO meta (key, value) VALUES ('ledger_id', ?)", base64.RawURLEncoding.EncodeToString(b[:]))
+	if err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	return nil
+}
+
+// querier is a *sql.DB or *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func (l *Ledger) meta(ctx context.Context, key string) ([]byte, bool, error) {
+	return metaGet(ctx, l.rdb, key)
+}
+
+func metaGet(ctx context.Context, q querier, key string) ([]byte, bool, error) {
+	var v []byte
+	err := q.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = ?", key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	return v, err == nil, err
+}
+
+func (l *Ledger) metaInt(ctx context.Context, key string) (int64, bool, error) {
+	return metaInt(ctx, l.rdb, key)
+}
+
+func metaInt(ctx context.Context, q querier, key string) (int64, bool, error) {
+	v, ok, err := metaGet(ctx, q, key)
+	if !ok || err != nil {
+		return 0, ok, err
+	}
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	return n, err == nil, err
+}
+
+// load reads the ledger id, head, contracts, usage and outbox depths.
+func (l *Ledger) load(ctx context.Context) error {
+	id, ok, err := l.meta(ctx, "ledger_id")
+	if err != nil || !ok {
+		return fmt.Errorf("open ledger %s: no ledger id (%v)", l.path, err)
+	}
+	l.id = string(id)
+	l.headSeq, l.headHash = 0, genesis(l.id)
+	if seq, ok, err := l.metaInt(ctx, "head_seq"); err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	} else if ok {
+		h, _, err := l.meta(ctx, "head_hash")
+		if err != nil {
+			return fmt.Errorf("open ledger: %w", err)
+		}
+		l.headSeq, l.headHash = seq, h
+	}
+	// A row past the recorded head cannot come from this package; keep
+	// chaining after it so that Verify reports it rather than a reuse.
+	var maxSeq sql.NullInt64
+	var maxHash []byte
+	err = l.rdb.QueryRowContext(ctx, "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").Scan(&maxSeq, &maxHash)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	if maxSeq.Valid && maxSeq.Int64 > l.headSeq {
+		l.headSeq, l.headHash = maxSeq.Int64, maxHash
+	}
+
+	rows, err := l.rdb.QueryContext(ctx, "SELECT id, contract_id, unit, nano_usd, acked_seq FROM contracts")
+	if err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	acked := map[int64]int64{}
+	for rows.Next() {
+		c := &contractState{}
+		var a int64
+		if err := rows.Scan(&c.id, &c.name, &c.pricing.Unit, &c.nano, &a); err != nil {
+			rows.Close()
+			return fmt.Errorf("open ledger: %w", err)
+		}
+		c.priced = c.pricing.Unit != ""
+		c.pricing.PriceUSD = float64(c.nano) / 1e9
+		l.contracts[c.name], l.byID[c.id] = c, c
+		acked[c.id] = a
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	for id, a := range acked {
+		var n int64
+		if err := l.rdb.QueryRowContext(ctx, "SELECT count(*) FROM events WHERE seq > ? AND contract = ?", a, id).Scan(&n); err != nil {
+			return fmt.Errorf("open ledger: %w", err)
+		}
+		l.byID[id].outbox.Store(n)
+	}
+
+	rows, err = l.rdb.QueryContext(ctx, "SELECT contract, token_jti, samples, bytes FROM usage")
+	if err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k usageKey
+		var u usageTotals
+		if err := rows.Scan(&k.contract, &k.token, &u.samples, &u.bytes); err != nil {
+			return fmt.Errorf("open ledger: %w", err)
+		}
+		l.usage[k] = &u
+		cu := l.cusage[k.contract]
+		if cu == nil {
+			cu = &usageTotals{}
+			l.cusage[k.contract] = cu
+		}
+		cu.samples += u.samples
+		cu.bytes += u.bytes
+	}
+	return rows.Err()
+}
+
+// ID is the ledger's id, the prefix of every event id it mints.
+func (l *Ledger) ID() string { return l.id }
+
+// Path is the ledger file.
+func (l *Ledger) Path() string { return l.path }
+
+// SetPricing registers a contract and the pricing its new events are
+// billed at. Rows already written keep their price.
+func (l *Ledger) SetPricing(ctx context.Context, contractID string, p contract.Pricing) error {
+	if l.readOnly {
+		return ErrClosed
+	}
+	if err := contract.ValidateID(contractID); err != nil {
+		return fmt.Errorf("set pricing: %w", err)
+	}
+	switch p.Unit {
+	case contract.UnitSample, contract.UnitToken, contract.UnitByte, contract.UnitSubscription:
+	default:
+		return fmt.Errorf("set pricing: unit %q: want sample, token, byte or subscription", p.Unit)
+	}
+	if p.PriceUSD < 0 || p.PriceUSD > 1e9 {
+		return fmt.Errorf("set pricing: price %v out of range", p.PriceUSD)
+	}
+	nano := p.NanoUSD()
+	var id int64
+	err := l.db.QueryRowContext(ctx, `INSERT INTO contracts (contract_id, unit, nano_usd) VALUES (?, ?, ?)
+		ON CONFLICT (contract_id) DO UPDATE SET unit = excluded.unit, nano_usd = excluded.nano_usd
+		RETURNING id`, contractID, p.Unit, nano).Scan(&id)
+	if err != nil {
+		return fmt.Errorf("set pricing: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.contracts[contractID]
+	if c == nil {
+		c = &contractState{id: id, name: contractID}
+		l.contracts[contractID], l.byID[id] = c, c
+	}
+	c.pricing, c.nano, c.priced = p, nano, true
+	return nil
+}
+
+// Start runs the writer until ctx ends or Stop is called. Events
+// submitted before Start wait for it.
+func (l *Ledger) Start(ctx context.Context) {
+	if l.readOnly {
+		return
+	}
+	l.startOnce.Do(func() {
+		ctx, l.cancel = context.WithCancel(ctx)
+		l.wg.Add(1)
+		go l.writer(ctx)
+	})
+}
+
+// Stop refuses new events, commits every queued one and waits for the
+// writer to end.
+func (l *Ledger) Stop() {
+	if l.cancel != nil {
+		l.cancel()
+	}
+	l.wg.Wait()
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+}
+
+// Close stops the writer and closes the file.
+func (l *Ledger) Close() error {
+	l.Stop()
+	var errs []error
+	if l.insert != nil {
+		errs = append(errs, l.insert.Close())
+	}
+	if l.db != nil {
+		errs = append(errs, l.db.Close())
+	}
+	if l.rdb != nil {
+		errs = append(errs, l.rdb.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Receipt is an acknowledged event.
+type Receipt struct {
+	Seq         int64
+	ID          string
+	Units       int64
+	CostNanoUSD int64
+}
+
+// Pending is a submitted event on its way to the ledger.
+type Pending struct {
+	g *group
+	i int
+	l *Ledger
+}
+
+// Done is closed once the event's transaction has ended.
+func (p Pending) Done() <-chan struct{} { return p.g.done }
+
+// Wait returns once the event is committed (acknowledged) or has failed.
+func (p Pending) Wait(ctx context.Context) (Receipt, error) {
+	select {
+	case <-p.g.done:
+	case <-ctx.Done():
+		return Receipt{}, ctx.Err()
+	}
+	if p.g.err != nil {
+		return Receipt{}, p.g.err
+	}
+	it := &p.g.items[p.i]
+	seq := p.g.seqs[p.i]
+	return Receipt{Seq: seq, ID: eventID(p.l.id, seq), Units: it.units, CostNanoUSD: it.cost}, nil
+}
+
+// Record writes one access event and returns once it is acknowledged
+// (committed, see the package doc). Concurrent calls share one
+// transaction. It fails with ErrBusy when the buffer stays full, and
+// with ErrUnknownContract, ErrInvalidEvent or ErrClosed.
+func (l *Ledger) Record(ctx context.Context, e Event) (Receipt, error) {
+	p, err := l.Submit(ctx, e)
+	if err != nil {
+		return Receipt{}, err
+	}
+	return p.Wait(ctx)
+}
+
+// Submit queues one access event without waiting for the commit; Wait on
+// the result to know it is acknowledged. The event counts toward Usage at
+// once. It waits at most Config.FullWait for room in the buffer, then
+// fails with ErrBusy.
+func (l *Ledger) Submit(ctx context.Context, e Event) (Pending, error) {
+	if err := e.normalize(time.Now().UTC()); err != nil {
+		return Pending{}, err
+	}
+	return l.enqueue(ctx, item{kind: kindAccess, ev: e})
+}
+
+func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
+	var timer *time.Timer
+	l.mu.Lock()
+	for l.queued >= l.cfg.BufferSize && !l.closed {
+		room := l.room
+		l.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(l.cfg.FullWait)
+			defer timer.Stop()
+		}
+		select {
+		case <-room:
+		case <-timer.C:
+			l.refused.Add(1)
+			return Pending{}, fmt.Errorf("%w: %d events queued", ErrBusy, l.cfg.BufferSize)
+		case <-ctx.Done():
+			return Pending{}, ctx.Err()
+		}
+		l.mu.Lock()
+	}
+	if l.closed || l.readOnly {
+		l.mu.Unlock()
+		return Pending{}, ErrClosed
+	}
+	c := l.contracts[it.ev.Contract]
+	if c == nil || !c.priced {
+		l.mu.Unlock()
+		return Pending{}, fmt.Errorf("%w: %q", ErrUnknownContract, it.ev.Contract)
+	}
+	it.c = c
+	if it.kind == kindAccess {
+		var err error
+		if it.units, it.cost, err = price(c.pricing, c.nano, &it.ev); err != nil {
+			l.mu.Unlock()
+			return Pending{}, err
+		}
+		if billable(it.ev.Outcome) {
+			l.addUsage(c.id, it.ev.TokenID, it.ev.Samples, it.ev.Bytes)
+		}
+	}
+	g := l.cur
+	g.items = append(g.items, it)
+	i := len(g.items) - 1
+	l.queued++
+	l.mu.Unlock()
+	if i == 0 {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+	return Pending{g: g, i: i, l: l}, nil
+}
+
+// addUsage changes the running totals; l.mu is held.
+func (l *Ledger) addUsage(cid int64, token string, samples, bytes int64) {
+	k := usageKey{cid, token}
+	u := l.usage[k]
+	if u == nil {
+		u = &usageTotals{}
+		l.usage[k] = u
+	}
+	u.samples += samples
+	u.bytes += bytes
+	cu := l.cusage[cid]
+	if cu == nil {
+		cu = &usageTotals{}
+		l.cusage[cid] = cu
+	}
+	cu.samples += samples
+	cu.bytes += bytes
+}
+
+// Usage is what a token has consumed of a contract so far (billing
+// outcomes only), counting events from the moment they are submitted.
+func (l *Ledger) Usage(contractID, tokenID string) (samples, bytes int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.contracts[contractID]
+	if c == nil {
+		return 0, 0
+	}
+	if u := l.usage[usageKey{c.id, tokenID}]; u != nil {
+		return u.samples, u.bytes
+	}
+	return 0, 0
+}
+
+// ContractUsage is what all tokens have consumed of a contract so far.
+func (l *Ledger) ContractUsage(contractID string) (samples, bytes int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.contracts[contractID]
+	if c == nil {
+		return 0, 0
+	}
+	if u := l.cusage[c.id]; u != nil {
+		return u.samples, u.bytes
+	}
+	return 0, 0
+}
+
+// QuotaError says which quota is spent.
+type QuotaError struct {
+	Scope string // "token" or "contract"
+	What  string // "samples" or "bytes"
+	Used  int64
+	Limit int64
+}
+
+func (e *QuotaError) Error() string {
+	return fmt.Sprintf("meter: %s quota spent: %d of %d %s used", e.Scope, e.Used, e.Limit, e.What)
+}
+
+func (e *QuotaError) Unwrap() error { return ErrQuotaSpent }
+
+// CheckQuota refuses (with a *QuotaError wrapping ErrQuotaSpent) when
+// serving size more bytes, as one more sample, would pass the token's
+// quota or the contract's usage limits; a zero limit is no limit.
+// Concurrent requests can overrun a quota by at most the requests in
+// flight.
+func (l *Ledger) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, size int64) error {
+	ts, tb := l.Usage(contractID, tokenID)
+	cs, cb := l.ContractUsage(contractID)
+	switch {
+	case q.MaxSamples > 0 && ts >= q.MaxSamples:
+		return &QuotaError{"token", "samples", ts, q.MaxSamples}
+	case q.MaxBytes > 0 && tb+size > q.MaxBytes:
+		return &QuotaError{"token", "bytes", tb, q.MaxBytes}
+	case u.MaxSamples > 0 && cs >= u.MaxSamples:
+		return &QuotaError{"contract", "samples", cs, u.MaxSamples}
+	case u.MaxBytes > 0 && cb+size > u.MaxBytes:
+		return &QuotaError{"contract", "bytes", cb, u.MaxBytes}
+	}
+	return nil
+}
+
+// Stats are the ledger's counters, for /metrics.
+type Stats struct {
+	Queued      int    // events waiting for the writer
+	Written     uint64 // rows committed since Open
+	Commits     uint64 // write transactions since Open
+	Refused     uint64 // events refused with ErrBusy
+	WriteErrors uint64 // failed write transactions
+	Outbox      int64  // rows not yet acknowledged by the registry
+	Synced      uint64 // rows the registry acknowledged since Open
+	Batches     uint64 // batches the registry acknowledged since Open
+	SyncErrors  uint64 // failed batch posts
+}
+
+// Stats returns the counters now.
+func (l *Ledger) Stats() Stats {
+	l.mu.Lock()
+	s := Stats{Queued: l.queued}
+	for _, c := range l.contracts {
+		s.Outbox += c.outbox.Load()
+	}
+	l.mu.Unlock()
+	s.Written, s.Commits, s.Refused, s.WriteErrors = l.written.Load(), l.commits.Load(), l.refused.Load(), l.writeErrors.Load()
+	s.Synced, s.Batches, s.SyncErrors = l.synced.Load(), l.batches.Load(), l.syncErrors.Load()
+	return s
+}
+
+// OutboxDepth is the number of rows of a contract not yet acknowledged.
+func (l *Ledger) OutboxDepth(contractID string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c := l.contracts[contractID]; c != nil {
+		return c.outbox.Load()
+	}
+	return 0
+}

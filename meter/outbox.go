@@ -1,0 +1,394 @@
+package meter
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+// Tokens gives the capability token a contract's batches carry. The
+// sidecar's token source (which refreshes before expiry) implements it.
+type Tokens interface {
+	Token(ctx context.Context, contractID string) (string, error)
+}
+
+// Defaults for SyncConfig.
+const (
+	DefaultBatchSize = 500
+	// DefaultMaxBatchBytes bounds the JSON of a batch's events, so that the
+	// signed batch stays under verify.MaxJWSSize once base64-encoded.
+	DefaultMaxBatchBytes = 160 << 10
+	DefaultSyncInterval  = time.Second
+	DefaultMinBackoff    = 500 * time.Millisecond
+	DefaultMaxBackoff    = time.Minute
+	DefaultRetention     = 7 * 24 * time.Hour
+	DefaultPruneInterval = 10 * time.Minute
+)
+
+// SyncConfig configures a Syncer.
+type SyncConfig struct {
+	// Client posts batches; its Proof must sign DPoP proofs with Key.
+	Client *contract.Client
+	// Key is the sidecar key: it signs batches, its thumbprint is the
+	// batch's sidecar id.
+	Key    *jose.JSONWebKey
+	Tokens Tokens
+	// BatchSize and MaxBatchBytes bound one batch.
+	BatchSize     int
+	MaxBatchBytes int
+	// Interval is how often the outbox is looked at when idle.
+	Interval time.Duration
+	// MinBackoff and MaxBackoff bound the jittered exponential backoff
+	// after a failed pass.
+	MinBackoff, MaxBackoff time.Duration
+	// Retention is how long acknowledged rows are kept; PruneInterval how
+	// often they are pruned. A negative Retention keeps them for ever.
+	Retention     time.Duration
+	PruneInterval time.Duration
+	Logger        *slog.Logger
+}
+
+// Syncer ships the outbox to the registry.
+type Syncer struct {
+	l   *Ledger
+	cfg SyncConfig
+	kid string
+	log *slog.Logger
+
+	mu        sync.Mutex // one pass at a time
+	lastPrune time.Time
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// NewSyncer makes a Syncer for l.
+func NewSyncer(l *Ledger, cfg SyncConfig) (*Syncer, error) {
+	if cfg.Client == nil || cfg.Key == nil || cfg.Tokens == nil {
+		return nil, errors.New("meter: syncer needs a client, a key and a token source")
+	}
+	if cfg.Client.Proof == nil {
+		return nil, errors.New("meter: syncer client has no proof-of-possession signer")
+	}
+	kid, err := verify.Thumbprint(cfg.Key)
+	if err != nil {
+		return nil, fmt.Errorf("meter: syncer key: %w", err)
+	}
+	if cfg.Key.KeyID != kid {
+		return nil, fmt.Errorf("meter: syncer key kid %q is not its thumbprint %q", cfg.Key.KeyID, kid)
+	}
+	if cfg.BatchSize <= 0 || cfg.BatchSize > contract.MaxBatchEvents {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultSyncInterval
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.PruneInterval <= 0 {
+		cfg.PruneInterval = DefaultPruneInterval
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = l.log
+	}
+	return &Syncer{l: l, cfg: cfg, kid: kid, log: cfg.Logger}, nil
+}
+
+// Start runs the sync loop until ctx ends or Stop is called.
+func (s *Syncer) Start(ctx context.Context) {
+	ctx, s.cancel = context.WithCancel(ctx)
+	s.wg.Add(1)
+	go s.run(ctx)
+}
+
+// Stop ends the loop and waits for it. A batch in flight is abandoned;
+// the next start sends it again with the same Idempotency-Key.
+func (s *Syncer) Stop() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+}
+
+func (s *Syncer) run(ctx context.Context) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.Interval)
+	defer t.Stop()
+	failures := 0
+	for {
+		_, err := s.Sync(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		var wait <-chan time.Time
+		if err != nil {
+			failures++
+			d := s.cfg.MinBackoff + contract.Backoff(failures, s.cfg.MinBackoff, s.cfg.MaxBackoff)
+			s.log.Warn("metering sync failed", "err", err, "outbox", s.l.Stats().Outbox, "retry_in", d)
+			wait = time.After(d)
+		} else {
+			failures = 0
+			if time.Since(s.lastPrune) >= s.cfg.PruneInterval && s.cfg.Retention > 0 {
+				if n, err := s.l.Prune(ctx, time.Now().Add(-s.cfg.Retention)); err != nil && ctx.Err() == nil {
+					s.log.Warn("ledger prune failed", "err", err)
+				} else if n > 0 {
+					s.log.Info("ledger pruned", "rows", n)
+				}
+				s.lastPrune = time.Now()
+			}
+			wait = t.C
+		}
+	wait:
+		select {
+		case <-ctx.Done():
+			return
+		case <-wait:
+		case <-s.l.committed:
+			// New rows: sync now if a full batch is waiting, else on the tick.
+			if err != nil || s.l.Stats().Outbox < int64(s.cfg.BatchSize) {
+				goto wait
+			}
+		}
+	}
+}
+
+// Sync sends batches until the outbox is empty or a post fails, and
+// returns the number of rows the registry acknowledged.
+func (s *Syncer) Sync(ctx context.Context) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.l.mu.Lock()
+	cs := make([]*contractState, 0, len(s.l.contracts))
+	for _, c := range s.l.contracts {
+		cs = append(cs, c)
+	}
+	s.l.mu.Unlock()
+	total := 0
+	var errs []error
+	for _, c := range cs {
+		n, err := s.syncContract(ctx, c)
+		total += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// batch is a signed batch ready to post.
+type batch struct {
+	id    string
+	last  int64
+	count int64
+	jws   string
+}
+
+func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error) {
+	total := 0
+	for {
+		b, err := s.nextBatch(ctx, c)
+		if err != nil || b == nil {
+			return total, err
+		}
+		token, err := s.cfg.Tokens.Token(ctx, c.name)
+		if err != nil {
+			s.l.syncErrors.Add(1)
+			return total, fmt.Errorf("meter: sync %s: token: %w", c.name, err)
+		}
+		resp, err := s.cfg.Client.PostMetering(ctx, c.name, token, b.id, b.jws)
+		if err != nil {
+			s.l.syncErrors.Add(1)
+			return total, fmt.Errorf("meter: sync %s: batch %s: %w", c.name, b.id, err)
+		}
+		if int64(resp.Accepted+resp.Duplicates) != b.count {
+			s.log.Error("registry counted a batch differently", "contract", c.name, "batch", b.id,
+				"events", b.count, "accepted", resp.Accepted, "duplicates", resp.Duplicates)
+		}
+		if err := s.l.ack(ctx, c, b); err != nil {
+			return total, err
+		}
+		total += int(b.count)
+	}
+}
+
+// nextBatch returns the batch in flight for c, or makes, signs and
+// records the next one; nil when the outbox of c is empty.
+func (s *Syncer) nextBatch(ctx context.Context, c *contractState) (*batch, error) {
+	var acked int64
+	var pid, pjws sql.NullString
+	var plast, pcount sql.NullInt64
+	err := s.l.rdb.QueryRowContext(ctx, "SELECT acked_seq, pending_batch, pending_last, pending_count, pending_jws FROM contracts WHERE id = ?", c.id).
+		Scan(&acked, &pid, &plast, &pcount, &pjws)
+	if err != nil {
+		return nil, fmt.Errorf("meter: sync %s: %w", c.name, err)
+	}
+	if pid.Valid {
+		if kid, err := verify.PeekKeyID(pjws.String, contract.TypeMetering); err == nil && kid == s.kid {
+			return &batch{id: pid.String, last: plast.Int64, count: pcount.Int64, jws: pjws.String}, nil
+		}
+	}
+	// The rows: the batch in flight (signed by another key: re-sign it),
+	// or the next unsynced ones.
+	limit, upTo := s.cfg.BatchSize, int64(1<<63-1)
+	if pid.Valid {
+		limit, upTo = contract.MaxBatchEvents, plast.Int64
+	}
+	var events []contract.MeteringEvent
+	var last int64
+	size := 0
+	full := errors.New("full")
+	err = s.l.scanRows(ctx, func(r *Row, _ int64) error {
+		ev := r.MeteringEvent()
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		if len(events) > 0 && size+len(b)+1 > s.cfg.MaxBatchBytes && !pid.Valid {
+			return full
+		}
+		size += len(b) + 1
+		events = append(events, ev)
+		last = r.Seq
+		return nil
+	}, "SELECT seq, contract, rec, hash FROM events WHERE seq > ? AND seq <= ? AND contract = ? ORDER BY seq LIMIT ?", acked, upTo, c.id, limit)
+	if err != nil && !errors.Is(err, full) {
+		return nil, fmt.Errorf("meter: sync %s: %w", c.name, err)
+	}
+	if len(events) == 0 {
+		return nil, nil
+	}
+	b := &batch{id: s.batchID(c.name, events), last: last, count: int64(len(events))}
+	mb := &contract.MeteringBatch{Contract: c.name, BatchID: b.id, Sidecar: s.kid, IssuedAt: time.Now().Unix(), Events: events}
+	if b.jws, err = verify.SignMeteringBatch(s.cfg.Key, mb); err != nil {
+		return nil, fmt.Errorf("meter: sync %s: %w", c.name, err)
+	}
+	// Record the batch before sending it: a retry after a crash sends the
+	// same bytes under the same key.
+	if _, err := s.l.db.ExecContext(ctx, "UPDATE contracts SET pending_batch = ?, pending_last = ?, pending_count = ?, pending_jws = ? WHERE id = ?",
+		b.id, b.last, b.count, b.jws, c.id); err != nil {
+		return nil, fmt.Errorf("meter: sync %s: record batch: %w", c.name, err)
+	}
+	return b, nil
+}
+
+// batchID derives a batch's id (its Idempotency-Key) from the contract,
+// the signing key and the event ids.
+func (s *Syncer) batchID(contractID string, events []contract.MeteringEvent) string {
+	h := sha256.New()
+	h.Write([]byte(contractID + "\n" + s.kid + "\n"))
+	for _, e := range events {
+		h.Write([]byte(e.ID + "\n"))
+	}
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:18])
+}
+
+// ack moves c's cursor past an acknowledged batch.
+func (l *Ledger) ack(ctx context.Context, c *contractState, b *batch) error {
+	res, err := l.db.ExecContext(ctx, `UPDATE contracts SET acked_seq = pending_last, pending_batch = NULL,
+		pending_last = NULL, pending_count = NULL, pending_jws = NULL WHERE id = ? AND pending_batch = ?`, c.id, b.id)
+	if err != nil {
+		return fmt.Errorf("meter: sync %s: ack batch %s: %w", c.name, b.id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		c.outbox.Add(-b.count)
+		l.synced.Add(uint64(b.count))
+		l.batches.Add(1)
+	}
+	return nil
+}
+
+// Prune deletes acknowledged rows older than before, from the front of
+// the ledger only (so the chain stays whole after its anchor), in small
+// transactions so that the writer is never held up for long. It returns
+// the number of rows deleted.
+func (l *Ledger) Prune(ctx context.Context, before time.Time) (int64, error) {
+	// Rows up to limit are acknowledged for every contract.
+	limit := int64(1<<63 - 1)
+	rows, err := l.rdb.QueryContext(ctx, "SELECT id, acked_seq FROM contracts")
+	if err != nil {
+		return 0, err
+	}
+	acked := map[int64]int64{}
+	for rows.Next() {
+		var id, a int64
+		if err := rows.Scan(&id, &a); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		acked[id] = a
+	}
+	rows.Close()
+	for id, a := range acked {
+		var first sql.NullInt64
+		if err := l.rdb.QueryRowContext(ctx, "SELECT min(seq) FROM events WHERE seq > ? AND contract = ?", a, id).Scan(&first); err != nil {
+			return 0, err
+		}
+		if first.Valid {
+			limit = min(limit, first.Int64-1)
+		}
+	}
+	const chunk = 2000
+	var total int64
+	for {
+		var last int64
+		var lastHash []byte
+		stop := errors.New("stop")
+		var cut int64 = -1
+		err := l.scanRows(ctx, func(r *Row, _ int64) error {
+			if r.Seq > limit || !r.Time.Before(before) {
+				return stop
+			}
+			cut, last, lastHash = r.Seq, r.Seq, append(lastHash[:0], r.Hash...)
+			return nil
+		}, "SELECT seq, contract, rec, hash FROM events ORDER BY seq LIMIT ?", chunk)
+		if err != nil && !errors.Is(err, stop) {
+			return total, err
+		}
+		if cut < 0 {
+			return total, nil
+		}
+		tx, err := l.db.BeginTx(ctx, nil)
+		if err != nil {
+			return total, err
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM events WHERE seq <= ?", last)
+		if err == nil {
+			_, err = tx.ExecContext(ctx, "INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_seq', ?), ('anchor_hash', ?)",
+				fmt.Appendf(nil, "%d", last), lastHash)
+		}
+		if err == nil {
+			err = tx.Commit()
+		} else {
+			tx.Rollback()
+		}
+		if err != nil {
+			return total, fmt.Errorf("meter: prune: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return total, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package meter
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations are the schema versions in order; migrations[i] takes the
+// schema from version i to i+1 (PRAGMA user_version). Append, never edit.
+var migrations = []string{
+	// 1: the ledger.
+	`CREATE TABLE meta (
+		key   TEXT PRIMARY KEY,
+		value BLOB NOT NULL
+	) WITHOUT ROWID;
+	CREATE TABLE contracts (
+		id            INTEGER PRIMARY KEY,
+		contract_id   TEXT NOT NULL UNIQUE,
+		unit          TEXT NOT NULL DEFAULT '',
+		nano_usd      INTEGER NOT NULL DEFAULT 0,
+		-- every row of this contract with seq <= acked_seq is acknowledged
+		acked_seq     INTEGER NOT NULL DEFAULT 0,
+		-- the batch in flight: rows in (acked_seq, pending_last]
+		pending_batch TEXT,
+		pending_last  INTEGER,
+		pending_count INTEGER,
+		pending_jws   TEXT
+	);
+	-- rec is the row's content in the stable binary record form; hash
+	-- chains it to the row before (see package doc).
+	CREATE TABLE events (
+		seq      INTEGER PRIMARY KEY,
+		contract INTEGER NOT NULL,
+		rec      BLOB NOT NULL,
+		hash     BLOB NOT NULL
+	);
+	CREATE TABLE usage (
+		contract  INTEGER NOT NULL,
+		token_jti TEXT NOT NULL,
+		samples   INTEGER NOT NULL,
+		bytes     INTEGER NOT NULL,
+		PRIMARY KEY (contract, token_jti)
+	) WITHOUT ROWID;
+	CREATE TABLE epochs (
+		contract    INTEGER NOT NULL,
+		job         TEXT NOT NULL,
+		epoch       INTEGER NOT NULL,
+		first_seq   INTEGER NOT NULL,
+		summary_seq INTEGER,
+		PRIMARY KEY (contract, job, epoch)
+	) WITHOUT ROWID;`,
+}
+
+// SchemaVersion is the schema this package writes.
+var SchemaVersion = len(migrations)
+
+// migrate brings the schema up to SchemaVersion, one transaction per
+// step, and refuses a file written by a newer version.
+func migrate(ctx context.Context, db *sql.DB) error {
+	for {
+		var v int
+		if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if v == len(migrations) {
+			return nil
+		}
+		if v > len(migrations) {
+			return fmt.Errorf("migrate: ledger schema version %d is newer than this program's %d", v, len(migrations))
+		}
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate to version %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate to version %d: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v+1, err)
+		}
+	}
+}

@@ -1,0 +1,291 @@
+package meter
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// writer commits queued events, one transaction per group, until ctx
+// ends; then it refuses new events and commits what is queued.
+func (l *Ledger) writer(ctx context.Context) {
+	defer l.wg.Done()
+	for {
+		select {
+		case <-l.wake:
+			l.drain()
+		case <-ctx.Done():
+			l.mu.Lock()
+			l.closed = true
+			close(l.room) // wake Submits waiting for room: they see closed
+			l.room = make(chan struct{})
+			l.mu.Unlock()
+			l.drain()
+			return
+		}
+	}
+}
+
+// drain commits groups until the queue is empty.
+func (l *Ledger) drain() {
+	for {
+		l.mu.Lock()
+		g := l.cur
+		if len(g.items) == 0 {
+			l.mu.Unlock()
+			return
+		}
+		l.cur = newGroup()
+		l.mu.Unlock()
+
+		err := l.write(g)
+		if err != nil {
+			g.err = fmt.Errorf("meter: write: %w", err)
+			l.writeErrors.Add(1)
+			l.log.Error("ledger write failed", "events", len(g.items), "err", err)
+		} else {
+			l.commits.Add(1)
+			select {
+			case l.committed <- struct{}{}:
+			default:
+			}
+		}
+		l.mu.Lock()
+		if err != nil {
+			for i := range g.items {
+				it := &g.items[i]
+				if it.kind == kindAccess && billable(it.ev.Outcome) {
+					l.addUsage(it.c.id, it.ev.TokenID, -it.ev.Samples, -it.ev.Bytes)
+				}
+			}
+		}
+		l.queued -= len(g.items)
+		close(l.room)
+		l.room = make(chan struct{})
+		l.mu.Unlock()
+		close(g.done)
+	}
+}
+
+// write commits one group: rows, usage, epoch bookkeeping and the head.
+func (l *Ledger) write(g *group) (err error) {
+	ctx := context.Background()
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	ins := tx.StmtContext(ctx, l.insert)
+	g.seqs = make([]int64, len(g.items))
+	seq, prev := l.headSeq, l.headHash
+	usage := map[usageKey]usageTotals{}
+	outbox := map[*contractState]int64{}
+	var newEpochs []epochKey
+	for i := range g.items {
+		it := &g.items[i]
+		switch it.kind {
+		case kindAccess:
+			e := &it.ev
+			seq++
+			row := Row{
+				Kind: contract.EventAccess, Time: e.Time, Contract: e.Contract, Name: e.Name,
+				Bytes: e.Bytes, Samples: e.Samples, Tokens: e.Tokens, Units: it.units, CostNanoUSD: it.cost,
+				Epoch: e.Epoch, Job: e.Job, TokenID: e.TokenID, DecodedSHA: e.DecodedSHA256, Outcome: e.Outcome,
+			}
+			l.recBuf = appendRecord(l.recBuf[:0], &row)
+			h := l.hasher.sum(prev, seq, l.recBuf)
+			if _, err := ins.ExecContext(ctx, seq, it.c.id, l.recBuf, h[:]); err != nil {
+				return err
+			}
+			prev = h[:]
+			g.seqs[i] = seq
+			outbox[it.c]++
+			if billable(e.Outcome) {
+				k := usageKey{it.c.id, e.TokenID}
+				u := usage[k]
+				u.samples += e.Samples
+				u.bytes += e.Bytes
+				usage[k] = u
+			}
+			ek := epochKey{it.c.id, e.Job, e.Epoch}
+			if !l.epochsSeen[ek] {
+				if _, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO epochs (contract, job, epoch, first_seq) VALUES (?, ?, ?, ?)",
+					ek.contract, ek.job, ek.epoch, seq); err != nil {
+					return err
+				}
+				newEpochs = append(newEpochs, ek)
+			}
+		case kindEpoch:
+			s, wrote, err := l.closeEpoch(ctx, tx, it, seq+1, prev)
+			if err != nil {
+				return err
+			}
+			it.epochSummary = s
+			if wrote {
+				seq++
+				prev = s.hash
+				outbox[it.c]++
+			}
+			g.seqs[i] = s.Seq
+		}
+	}
+	for k, u := range usage {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO usage (contract, token_jti, samples, bytes) VALUES (?, ?, ?, ?)
+			ON CONFLICT (contract, token_jti) DO UPDATE SET samples = samples + excluded.samples, bytes = bytes + excluded.bytes`,
+			k.contract, k.token, u.samples, u.bytes); err != nil {
+			return err
+		}
+	}
+	if seq != l.headSeq {
+		if _, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO meta (key, value) VALUES ('head_seq', ?), ('head_hash', ?)",
+			[]byte(strconv.FormatInt(seq, 10)), prev); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	l.written.Add(uint64(seq - l.headSeq))
+	l.headSeq, l.headHash = seq, prev
+	for _, k := range newEpochs {
+		l.epochsSeen[k] = true
+	}
+	for c, n := range outbox {
+		c.outbox.Add(n)
+	}
+	return nil
+}
+
+// EpochSummary is the summary of one (contract, job, epoch): its access
+// rows, as EndEpoch closed it.
+type EpochSummary struct {
+	Contract string    `json:"contract_id"`
+	Job      string    `json:"job,omitempty"`
+	Epoch    int64     `json:"epoch"`
+	Seq      int64     `json:"seq"`
+	ID       string    `json:"id"`
+	Closed   time.Time `json:"closed"`
+	// Events counts the access rows, whatever their outcome.
+	Events int64 `json:"events"`
+	// Samples, Bytes, Distinct, Units and CostNanoUSD count the rows that
+	// bill (served, partial).
+	Samples     int64  `json:"samples"`
+	Bytes       int64  `json:"bytes"`
+	Distinct    int64  `json:"distinct_objects"`
+	Units       int64  `json:"units"`
+	CostNanoUSD int64  `json:"cost_nano_usd"`
+	PricingUnit string `json:"pricing_unit"`
+
+	hash []byte
+}
+
+// EndEpoch closes the summary of (contract, job, epoch) and returns it.
+// Access rows queued before the call are in it. Closing again returns the
+// same summary; later accesses to that epoch still bill, outside it.
+func (l *Ledger) EndEpoch(ctx context.Context, contractID, job string, epoch int64) (*EpochSummary, error) {
+	if epoch < 0 || len(job) > MaxFieldLen {
+		return nil, fmt.Errorf("%w: epoch must not be negative, job at most %d bytes", ErrInvalidEvent, MaxFieldLen)
+	}
+	p, err := l.enqueue(ctx, item{kind: kindEpoch, ev: Event{Contract: contractID, Job: job, Epoch: epoch, Time: time.Now().UTC()}})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.Wait(ctx); err != nil {
+		return nil, err
+	}
+	return p.g.items[p.i].epochSummary, nil
+}
+
+// closeEpoch writes the epoch row as seq (chained to prev) unless the
+// epoch is closed already; it reports whether it wrote.
+func (l *Ledger) closeEpoch(ctx context.Context, tx *sql.Tx, it *item, seq int64, prev []byte) (*EpochSummary, bool, error) {
+	e := &it.ev
+	var first int64
+	var summarySeq sql.NullInt64
+	err := tx.QueryRowContext(ctx, "SELECT first_seq, summary_seq FROM epochs WHERE contract = ? AND job = ? AND epoch = ?",
+		it.c.id, e.Job, e.Epoch).Scan(&first, &summarySeq)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		first = seq
+	case err != nil:
+		return nil, false, err
+	case summarySeq.Valid:
+		var rec []byte
+		if err := tx.QueryRowContext(ctx, "SELECT rec FROM events WHERE seq = ?", summarySeq.Int64).Scan(&rec); err != nil {
+			return nil, false, fmt.Errorf("epoch summary row %d: %w", summarySeq.Int64, err)
+		}
+		var r Row
+		if err := decodeRecord(rec, &r); err != nil {
+			return nil, false, fmt.Errorf("epoch summary row %d: %w", summarySeq.Int64, err)
+		}
+		r.Seq = summarySeq.Int64
+		return l.summaryOf(&r, it.c), false, nil
+	}
+	row := Row{Kind: contract.EventEpoch, Time: e.Time, Contract: e.Contract, Epoch: e.Epoch, Job: e.Job}
+	rows, err := tx.QueryContext(ctx, "SELECT rec FROM events WHERE seq >= ? AND contract = ?", first, it.c.id)
+	if err != nil {
+		return nil, false, err
+	}
+	names := map[string]bool{}
+	var r Row
+	for rows.Next() {
+		var rec []byte
+		if err := rows.Scan(&rec); err != nil {
+			rows.Close()
+			return nil, false, err
+		}
+		if err := decodeRecord(rec, &r); err != nil {
+			rows.Close()
+			return nil, false, err
+		}
+		if r.Kind != contract.EventAccess || r.Epoch != e.Epoch || r.Job != e.Job {
+			continue
+		}
+		row.Events++
+		if billable(r.Outcome) {
+			row.Samples += r.Samples
+			row.Bytes += r.Bytes
+			row.Tokens += r.Tokens
+			row.Units += r.Units
+			row.CostNanoUSD += r.CostNanoUSD
+			names[r.Name] = true
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	row.Distinct = int64(len(names))
+	row.Outcome = "closed"
+	rec := appendRecord(nil, &row)
+	h := l.hasher.sum(prev, seq, rec)
+	if _, err := tx.ExecContext(ctx, "INSERT INTO events (seq, contract, rec, hash) VALUES (?, ?, ?, ?)", seq, it.c.id, rec, h[:]); err != nil {
+		return nil, false, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO epochs (contract, job, epoch, first_seq, summary_seq) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (contract, job, epoch) DO UPDATE SET summary_seq = excluded.summary_seq`,
+		it.c.id, e.Job, e.Epoch, first, seq); err != nil {
+		return nil, false, err
+	}
+	row.Seq = seq
+	s := l.summaryOf(&row, it.c)
+	s.hash = h[:]
+	return s, true, nil
+}
+
+func (l *Ledger) summaryOf(r *Row, c *contractState) *EpochSummary {
+	return &EpochSummary{
+		Contract: r.Contract, Job: r.Job, Epoch: r.Epoch, Seq: r.Seq, ID: eventID(l.id, r.Seq), Closed: r.Time,
+		Events: r.Events, Samples: r.Samples, Bytes: r.Bytes, Distinct: r.Distinct, Units: r.Units,
+		CostNanoUSD: r.CostNanoUSD, PricingUnit: c.pricing.Unit,
+	}
+}
