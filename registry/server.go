@@ -103,10 +103,12 @@ type Server struct {
 	jwksMu    sync.Mutex
 	jwksCache map[string]cachedJWKS
 
-	handler http.Handler
-	done    chan struct{}
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	handler   http.Handler
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // New opens (or creates) the database, loads or creates the keys, and
@@ -178,12 +180,15 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) CheckpointVerifierKey() string { return s.cpVKey }
 
 // Close stops the background loop, ends live streams and closes the
-// database. It is safe to call once.
+// database. Later calls do nothing.
 func (s *Server) Close() error {
-	s.cancel()
-	close(s.done)
-	s.wg.Wait()
-	return s.st.close()
+	s.closeOnce.Do(func() {
+		s.cancel()
+		close(s.done)
+		s.wg.Wait()
+		s.closeErr = s.st.close()
+	})
+	return s.closeErr
 }
 
 func (s *Server) initCheckpointKey(ctx context.Context) error {

@@ -139,7 +139,8 @@ func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Durat
 			}
 			a.leaves = append(a.leaves, contract.LeafHash(we.Entry))
 			if err := a.check(ctx, e, rep); err != nil {
-				return nil, &verify.EntryError{Seq: e.Seq, Err: err}
+				// Say whether the entry was changed after it was logged.
+				return nil, a.locate(ctx, cp, e.Seq, nil, &verify.EntryError{Seq: e.Seq, Err: err})
 			}
 		}
 	}
