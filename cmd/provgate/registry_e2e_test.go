@@ -70,7 +70,9 @@ func startRegistryCLI(t *testing.T, args ...string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncBuffer{}
 	done := make(chan int)
-	go func() { done <- run(ctx, append([]string{"registry", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, args...), io.Discard, logs) }()
+	go func() {
+		done <- run(ctx, append([]string{"registry", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, args...), io.Discard, logs)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if code := <-done; code != 0 {
