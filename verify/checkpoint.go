@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	fnote "github.com/transparency-dev/formats/note"
 	tlog "github.com/transparency-dev/formats/log"
+	fnote "github.com/transparency-dev/formats/note"
 	"golang.org/x/mod/sumdb/note"
 )
 

@@ -39,8 +39,10 @@ const (
 	DefaultPollInterval = 5 * time.Second
 	// DefaultMaxCheckpointAge is the freshness window: a checkpoint signed
 	// longer ago is a frozen log and is refused, and a contract whose last
-	// trusted checkpoint is older stops serving.
-	DefaultMaxCheckpointAge = 24 * time.Hour
+	// trusted checkpoint is older stops serving. The registry re-signs every
+	// 30 s; the window is longer than a capability token's life, so that
+	// with the registry down the token expires first.
+	DefaultMaxCheckpointAge = time.Hour
 	DefaultPageSize         = contract.DefaultEventsLimit
 	DefaultBaseBackoff      = 500 * time.Millisecond
 	DefaultMaxBackoff       = time.Minute
@@ -688,13 +690,21 @@ func (f *Follower) verifyEntries(ctx context.Context, entries []*contract.Entry)
 }
 
 func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
-	u, err := PeekAttestation(c.entry.JWS)
+	p, err := parseCompact(c.entry.JWS, contract.TypeAttestation)
 	if err != nil {
 		c.err = err
 		return nil
 	}
-	c.kid = u.KeyID
-	keys, err := f.keys.Keys(ctx, u.Issuer, u.KeyID)
+	c.kid = p.sig.Protected.KeyID
+	iss, err := p.peekIssuer()
+	if err == nil && c.kid == "" {
+		err = fmt.Errorf("%w: kid is required", ErrMalformed)
+	}
+	if err != nil {
+		c.err = err
+		return nil
+	}
+	keys, err := f.keys.Keys(ctx, iss, c.kid)
 	if err != nil {
 		if errors.Is(err, ErrKeysUnavailable) || ctx.Err() != nil {
 			return fmt.Errorf("entry %d: %w", c.entry.Seq, err)
@@ -702,7 +712,10 @@ func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
 		c.err = err
 		return nil
 	}
-	c.att, c.kid, c.err = VerifyAttestation(c.entry.JWS, f.cfg.Contract, keys)
+	c.att, c.kid, c.err = p.verifyAttestation(f.cfg.Contract, keys)
+	if c.err == nil && c.att.Issuer != iss {
+		c.att, c.err = nil, fmt.Errorf("%w: issuer changed under verification", ErrMalformed)
+	}
 	return nil
 }
 

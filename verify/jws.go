@@ -153,16 +153,14 @@ func PeekAttestation(compact string) (*UnverifiedAttestation, error) {
 	if err != nil {
 		return nil, err
 	}
-	var claims struct {
-		Issuer string `json:"iss"`
-	}
-	if err := json.Unmarshal(p.jws.UnsafePayloadWithoutVerification(), &claims); err != nil || claims.Issuer == "" {
-		return nil, fmt.Errorf("%w: attestation has no issuer", ErrMalformed)
+	iss, err := p.peekIssuer()
+	if err != nil {
+		return nil, err
 	}
 	if p.sig.Protected.KeyID == "" {
 		return nil, fmt.Errorf("%w: kid is required", ErrMalformed)
 	}
-	return &UnverifiedAttestation{Issuer: claims.Issuer, KeyID: p.sig.Protected.KeyID}, nil
+	return &UnverifiedAttestation{Issuer: iss, KeyID: p.sig.Protected.KeyID}, nil
 }
 
 // VerifyAttestation checks a contributor's attestation against the
@@ -176,6 +174,21 @@ func VerifyAttestation(compact string, c *contract.Contract, keys *jose.JSONWebK
 	if err != nil {
 		return nil, "", err
 	}
+	return p.verifyAttestation(c, keys)
+}
+
+// peekIssuer reads the unverified issuer of a parsed attestation.
+func (p *parsed) peekIssuer() (string, error) {
+	var claims struct {
+		Issuer string `json:"iss"`
+	}
+	if err := json.Unmarshal(p.jws.UnsafePayloadWithoutVerification(), &claims); err != nil || claims.Issuer == "" {
+		return "", fmt.Errorf("%w: attestation has no issuer", ErrMalformed)
+	}
+	return claims.Issuer, nil
+}
+
+func (p *parsed) verifyAttestation(c *contract.Contract, keys *jose.JSONWebKeySet) (*contract.Attestation, string, error) {
 	kid := p.sig.Protected.KeyID
 	key, err := findKey(keys, kid)
 	if err != nil {
