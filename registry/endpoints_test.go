@@ -1,0 +1,313 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/testenv"
+	"github.com/provgate/provgate/registry"
+	"github.com/provgate/provgate/registry/registrytest"
+	"github.com/provgate/provgate/verify"
+)
+
+func TestPresign(t *testing.T) {
+	ctx := context.Background()
+	mio := testenv.MinIO(t)
+	bucket := mio.Bucket(t)
+	h := registrytest.Start(t, registrytest.WithMinIO(mio.Endpoint, testenv.MinIOAccessKey, testenv.MinIOSecretKey))
+	alice := h.NewContributor(t, "did:example:alice")
+	spec := registrytest.NewContract("did:example:c1", bucket, alice)
+	spec.Usage.MaxSamples = 3
+	c := h.CreateContract(t, spec)
+	for i := range 4 {
+		name := fmt.Sprintf("a/%d.txt", i)
+		data := []byte("object " + name)
+		if _, err := mio.Client(t).PutObject(ctx, bucket, c.Origin.Key(name), bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		alice.Attest(t, c.ContractID, registrytest.Object(name, data))
+	}
+	alice.Redact(t, c.ContractID, "a/3.txt")
+	sc := newSidecar(t, h)
+	tok := sc.token(t, c.ContractID, contract.Quota{})
+
+	res, err := sc.client.Presign(ctx, c.ContractID, tok.Token, []string{"a/0.txt", "a/1.txt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.URLs) != 2 || res.URLs[1].Name != "a/1.txt" || time.Until(res.URLs[0].ExpiresAt) > 6*time.Minute {
+		t.Fatalf("presign = %+v", res)
+	}
+	resp, err := http.Get(res.URLs[1].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "object a/1.txt" {
+		t.Fatalf("GET presigned: %d %q", resp.StatusCode, body)
+	}
+	// The same URL without its signature reads nothing.
+	unsigned := strings.SplitN(res.URLs[1].URL, "?", 2)[0]
+	if resp, err := http.Get(unsigned); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("GET unsigned: %v %v", resp.Status, err)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		names  []string
+		status int
+		code   string
+	}{
+		{"not in the log", []string{"a/9.txt"}, http.StatusNotFound, contract.CodeNotFound},
+		{"redacted", []string{"a/3.txt"}, http.StatusUnavailableForLegalReasons, contract.CodeRedacted},
+		{"traversal", []string{"../etc/passwd"}, http.StatusBadRequest, contract.CodeBadRequest},
+		{"one redacted name refuses the whole request", []string{"a/0.txt", "a/2.txt", "a/1.txt", "a/3.txt"}, http.StatusUnavailableForLegalReasons, contract.CodeRedacted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := sc.client.Presign(ctx, c.ContractID, tok.Token, tc.names)
+			if contract.StatusOf(err) != tc.status || contract.CodeOf(err) != tc.code {
+				t.Fatalf("got %v, want %d %s", err, tc.status, tc.code)
+			}
+		})
+	}
+	// Three distinct objects fit the quota of 3 (re-presigning one counts
+	// once); a fourth does not.
+	if _, err := sc.client.Presign(ctx, c.ContractID, tok.Token, []string{"a/0.txt", "a/2.txt"}); err != nil {
+		t.Fatalf("third object: %v", err)
+	}
+	mio.Client(t).PutObject(ctx, bucket, c.Origin.Key("a/4.txt"), bytes.NewReader([]byte("4")), 1, minio.PutObjectOptions{})
+	alice.Attest(t, c.ContractID, registrytest.Object("a/4.txt", []byte("4")))
+	if _, err := sc.client.Presign(ctx, c.ContractID, tok.Token, []string{"a/4.txt"}); contract.CodeOf(err) != contract.CodeQuotaExceeded {
+		t.Fatalf("fourth object: got %v, want quota_exceeded", err)
+	}
+	// Without a token nothing is presigned.
+	anon, _ := contract.NewClient(h.URL)
+	anon.Proof = func(string, string, string) (string, error) { return "", nil }
+	if _, err := anon.Presign(ctx, c.ContractID, "", []string{"a/0.txt"}); contract.StatusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("no token: got %v, want 401", err)
+	}
+}
+
+func TestPresignDisabledWithoutS3(t *testing.T) {
+	h, alice, c := setup(t)
+	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
+	sc := newSidecar(t, h)
+	tok := sc.token(t, c.ContractID, contract.Quota{})
+	_, err := sc.client.Presign(context.Background(), c.ContractID, tok.Token, []string{"a"})
+	if contract.StatusOf(err) != http.StatusServiceUnavailable {
+		t.Fatalf("got %v, want 503", err)
+	}
+}
+
+func TestContractETag(t *testing.T) {
+	ctx := context.Background()
+	h, _, c := setup(t)
+	got, etag, err := h.Client.GetContract(ctx, c.ContractID, "")
+	if err != nil || etag == "" || got.Log != c.Log {
+		t.Fatalf("get: %+v %q %v", got, etag, err)
+	}
+	if _, _, err := h.Client.GetContract(ctx, c.ContractID, etag); err != contract.ErrNotModified {
+		t.Fatalf("conditional get: %v, want ErrNotModified", err)
+	}
+	if _, _, err := h.Client.GetContract(ctx, "did:example:nope", ""); contract.StatusOf(err) != http.StatusNotFound {
+		t.Fatalf("unknown contract: %v", err)
+	}
+	if _, err := h.Client.CreateContract(ctx, h.AdminToken, registrytest.NewContract(c.ContractID, "b", h.NewContributor(t, "x"))); contract.StatusOf(err) != http.StatusConflict {
+		t.Fatalf("duplicate create: %v", err)
+	}
+	bad := registrytest.NewContract("did:example:bad", "b")
+	if _, err := h.Client.CreateContract(ctx, h.AdminToken, bad); contract.StatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("contract without contributors: %v", err)
+	}
+	keys, err := h.Client.JWKS(ctx, h.Client.ContributorJWKSURL("did:example:alice"))
+	if err != nil || len(keys.Keys) != 1 || !keys.Keys[0].IsPublic() {
+		t.Fatalf("contributor jwks: %+v %v", keys, err)
+	}
+}
+
+func TestProofsAndVerifyEndpoint(t *testing.T) {
+	ctx := context.Background()
+	h, alice, c := setup(t)
+	v, _ := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+	var cps []*verify.Checkpoint
+	var leaves [][]byte
+	for i := 1; i <= 13; i++ {
+		alice.Attest(t, c.ContractID, registrytest.Object(fmt.Sprint(i), []byte{byte(i)}))
+		raw, _ := h.Client.Checkpoint(ctx, c.ContractID)
+		cp, err := v.Parse(raw)
+		if err != nil || cp.Size != uint64(i) {
+			t.Fatalf("checkpoint after %d appends: %+v %v", i, cp, err)
+		}
+		cps = append(cps, cp)
+	}
+	page, _ := h.Client.Events(ctx, c.ContractID, 0, 100)
+	for _, we := range page.Entries {
+		leaves = append(leaves, contract.LeafHash(we.Entry))
+	}
+	for from := 1; from <= 13; from++ {
+		for to := from; to <= 13; to++ {
+			p, err := h.Client.ConsistencyProof(ctx, c.ContractID, uint64(from), uint64(to))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := verify.VerifyConsistency(cps[from-1], cps[to-1], p.Hashes); err != nil {
+				t.Fatalf("consistency %d->%d: %v", from, to, err)
+			}
+		}
+		ip, err := h.Client.InclusionProof(ctx, c.ContractID, uint64(from), 13)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := verify.VerifyInclusion(cps[12], uint64(from), leaves[from-1], ip.Hashes); err != nil {
+			t.Fatalf("inclusion %d: %v", from, err)
+		}
+	}
+	if _, err := h.Client.ConsistencyProof(ctx, c.ContractID, 5, 14); contract.StatusOf(err) != http.StatusBadRequest {
+		t.Fatalf("proof beyond the log: %v", err)
+	}
+
+	res, err := h.Client.VerifyCheckpoint(ctx, contract.VerifyRequest{Contract: c.ContractID, Checkpoint: string(cps[4].Raw)})
+	if err != nil || !res.Consistent || res.TreeSize != 13 || res.Proof == nil {
+		t.Fatalf("verify old checkpoint: %+v %v", res, err)
+	}
+	latest, _ := v.Parse([]byte(res.Checkpoint))
+	if err := verify.VerifyConsistency(cps[4], latest, res.Proof.Hashes); err != nil {
+		t.Fatal(err)
+	}
+	// A checkpoint signed by the log's key for another tree is a fork.
+	// (We cannot sign one without the key: a tampered one is refused.)
+	forged := bytes.Replace(cps[4].Raw, []byte("\n5\n"), []byte("\n6\n"), 1)
+	if _, err := h.Client.VerifyCheckpoint(ctx, contract.VerifyRequest{Contract: c.ContractID, Checkpoint: string(forged)}); contract.CodeOf(err) != contract.CodeVerification {
+		t.Fatalf("forged checkpoint: %v", err)
+	}
+}
+
+func TestSnapshotAndResign(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	offset := time.Duration(0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return time.Now().Add(offset) }
+	advance := func(d time.Duration) { mu.Lock(); offset += d; mu.Unlock() }
+	h, alice, c := setup(t, registrytest.WithClock(clock))
+	v, _ := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
+	t1 := clock()
+	advance(time.Hour)
+	alice.Attest(t, c.ContractID, registrytest.Object("b", []byte("b")))
+	advance(time.Hour)
+	if err := h.Server.ResignCheckpoints(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		at   time.Time
+		size uint64
+	}{{t1, 1}, {t1.Add(90 * time.Minute), 2}, {clock(), 2}} {
+		raw, err := h.Client.Snapshot(ctx, c.ContractID, tc.at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp, err := v.Parse(raw)
+		if err != nil || cp.Size != tc.size {
+			t.Fatalf("snapshot at %s: %+v %v, want size %d", tc.at, cp, err, tc.size)
+		}
+	}
+	if _, err := h.Client.Snapshot(ctx, c.ContractID, t1.Add(-24*time.Hour)); contract.StatusOf(err) != http.StatusNotFound {
+		t.Fatalf("snapshot before the log: %v", err)
+	}
+}
+
+func TestStream(t *testing.T) {
+	h, alice, c := setup(t)
+	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := make(chan uint64, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- h.Client.Stream(ctx, c.ContractID, 0, func(we contract.WireEntry) error {
+			got <- we.Seq
+			if we.Seq == 3 {
+				return io.EOF
+			}
+			return nil
+		})
+	}()
+	if seq := <-got; seq != 1 {
+		t.Fatalf("first streamed seq = %d", seq)
+	}
+	alice.Attest(t, c.ContractID, registrytest.Object("b", []byte("b")))
+	alice.Attest(t, c.ContractID, registrytest.Object("c", []byte("c")))
+	for want := uint64(2); want <= 3; want++ {
+		select {
+		case seq := <-got:
+			if seq != want {
+				t.Fatalf("streamed seq %d, want %d", seq, want)
+			}
+		case <-ctx.Done():
+			t.Fatal("live entry not streamed")
+		}
+	}
+	if err := <-done; err != io.EOF {
+		t.Fatalf("stream ended with %v", err)
+	}
+}
+
+func TestKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	h, _, c := setup(t)
+	sc := newSidecar(t, h)
+	old := sc.token(t, c.ContractID, contract.Quota{})
+	oldKID, _ := verify.PeekKeyID(old.Token, contract.TypeCapability)
+	next, err := verify.GenerateKey(jose.ES256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As `provgate registry rotate-key` does, against the live database.
+	if err := registry.RotateKey(ctx, h.DBPath, next, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := h.Client.JWKS(ctx, h.Client.RegistryJWKSURL())
+	if err != nil || len(keys.Keys) != 2 || len(keys.Key(oldKID)) != 1 || len(keys.Key(next.KeyID)) != 1 {
+		t.Fatalf("jwks after rotation: %+v %v", keys, err)
+	}
+	tok := sc.token(t, c.ContractID, contract.Quota{})
+	if kid, _ := verify.PeekKeyID(tok.Token, contract.TypeCapability); kid != next.KeyID {
+		t.Fatalf("new token signed by %q, want %q", kid, next.KeyID)
+	}
+	// A token signed by the old key still works in its transition window.
+	if _, err := sc.client.PostMetering(ctx, c.ContractID, old.Token, "k", batch(t, sc, c.ContractID, "b", "e1")); err != nil {
+		t.Fatalf("old token after rotation: %v", err)
+	}
+}
+
+func TestRegistryRestartKeepsState(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg := registry.Config{DBPath: dir + "/r.db", AdminToken: "t", Name: "restart"}
+	s1, err := registry.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vkey := s1.CheckpointVerifierKey()
+	s1.Close()
+	s2, err := registry.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if s2.CheckpointVerifierKey() != vkey {
+		t.Fatal("checkpoint key changed across a restart")
+	}
+}
