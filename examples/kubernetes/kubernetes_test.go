@@ -12,7 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/provgate/provgate/examples/internal/clicheck"
+	"github.com/provgate/provgate/internal/clicheck"
 )
 
 // decodePod decodes a manifest into a corev1.Pod, refusing any field the

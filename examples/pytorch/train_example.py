@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from provgate_torch import EpochSampler, ProvgateDataset, ProvgateError, make_loader  # noqa: E402
+from provgate_torch import EpochSampler, ProvgateDataset, ProvgateError, Sidecar, make_loader  # noqa: E402
 
 
 def features(data, sample):
@@ -44,10 +44,13 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", help="resume file (JSON {seed, epoch, index}), read at start and written as training goes")
+    p.add_argument("--wait", type=float, default=0, help="seconds to wait for the sidecar to be ready")
     p.add_argument("--checkpoint-every", type=int, default=10, help="batches between resume-file writes")
     args = p.parse_args(argv)
 
     try:
+        if args.wait > 0:
+            Sidecar(args.contract, url=args.sidecar).wait_ready(timeout=args.wait)
         ds = ProvgateDataset(args.contract, url=args.sidecar, job=args.job, transform=features)
     except ProvgateError as e:
         print(f"train: {e}", file=sys.stderr)

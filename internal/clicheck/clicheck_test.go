@@ -4,7 +4,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/provgate/provgate/examples/internal/clicheck"
+	"github.com/provgate/provgate/internal/clicheck"
 )
 
 func TestSplit(t *testing.T) {
