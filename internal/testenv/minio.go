@@ -37,6 +37,7 @@ type MinIOServer struct {
 	Endpoint string
 	cmd      *exec.Cmd
 	dir      string
+	exited   <-chan struct{} // closed when the process has been waited for
 }
 
 // URL is the server's http URL.
@@ -63,13 +64,14 @@ func MinIO(tb testing.TB) *MinIOServer {
 // StopMinIO stops the server if it was started.
 func StopMinIO() {
 	if minioSrv != nil {
+		// The goroutine started with the process already waits for it;
+		// a second cmd.Wait would race with it.
 		minioSrv.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { minioSrv.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-minioSrv.exited:
 		case <-time.After(5 * time.Second):
 			minioSrv.cmd.Process.Kill()
+			<-minioSrv.exited
 		}
 		os.RemoveAll(minioSrv.dir)
 	}
@@ -177,7 +179,7 @@ func startMinIO() (*MinIOServer, error) {
 		exited := make(chan struct{})
 		go func() { cmd.Wait(); close(exited) }()
 		if waitReady(endpoint, exited, 60*time.Second) {
-			return &MinIOServer{Endpoint: endpoint, cmd: cmd, dir: dir}, nil
+			return &MinIOServer{Endpoint: endpoint, cmd: cmd, dir: dir, exited: exited}, nil
 		}
 		cmd.Process.Kill()
 		<-exited
