@@ -40,7 +40,12 @@ func NewChain(contractID string, state *LogState) (*Chain, error) {
 		c.rng = rangeFactory.NewEmptyRange(0)
 		return c, nil
 	}
-	r, err := rangeFactory.NewRange(0, state.Size, state.Range)
+	for _, h := range state.Range {
+		if len(h) != 32 {
+			return nil, errors.New("log state: range hashes must be 32 bytes")
+		}
+	}
+	r, err := rangeFactory.NewRange(0, state.Size, cloneHashes(state.Range))
 	if err != nil {
 		return nil, fmt.Errorf("log state: %w", err)
 	}
@@ -93,9 +98,18 @@ func (c *Chain) Root() []byte {
 	return root
 }
 
-// State returns what must be persisted to resume later.
+// State returns what must be persisted to resume later. It shares nothing
+// with the chain.
 func (c *Chain) State() LogState {
-	return LogState{Size: c.Size(), LastLeaf: bytes.Clone(c.last), Range: c.rng.Hashes()}
+	return LogState{Size: c.Size(), LastLeaf: bytes.Clone(c.last), Range: cloneHashes(c.rng.Hashes())}
+}
+
+func cloneHashes(hs [][]byte) [][]byte {
+	out := make([][]byte, len(hs))
+	for i, h := range hs {
+		out[i] = bytes.Clone(h)
+	}
+	return out
 }
 
 // CheckCheckpoint checks that the replayed entries are exactly the tree the

@@ -75,6 +75,10 @@ type FollowerConfig struct {
 	BaseBackoff      time.Duration
 	MaxBackoff       time.Duration
 	PageSize         int
+	// JWKSMaxAge and JWKSMinRefresh tune the jwks_uri key caches
+	// (DefaultJWKSMaxAge, DefaultJWKSMinRefresh).
+	JWKSMaxAge     time.Duration
+	JWKSMinRefresh time.Duration
 	// Workers verify signatures in parallel; 0 is GOMAXPROCS.
 	Workers int
 }
@@ -215,6 +219,15 @@ func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Foll
 	}
 	if f.keys, err = NewKeyStore(c, cfg.Fetcher); err != nil {
 		return nil, fmt.Errorf("follower %s: %w", f.id, err)
+	}
+	for _, cache := range f.keys.remote {
+		if cfg.JWKSMaxAge > 0 {
+			cache.MaxAge = cfg.JWKSMaxAge
+		}
+		if cfg.JWKSMinRefresh > 0 {
+			cache.MinRefresh = cfg.JWKSMinRefresh
+		}
+		cache.Now = cfg.Now
 	}
 	if f.chain, err = NewChain(f.id, nil); err != nil {
 		return nil, err
@@ -704,7 +717,7 @@ func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
 		c.err = err
 		return nil
 	}
-	keys, err := f.keys.Keys(ctx, iss, c.kid)
+	keys, err := f.keys.KeysAt(ctx, iss, c.kid, c.entry.Time)
 	if err != nil {
 		if errors.Is(err, ErrKeysUnavailable) || ctx.Err() != nil {
 			return fmt.Errorf("entry %d: %w", c.entry.Seq, err)

@@ -65,6 +65,15 @@ func (c *JWKSCache) now() time.Time {
 // (refreshed) set has no such kid, and with ErrKeysUnavailable when no set
 // could be fetched at all.
 func (c *JWKSCache) Keys(ctx context.Context, kid string) (*jose.JSONWebKeySet, error) {
+	return c.KeysAt(ctx, kid, time.Time{})
+}
+
+// KeysAt is Keys for a signature made at time at (a log entry's time): a
+// kid is declared unknown only by a set fetched after at. When the refresh
+// that would settle it is rate-limited, it fails with ErrKeysUnavailable
+// (try again later), so that a freshly rotated key is never refused for
+// good.
+func (c *JWKSCache) KeysAt(ctx context.Context, kid string, at time.Time) (*jose.JSONWebKeySet, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
@@ -85,6 +94,10 @@ func (c *JWKSCache) Keys(ctx context.Context, kid string) (*jose.JSONWebKeySet, 
 		// A failed refresh keeps the set we have.
 	}
 	if len(c.set.Key(kid)) == 0 {
+		if !at.IsZero() && !c.fetched.After(at) {
+			return nil, fmt.Errorf("%w: kid %q is not in the set fetched from %s at %s, before the signature; next refresh after %s",
+				ErrKeysUnavailable, kid, c.url, c.fetched.UTC().Format(time.RFC3339), c.MinRefresh)
+		}
 		return nil, fmt.Errorf("%w: %q at %s", ErrUnknownKey, kid, c.url)
 	}
 	return c.set, nil
@@ -147,6 +160,11 @@ func (s *KeyStore) Cache(contributor string) *JWKSCache { return s.remote[contri
 
 // Keys returns a key set of contributor that holds kid.
 func (s *KeyStore) Keys(ctx context.Context, contributor, kid string) (*jose.JSONWebKeySet, error) {
+	return s.KeysAt(ctx, contributor, kid, time.Time{})
+}
+
+// KeysAt is Keys for a signature made at time at (see JWKSCache.KeysAt).
+func (s *KeyStore) KeysAt(ctx context.Context, contributor, kid string, at time.Time) (*jose.JSONWebKeySet, error) {
 	if s.c.Contributor(contributor) == nil {
 		return nil, fmt.Errorf("%w: %q", ErrNotContributor, contributor)
 	}
@@ -154,7 +172,7 @@ func (s *KeyStore) Keys(ctx context.Context, contributor, kid string) (*jose.JSO
 		return set, nil
 	}
 	if cache := s.remote[contributor]; cache != nil {
-		return cache.Keys(ctx, kid)
+		return cache.KeysAt(ctx, kid, at)
 	}
 	return nil, fmt.Errorf("%w: %q of %q", ErrUnknownKey, kid, contributor)
 }

@@ -175,7 +175,7 @@ func (l *Log) append(kind contract.EntryKind, jws string, accepted []string) (ui
 	if seq > 1 {
 		prev = hex.EncodeToString(contract.LeafHash(l.raws[seq-2]))
 	}
-	raw, err := contract.EncodeEntry(&contract.Entry{V: contract.EntryVersion, Seq: seq, PrevHash: prev, Time: time.Unix(1700000000, 0).UTC(),
+	raw, err := contract.EncodeEntry(&contract.Entry{V: contract.EntryVersion, Seq: seq, PrevHash: prev, Time: time.Now().UTC(),
 		Contract: l.Contract.ContractID, Kind: kind, JWS: jws, Accepted: accepted})
 	if err != nil {
 		return 0, err
