@@ -13,7 +13,7 @@ const python = "/usr/bin/python3"
 
 // requireTorch fails (never skips) when Debian's PyTorch is missing: CI
 // installs it, so its absence is a broken environment.
-func requireTorch(t *testing.T) {
+func requireTorch(t testing.TB) {
 	t.Helper()
 	out, err := exec.Command(python, "-c", "import torch; print(torch.__version__)").CombinedOutput()
 	if err != nil {

@@ -1,0 +1,357 @@
+package pytorch_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/clicheck"
+	"github.com/provgate/provgate/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.StopMinIO()
+	os.Exit(code)
+}
+
+// pricePerSample is what docker/pilot_setup.py puts in the contract.
+const pricePerSample = 0.0005
+
+// stack is a real deployment on loopback: MinIO, `provgate registry`, a
+// contract with a contributed dataset, and `provgate serve`.
+type stack struct {
+	bin        string
+	registry   string // base URL
+	sidecar    string // base URL
+	contractID string
+	data       string // the original files, by object name
+	serve      *proc
+}
+
+// proc is a child process whose output goes to a log file, shown when the
+// test fails.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+func start(tb testing.TB, dir, name string, env []string, bin string, args ...string) *proc {
+	tb.Helper()
+	p := &proc{name: name, log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
+	f, err := os.Create(p.log)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		f.Close()
+		tb.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	tb.Cleanup(func() {
+		p.stop(tb)
+		if tb.Failed() {
+			b, _ := os.ReadFile(p.log)
+			tb.Logf("--- %s log (last 4 KiB):\n%s", name, tail(b, 4<<10))
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits (SIGKILL after 15 s).
+func (p *proc) stop(tb testing.TB) {
+	tb.Helper()
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		tb.Errorf("%s did not stop within 15s of SIGTERM; killing it", p.name)
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// waitHTTP polls url until it answers 200, failing if p exits first.
+func waitHTTP(tb testing.TB, p *proc, url string, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if p.exited() {
+			tb.Fatalf("%s exited before %s answered: %v", p.name, url, p.err)
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			b := make([]byte, 512)
+			n, _ := resp.Body.Read(b)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, b[:n])
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	tb.Fatalf("%s: %s not ready after %v: %s", p.name, url, timeout, last)
+}
+
+func freeAddr(tb testing.TB) string {
+	tb.Helper()
+	port, err := testenv.FreePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return "127.0.0.1:" + strconv.Itoa(port)
+}
+
+func randomID(tb testing.TB) string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// startStack runs registry, setup (docker/pilot_setup.py: contributor key,
+// contract, dataset of samples files around size bytes, zstd-encoded) and
+// serve, all from the binary built from this tree, in self-hosted mode.
+func startStack(tb testing.TB, samples, size int) *stack {
+	tb.Helper()
+	requireTorch(tb)
+	dir := tb.TempDir()
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := &stack{bin: clicheck.Build(tb, dir), contractID: "did:example:e2e-" + randomID(tb)}
+	minio := testenv.MinIO(tb)
+	bucket := minio.Bucket(tb)
+	aws := []string{"AWS_ACCESS_KEY_ID=" + testenv.MinIOAccessKey, "AWS_SECRET_ACCESS_KEY=" + testenv.MinIOSecretKey,
+		"AWS_REGION=" + testenv.MinIORegion}
+
+	regAddr := freeAddr(tb)
+	s.registry = "http://" + regAddr
+	reg := start(tb, dir, "registry", aws, s.bin, "registry", "--listen", regAddr, "--db", filepath.Join(dir, "registry.db"),
+		"--key", filepath.Join(dir, "registry.jwk"), "--admin-token-file", filepath.Join(dir, "admin-token"))
+	waitHTTP(tb, reg, s.registry+"/.well-known/jwks.json", 30*time.Second)
+
+	pilot := filepath.Join(dir, "pilot")
+	setup := exec.Command(python, filepath.Join(root, "docker", "pilot_setup.py"), "--provgate", s.bin,
+		"--registry", s.registry, "--admin-token-file", filepath.Join(dir, "admin-token"),
+		"--s3-endpoint", minio.URL(), "--state", pilot, "--contract", s.contractID, "--bucket", bucket,
+		"--mode", "self-hosted", "--purpose", "e2e-training", "--price-usd", strconv.FormatFloat(pricePerSample, 'g', -1, 64),
+		"--samples", strconv.Itoa(samples), "--size", strconv.Itoa(size), "--encoding", "zstd", "--wait", "30")
+	setup.Env = append(os.Environ(), aws...)
+	if out, err := setup.CombinedOutput(); err != nil {
+		tb.Fatalf("pilot_setup.py: %v\n%s", err, tail(out, 8<<10))
+	}
+	s.data = filepath.Join(pilot, "data")
+
+	sideAddr := freeAddr(tb)
+	s.sidecar = "http://" + sideAddr
+	s.serve = start(tb, dir, "serve", aws, s.bin, "serve", "--registry", s.registry, "--contract", s.contractID,
+		"--s3-endpoint", minio.URL(), "--purpose", "e2e-training",
+		"--state-dir", filepath.Join(dir, "sidecar-state"), "--cache-dir", filepath.Join(dir, "sidecar-cache"),
+		"--cache-size", "512MiB", "--listen", sideAddr)
+	waitHTTP(tb, s.serve, s.sidecar+"/readyz", 90*time.Second)
+	return s
+}
+
+// dataSize is the number and total size of the original files.
+func dataSize(tb testing.TB, dir string) (n, size int64) {
+	tb.Helper()
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n++
+		size += info.Size()
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n, size
+}
+
+type e2eResult struct {
+	Samples int64 `json:"samples"`
+	Bytes   int64 `json:"bytes"`
+	Epochs  []struct {
+		Epoch   int64  `json:"epoch"`
+		Loader  string `json:"loader"`
+		Samples int64  `json:"samples"`
+		Bytes   int64  `json:"bytes"`
+	} `json:"epochs"`
+}
+
+// TestEndToEndDataLoader reads a contributed dataset through the real
+// sidecar with 4-worker DataLoaders over 2 epochs (map-style with batch
+// and single reads, then the IterableDataset), checks every sample's bytes
+// against the original files and the (seed, epoch) order, and then checks
+// that the registry's metering totals equal exactly what was served.
+//
+// It needs `provgate serve` (cmd/provgate/serve.go) and fails without it.
+func TestEndToEndDataLoader(t *testing.T) {
+	const samples, size = 96, 4 << 10
+	s := startStack(t, samples, size)
+	n, total := dataSize(t, s.data)
+	if n != samples {
+		t.Fatalf("pilot wrote %d files, want %d", n, samples)
+	}
+	job := "e2e-" + randomID(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, python, "e2e_check.py", "--sidecar", s.sidecar, "--contract", s.contractID,
+		"--data", s.data, "--epochs", "2", "--workers", "4", "--batch-size", "8",
+		"--small-sample", strconv.Itoa(size), // the bigger third of the samples goes through single GETs
+		"--job", job)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("e2e_check.py: %v\n%s%s", err, stdout.Bytes(), tail(stderr.Bytes(), 8<<10))
+	}
+	var res e2eResult
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("e2e_check.py output %q: %v", stdout.Bytes(), err)
+	}
+	if res.Samples != n || res.Bytes != total || len(res.Epochs) != 2 {
+		t.Fatalf("e2e_check: %d samples / %d bytes / %d epochs; want %d / %d / 2", res.Samples, res.Bytes, len(res.Epochs), n, total)
+	}
+	for _, e := range res.Epochs {
+		if e.Samples != n || e.Bytes != total {
+			t.Errorf("epoch %d (%s): %d samples, %d bytes; want %d, %d", e.Epoch, e.Loader, e.Samples, e.Bytes, n, total)
+		}
+	}
+
+	// What the registry counted must equal what was served, exactly: per
+	// epoch and in total. The outbox syncs in the background; if it has
+	// not caught up, a clean shutdown must flush it.
+	client, err := contract.NewClient(s.registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nano := contract.Pricing{Unit: contract.UnitSample, PriceUSD: pricePerSample}.NanoUSD()
+	want := func(epochs int64) contract.MeteringTotals {
+		return contract.MeteringTotals{Contract: s.contractID, AccessBytes: epochs * total, EpochEvents: epochs,
+			EpochSamples: epochs * n, EpochBytes: epochs * total, Units: epochs * n, CostNanoUSD: epochs * n * nano}
+	}
+	got := func(epoch int64) contract.MeteringTotals {
+		tot, err := client.MeteringTotals(ctx, s.contractID, job, epoch)
+		if err != nil {
+			t.Fatalf("metering totals: %v", err)
+		}
+		// Access events may be aggregated rows; compare the sums.
+		tot.Events, tot.AccessEvents = 0, 0
+		return *tot
+	}
+	settled := func(d time.Duration) bool {
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+			if got(-1) == want(2) {
+				return true
+			}
+		}
+		return false
+	}
+	if !settled(20 * time.Second) {
+		t.Logf("registry totals after 20s: %+v; stopping serve to flush its outbox", got(-1))
+		s.serve.stop(t)
+		if s.serve.err != nil {
+			t.Errorf("serve exited with %v after SIGTERM, want a clean exit", s.serve.err)
+		}
+		if !settled(10 * time.Second) {
+			t.Fatalf("registry totals = %+v\nwant              %+v", got(-1), want(2))
+		}
+	}
+	for epoch := int64(0); epoch < 2; epoch++ {
+		if g, w := got(epoch), want(1); g != w {
+			t.Errorf("epoch %d totals = %+v, want %+v", epoch, g, w)
+		}
+	}
+}
+
+// BenchmarkDataLoader compares DataLoader samples/s through the sidecar
+// (warm cache, metering on, 4 workers, batch reads) with the same loader
+// reading the decoded files from local disk, via bench_loader.py. It
+// reports sidecar/local as "ratio" (target >= 0.8).
+//
+//	go test -run '^$' -bench DataLoader -benchtime 1x ./examples/pytorch
+func BenchmarkDataLoader(b *testing.B) {
+	s := startStack(b, 4096, 16<<10)
+	var res struct {
+		Samples int64   `json:"samples"`
+		Sidecar float64 `json:"sidecar_samples_per_s"`
+		Local   float64 `json:"local_samples_per_s"`
+		Ratio   float64 `json:"ratio"`
+	}
+	for b.Loop() {
+		out, err := exec.Command(python, "bench_loader.py", "--sidecar", s.sidecar, "--contract", s.contractID,
+			"--dir", s.data, "--workers", "4", "--batch-size", "64", "--epochs", "3", "--json").Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				b.Fatalf("bench_loader.py: %v\n%s", err, ee.Stderr)
+			}
+			b.Fatal(err)
+		}
+		if err := json.Unmarshal(out, &res); err != nil {
+			b.Fatalf("bench_loader.py output %q: %v", out, err)
+		}
+	}
+	b.ReportMetric(res.Sidecar, "sidecar-samples/s")
+	b.ReportMetric(res.Local, "local-samples/s")
+	b.ReportMetric(res.Ratio, "ratio")
+}
