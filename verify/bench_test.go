@@ -68,6 +68,6 @@ func BenchmarkFollowerReplay(b *testing.B) {
 		b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "entries/s")
 		// CPU time of the whole process (setup included): on a shared
 		// machine, cpu-s/op divided by the cores is what an idle one takes.
-		b.ReportMetric((cpuTime() - cpu0).Seconds()/float64(b.N), "cpu-s/op")
+		b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
 	})
 }
