@@ -8,12 +8,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -277,6 +280,8 @@ func TestEndToEndDataLoader(t *testing.T) {
 		}
 	}
 
+	checkWalkthrough(t, s)
+
 	// What the registry counted must equal what was served, exactly: per
 	// epoch and in total. The outbox syncs in the background; if it has
 	// not caught up, a clean shutdown must flush it.
@@ -320,6 +325,83 @@ func TestEndToEndDataLoader(t *testing.T) {
 		if g, w := got(epoch), want(1); g != w {
 			t.Errorf("epoch %d totals = %+v, want %+v", epoch, g, w)
 		}
+	}
+}
+
+var walkthroughURL = regexp.MustCompile(`\$SC(/[^\s'"\)]*)`)
+
+// checkWalkthrough requests every sidecar URL that examples/walkthrough.md
+// shows with curl (GET or HEAD; POSTs are exercised by the DataLoader run)
+// and checks the status the walkthrough promises: 404 for its unknown names
+// and contracts, success for the rest. Reads carry no job header, so they
+// do not touch the job's metering totals.
+func checkWalkthrough(t *testing.T, s *stack) {
+	t.Helper()
+	md, err := os.ReadFile(filepath.Join("..", "walkthrough.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := ""
+	err = filepath.WalkDir(s.data, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && first == "" {
+			first, err = filepath.Rel(s.data, p)
+		}
+		return err
+	})
+	if err != nil || first == "" {
+		t.Fatalf("no data file: %v", err)
+	}
+	checked := 0
+	inCode := false
+	var cmds []string // code lines, continuations joined
+	cont := false
+	for _, line := range strings.Split(string(md), "\n") {
+		if strings.HasPrefix(line, "```") {
+			inCode, cont = !inCode, false
+			continue
+		}
+		if !inCode {
+			continue
+		}
+		if cont {
+			cmds[len(cmds)-1] += " " + strings.TrimSpace(line)
+		} else {
+			cmds = append(cmds, line)
+		}
+		cont = strings.HasSuffix(line, "\\")
+	}
+	for _, line := range cmds {
+		if strings.Contains(line, "-X POST") {
+			continue
+		}
+		for _, m := range walkthroughURL.FindAllStringSubmatch(line, -1) {
+			path := strings.NewReplacer("$C", s.contractID, "$N", filepath.ToSlash(first)).Replace(m[1])
+			method := http.MethodGet
+			if strings.Contains(line, "curl -sI") {
+				method = http.MethodHead
+			}
+			want := http.StatusOK
+			if strings.Contains(path, "no/such/name") || strings.Contains(path, "did:example:other") {
+				want = http.StatusNotFound
+			}
+			req, err := http.NewRequest(method, s.sidecar+path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("walkthrough %s %s: %v", method, path, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("walkthrough: %s %s = %d, want %d", method, path, resp.StatusCode, want)
+			}
+			checked++
+		}
+	}
+	if checked < 10 {
+		t.Errorf("checked only %d walkthrough URLs; the extraction is broken", checked)
 	}
 }
 
