@@ -10,12 +10,12 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	// SQLite driver: registers "sqlite3".
-	_ "github.com/mattn/go-sqlite3"
+	sqlite3 "github.com/mattn/go-sqlite3"
 
 	"github.com/provgate/provgate/contract"
 )
@@ -51,6 +51,11 @@ const (
 const (
 	DefaultBufferSize = 1 << 16
 	DefaultFullWait   = 50 * time.Millisecond
+	// DefaultCommitDelay is how long the writer lets a group of events
+	// that nobody waits for grow before committing it.
+	DefaultCommitDelay = 2 * time.Millisecond
+	// urgentGroup is the group size that is committed without delay.
+	urgentGroup = 1024
 )
 
 // Config tunes a Ledger. The zero value is usable.
@@ -60,8 +65,28 @@ type Config struct {
 	BufferSize int
 	// FullWait is how long Submit waits for room before ErrBusy.
 	FullWait time.Duration
+	// CommitDelay is how long a group that nobody waits for may grow
+	// before it is committed; a Wait (or Record) commits at once. Events
+	// submitted without waiting are unacknowledged for at most this long
+	// plus one commit.
+	CommitDelay time.Duration
 	Logger   *slog.Logger
 }
+
+// writerDriver is SQLite for the writer's connection: no automatic WAL
+// checkpoints, so that a checkpoint's fsyncs never stall a commit; the
+// checkpointer goroutine runs them beside the writer instead.
+const writerDriver = "sqlite3-provgate-meter-writer"
+
+func init() {
+	sql.Register(writerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+		_, err := c.Exec("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864", nil)
+		return err
+	}})
+}
+
+// insertRows is how many rows one INSERT statement carries.
+const insertRows = 64
 
 // Ledger is the metering ledger. Open it, SetPricing for each mounted
 // contract, Start the writer, then Record or Submit events.
@@ -84,7 +109,8 @@ type Ledger struct {
 	usage     map[usageKey]*usageTotals // per contract and token
 	cusage    map[int64]*usageTotals    // per contract
 
-	wake      chan struct{}
+	wake      chan struct{} // a group has its first event
+	urgent    chan struct{} // a group has a waiter, or is big
 	committed chan struct{} // tells a Syncer there is new work
 
 	// owned by the writer goroutine
@@ -92,8 +118,12 @@ type Ledger struct {
 	headHash   []byte
 	epochsSeen map[epochKey]bool
 	hasher     chainHasher
-	recBuf     []byte
-	insert     *sql.Stmt
+
+	insert     *sql.Stmt // one row
+	insertN    *sql.Stmt // insertRows rows
+	args       []any
+	cdb        *sql.DB // the checkpointer's connection
+	dirty      atomic.Bool
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -136,7 +166,8 @@ type item struct {
 
 // group is the set of items one transaction commits.
 type group struct {
-	items []item
+	waiters atomic.Int32
+	items   []item
 	seqs  []int64
 	err   error
 	done  chan struct{}
@@ -153,6 +184,9 @@ func Open(ctx context.Context, path string, cfg Config) (*Ledger, error) {
 	if cfg.FullWait <= 0 {
 		cfg.FullWait = DefaultFullWait
 	}
+	if cfg.CommitDelay <= 0 {
+		cfg.CommitDelay = DefaultCommitDelay
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -160,7 +194,7 @@ func Open(ctx context.Context, path string, cfg Config) (*Ledger, error) {
 	if cfg.Sync == SyncFull {
 		sync = "FULL"
 	}
-	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous="+sync+"&_busy_timeout=10000&_txlock=immediate")
+	db, err := sql.Open(writerDriver, "file:"+path+"?_journal_mode=WAL&_synchronous="+sync+"&_busy_timeout=10000&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
@@ -199,6 +233,7 @@ func newLedger(path string, cfg Config, db *sql.DB) *Ledger {
 		usage:      map[usageKey]*usageTotals{},
 		cusage:     map[int64]*usageTotals{},
 		wake:       make(chan struct{}, 1),
+		urgent:     make(chan struct{}, 1),
 		committed:  make(chan struct{}, 1),
 		epochsSeen: map[epochKey]bool{},
 	}
@@ -235,11 +270,19 @@ func (l *Ledger) init(ctx context.Context, readOnly bool) error {
 		return err
 	}
 	if !readOnly {
-		l.insert, err = l.db.PrepareContext(ctx, "INSERT INTO events (seq, contract, rec, hash) VALUES (?, ?, ?, ?)")
+		const row = "(?, ?, ?, ?)"
+		l.insert, err = l.db.PrepareContext(ctx, "INSERT INTO events (seq, contract, rec, hash) VALUES "+row)
+		if err == nil {
+			l.insertN, err = l.db.PrepareContext(ctx, "INSERT INTO events (seq, contract, rec, hash) VALUES "+row+strings.Repeat(", "+row, insertRows-1))
+		}
+		if err == nil {
+			l.cdb, err = sql.Open("sqlite3", "file:"+l.path+"?_busy_timeout=10000")
+		}
 		if err != nil {
 			rdb.Close()
 			return fmt.Errorf("open ledger: %w", err)
 		}
+		l.cdb.SetMaxOpenConns(1)
 	}
 	return nil
 }
@@ -418,8 +461,9 @@ func (l *Ledger) Start(ctx context.Context) {
 	}
 	l.startOnce.Do(func() {
 		ctx, l.cancel = context.WithCancel(ctx)
-		l.wg.Add(1)
+		l.wg.Add(2)
 		go l.writer(ctx)
+		go l.checkpointer(ctx)
 	})
 }
 
@@ -440,7 +484,10 @@ func (l *Ledger) Close() error {
 	l.Stop()
 	var errs []error
 	if l.insert != nil {
-		errs = append(errs, l.insert.Close())
+		errs = append(errs, l.insert.Close(), l.insertN.Close())
+	}
+	if l.cdb != nil {
+		errs = append(errs, l.cdb.Close())
 	}
 	if l.db != nil {
 		errs = append(errs, l.db.Close())
@@ -470,7 +517,11 @@ type Pending struct {
 func (p Pending) Done() <-chan struct{} { return p.g.done }
 
 // Wait returns once the event is committed (acknowledged) or has failed.
+// A group with a waiter is committed without delay.
 func (p Pending) Wait(ctx context.Context) (Receipt, error) {
+	if p.g.waiters.Add(1) == 1 {
+		p.l.nudge()
+	}
 	select {
 	case <-p.g.done:
 	case <-ctx.Done():
@@ -513,6 +564,7 @@ func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
 	for l.queued >= l.cfg.BufferSize && !l.closed {
 		room := l.room
 		l.mu.Unlock()
+		l.nudge()
 		if timer == nil {
 			timer = time.NewTimer(l.cfg.FullWait)
 			defer timer.Stop()
@@ -552,13 +604,24 @@ func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
 	i := len(g.items) - 1
 	l.queued++
 	l.mu.Unlock()
-	if i == 0 {
+	switch i {
+	case 0:
 		select {
 		case l.wake <- struct{}{}:
 		default:
 		}
+	case urgentGroup:
+		l.nudge()
 	}
 	return Pending{g: g, i: i, l: l}, nil
+}
+
+// nudge asks the writer to commit the current group now.
+func (l *Ledger) nudge() {
+	select {
+	case l.urgent <- struct{}{}:
+	default:
+	}
 }
 
 // addUsage changes the running totals; l.mu is held.

@@ -15,9 +15,25 @@ import (
 // ends; then it refuses new events and commits what is queued.
 func (l *Ledger) writer(ctx context.Context) {
 	defer l.wg.Done()
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
 		select {
 		case <-l.wake:
+			// Let a group that nobody waits for grow a little.
+			l.mu.Lock()
+			linger := l.cur.waiters.Load() == 0 && len(l.cur.items) < urgentGroup && l.queued < l.cfg.BufferSize
+			l.mu.Unlock()
+			if linger {
+				t.Reset(l.cfg.CommitDelay)
+				select {
+				case <-t.C:
+				case <-l.urgent:
+					t.Stop()
+				case <-ctx.Done():
+					t.Stop()
+				}
+			}
 			l.drain()
 		case <-ctx.Done():
 			l.mu.Lock()
@@ -27,6 +43,34 @@ func (l *Ledger) writer(ctx context.Context) {
 			l.mu.Unlock()
 			l.drain()
 			return
+		}
+	}
+}
+
+// checkpointInterval is how often the checkpointer copies the WAL into
+// the database file.
+const checkpointInterval = 200 * time.Millisecond
+
+// checkpointer runs passive WAL checkpoints beside the writer (which never
+// checkpoints itself), and a last one when ctx ends.
+func (l *Ledger) checkpointer(ctx context.Context) {
+	defer l.wg.Done()
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if _, err := l.cdb.Exec("PRAGMA wal_checkpoint(PASSIVE)"); err != nil {
+				l.log.Warn("ledger checkpoint failed", "err", err)
+			}
+			return
+		case <-t.C:
+			if !l.dirty.Swap(false) {
+				continue
+			}
+			if _, err := l.cdb.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)"); err != nil && ctx.Err() == nil {
+				l.log.Warn("ledger checkpoint failed", "err", err)
+			}
 		}
 	}
 }
@@ -84,7 +128,25 @@ func (l *Ledger) write(g *group) (err error) {
 			tx.Rollback()
 		}
 	}()
-	ins := tx.StmtContext(ctx, l.insert)
+	ins, insN := tx.StmtContext(ctx, l.insert), tx.StmtContext(ctx, l.insertN)
+	// Rows go in insertRows at a time; flush writes what is pending.
+	args := l.args[:0]
+	flush := func() error {
+		for len(args) >= 4*insertRows {
+			if _, err := insN.ExecContext(ctx, args[:4*insertRows]...); err != nil {
+				return err
+			}
+			args = append(args[:0], args[4*insertRows:]...)
+		}
+		for i := 0; i < len(args); i += 4 {
+			if _, err := ins.ExecContext(ctx, args[i:i+4]...); err != nil {
+				return err
+			}
+		}
+		args = args[:0]
+		return nil
+	}
+	defer func() { l.args = args[:0] }()
 	g.seqs = make([]int64, len(g.items))
 	seq, prev := l.headSeq, l.headHash
 	usage := map[usageKey]usageTotals{}
@@ -101,10 +163,13 @@ func (l *Ledger) write(g *group) (err error) {
 				Bytes: e.Bytes, Samples: e.Samples, Tokens: e.Tokens, Units: it.units, CostNanoUSD: it.cost,
 				Epoch: e.Epoch, Job: e.Job, TokenID: e.TokenID, DecodedSHA: e.DecodedSHA256, Outcome: e.Outcome,
 			}
-			l.recBuf = appendRecord(l.recBuf[:0], &row)
-			h := l.hasher.sum(prev, seq, l.recBuf)
-			if _, err := ins.ExecContext(ctx, seq, it.c.id, l.recBuf, h[:]); err != nil {
-				return err
+			rec := appendRecord(nil, &row)
+			h := l.hasher.sum(prev, seq, rec)
+			args = append(args, seq, it.c.id, rec, h[:])
+			if len(args) == 4*insertRows {
+				if err := flush(); err != nil {
+					return err
+				}
 			}
 			prev = h[:]
 			g.seqs[i] = seq
@@ -125,6 +190,9 @@ func (l *Ledger) write(g *group) (err error) {
 				newEpochs = append(newEpochs, ek)
 			}
 		case kindEpoch:
+			if err := flush(); err != nil {
+				return err
+			}
 			s, wrote, err := l.closeEpoch(ctx, tx, it, seq+1, prev)
 			if err != nil {
 				return err
@@ -137,6 +205,9 @@ func (l *Ledger) write(g *group) (err error) {
 			}
 			g.seqs[i] = s.Seq
 		}
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 	for k, u := range usage {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO usage (contract, token_jti, samples, bytes) VALUES (?, ?, ?, ?)
@@ -155,6 +226,7 @@ func (l *Ledger) write(g *group) (err error) {
 		return err
 	}
 	l.written.Add(uint64(seq - l.headSeq))
+	l.dirty.Store(true)
 	l.headSeq, l.headHash = seq, prev
 	for _, k := range newEpochs {
 		l.epochsSeen[k] = true

@@ -1,0 +1,139 @@
+package meter_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/provgate/provgate/meter"
+)
+
+// BenchmarkRecord measures sustained acknowledged events per second: many
+// concurrent callers each wait for their event's commit (group commit).
+func BenchmarkRecord(b *testing.B) {
+	for _, sc := range []struct {
+		name string
+		sync meter.Sync
+	}{{"normal", meter.SyncNormal}, {"full", meter.SyncFull}} {
+		b.Run("sync="+sc.name, func(b *testing.B) {
+			l := MustOpen(b, "", meter.Config{Sync: sc.sync})
+			ev := access(1)
+			b.SetParallelism(64)
+			b.ResetTimer()
+			start, cpu := time.Now(), cpuTime()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := l.Record(context.Background(), ev); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/event")
+		})
+	}
+}
+
+// BenchmarkSubmit measures the writer's sustained rate when callers do not
+// wait: b.N events are submitted, then the last is waited for.
+func BenchmarkSubmit(b *testing.B) {
+	l := MustOpen(b, "", meter.Config{})
+	ev := access(1)
+	b.ResetTimer()
+	start, cpu := time.Now(), cpuTime()
+	var last meter.Pending
+	for range b.N {
+		p, err := l.Submit(context.Background(), ev)
+		for err != nil {
+			p, err = l.Submit(context.Background(), ev)
+		}
+		last = p
+	}
+	if _, err := last.Wait(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/event")
+}
+
+// BenchmarkHit compares, in one run, a warm 64 KiB GET over loopback HTTP
+// served from a file (client and server in this process) with the same
+// GET plus one ledger event per request: "async" submits it (the data
+// path's cost), "ack" also waits for its commit after the body, as a
+// caller that needs an acknowledged event does. cpu-ns/op is the
+// process's CPU time per request, the figure to compare on a shared
+// machine; ns/op is wall time.
+func BenchmarkHit(b *testing.B) {
+	dir := b.TempDir()
+	file := filepath.Join(dir, "obj")
+	if err := os.WriteFile(file, make([]byte, 64<<10), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	for _, mode := range []string{"plain", "async", "ack"} {
+		b.Run("meter="+mode, func(b *testing.B) {
+			var l *meter.Ledger
+			if mode != "plain" {
+				l = MustOpen(b, "", meter.Config{})
+			}
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				f, err := os.Open(file)
+				if err != nil {
+					http.Error(w, err.Error(), 500)
+					return
+				}
+				defer f.Close()
+				http.ServeContent(w, r, "", time.Time{}, f)
+				if l == nil {
+					return
+				}
+				ev := meter.Event{Contract: testContract, Name: "obj", Bytes: 64 << 10, Epoch: 1, Job: "bench", TokenID: "tok"}
+				ctx := context.WithoutCancel(r.Context())
+				var err2 error
+				if mode == "ack" {
+					_, err2 = l.Record(ctx, ev)
+				} else {
+					_, err2 = l.Submit(ctx, ev)
+				}
+				if err2 != nil {
+					b.Error(err2)
+				}
+			})}
+			url, stop := serve(b, srv)
+			defer stop()
+			tr := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr}
+			b.SetParallelism(4)
+			b.SetBytes(64 << 10)
+			b.ResetTimer()
+			cpu := cpuTime()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := client.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					n, _ := io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if n != 64<<10 {
+						b.Errorf("read %d bytes", n)
+						return
+					}
+				}
+			})
+			if l != nil {
+				// The writer's work for the last events counts too.
+				if _, err := l.Record(context.Background(), meter.Event{Contract: testContract, Name: "flush"}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
