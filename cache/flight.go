@@ -1,0 +1,301 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// flight is one object's fetch, shared by everyone who asks for the object
+// while it runs (single-flight). Streaming readers follow its temporary
+// file as it grows.
+type flight struct {
+	key  string
+	size int64
+	gen  uint64 // purge generations at start: name, contract
+	cgen uint64
+
+	// Guarded by Cache.mu.
+	waiters  int
+	finished bool
+
+	// Set before done is closed.
+	done  chan struct{}
+	err   error
+	entry *entry
+
+	mu      sync.Mutex
+	tmpPath string
+	written int64
+	changed chan struct{} // closed and replaced on progress
+}
+
+func (f *flight) progress(n int64) {
+	f.mu.Lock()
+	f.written += n
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *flight) state() (tmp string, written int64, changed chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tmpPath, f.written, f.changed
+}
+
+// flightWriter writes to the temporary file and reports progress.
+type flightWriter struct {
+	f  *os.File
+	fl *flight
+}
+
+func (w *flightWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.fl.progress(int64(n))
+	return n, err
+}
+
+func (c *Cache) runFlight(f *flight, contractID string, m *mount, obj contract.ObjectClaim) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.FetchTimeout)
+	defer cancel()
+	start := time.Now()
+	err := c.fetchAndCommit(ctx, f, contractID, m, &obj)
+	if err != nil {
+		c.mu.Lock()
+		if !errors.Is(err, context.Canceled) {
+			c.stats.Failures[FailureKind(err)]++
+		}
+		c.finishLocked(f, nil, fmt.Errorf("cache: %s: %w", obj.Name, err))
+		c.mu.Unlock()
+		if !errors.Is(err, context.Canceled) {
+			c.log.Warn("cache fetch failed", logContract, contractID, logName, obj.Name, logKind, FailureKind(err), logErr, err)
+		}
+		return
+	}
+	c.log.Debug("cache fetch", logContract, contractID, logName, obj.Name, "bytes", obj.DecodedSize, "took", time.Since(start))
+}
+
+// finishLocked publishes the flight's outcome; a committed entry gets one
+// pin per waiter.
+func (c *Cache) finishLocked(f *flight, e *entry, err error) {
+	if e != nil {
+		e.pins += f.waiters
+	}
+	f.entry, f.err, f.finished = e, err, true
+	delete(c.flights, f.key)
+	close(f.done)
+}
+
+func (c *Cache) fetchAndCommit(ctx context.Context, f *flight, contractID string, m *mount, obj *contract.ObjectClaim) error {
+	select {
+	case c.fetchSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-c.fetchSem }()
+	if err := c.reserve(ctx, obj.DecodedSize); err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			c.mu.Lock()
+			c.reserved -= obj.DecodedSize
+			c.signalSpaceLocked()
+			c.mu.Unlock()
+		}
+	}()
+	tmp, err := os.CreateTemp(c.tmpDir, "fetch-*")
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.tmpPath = tmp.Name()
+	f.mu.Unlock()
+	onResume := func() {
+		c.mu.Lock()
+		c.stats.Resumes++
+		c.mu.Unlock()
+	}
+	res, err := fetchVerified(ctx, m.origin, obj, c.cfg.Retry, onResume, &flightWriter{f: tmp, fl: f})
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	file := fileName(contractID, obj.Name, obj.DecodedSHA256, tmp.Name())
+	final := c.path(file)
+	if err == nil {
+		err = c.install(tmp.Name(), final)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats.OriginBytes += uint64(obj.StoredSize)
+	key := entryKey(contractID, obj.Name)
+	if c.purgeGen[key] != f.gen || c.purgeGen[contractID] != f.cgen {
+		os.Remove(final)
+		return ErrPurged
+	}
+	c.reserved -= obj.DecodedSize
+	committed = true
+	now := c.cfg.Now()
+	e := &entry{key: key, contract: contractID, name: obj.Name, file: file, storedSHA: obj.StoredSHA256,
+		decodedSHA: obj.DecodedSHA256, size: obj.DecodedSize, crc: res.crc, committed: now, region: regionWindow}
+	if m.retention > 0 {
+		e.expires = now.Add(m.retention)
+	}
+	if old := c.entries[key]; old != nil {
+		c.removeLocked(old)
+	}
+	c.entries[key] = e
+	c.window.pushFront(e)
+	c.used += e.size
+	if err := c.journal.append(&record{Op: "put", File: file, Contract: e.contract, Name: e.name,
+		StoredSHA: e.storedSHA, DecodedSHA: e.decodedSHA, Size: e.size, CRC: e.crc,
+		Committed: e.committed.UnixNano(), Expires: putRecord(e).Expires}); err != nil {
+		c.log.Error("cache index", logErr, err)
+	}
+	c.finishLocked(f, e, nil)
+	e.pins++ // hold it while rebalancing so that the waiters get it
+	c.rebalanceLocked()
+	e.pins--
+	if e.pins == 0 {
+		c.rebalanceLocked()
+	}
+	return nil
+}
+
+// install renames a verified temporary file into place, durably.
+func (c *Cache) install(tmp, final string) error {
+	dir := filepath.Dir(final)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := syncDir(c.objDir); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// Stream returns the object as a reader while it is being fetched
+// (stream-while-fetching): bytes are handed out as they are decoded, and
+// if verification fails at the end the final Read returns the error, never
+// io.EOF. A cached object is read from its file. Prefer Get
+// (verify-then-serve) unless latency to first byte matters more than a
+// clean failure.
+func (c *Cache) Stream(ctx context.Context, contractID string, obj *contract.ObjectClaim) (io.ReadCloser, error) {
+	for range 3 {
+		h, f, err := c.lookup(contractID, obj, true)
+		if errors.Is(err, errCorrupt) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if h != nil {
+			return h, nil
+		}
+		return &streamReader{c: c, ctx: ctx, f: f, size: obj.DecodedSize}, nil
+	}
+	return nil, fmt.Errorf("cache: %s: %w", obj.Name, errCorrupt)
+}
+
+type streamReader struct {
+	c      *Cache
+	ctx    context.Context
+	f      *flight
+	size   int64
+	file   *os.File
+	off    int64
+	closed bool
+	err    error
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	for {
+		tmp, written, changed := r.f.state()
+		done := false
+		select {
+		case <-r.f.done:
+			done = true
+			if r.f.err != nil {
+				r.err = r.f.err
+				return 0, r.err
+			}
+			written = r.size
+		default:
+		}
+		if r.file == nil && (tmp != "" || done) {
+			path := tmp
+			if done {
+				path = r.c.path(r.f.entry.file)
+			}
+			f, err := os.Open(path)
+			switch {
+			case err == nil:
+				r.file = f
+			case errors.Is(err, os.ErrNotExist) && !done:
+				// renamed or removed just now: wait for the outcome
+			default:
+				r.err = err
+				return 0, err
+			}
+		}
+		if r.file != nil && r.off < written {
+			n, err := r.file.ReadAt(p[:min(int64(len(p)), written-r.off)], r.off)
+			r.off += int64(n)
+			if err == io.EOF {
+				err = nil
+			}
+			return n, err
+		}
+		if done && r.off >= r.size {
+			return 0, io.EOF
+		}
+		select {
+		case <-changed:
+		case <-r.f.done:
+		case <-r.ctx.Done():
+			r.err = r.ctx.Err()
+			return 0, r.err
+		}
+	}
+}
+
+// Close releases the reader; the fetch goes on and commits for others.
+func (r *streamReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	var err error
+	if r.file != nil {
+		err = r.file.Close()
+	}
+	if r.c.leave(r.f) && r.f.err == nil {
+		r.c.unpin(r.f.entry)
+	}
+	return err
+}
