@@ -25,6 +25,8 @@ class FakeSidecar:
         self.requests = []
         self.lock = threading.Lock()
         self.truncate_batch_at = None  # cut the batch body after this many bytes
+        self.short_batch = False  # announce the full Content-Length, send one byte less
+        self.short_get = set()  # names whose GET body stops one byte short
         self.corrupt = set()  # names whose bytes are served altered
         self.epochs_ended = []
         fake = self
@@ -121,7 +123,10 @@ class FakeSidecar:
             h.send_header("ETag", '"%s"' % hashlib.sha256(self.objects[name]).hexdigest())
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
-            if method == "GET":
+            if method == "GET" and name in self.short_get:
+                h.wfile.write(data[:-1])
+                h.close_connection = True
+            elif method == "GET":
                 h.wfile.write(data)
             return
         if method == "POST" and rest == "batch":
@@ -142,6 +147,10 @@ class FakeSidecar:
                 return
             h.send_header("Content-Length", str(len(out)))
             h.end_headers()
+            if self.short_batch:
+                h.wfile.write(out[:-1])
+                h.close_connection = True
+                return
             h.wfile.write(out)
             return
         if method == "POST" and rest.startswith("epochs/") and rest.endswith("/end"):

@@ -108,6 +108,22 @@ class ClientTest(unittest.TestCase):
         self.fake.truncate_batch_at = None
         self.assertEqual(self.c.get_batch(names), [OBJECTS[n] for n in names])
 
+    def test_short_get_is_an_error(self):
+        self.fake.short_get.add("a.bin")
+        for verify in (True, False):
+            c = Sidecar(self.fake.contract, url=self.fake.url, verify=verify)
+            self.addCleanup(c.close)
+            with self.assertRaisesRegex(ProtocolError, "truncated"):
+                c.get("a.bin")
+
+    def test_short_body_under_content_length_is_an_error(self):
+        names = ["a.bin", "dir/b c.bin"]
+        self.fake.short_batch = True
+        with self.assertRaisesRegex(ProtocolError, "truncated"):
+            self.c.get_batch(names)
+        self.fake.short_batch = False
+        self.assertEqual(self.c.get_batch(names), [OBJECTS[n] for n in names])
+
     def test_stale_connection_is_retried_once(self):
         self.assertEqual(len(self.c.manifest()), len(OBJECTS))
         # the sidecar closes idle keep-alive connections: simulate it
