@@ -70,7 +70,7 @@ type Config struct {
 	// submitted without waiting are unacknowledged for at most this long
 	// plus one commit.
 	CommitDelay time.Duration
-	Logger   *slog.Logger
+	Logger      *slog.Logger
 }
 
 // writerDriver is SQLite for the writer's connection: no automatic WAL
@@ -119,11 +119,11 @@ type Ledger struct {
 	epochsSeen map[epochKey]bool
 	hasher     chainHasher
 
-	insert     *sql.Stmt // one row
-	insertN    *sql.Stmt // insertRows rows
-	args       []any
-	cdb        *sql.DB // the checkpointer's connection
-	dirty      atomic.Bool
+	insert  *sql.Stmt // one row
+	insertN *sql.Stmt // insertRows rows
+	args    []any
+	cdb     *sql.DB // the checkpointer's connection
+	dirty   atomic.Bool
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -168,9 +168,9 @@ type item struct {
 type group struct {
 	waiters atomic.Int32
 	items   []item
-	seqs  []int64
-	err   error
-	done  chan struct{}
+	seqs    []int64
+	err     error
+	done    chan struct{}
 }
 
 func newGroup() *group { return &group{done: make(chan struct{})} }

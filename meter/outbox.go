@@ -392,3 +392,67 @@ func (l *Ledger) Prune(ctx context.Context, before time.Time) (int64, error) {
 		}
 	}
 }
+
+// ResendResult counts what a Resend sent.
+type ResendResult struct {
+	Events     int
+	Accepted   int
+	Duplicates int
+}
+
+// Resend posts every row of contractID still in the ledger, synced or
+// not, in fresh batches (new batch ids, so no Idempotency-Key is reused
+// with another body). The registry counts each event id once, so this is
+// safe; it does not move the cursor. It is `provgate meter replay --all`.
+func (s *Syncer) Resend(ctx context.Context, contractID string) (ResendResult, error) {
+	var res ResendResult
+	s.l.mu.Lock()
+	c := s.l.contracts[contractID]
+	s.l.mu.Unlock()
+	if c == nil {
+		return res, fmt.Errorf("%w: %q", ErrUnknownContract, contractID)
+	}
+	salt := verify.NewID()
+	var after int64
+	for {
+		var events []contract.MeteringEvent
+		size := 0
+		full := errors.New("full")
+		err := s.l.scanRows(ctx, func(r *Row, _ int64) error {
+			ev := r.MeteringEvent()
+			b, err := json.Marshal(ev)
+			if err != nil {
+				return err
+			}
+			if len(events) > 0 && size+len(b)+1 > s.cfg.MaxBatchBytes {
+				return full
+			}
+			size += len(b) + 1
+			events = append(events, ev)
+			after = r.Seq
+			return nil
+		}, "SELECT seq, contract, rec, hash FROM events WHERE seq > ? AND contract = ? ORDER BY seq LIMIT ?", after, c.id, s.cfg.BatchSize)
+		if err != nil && !errors.Is(err, full) {
+			return res, fmt.Errorf("meter: resend %s: %w", contractID, err)
+		}
+		if len(events) == 0 {
+			return res, nil
+		}
+		id := s.batchID(contractID+"\n"+salt, events)
+		jws, err := verify.SignMeteringBatch(s.cfg.Key, &contract.MeteringBatch{Contract: contractID, BatchID: id, Sidecar: s.kid, IssuedAt: time.Now().Unix(), Events: events})
+		if err != nil {
+			return res, fmt.Errorf("meter: resend %s: %w", contractID, err)
+		}
+		token, err := s.cfg.Tokens.Token(ctx, contractID)
+		if err != nil {
+			return res, fmt.Errorf("meter: resend %s: token: %w", contractID, err)
+		}
+		resp, err := s.cfg.Client.PostMetering(ctx, contractID, token, id, jws)
+		if err != nil {
+			return res, fmt.Errorf("meter: resend %s: batch %s: %w", contractID, id, err)
+		}
+		res.Events += len(events)
+		res.Accepted += resp.Accepted
+		res.Duplicates += resp.Duplicates
+	}
+}

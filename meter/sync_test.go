@@ -1,0 +1,300 @@
+package meter_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/meter"
+	"github.com/provgate/provgate/registry"
+	"github.com/provgate/provgate/registry/registrytest"
+	"github.com/provgate/provgate/verify"
+)
+
+// newContract is a contract priced per sample at $0.0005 over a bucket,
+// with one contributor; only metering is exercised.
+func newContract(tb testing.TB, id string) *contract.Contract {
+	tb.Helper()
+	k, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &contract.Contract{
+		ContractID: id, Version: "2026-01-15", License: "cc-by-4.0",
+		Pricing:      contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005},
+		Usage:        contract.Usage{Purposes: []string{"training"}, MaxSamples: 10_000_000},
+		Contributors: []contract.Contributor{{ID: "did:example:alice", JWKS: verify.PublicJWKS(k)}},
+		Origin:       contract.Origin{Bucket: "datasets"},
+	}
+}
+
+// sidecar is the sidecar's side of a registry: its key, a client that
+// signs proofs with it, and a token source.
+type sidecar struct {
+	key    *jose.JSONWebKey
+	client *contract.Client
+	tokens *meter.RequestedTokens
+}
+
+func newSidecar(tb testing.TB, url string, key *jose.JSONWebKey) *sidecar {
+	tb.Helper()
+	if key == nil {
+		var err error
+		if key, err = verify.GenerateKey(jose.EdDSA); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	c, err := contract.NewClient(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c.Proof = verify.ProofFunc(key)
+	c.BaseDelay, c.MaxDelay, c.MaxAttempts = 10*time.Millisecond, 50*time.Millisecond, 2
+	c.HTTP.Timeout = 10 * time.Second
+	return &sidecar{key: key, client: c, tokens: &meter.RequestedTokens{Client: c, Key: key, Purpose: "training"}}
+}
+
+func (s *sidecar) syncer(tb testing.TB, l *meter.Ledger) *meter.Syncer {
+	tb.Helper()
+	sy, err := meter.NewSyncer(l, meter.SyncConfig{
+		Client: s.client, Key: s.key, Tokens: s.tokens,
+		Interval: 20 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return sy
+}
+
+// openLedger opens a ledger at path priced for contractID and starts it.
+func openLedger(tb testing.TB, path, contractID string) *meter.Ledger {
+	tb.Helper()
+	l, err := meter.Open(context.Background(), path, meter.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := l.SetPricing(context.Background(), contractID, contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005}); err != nil {
+		tb.Fatal(err)
+	}
+	l.Start(context.Background())
+	tb.Cleanup(func() { l.Close() })
+	return l
+}
+
+// write submits n access events for contractID from 4 goroutines,
+// retrying refusals, and waits for all of them.
+func write(tb testing.TB, l *meter.Ledger, contractID string, from, n int) {
+	tb.Helper()
+	var wg sync.WaitGroup
+	const workers = 4
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var last meter.Pending
+			for i := from + w; i < from+n; i += workers {
+				ev := meter.Event{Contract: contractID, Name: fmt.Sprintf("s/%d", i%5000), Bytes: int64(i%4096 + 1),
+					Epoch: int64(i % 5), Job: []string{"a", "b"}[i%2], TokenID: "t"}
+				p, err := l.Submit(context.Background(), ev)
+				for errors.Is(err, meter.ErrBusy) {
+					p, err = l.Submit(context.Background(), ev)
+				}
+				if err != nil {
+					tb.Error(err)
+					return
+				}
+				last = p
+			}
+			if _, err := last.Wait(context.Background()); err != nil {
+				tb.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// assertTotalsEqual checks the registry's totals against the ledger's.
+func assertTotalsEqual(tb testing.TB, reg *contract.Client, l *meter.Ledger, contractID string, wantEvents int64) {
+	tb.Helper()
+	ctx := context.Background()
+	got, err := reg.MeteringTotals(ctx, contractID, "", -1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	want, err := l.Totals(ctx, contractID, false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if *got != want {
+		tb.Errorf("registry totals\n got %+v\nwant %+v (the ledger's)", *got, want)
+	}
+	if want.Events != wantEvents {
+		tb.Errorf("ledger has %d events, want %d", want.Events, wantEvents)
+	}
+	if d := l.OutboxDepth(contractID); d != 0 {
+		tb.Errorf("outbox depth %d after sync, want 0", d)
+	}
+}
+
+func TestSync100kEventsTotalsExact(t *testing.T) {
+	h := registrytest.Start(t)
+	c := h.CreateContract(t, newContract(t, "did:example:metered-100k"))
+	sc := newSidecar(t, h.URL, nil)
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	const n = 100_000
+	start := time.Now()
+	write(t, l, c.ContractID, 0, n)
+	for _, job := range []string{"a", "b"} {
+		for e := range 5 {
+			if _, err := l.EndEpoch(context.Background(), c.ContractID, job, int64(e)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wrote := time.Since(start)
+	sy := sc.syncer(t, l)
+	start = time.Now()
+	sent, err := sy.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %d events in %v, synced in %v", n, wrote, time.Since(start))
+	if sent != n+10 {
+		t.Errorf("synced %d rows, want %d", sent, n+10)
+	}
+	assertTotalsEqual(t, h.Client, l, c.ContractID, n+10)
+	got, err := h.Client.MeteringTotals(context.Background(), c.ContractID, "a", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Job a, epoch 3: i even and i%5 == 3, i.e. i%10 == 8: 10,000 events.
+	if got.AccessEvents != n/10 || got.EpochEvents != 1 || got.EpochSamples != n/10 || got.Units != n/10 {
+		t.Errorf("registry totals for job a epoch 3: %+v, want %d access events and one summary of as many samples", got, n/10)
+	}
+
+	// Sending everything again counts nothing twice.
+	res, err := sy.Resend(context.Background(), c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Events != n+10 || res.Accepted != 0 || res.Duplicates != n+10 {
+		t.Errorf("resend: %+v, want every event a duplicate", res)
+	}
+	assertTotalsEqual(t, h.Client, l, c.ContractID, n+10)
+}
+
+// regServer is a real registry on a fixed address and database, that a
+// test stops and starts again.
+type regServer struct {
+	addr, db string
+	srv      *registry.Server
+	hs       *http.Server
+	done     chan struct{}
+}
+
+func (r *regServer) start(tb testing.TB) {
+	tb.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 { // the port may linger for a moment after stop
+		if ln, err = net.Listen("tcp", r.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r.srv, err = registry.New(context.Background(), registry.Config{
+		DBPath: r.db, AdminToken: registrytest.AdminToken, Name: "metertest", PublicURL: "http://" + r.addr,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		ln.Close()
+		tb.Fatal(err)
+	}
+	r.hs = &http.Server{Handler: r.srv.Handler()}
+	r.done = make(chan struct{})
+	go func() {
+		defer close(r.done)
+		r.hs.Serve(ln)
+	}()
+}
+
+func (r *regServer) stop() {
+	if r.hs == nil {
+		return
+	}
+	r.srv.Close()
+	r.hs.Close()
+	<-r.done
+	r.hs = nil
+}
+
+func TestRegistryDownForFirstHalf(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &regServer{addr: ln.Addr().String(), db: filepath.Join(t.TempDir(), "registry.db")}
+	ln.Close()
+	url := "http://" + r.addr
+	ctx := context.Background()
+
+	// Set up the contract and the sidecar's token, then take the registry down.
+	r.start(t)
+	admin, err := contract.NewClient(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := admin.CreateContract(ctx, registrytest.AdminToken, newContract(t, "did:example:metered-outage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := newSidecar(t, url, nil)
+	if _, err := sc.tokens.Token(ctx, c.ContractID); err != nil {
+		t.Fatal(err)
+	}
+	r.stop()
+	defer r.stop()
+
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	sy := sc.syncer(t, l)
+	sy.Start(ctx)
+	defer sy.Stop()
+	const half = 5000
+	write(t, l, c.ContractID, 0, half)
+	if _, err := l.EndEpoch(ctx, c.ContractID, "a", 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for l.Stats().SyncErrors < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := l.Stats()
+	if st.SyncErrors < 3 || st.Synced != 0 || st.Outbox != half+1 {
+		t.Fatalf("registry down: stats %+v, want failed attempts, nothing synced, the outbox holding all %d rows", st, half+1)
+	}
+
+	r.start(t)
+	write(t, l, c.ContractID, half, half)
+	if _, err := l.EndEpoch(ctx, c.ContractID, "b", 1); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for l.OutboxDepth(c.ContractID) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	assertTotalsEqual(t, admin, l, c.ContractID, 2*half+2)
+}

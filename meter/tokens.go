@@ -1,0 +1,45 @@
+package meter
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// RequestedTokens is a Tokens for offline tools and tests: it asks the
+// registry for a token per contract with Key (Client.Proof must sign
+// with it) and reuses it until a minute before it expires. The sidecar
+// passes its refreshing token source instead.
+type RequestedTokens struct {
+	Client  *contract.Client
+	Key     *jose.JSONWebKey
+	Purpose string
+
+	mu     sync.Mutex
+	tokens map[string]contract.TokenResponse
+}
+
+var _ Tokens = (*RequestedTokens)(nil)
+
+// Token returns a token for contractID.
+func (t *RequestedTokens) Token(ctx context.Context, contractID string) (string, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if tr, ok := t.tokens[contractID]; ok && time.Until(tr.ExpiresAt) > time.Minute {
+		return tr.Token, nil
+	}
+	tr, err := t.Client.RequestToken(ctx, contractID, contract.TokenRequest{Purpose: t.Purpose, JWK: t.Key.Public()})
+	if err != nil {
+		return "", fmt.Errorf("request token for %s: %w", contractID, err)
+	}
+	if t.tokens == nil {
+		t.tokens = map[string]contract.TokenResponse{}
+	}
+	t.tokens[contractID] = *tr
+	return tr.Token, nil
+}
