@@ -1,0 +1,297 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/provgate/provgate/cache"
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/proxy"
+	"github.com/provgate/provgate/verify"
+)
+
+// mount is one mounted contract: it implements proxy.Source.
+type mount struct {
+	s  *Sidecar
+	id string
+
+	mu       sync.RWMutex
+	contract *contract.Contract
+	follower *verify.Follower
+	tokens   *contract.TokenSource
+	startErr error
+}
+
+var _ proxy.Source = (*mount)(nil)
+
+// run mounts the contract, retrying with capped backoff until the registry
+// answers, then follows it until ctx ends.
+func (m *mount) run(ctx context.Context) {
+	for attempt := 1; ; attempt++ {
+		err := m.mount(ctx)
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		m.mu.Lock()
+		m.startErr = err
+		m.mu.Unlock()
+		m.s.log.Warn("mounting contract failed; retrying", "contract", m.id, "attempt", attempt, "err", err)
+		t := time.NewTimer(contract.Backoff(attempt, mountRetryFirst, mountRetryMax))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *mount) mount(ctx context.Context) error {
+	s := m.s
+	c, _, err := s.client.GetContract(ctx, m.id, "")
+	if err != nil {
+		return fmt.Errorf("fetch contract: %w", err)
+	}
+	if c.ContractID != m.id {
+		return fmt.Errorf("registry answered contract %q for %q", c.ContractID, m.id)
+	}
+	if s.cfg.Purpose != "" && !c.Usage.AllowsPurpose(s.cfg.Purpose) {
+		return fmt.Errorf("purpose %q is not allowed by contract %q (allowed: %s)", s.cfg.Purpose, m.id, strings.Join(c.Usage.Purposes, ", "))
+	}
+	purpose := s.cfg.Purpose
+	if purpose == "" {
+		purpose = c.Usage.Purposes[0]
+	}
+	check, err := verify.NewCapabilityChecker(s.registryKeys, m.id, s.key, nil)
+	if err != nil {
+		return err
+	}
+	ts, err := contract.NewTokenSource(contract.TokenSourceConfig{Registry: s.client, Contract: m.id, JWK: s.key.Public(),
+		Purpose: purpose, Usage: s.cfg.Quota, Check: check, Logger: s.log.With("part", "tokens")})
+	if err != nil {
+		return err
+	}
+	if err := ts.Start(ctx); err != nil {
+		return fmt.Errorf("capability token: %w", err)
+	}
+	var opts []verify.Option
+	switch {
+	case len(s.cfg.PinnedCheckpoint) > 0:
+		opts = append(opts, verify.WithPinnedCheckpoint(s.cfg.PinnedCheckpoint))
+	case s.cfg.TrustOnFirstUse:
+		opts = append(opts, verify.WithTrustOnFirstUse())
+	}
+	f, err := verify.NewFollower(ctx, verify.FollowerConfig{Contract: c, Source: s.client, Stream: s.client, Fetcher: s.client,
+		Store: s.store, Logger: s.log.With("part", "follower", "contract", m.id), Metrics: s.vmetrics,
+		OnRedact: m.onRedact, MaxCheckpointAge: s.cfg.MaxCheckpointAge, PollInterval: s.cfg.PollInterval}, opts...)
+	if err != nil {
+		ts.Stop()
+		return fmt.Errorf("log follower: %w", err)
+	}
+	origin, err := m.origin(c, ts)
+	if err != nil {
+		ts.Stop()
+		return err
+	}
+	if err := s.cache.Mount(m.id, origin, c.Usage.Retention()); err != nil {
+		ts.Stop()
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := s.ledger.SetPricing(ctx, m.id, c.Pricing); err != nil {
+		ts.Stop()
+		return fmt.Errorf("ledger: %w", err)
+	}
+	if err := f.Start(ctx); err != nil {
+		ts.Stop()
+		return err
+	}
+	m.mu.Lock()
+	m.contract, m.follower, m.tokens, m.startErr = c, f, ts, nil
+	m.mu.Unlock()
+	s.log.Info("contract mounted", "contract", m.id, "purpose", purpose)
+	return nil
+}
+
+// origin picks the contract's origin: the sidecar's own credentials in
+// self-hosted mode, else presigned URLs from the registry.
+func (m *mount) origin(c *contract.Contract, ts *contract.TokenSource) (cache.Origin, error) {
+	s := m.s
+	if s.cfg.S3Endpoint != "" {
+		o, err := cache.NewS3Origin(cache.S3Config{Endpoint: s.cfg.S3Endpoint, Region: s.cfg.S3Region, Lookup: s.cfg.S3Lookup,
+			Bucket: c.Origin.Bucket, Prefix: c.Origin.Prefix})
+		if err != nil {
+			return nil, fmt.Errorf("origin: %w", err)
+		}
+		return o, nil
+	}
+	presign := cache.PresignerFunc(func(ctx context.Context, names []string) ([]contract.PresignedURL, error) {
+		tok, _, err := ts.Token(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := s.client.Presign(ctx, m.id, tok, names)
+		if err != nil {
+			return nil, err
+		}
+		return resp.URLs, nil
+	})
+	return cache.NewPresignedOrigin(presign, nil), nil
+}
+
+func (m *mount) onRedact(contractID, name string) {
+	if err := m.s.cache.Purge(contractID, name); err != nil {
+		m.s.log.Error("purging a redacted object failed", "contract", contractID, "name", name, "err", err)
+	}
+}
+
+func (m *mount) stop() {
+	m.mu.Lock()
+	f, ts := m.follower, m.tokens
+	m.mu.Unlock()
+	if f != nil {
+		f.Stop()
+	}
+	if ts != nil {
+		ts.Stop()
+	}
+}
+
+func (m *mount) parts() (*contract.Contract, *verify.Follower, *contract.TokenSource, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.contract, m.follower, m.tokens, m.startErr
+}
+
+func (m *mount) token(ctx context.Context) (string, error) {
+	_, _, ts, err := m.parts()
+	if ts == nil {
+		if err == nil {
+			err = proxy.ErrNotReady
+		}
+		return "", err
+	}
+	tok, _, err := ts.Token(ctx)
+	return tok, err
+}
+
+// ID is the contract id.
+func (m *mount) ID() string { return m.id }
+
+// Contract is the contract as fetched (its log and keys verify what is
+// served), or a stub with the id before it is mounted.
+func (m *mount) Contract() *contract.Contract {
+	c, _, _, _ := m.parts()
+	if c == nil {
+		return &contract.Contract{ContractID: m.id}
+	}
+	return c
+}
+
+// Status combines the follower's and the token's state.
+func (m *mount) Status() proxy.Status {
+	_, f, ts, startErr := m.parts()
+	st := proxy.Status{ID: m.id, State: proxy.StateStarting}
+	if f == nil {
+		if startErr != nil {
+			st.Error = startErr.Error()
+		}
+		return st
+	}
+	fs := f.Status()
+	st.TreeSize, st.CheckpointTime, st.Objects = fs.Size, fs.CheckpointTime, fs.Objects
+	if len(fs.Root) > 0 {
+		st.Root = hex.EncodeToString(fs.Root)
+	}
+	st.Error = fs.LastError
+	ti := ts.Status()
+	st.TokenExpiry = ti.ExpiresAt
+	switch {
+	case fs.State == verify.StateQuarantined:
+		st.State, st.Error = proxy.StateQuarantined, fs.Quarantine
+	case ti.State == contract.TokenExpired:
+		st.State, st.Error = proxy.StateExpired, ti.LastError
+	case fs.State == verify.StateSyncing || ti.State == contract.TokenPending:
+		st.State = proxy.StateVerifying
+	case fs.State == verify.StateStale:
+		// The last trusted checkpoint is older than the freshness window:
+		// a frozen log is refused like an unverified one.
+		st.State = proxy.StateVerifying
+		if st.Error == "" {
+			st.Error = "checkpoint older than the freshness window"
+		}
+	case ti.State == contract.TokenDegraded || fs.LastError != "":
+		st.State = proxy.StateDegraded
+		if ti.LastError != "" {
+			st.Error = ti.LastError
+		}
+	default:
+		st.State = proxy.StateReady
+	}
+	return st
+}
+
+// Lookup finds a verified object.
+func (m *mount) Lookup(name string) (*proxy.ManifestEntry, error) {
+	_, f, _, _ := m.parts()
+	if f == nil {
+		return nil, proxy.ErrNotReady
+	}
+	e, err := f.Lookup(name)
+	switch {
+	case errors.Is(err, verify.ErrRedacted):
+		return nil, fmt.Errorf("%w: %v", proxy.ErrRedacted, err)
+	case errors.Is(err, verify.ErrNotFound):
+		return nil, fmt.Errorf("%w: %v", proxy.ErrNotFound, err)
+	case errors.Is(err, verify.ErrQuarantined):
+		return nil, fmt.Errorf("%w: %v", proxy.ErrQuarantined, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: %v", proxy.ErrNotReady, err)
+	}
+	return &proxy.ManifestEntry{ObjectClaim: e.ObjectClaim, Seq: e.Seq}, nil
+}
+
+// Manifest lists the verified objects.
+func (m *mount) Manifest() []proxy.ManifestEntry {
+	_, f, _, _ := m.parts()
+	if f == nil {
+		return nil
+	}
+	entries := f.Manifest().Entries()
+	out := make([]proxy.ManifestEntry, len(entries))
+	for i, e := range entries {
+		out[i] = proxy.ManifestEntry{ObjectClaim: e.ObjectClaim, Seq: e.Seq}
+	}
+	return out
+}
+
+// Grant is the token in force.
+func (m *mount) Grant() (proxy.Grant, error) {
+	_, _, ts, _ := m.parts()
+	if ts == nil {
+		return proxy.Grant{}, proxy.ErrNotReady
+	}
+	if ts.Status().State == contract.TokenPending {
+		return proxy.Grant{}, proxy.ErrNotReady
+	}
+	_, claims, err := ts.Token(context.Background())
+	if err != nil {
+		return proxy.Grant{}, fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
+	}
+	return proxy.Grant{TokenID: claims.ID, Quota: claims.Quota, Expiry: time.Unix(claims.Expiry, 0)}, nil
+}
+
+func hostOf(endpoint string) string {
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return endpoint
+}

@@ -1,0 +1,421 @@
+// Package sidecar is the composition root of `provgate serve`: for each
+// mounted contract it builds the capability token source, the log follower,
+// the cache's origin and the ledger's pricing, and adapts them to the
+// proxy's Source, Cache and Meter interfaces. The demo and the end-to-end
+// tests start sidecars through it too.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/provgate/provgate/cache"
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/meter"
+	"github.com/provgate/provgate/proxy"
+	"github.com/provgate/provgate/verify"
+)
+
+// Defaults.
+const (
+	DefaultListen   = "127.0.0.1:8477"
+	KeyFile         = "sidecar.jwk"
+	LedgerFile      = "ledger.db"
+	DefaultPurpose  = ""
+	mountRetryFirst = 200 * time.Millisecond
+	mountRetryMax   = 10 * time.Second
+)
+
+// Config configures a sidecar.
+type Config struct {
+	// Registry is the registry's base URL.
+	Registry  string
+	Contracts []string
+	// Purpose is asked for in every token request; it must be one of the
+	// contract's purposes.
+	Purpose string
+	// Quota is asked for in every token request; zero: the contract's.
+	Quota contract.Quota
+
+	StateDir  string
+	CacheDir  string
+	CacheSize int64
+
+	// Listen is the data endpoint's TCP address (127.0.0.1 by default);
+	// "" with UnixSocket set serves on the socket only.
+	Listen     string
+	UnixSocket string
+	// ProxyListen, when set, starts the forward proxy there.
+	ProxyListen string
+	// AllowHosts are hosts the forward proxy lets through untouched.
+	AllowHosts []string
+	// LocalToken, when set, is required from local clients.
+	LocalToken string
+
+	// S3Endpoint, when set, is self-hosted mode: the sidecar reads the
+	// bucket with its own credentials (AWS_* environment, shared files).
+	// Empty: marketplace mode through presigned URLs.
+	S3Endpoint string
+	S3Region   string
+	S3Lookup   string
+
+	// Key is the sidecar's identity; nil loads or creates StateDir/sidecar.jwk.
+	Key *jose.JSONWebKey
+
+	// TrustOnFirstUse accepts the first checkpoint seen; otherwise
+	// PinnedCheckpoint (a signed note) must be given.
+	TrustOnFirstUse  bool
+	PinnedCheckpoint []byte
+	MaxCheckpointAge time.Duration
+	PollInterval     time.Duration
+
+	MaxFetches  int
+	VerifyOnHit bool
+	// LedgerSync is the ledger's durability (meter.SyncNormal by default).
+	LedgerSync   meter.Sync
+	SyncInterval time.Duration
+
+	Logger *slog.Logger
+	// Registry for metrics; nil: a fresh one with Go and process collectors.
+	Metrics *prometheus.Registry
+}
+
+// Sidecar is a running sidecar.
+type Sidecar struct {
+	cfg      Config
+	log      *slog.Logger
+	key      *jose.JSONWebKey
+	client   *contract.Client
+	store    *verify.Store
+	cache    *cache.Cache
+	ledger   *meter.Ledger
+	syncer   *meter.Syncer
+	server   *proxy.Server
+	vmetrics *verify.Metrics
+	// registryKeys verifies capability tokens, for every mount.
+	registryKeys *verify.JWKSCache
+
+	mu     sync.Mutex
+	mounts map[string]*mount
+
+	httpSrv   *http.Server
+	listeners []net.Listener
+	proxySrv  *http.Server
+	proxyLn   net.Listener
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Start builds and starts a sidecar. Contracts are mounted in the
+// background: a registry that is down at start leaves them "starting"
+// (readiness fails) until it answers.
+func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
+	if cfg.Registry == "" || len(cfg.Contracts) == 0 {
+		return nil, errors.New("sidecar: a registry URL and at least one contract are required")
+	}
+	if cfg.StateDir == "" || cfg.CacheDir == "" {
+		return nil, errors.New("sidecar: state and cache directories are required")
+	}
+	if cfg.CacheSize <= 0 {
+		return nil, errors.New("sidecar: a cache size is required")
+	}
+	if cfg.Listen == "" && cfg.UnixSocket == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+		cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, mounts: map[string]*mount{}}
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		if err != nil {
+			s.closeParts()
+		}
+	}()
+
+	if s.key = cfg.Key; s.key == nil {
+		if s.key, err = LoadOrCreateKey(filepath.Join(cfg.StateDir, KeyFile)); err != nil {
+			return nil, err
+		}
+	}
+	if s.client, err = contract.NewClient(cfg.Registry); err != nil {
+		return nil, err
+	}
+	key := s.key
+	s.client.Proof = func(method, url, token string) (string, error) {
+		return verify.NewDPoPProof(key, method, url, token, time.Now())
+	}
+	if s.store, err = verify.OpenStore(filepath.Join(cfg.StateDir, verify.StateFile)); err != nil {
+		return nil, err
+	}
+	s.vmetrics = verify.NewMetrics(cfg.Metrics)
+	s.registryKeys = verify.NewJWKSCache(s.client.RegistryJWKSURL(), s.client)
+	if s.cache, err = cache.Open(cache.Config{Dir: cfg.CacheDir, MaxBytes: cfg.CacheSize, MaxFetches: cfg.MaxFetches,
+		VerifyOnHit: cfg.VerifyOnHit, Logger: cfg.Logger.With("part", "cache")}); err != nil {
+		return nil, err
+	}
+	if s.ledger, err = meter.Open(s.ctx, filepath.Join(cfg.StateDir, LedgerFile), meter.Config{Sync: cfg.LedgerSync,
+		Logger: cfg.Logger.With("part", "meter")}); err != nil {
+		return nil, err
+	}
+	s.ledger.Start(s.ctx)
+	if s.syncer, err = meter.NewSyncer(s.ledger, meter.SyncConfig{Client: s.client, Key: s.key, Tokens: tokensFunc(s.token),
+		Interval: cfg.SyncInterval, Logger: cfg.Logger.With("part", "outbox")}); err != nil {
+		return nil, err
+	}
+	s.syncer.Start(s.ctx)
+
+	var sources []proxy.Source
+	for _, id := range cfg.Contracts {
+		m := &mount{s: s, id: id}
+		s.mounts[id] = m
+		sources = append(sources, m)
+	}
+	s.server = proxy.NewServer(proxy.Config{Sources: sources, Cache: cacheAdapter{s.cache}, Meter: meterAdapter{s.ledger},
+		Logger: cfg.Logger.With("part", "proxy"), BearerToken: cfg.LocalToken, Registerer: cfg.Metrics, Gatherer: cfg.Metrics})
+	s.registerMetrics(cfg.Metrics)
+
+	if err := s.listen(); err != nil {
+		return nil, err
+	}
+	for _, m := range s.mounts {
+		s.wg.Go(func() { m.run(s.ctx) })
+	}
+	s.log.Info("sidecar started", "listen", s.Addr(), "proxy", s.ProxyAddr(), "contracts", cfg.Contracts,
+		"mode", map[bool]string{true: contract.ModeSelfHosted, false: contract.ModeMarketplace}[cfg.S3Endpoint != ""])
+	return s, nil
+}
+
+func (s *Sidecar) listen() error {
+	hs := s.server.HTTPServer()
+	s.httpSrv = hs
+	if s.cfg.Listen != "" {
+		ln, err := net.Listen("tcp", s.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+		}
+		s.listeners = append(s.listeners, ln)
+	}
+	if s.cfg.UnixSocket != "" {
+		os.Remove(s.cfg.UnixSocket)
+		ln, err := net.Listen("unix", s.cfg.UnixSocket)
+		if err != nil {
+			return fmt.Errorf("listen unix %s: %w", s.cfg.UnixSocket, err)
+		}
+		os.Chmod(s.cfg.UnixSocket, 0o660)
+		s.listeners = append(s.listeners, ln)
+	}
+	for _, ln := range s.listeners {
+		s.wg.Go(func() {
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("data endpoint stopped", "err", err)
+			}
+		})
+	}
+	if s.cfg.ProxyListen != "" {
+		ca, _, err := proxy.LoadOrCreateCA(s.cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		h, err := s.server.NewForwardProxy(proxy.ForwardConfig{CA: ca, Allow: s.cfg.AllowHosts, OriginHosts: s.originHosts()})
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", s.cfg.ProxyListen)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.cfg.ProxyListen, err)
+		}
+		s.proxyLn = ln
+		s.proxySrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: proxy.MaxHeaderBytes,
+			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+		s.wg.Go(func() {
+			if err := s.proxySrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("forward proxy stopped", "err", err)
+			}
+		})
+	}
+	return nil
+}
+
+// originHosts are the hosts whose traffic the forward proxy serves from the
+// verified cache: the self-hosted endpoint, and the hosts S3 SDKs use for
+// the common providers are left to the allowlist's owner to add.
+func (s *Sidecar) originHosts() []string {
+	var hosts []string
+	if s.cfg.S3Endpoint != "" {
+		hosts = append(hosts, hostOf(s.cfg.S3Endpoint))
+	}
+	return hosts
+}
+
+// Addr is the data endpoint's TCP address ("" when on a unix socket only).
+func (s *Sidecar) Addr() string {
+	for _, ln := range s.listeners {
+		if ln.Addr().Network() == "tcp" {
+			return ln.Addr().String()
+		}
+	}
+	return ""
+}
+
+// URL is the data endpoint's base URL.
+func (s *Sidecar) URL() string { return "http://" + s.Addr() }
+
+// ProxyAddr is the forward proxy's address, "" when off.
+func (s *Sidecar) ProxyAddr() string {
+	if s.proxyLn == nil {
+		return ""
+	}
+	return s.proxyLn.Addr().String()
+}
+
+// Key is the sidecar's identity key.
+func (s *Sidecar) Key() *jose.JSONWebKey { return s.key }
+
+// Cache, Ledger and Server expose the parts, for the CLI and tests.
+func (s *Sidecar) Cache() *cache.Cache     { return s.cache }
+func (s *Sidecar) Ledger() *meter.Ledger   { return s.ledger }
+func (s *Sidecar) Server() *proxy.Server   { return s.server }
+func (s *Sidecar) Client() *contract.Client { return s.client }
+
+// WaitReady waits until every contract serves, or ctx ends.
+func (s *Sidecar) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ready := true
+		var last proxy.Status
+		for _, m := range s.mountList() {
+			if st := m.Status(); !st.Serving() {
+				ready, last = false, st
+			}
+		}
+		if ready {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sidecar not ready: contract %s is %s: %s: %w", last.ID, last.State, last.Error, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// SyncNow pushes the ledger's outbox to the registry once, now.
+func (s *Sidecar) SyncNow(ctx context.Context) (int, error) { return s.syncer.Sync(ctx) }
+
+func (s *Sidecar) mountList() []*mount {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*mount, 0, len(s.mounts))
+	for _, m := range s.mounts {
+		out = append(out, m)
+	}
+	return out
+}
+
+// Shutdown stops accepting requests, drains in-flight responses (until ctx
+// ends), stops the followers and token refreshers, tries one last outbox
+// sync, and flushes and closes the ledger.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	var errs []error
+	if s.httpSrv != nil {
+		errs = append(errs, s.httpSrv.Shutdown(ctx))
+	}
+	if s.proxySrv != nil {
+		errs = append(errs, s.proxySrv.Shutdown(ctx))
+	}
+	if s.syncer != nil {
+		if _, err := s.syncer.Sync(ctx); err != nil {
+			s.log.Warn("final outbox sync failed; events stay in the ledger for the next start", "err", err)
+		}
+	}
+	s.cancel()
+	s.wg.Wait()
+	errs = append(errs, s.closeParts())
+	return errors.Join(errs...)
+}
+
+// closeParts stops and closes whatever was built, in reverse order.
+func (s *Sidecar) closeParts() error {
+	s.cancel()
+	var errs []error
+	for _, m := range s.mountList() {
+		m.stop()
+	}
+	if s.syncer != nil {
+		s.syncer.Stop()
+	}
+	if s.ledger != nil {
+		s.ledger.Stop()
+		errs = append(errs, s.ledger.Close())
+	}
+	if s.cache != nil {
+		errs = append(errs, s.cache.Close())
+	}
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	if s.cfg.UnixSocket != "" {
+		os.Remove(s.cfg.UnixSocket)
+	}
+	return errors.Join(errs...)
+}
+
+// token returns the capability token of a mounted contract.
+func (s *Sidecar) token(ctx context.Context, contractID string) (string, error) {
+	s.mu.Lock()
+	m := s.mounts[contractID]
+	s.mu.Unlock()
+	if m == nil {
+		return "", fmt.Errorf("contract %q is not mounted", contractID)
+	}
+	return m.token(ctx)
+}
+
+type tokensFunc func(ctx context.Context, contractID string) (string, error)
+
+func (f tokensFunc) Token(ctx context.Context, contractID string) (string, error) { return f(ctx, contractID) }
+
+// LoadOrCreateKey loads the sidecar key, creating an Ed25519 key (mode
+// 0600) on first start.
+func LoadOrCreateKey(path string) (*jose.JSONWebKey, error) {
+	k, err := verify.LoadKey(path)
+	if err == nil {
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if k, err = verify.GenerateKey(jose.EdDSA); err != nil {
+		return nil, err
+	}
+	if err := verify.SaveKey(path, k); err != nil {
+		return nil, fmt.Errorf("save sidecar key: %w", err)
+	}
+	return k, nil
+}
