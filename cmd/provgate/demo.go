@@ -250,7 +250,7 @@ func createDemoContract(ctx context.Context, client *contract.Client, ckey *jose
 	return client.CreateContract(ctx, "demo-admin", &contract.Contract{
 		ContractID: demoContract, Version: "2026-01-15", SchemaURL: "https://example.com/schemas/v1/dataset",
 		License: "cc-by-4.0", Pricing: contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005},
-		Usage: contract.Usage{Purposes: []string{demoPurpose}, RetentionDays: 30, MaxSamples: 1_000_000},
+		Usage:        contract.Usage{Purposes: []string{demoPurpose}, RetentionDays: 30, MaxSamples: 1_000_000},
 		Contributors: []contract.Contributor{{ID: demoContributor, JWKS: verify.PublicJWKS(ckey)}},
 		Origin:       contract.Origin{Bucket: demoBucket, Prefix: "dataset-123/", Mode: contract.ModeMarketplace},
 	})

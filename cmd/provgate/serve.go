@@ -26,10 +26,10 @@ const serveSynopsis = `serve --registry URL --contract ID [--contract ID...] [--
 
 // serveFlags are the sidecar's flags, shared by serve and prefetch.
 type serveFlags struct {
-	registry, purpose, stateDir, cacheDir, listen, unixSocket, proxyListen string
-	s3Endpoint, s3Region, s3Lookup, localTokenFile, trust, pinned, logLevel  string
+	registry, purpose, stateDir, cacheDir, listen, unixSocket, proxyListen  string
+	s3Endpoint, s3Region, s3Lookup, localTokenFile, trust, pinned, logLevel string
 	logFormat, ledgerSync                                                   string
-	contracts, allowHosts                                                   stringList
+	contracts, allowHosts, originHosts                                      stringList
 	cacheSize                                                               byteSize
 	maxSamples, maxBytes                                                    int64
 	maxCheckpointAge, pollInterval, syncInterval, shutdownTimeout           time.Duration
@@ -49,6 +49,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.StringVar(&f.unixSocket, "unix-socket", "", "also serve the data endpoint on this unix socket")
 	fs.StringVar(&f.proxyListen, "proxy-listen", "", "forward proxy address (HTTP(S)_PROXY target); off when empty")
 	fs.Var(&f.allowHosts, "allow-host", "host the forward proxy lets through untouched (repeatable; 'host', 'host:port' or '*.suffix'); everything else is denied")
+	fs.Var(&f.originHosts, "origin-host", "host[:port] the forward proxy serves from the verified cache, besides the --s3-endpoint host (repeatable; e.g. the bucket provider's host)")
 	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint URL: self-hosted mode with the sidecar's own AWS_* credentials; empty: marketplace mode (presigned URLs)")
 	fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: AWS_REGION)")
 	fs.StringVar(&f.s3Lookup, "s3-lookup", "auto", "S3 addressing: auto, path or dns (virtual-host)")
@@ -92,7 +93,7 @@ func (f *serveFlags) sidecarConfig(stderr io.Writer) (sidecar.Config, error) {
 		Registry: f.registry, Contracts: f.contracts, Purpose: f.purpose,
 		Quota:    contract.Quota{MaxSamples: f.maxSamples, MaxBytes: f.maxBytes},
 		StateDir: f.stateDir, CacheDir: f.cacheDir, CacheSize: int64(f.cacheSize),
-		Listen: f.listen, UnixSocket: f.unixSocket, ProxyListen: f.proxyListen, AllowHosts: f.allowHosts,
+		Listen: f.listen, UnixSocket: f.unixSocket, ProxyListen: f.proxyListen, AllowHosts: f.allowHosts, OriginHosts: f.originHosts,
 		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3Lookup: f.s3Lookup,
 		MaxCheckpointAge: f.maxCheckpointAge, PollInterval: f.pollInterval,
 		MaxFetches: f.maxFetches, VerifyOnHit: f.verifyOnHit, SyncInterval: f.syncInterval, Logger: logger,

@@ -44,7 +44,9 @@ func (a meterAdapter) EndEpoch(ctx context.Context, contractID, job string, epoc
 	return a.l.EndEpoch(ctx, contractID, job, epoch)
 }
 
-func (a meterAdapter) Usage(contractID, tokenID string) (int64, int64) { return a.l.Usage(contractID, tokenID) }
+func (a meterAdapter) Usage(contractID, tokenID string) (int64, int64) {
+	return a.l.Usage(contractID, tokenID)
+}
 
 // registerMetrics exports the cache's and ledger's counters.
 func (s *Sidecar) registerMetrics(reg prometheus.Registerer) {

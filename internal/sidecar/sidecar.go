@@ -61,6 +61,10 @@ type Config struct {
 	ProxyListen string
 	// AllowHosts are hosts the forward proxy lets through untouched.
 	AllowHosts []string
+	// OriginHosts are extra host[:port] names the forward proxy answers
+	// from the verified cache (the S3 endpoint's host is always one), such
+	// as the provider's host that training code reaches in marketplace mode.
+	OriginHosts []string
 	// LocalToken, when set, is required from local clients.
 	LocalToken string
 
@@ -259,10 +263,9 @@ func (s *Sidecar) listen() error {
 }
 
 // originHosts are the hosts whose traffic the forward proxy serves from the
-// verified cache: the self-hosted endpoint, and the hosts S3 SDKs use for
-// the common providers are left to the allowlist's owner to add.
+// verified cache: the self-hosted endpoint's and the configured ones.
 func (s *Sidecar) originHosts() []string {
-	var hosts []string
+	hosts := append([]string(nil), s.cfg.OriginHosts...)
 	if s.cfg.S3Endpoint != "" {
 		hosts = append(hosts, hostOf(s.cfg.S3Endpoint))
 	}
@@ -294,9 +297,9 @@ func (s *Sidecar) ProxyAddr() string {
 func (s *Sidecar) Key() *jose.JSONWebKey { return s.key }
 
 // Cache, Ledger and Server expose the parts, for the CLI and tests.
-func (s *Sidecar) Cache() *cache.Cache     { return s.cache }
-func (s *Sidecar) Ledger() *meter.Ledger   { return s.ledger }
-func (s *Sidecar) Server() *proxy.Server   { return s.server }
+func (s *Sidecar) Cache() *cache.Cache      { return s.cache }
+func (s *Sidecar) Ledger() *meter.Ledger    { return s.ledger }
+func (s *Sidecar) Server() *proxy.Server    { return s.server }
 func (s *Sidecar) Client() *contract.Client { return s.client }
 
 // WaitReady waits until every contract serves, or ctx ends.
@@ -399,7 +402,9 @@ func (s *Sidecar) token(ctx context.Context, contractID string) (string, error) 
 
 type tokensFunc func(ctx context.Context, contractID string) (string, error)
 
-func (f tokensFunc) Token(ctx context.Context, contractID string) (string, error) { return f(ctx, contractID) }
+func (f tokensFunc) Token(ctx context.Context, contractID string) (string, error) {
+	return f(ctx, contractID)
+}
 
 // LoadOrCreateKey loads the sidecar key, creating an Ed25519 key (mode
 // 0600) on first start.
