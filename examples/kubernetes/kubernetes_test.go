@@ -135,9 +135,21 @@ func TestPodSidecarShape(t *testing.T) {
 	if limit := cache.SizeLimit.Value(); size >= limit {
 		t.Errorf("--cache-size %s (%d bytes) must stay under the emptyDir's sizeLimit (%d bytes), or the pod is evicted", args["cache-size"], size, limit)
 	}
-	keyDir := args["key"][:strings.LastIndexByte(args["key"], '/')]
-	if m, ok := mounts[keyDir]; !ok || !m.ReadOnly || vols[m.Name].Secret == nil {
-		t.Errorf("--key=%s: want it in a read-only secret volume", args["key"])
+	// The sidecar's identity key: serve loads STATE_DIR/sidecar.jwk, so
+	// the secret is mounted there as one read-only file.
+	keyPath := args["state-dir"] + "/sidecar.jwk"
+	if m, ok := mounts[keyPath]; !ok || !m.ReadOnly || m.SubPath != "sidecar.jwk" || vols[m.Name].Secret == nil {
+		t.Errorf("want the sidecar key secret mounted read-only at %s (subPath sidecar.jwk)", keyPath)
+	}
+	// The local bearer token: a file from a secret for the sidecar, the
+	// same secret as env for the trainer.
+	tokenFile := args["local-token-file"]
+	tokenDir := tokenFile[:strings.LastIndexByte(tokenFile, '/')]
+	tokenSecret := ""
+	if m, ok := mounts[tokenDir]; !ok || !m.ReadOnly || vols[m.Name].Secret == nil {
+		t.Errorf("--local-token-file=%s: want it in a read-only secret volume", tokenFile)
+	} else {
+		tokenSecret = vols[m.Name].Secret.SecretName
 	}
 
 	// Secrets: origin credentials and the local bearer token come from
@@ -150,7 +162,7 @@ func TestPodSidecarShape(t *testing.T) {
 			t.Errorf("env %s is a literal; secrets must come from a Secret", e.Name)
 		}
 	}
-	for _, name := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PROVGATE_BEARER_TOKEN"} {
+	for _, name := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
 		if secretEnv[name] == "" {
 			t.Errorf("sidecar env %s: want a secretKeyRef", name)
 		}
@@ -168,8 +180,8 @@ func TestPodSidecarShape(t *testing.T) {
 	if got := env["PROVGATE_SIDECAR_URL"].Value; got != "http://127.0.0.1:"+itoa(port.ContainerPort) {
 		t.Errorf("trainer PROVGATE_SIDECAR_URL = %q, want the sidecar's port on loopback", got)
 	}
-	if ref := env["PROVGATE_SIDECAR_TOKEN"].ValueFrom; ref == nil || ref.SecretKeyRef == nil || ref.SecretKeyRef.Name != secretEnv["PROVGATE_BEARER_TOKEN"] {
-		t.Errorf("trainer PROVGATE_SIDECAR_TOKEN must come from the sidecar's token secret %q", secretEnv["PROVGATE_BEARER_TOKEN"])
+	if ref := env["PROVGATE_SIDECAR_TOKEN"].ValueFrom; tokenSecret == "" || ref == nil || ref.SecretKeyRef == nil || ref.SecretKeyRef.Name != tokenSecret {
+		t.Errorf("trainer PROVGATE_SIDECAR_TOKEN must come from the sidecar's token secret %q", tokenSecret)
 	}
 	if env["PROVGATE_CONTRACT"].Value != args["contract"] {
 		t.Errorf("trainer contract %q != sidecar --contract %q", env["PROVGATE_CONTRACT"].Value, args["contract"])
@@ -186,7 +198,7 @@ func TestPodUsesRealFlags(t *testing.T) {
 	bin := clicheck.Build(t, t.TempDir())
 	sc := pod.Spec.InitContainers[0]
 	used := clicheck.CheckArgs(t, bin, sc.Args)
-	for _, f := range []string{"registry", "contract", "purpose", "state-dir", "cache-dir", "cache-size", "listen"} {
+	for _, f := range []string{"registry", "contract", "purpose", "state-dir", "cache-dir", "cache-size", "listen", "local-token-file"} {
 		if !used[f] {
 			t.Errorf("sidecar args lack --%s", f)
 		}

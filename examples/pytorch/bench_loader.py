@@ -2,7 +2,7 @@
 """DataLoader samples/s through the sidecar vs. the same loader on local files.
 
     /usr/bin/python3 examples/pytorch/bench_loader.py \\
-        --sidecar http://127.0.0.1:8080 --contract ID --dir /path/to/decoded \\
+        --sidecar http://127.0.0.1:8477 --contract ID --dir /path/to/decoded \\
         --workers 4 --batch-size 64 --epochs 3
 
 --dir holds the contract's decoded objects as files named by their object
@@ -72,7 +72,7 @@ def run_epoch(ds, sampler, epoch, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sidecar", default=os.environ.get("PROVGATE_SIDECAR_URL", "http://127.0.0.1:8080"))
+    p.add_argument("--sidecar", default=os.environ.get("PROVGATE_SIDECAR_URL", "http://127.0.0.1:8477"))
     p.add_argument("--contract", required=True)
     p.add_argument("--dir", required=True, help="the decoded objects as local files")
     p.add_argument("--workers", type=int, default=4)

@@ -202,7 +202,7 @@ func startStack(tb testing.TB, samples, size int) *stack {
 	s.serve = start(tb, dir, "serve", aws, s.bin, "serve", "--registry", s.registry, "--contract", s.contractID,
 		"--s3-endpoint", minio.URL(), "--purpose", "e2e-training",
 		"--state-dir", filepath.Join(dir, "sidecar-state"), "--cache-dir", filepath.Join(dir, "sidecar-cache"),
-		"--cache-size", "512MiB", "--listen", sideAddr)
+		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text")
 	waitHTTP(tb, s.serve, s.sidecar+"/readyz", 90*time.Second)
 	return s
 }
@@ -321,6 +321,7 @@ func TestEndToEndDataLoader(t *testing.T) {
 			t.Fatalf("registry totals = %+v\nwant              %+v", got(-1), want(2))
 		}
 	}
+	t.Logf("served %d samples / %d bytes per epoch; registry totals %+v", n, total, got(-1))
 	for epoch := int64(0); epoch < 2; epoch++ {
 		if g, w := got(epoch), want(1); g != w {
 			t.Errorf("epoch %d totals = %+v, want %+v", epoch, g, w)

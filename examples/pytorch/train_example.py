@@ -2,7 +2,7 @@
 """A short training loop over a provgate sidecar.
 
     /usr/bin/python3 examples/pytorch/train_example.py \\
-        --sidecar http://127.0.0.1:8080 --contract did:example:dataset-123 \\
+        --sidecar http://127.0.0.1:8477 --contract did:example:dataset-123 \\
         --epochs 2 --workers 4 --batch-size 32 --resume /tmp/resume.json
 
 Each sample's bytes become a 256-bin byte histogram; a linear model learns
@@ -36,7 +36,7 @@ def features(data, sample):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sidecar", default=os.environ.get("PROVGATE_SIDECAR_URL", "http://127.0.0.1:8080"))
+    p.add_argument("--sidecar", default=os.environ.get("PROVGATE_SIDECAR_URL", "http://127.0.0.1:8477"))
     p.add_argument("--contract", default=os.environ.get("PROVGATE_CONTRACT"), required="PROVGATE_CONTRACT" not in os.environ)
     p.add_argument("--job", default=os.environ.get("PROVGATE_JOB", "train-example"))
     p.add_argument("--epochs", type=int, default=2)

@@ -20,7 +20,7 @@ from .errors import IntegrityError, NotReady, ProtocolError, ProvgateError, erro
 HEADER_EPOCH = "X-Provgate-Epoch"
 HEADER_JOB = "X-Provgate-Job"
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_URL = "http://127.0.0.1:8477"
 DEFAULT_TIMEOUT = 60.0
 # Bounds on manifest lines and error bodies read into memory.
 MAX_MANIFEST_LINE = 1 << 16
@@ -62,7 +62,7 @@ class Sidecar:
     """The sidecar's data endpoint for one contract.
 
     url      the sidecar's base URL (default $PROVGATE_SIDECAR_URL or
-             http://127.0.0.1:8080)
+             http://127.0.0.1:8477)
     contract the contract id
     token    optional local bearer token, for a sidecar shared in a pod
              (default $PROVGATE_SIDECAR_TOKEN)
