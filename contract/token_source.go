@@ -175,7 +175,9 @@ func (s *TokenSource) monitor(ctx context.Context) {
 		if err == nil {
 			attempt = 0
 			s.mu.Lock()
-			wait = s.refresh.Sub(s.cfg.Now())
+			// Never sooner than MinRetry: a very short-lived token must not
+			// turn the refresher into a busy loop.
+			wait = max(s.refresh.Sub(s.cfg.Now()), s.cfg.MinRetry)
 			s.mu.Unlock()
 		} else {
 			attempt++

@@ -2,6 +2,8 @@ package verify_test
 
 import (
 	"context"
+	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -154,5 +156,41 @@ func TestFollowerRestart(t *testing.T) {
 	}
 	if _, err := h.Lookup("obj/000001"); !errors.Is(err, verify.ErrQuarantined) {
 		t.Fatalf("served after quarantine: %v", err)
+	}
+}
+
+// TestFollowerCorruptState: a state file that does not match its own
+// signed checkpoint is refused with ErrState, not trusted.
+func TestFollowerCorruptState(t *testing.T) {
+	fx := newFixture(t)
+	contribute(t, fx.log, fx.alice, "a", 3)
+	mustSync(t, fx.follower(t, verify.WithTrustOnFirstUse()))
+
+	db, err := sql.Open("sqlite3", filepath.Join(fx.dir, verify.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var state []byte
+	if err := db.QueryRow("SELECT state FROM logs WHERE contract = ?", cid).Scan(&state); err != nil {
+		t.Fatal(err)
+	}
+	var st verify.LogState
+	if err := json.Unmarshal(state, &st); err != nil {
+		t.Fatal(err)
+	}
+	st.Range[0][0] ^= 1
+	bad, _ := json.Marshal(st)
+	if _, err := db.Exec("UPDATE logs SET state = ? WHERE contract = ?", bad, cid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify.NewFollower(context.Background(), fx.config(fx.log), verify.WithTrustOnFirstUse()); !errors.Is(err, verify.ErrState) {
+		t.Fatalf("NewFollower on a tampered state = %v, want ErrState", err)
+	}
+	if _, err := db.Exec("UPDATE logs SET state = ?, checkpoint = ? WHERE contract = ?", state, []byte("not a note"), cid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify.NewFollower(context.Background(), fx.config(fx.log), verify.WithTrustOnFirstUse()); !errors.Is(err, verify.ErrState) {
+		t.Fatalf("NewFollower on a bad checkpoint = %v, want ErrState", err)
 	}
 }
