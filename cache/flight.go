@@ -127,7 +127,7 @@ func (c *Cache) fetchAndCommit(ctx context.Context, f *flight, contractID string
 		c.mu.Unlock()
 	}
 	res, err := fetchVerified(ctx, m.origin, obj, c.cfg.Retry, onResume, &flightWriter{f: tmp, fl: f})
-	if err == nil {
+	if err == nil && c.cfg.SyncEachCommit {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
@@ -164,10 +164,17 @@ func (c *Cache) fetchAndCommit(ctx context.Context, f *flight, contractID string
 	c.entries[key] = e
 	c.window.pushFront(e)
 	c.used += e.size
-	if err := c.journal.append(&record{Op: "put", File: file, Contract: e.contract, Name: e.name,
-		StoredSHA: e.storedSHA, DecodedSHA: e.decodedSHA, Size: e.size, CRC: e.crc,
-		Committed: e.committed.UnixNano(), Expires: putRecord(e).Expires}); err != nil {
-		c.log.Error("cache index", logErr, err)
+	if c.cfg.SyncEachCommit {
+		e.durable = true
+		if err := c.journal.append(ptr(putRecord(e))); err != nil {
+			c.log.Error("cache index", logErr, err)
+		}
+	} else {
+		c.pending = append(c.pending, e)
+		select {
+		case c.syncNotify <- struct{}{}:
+		default:
+		}
 	}
 	c.finishLocked(f, e, nil)
 	e.pins++ // hold it while rebalancing so that the waiters get it
@@ -192,6 +199,9 @@ func (c *Cache) install(tmp, final string) error {
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		return err
+	}
+	if !c.cfg.SyncEachCommit {
+		return nil
 	}
 	return syncDir(dir)
 }

@@ -1,0 +1,103 @@
+package cache_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/provgate/provgate/cache"
+	"github.com/provgate/provgate/contract"
+)
+
+// BenchmarkColdPath compares, in the same run, the cache's cold path
+// (MinIO -> sha256 -> zstd decode -> sha256 -> disk commit) with a client
+// doing minio-go GetObject + zstd decode itself, both with 4 workers over
+// the same 1 MiB objects. ratio = baseline time / cache time (>= 0.9 is
+// the target).
+func BenchmarkColdPath(b *testing.B) {
+	const objects, size, workers = 32, 1 << 20, 4
+	e := newEnv(b, cache.Config{MaxBytes: 1})
+	e.c.Close()
+	var objs []contract.ObjectClaim
+	var stored int64
+	for i := range objects {
+		obj := putObject(b, e.mc, e.bucket, fmt.Sprintf("bench/%02d", i), textish(uint64(i), size), contract.EncodingZstd)
+		objs = append(objs, obj)
+		stored += obj.StoredSize
+	}
+	origin := s3Origin(b, e.srv.Endpoint, e.bucket)
+	ctx := context.Background()
+
+	baseline := func() time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		next := make(chan *contract.ObjectClaim)
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for o := range next {
+					obj, err := e.mc.GetObject(ctx, e.bucket, o.Name, minio.GetObjectOptions{})
+					if err != nil {
+						b.Error(err)
+						continue
+					}
+					d, err := zstd.NewReader(obj)
+					if err != nil {
+						b.Error(err)
+						continue
+					}
+					n, err := io.Copy(io.Discard, d)
+					if err != nil || n != o.DecodedSize {
+						b.Errorf("baseline %s: %d bytes, %v", o.Name, n, err)
+					}
+					d.Close()
+					obj.Close()
+				}
+			}()
+		}
+		for i := range objs {
+			next <- &objs[i]
+		}
+		close(next)
+		wg.Wait()
+		return time.Since(start)
+	}
+	cold := func(cfg cache.Config) time.Duration {
+		cfg.Dir, cfg.MaxBytes = b.TempDir(), 1<<30
+		c, err := cache.Open(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		c.Mount(testContract, origin, 0)
+		start := time.Now()
+		if err := c.Prefetch(ctx, testContract, objs, workers, nil); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	var tBase, tCache time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			tBase += baseline()
+			tCache += cold(cache.Config{})
+		} else {
+			tCache += cold(cache.Config{})
+			tBase += baseline()
+		}
+	}
+	b.StopTimer()
+	decoded := float64(objects*size*b.N) / 1e6
+	b.ReportMetric(decoded/tBase.Seconds(), "baseline-MB/s")
+	b.ReportMetric(decoded/tCache.Seconds(), "cache-MB/s")
+	b.ReportMetric(tBase.Seconds()/tCache.Seconds(), "ratio")
+	b.ReportMetric(float64(stored)/float64(objects*size), "stored/decoded")
+}

@@ -1,0 +1,149 @@
+package cache_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/provgate/provgate/cache"
+	"github.com/provgate/provgate/contract"
+)
+
+func TestSizeLimitHeldUnderChurn(t *testing.T) {
+	const limit = 1 << 20
+	e := newEnv(t, cache.Config{MaxBytes: limit, MaxFetches: 4})
+	var objs []contract.ObjectClaim
+	datas := map[string][]byte{}
+	for i := range 40 {
+		data := textish(uint64(1000+i), 16<<10+i*3<<10) // 16 to 133 KiB
+		obj := putObject(t, e.mc, e.bucket, fmt.Sprintf("churn/%02d", i), data, contract.EncodingZstd)
+		objs = append(objs, obj)
+		datas[obj.Name] = data
+	}
+	stop := make(chan struct{})
+	var peakDisk, peakIndex atomic.Int64
+	var mon sync.WaitGroup
+	mon.Add(1)
+	go func() {
+		defer mon.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if n := diskBytes(e.dir, "objects") + diskBytes(e.dir, "tmp"); n > peakDisk.Load() {
+				peakDisk.Store(n)
+			}
+			if s := e.c.Stats(); s.Bytes+s.Reserved > peakIndex.Load() {
+				peakIndex.Store(s.Bytes + s.Reserved)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			for range 40 {
+				obj := &objs[r.IntN(len(objs))]
+				h, err := e.c.Get(context.Background(), testContract, obj)
+				if err != nil {
+					t.Errorf("get %s: %v", obj.Name, err)
+					return
+				}
+				if sha(mustRead(t, h)) != obj.DecodedSHA256 {
+					t.Errorf("%s: wrong bytes", obj.Name)
+				}
+				time.Sleep(time.Duration(r.IntN(3)) * time.Millisecond) // hold the pin a little
+				h.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	mon.Wait()
+	s := e.c.Stats()
+	t.Logf("churn: %d fetches, %d evictions, peak disk %d, peak index %d, limit %d", s.Fetches, s.Evictions, peakDisk.Load(), peakIndex.Load(), limit)
+	if peakDisk.Load() > limit || peakIndex.Load() > limit {
+		t.Errorf("peak disk %d / index %d bytes above the limit %d", peakDisk.Load(), peakIndex.Load(), limit)
+	}
+	if s.Evictions == 0 {
+		t.Error("no evictions: the test did not churn")
+	}
+	if got := diskBytes(e.dir, "objects"); got != s.Bytes {
+		t.Errorf("disk has %d bytes, index says %d", got, s.Bytes)
+	}
+}
+
+func mustRead(tb testing.TB, h *cache.Handle) []byte {
+	tb.Helper()
+	b := make([]byte, h.Size)
+	if _, err := h.File().ReadAt(b, 0); err != nil && h.Size > 0 {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// TestEpochHitRatio reads a dataset twice the cache's size in epochs, in
+// order and shuffled, under TinyLFU and LRU, and compares hit ratios from
+// the second epoch on.
+func TestEpochHitRatio(t *testing.T) {
+	const n, size, epochs = 80, 8 << 10, 3
+	e := newEnv(t, cache.Config{MaxBytes: 1})
+	e.c.Close()
+	var objs []contract.ObjectClaim
+	for i := range n {
+		objs = append(objs, putObject(t, e.mc, e.bucket, fmt.Sprintf("epoch/%03d", i), textish(uint64(i), size), contract.EncodingIdentity))
+	}
+	ratio := map[string]float64{}
+	for _, order := range []string{"sequential", "shuffled"} {
+		for _, pol := range []cache.Policy{cache.PolicyTinyLFU, cache.PolicyLRU} {
+			c := mustOpen(t, cache.Config{Dir: t.TempDir(), MaxBytes: n / 2 * size, Policy: pol})
+			if err := c.Mount(testContract, e.origin, 0); err != nil {
+				t.Fatal(err)
+			}
+			r := rand.New(rand.NewPCG(1, 2))
+			hits, reads := 0, 0
+			for ep := range epochs {
+				idx := r.Perm(n)
+				if order == "sequential" {
+					for i := range idx {
+						idx[i] = i
+					}
+				}
+				for _, i := range idx {
+					h, err := c.Get(context.Background(), testContract, &objs[i])
+					if err != nil {
+						t.Fatal(err)
+					}
+					if ep > 0 {
+						reads++
+						if h.Hit {
+							hits++
+						}
+					}
+					h.Close()
+				}
+			}
+			c.Close()
+			key := order + "/" + pol.String()
+			ratio[key] = float64(hits) / float64(reads)
+			t.Logf("%-10s %-7s hit ratio %.3f (epochs 2-%d, dataset = 2x cache)", order, pol, ratio[key], epochs)
+		}
+	}
+	for _, order := range []string{"sequential", "shuffled"} {
+		if tl, lru := ratio[order+"/tinylfu"], ratio[order+"/lru"]; tl < 0.35 || tl <= lru+0.1 {
+			t.Errorf("%s: TinyLFU hit ratio %.3f, LRU %.3f; want TinyLFU >= 0.35 and well above LRU", order, tl, lru)
+		}
+	}
+	if r := ratio["sequential/lru"]; r != 0 {
+		t.Errorf("sequential LRU hit ratio %.3f, want 0 (the test would not show the point)", r)
+	}
+}
