@@ -120,11 +120,6 @@ func (d *delta) remove(name string) {
 	d.purged = append(d.purged, name)
 }
 
-// empty reports whether the delta changes nothing.
-func (d *delta) empty() bool {
-	return len(d.objects) == 0 && len(d.redacted) == 0 && len(d.newRevs) == 0
-}
-
 // apply merges a persisted delta into the manifest.
 func (m *Manifest) apply(d *delta) {
 	m.mu.Lock()
