@@ -718,9 +718,6 @@ func (c *Cache) checkFile(f *os.File, e *entry) error {
 func (c *Cache) Get(ctx context.Context, contractID string, obj *contract.ObjectClaim) (*Handle, error) {
 	for range 3 {
 		h, f, err := c.lookup(contractID, obj, false)
-		if err != nil {
-			return nil, err
-		}
 		if f != nil {
 			h, err = c.wait(ctx, f)
 		}
