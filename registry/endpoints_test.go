@@ -311,3 +311,38 @@ func TestRegistryRestartKeepsState(t *testing.T) {
 		t.Fatal("checkpoint key changed across a restart")
 	}
 }
+
+func TestRestartContinuesTheLog(t *testing.T) {
+	ctx := context.Background()
+	db := t.TempDir() + "/r.db"
+	opt := registrytest.WithConfig(func(c *registry.Config) { c.DBPath = db })
+	h1 := registrytest.Start(t, opt)
+	alice := h1.NewContributor(t, "did:example:alice")
+	c := h1.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
+	for i := range 5 {
+		alice.Attest(t, c.ContractID, registrytest.Object(fmt.Sprint(i), []byte{byte(i)}))
+	}
+	h1.Server.Close()
+
+	h2 := registrytest.Start(t, opt)
+	res, err := h2.Client.AppendAttestation(ctx, c.ContractID, alice.Sign(t, c.ContractID, attestation(alice.ID, c.ContractID, "after-restart")))
+	if err != nil || res.Seq != 6 {
+		t.Fatalf("append after restart: %+v %v", res, err)
+	}
+	page, _ := h2.Client.Events(ctx, c.ContractID, 0, 100)
+	chain, _ := verify.NewChain(c.ContractID, nil)
+	for _, we := range page.Entries {
+		if _, err := chain.Append(we.Seq, we.Entry); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, _ := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+	raw, _ := h2.Client.Checkpoint(ctx, c.ContractID)
+	cp, err := v.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chain.CheckCheckpoint(cp); err != nil || cp.Size != 6 {
+		t.Fatalf("after restart: size %d, %v", cp.Size, err)
+	}
+}

@@ -149,10 +149,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
 	PRIMARY KEY (contract, key)) WITHOUT ROWID;
 `
 
-func openSQLite(ctx context.Context, path string) (*sqliteStore, error) {
+func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, error) {
 	q := url.Values{}
 	q.Set("_journal_mode", "WAL")
 	q.Set("_synchronous", "FULL")
+	if relaxed {
+		q.Set("_synchronous", "NORMAL")
+	}
 	q.Set("_busy_timeout", "10000")
 	q.Set("_txlock", "immediate")
 	q.Set("_foreign_keys", "on")

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/klauspost/compress/gzip"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/testenv"
+	"github.com/provgate/provgate/registry"
+	"github.com/provgate/provgate/registry/registrytest"
+	"github.com/provgate/provgate/verify"
+)
+
+func TestRotateKeyCLI(t *testing.T) {
+	dir := t.TempDir()
+	db, keyFile := filepath.Join(dir, "r.db"), filepath.Join(dir, "r.jwk")
+	url := startRegistryCLI(t, "--db", db, "--key", keyFile)
+	old, err := verify.LoadKey(keyFile)
+	if err != nil {
+		t.Fatalf("registry did not write its key: %v", err)
+	}
+	var pub struct {
+		JWK jose.JSONWebKey `json:"jwk"`
+	}
+	json.Unmarshal([]byte(mustCLI(t, "registry", "rotate-key", "--db", db, "--key", keyFile, "--alg", "ES256")), &pub)
+	next, err := verify.LoadKey(keyFile)
+	if err != nil || next.KeyID == old.KeyID || pub.JWK.KeyID != next.KeyID || next.Algorithm != "ES256" {
+		t.Fatalf("key file after rotation: %+v %v (old %s)", next, err, old.KeyID)
+	}
+	client, _ := contract.NewClient(url)
+	keys, err := client.JWKS(context.Background(), client.RegistryJWKSURL())
+	if err != nil || len(keys.Key(old.KeyID)) != 1 || len(keys.Key(next.KeyID)) != 1 {
+		t.Fatalf("JWKS during the transition: %+v %v", keys, err)
+	}
+}
+
+func TestCLIUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"keygen"},
+		{"keygen", "--out", filepath.Join(t.TempDir(), "k"), "--alg", "RS256"},
+		{"registry", "--db", "x.db"},
+		{"contract"},
+		{"contribute", "--registry", "http://127.0.0.1:1"},
+		{"verify"},
+		{"verify", "log", "--registry", "http://x"},
+	} {
+		if code, _, errs := cli(t, args...); code != 2 {
+			t.Errorf("provgate %s: exit %d, want 2 (stderr %q)", strings.Join(args, " "), code, errs)
+		}
+	}
+	for _, cmd := range []string{"keygen", "registry", "contract", "contribute", "verify"} {
+		if code, _, errs := cli(t, cmd, "-h"); code != 0 || !strings.Contains(errs, "Usage: provgate "+cmd) {
+			t.Errorf("provgate %s -h: exit %d, stderr %q", cmd, code, errs)
+		}
+	}
+}
+
+// TestContributeGzipWithPrefix: single files and a directory, gzip, a name
+// prefix; a redaction, a metering batch and a key revocation later, the
+// auditor still verifies the whole log.
+func TestContributeGzipAndAuditAllEntryKinds(t *testing.T) {
+	ctx := context.Background()
+	mio := testenv.MinIO(t)
+	bucket := mio.Bucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", testenv.MinIOAccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", testenv.MinIOSecretKey)
+	t.Setenv("AWS_REGION", testenv.MinIORegion)
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	spare, _ := verify.GenerateKey(jose.EdDSA)
+	ct := alice.Entry()
+	ct.JWKS.Keys = append(ct.JWKS.Keys, spare.Public())
+	spec := registrytest.NewContract("did:example:c1", bucket)
+	spec.Contributors = []contract.Contributor{ct}
+	c := h.CreateContract(t, spec)
+
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "alice.jwk")
+	verify.SaveKey(keyFile, alice.Key)
+	os.MkdirAll(filepath.Join(dir, "d", "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "d", "sub", "x.txt"), bytes.Repeat([]byte("x"), 5000), 0o644)
+	os.WriteFile(filepath.Join(dir, "single.txt"), []byte("single"), 0o644)
+	out := mustCLI(t, "contribute", "--registry", h.URL, "--contract", c.ContractID, "--key", keyFile, "--s3-endpoint", mio.URL(),
+		"--prefix", "v1", "--encoding", "gzip", filepath.Join(dir, "d"), filepath.Join(dir, "single.txt"))
+	if !strings.Contains(out, "contributed 2 objects") {
+		t.Fatalf("contribute: %s", out)
+	}
+	obj, err := mio.Client(t).GetObject(ctx, bucket, c.Origin.Key("v1/sub/x.txt"), minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(obj)
+	if err != nil {
+		t.Fatalf("stored object is not gzip: %v", err)
+	}
+	var got bytes.Buffer
+	got.ReadFrom(zr)
+	if got.Len() != 5000 {
+		t.Fatalf("decoded %d bytes, want 5000", got.Len())
+	}
+
+	alice.Redact(t, c.ContractID, "v1/single.txt")
+	sc := newCLISidecar(t, h.URL)
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 5000, Samples: 1, Units: 1}}}
+	jws, _ := verify.SignMeteringBatch(sc.key, b)
+	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
+		t.Fatal(err)
+	}
+	alice.Append(t, c.ContractID, alice.Sign(t, c.ContractID, &contract.Attestation{Type: contract.Revocation, Revocation: &contract.RevocationClaim{KeyID: spare.KeyID}}))
+
+	out = mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--max-age", "1m")
+	if !strings.Contains(out, "5 entries (4 attestations, 1 metering, 1 redactions, 1 revocations)") {
+		t.Fatalf("verify log: %s", out)
+	}
+}
+
+type cliSidecar struct {
+	*contract.Client
+	key *jose.JSONWebKey
+	jkt string
+}
+
+func newCLISidecar(t *testing.T, url string) *cliSidecar {
+	t.Helper()
+	k, _ := verify.GenerateKey(jose.EdDSA)
+	jkt, _ := verify.Thumbprint(k)
+	c, _ := contract.NewClient(url)
+	c.Proof = func(method, u, token string) (string, error) {
+		return verify.NewDPoPProof(k, method, u, token, time.Now())
+	}
+	return &cliSidecar{Client: c, key: k, jkt: jkt}
+}
+
+// TestVerifyLogRefusesForkAndRollback: two registries sign with the same
+// checkpoint key for the same contract but hold different logs; a trusted
+// checkpoint from one is inconsistent with the other.
+func TestVerifyLogRefusesForkAndRollback(t *testing.T) {
+	skey, _, err := verify.GenerateCheckpointKey("fork.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := registrytest.WithConfig(func(c *registry.Config) { c.CheckpointKey = skey; c.Name = "fork.test" })
+	a, b := registrytest.Start(t, same), registrytest.Start(t, same)
+	alice := a.NewContributor(t, "did:example:alice")
+	spec := registrytest.NewContract("did:example:c1", "bucket", alice)
+	a.CreateContract(t, spec)
+	b.CreateContract(t, spec)
+	for i := range 4 {
+		alice.Attest(t, spec.ContractID, registrytest.Object(fmt.Sprint("a", i), []byte{1}))
+	}
+	for i := range 3 {
+		res, err := b.Client.AppendAttestation(context.Background(), spec.ContractID, alice.Sign(t, spec.ContractID, &contract.Attestation{Type: contract.Contribution, Object: ptr(registrytest.Object(fmt.Sprint("b", i), []byte{2}))}))
+		if err != nil || res.Seq != uint64(i+1) {
+			t.Fatal(res, err)
+		}
+	}
+	trusted := filepath.Join(t.TempDir(), "trusted")
+	mustCLI(t, "verify", "log", "--registry", a.URL, "--contract", spec.ContractID, "--trusted-checkpoint", trusted)
+	code, _, errs := cli(t, "verify", "log", "--registry", b.URL, "--contract", spec.ContractID, "--trusted-checkpoint", trusted)
+	if code != 1 || !strings.Contains(errs, "rolled back") {
+		t.Fatalf("rollback: exit %d %q", code, errs)
+	}
+	// b grows past a: now it is a fork, not a rollback.
+	for i := 3; i < 6; i++ {
+		b.Client.AppendAttestation(context.Background(), spec.ContractID, alice.Sign(t, spec.ContractID, &contract.Attestation{Type: contract.Contribution, Object: ptr(registrytest.Object(fmt.Sprint("b", i), []byte{2}))}))
+	}
+	code, _, errs = cli(t, "verify", "log", "--registry", b.URL, "--contract", spec.ContractID, "--trusted-checkpoint", trusted)
+	if code != 1 || !strings.Contains(errs, "inconsistent checkpoints") {
+		t.Fatalf("fork: exit %d %q", code, errs)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
