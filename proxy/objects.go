@@ -54,6 +54,9 @@ func (s *Server) checkQuota(src Source, g Grant, size int64) error {
 	return nil
 }
 
+// stableModTime is Last-Modified when the contract has no creation time.
+var stableModTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
 func etag(sha string) string { return `"` + sha + `"` }
 
 // object serves GET and HEAD of one verified object. HEAD and a matching
@@ -86,6 +89,13 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 	} else {
 		h.Set("Content-Type", "application/octet-stream")
 	}
+	// Objects are immutable under their digest; the contract's creation is
+	// their stable Last-Modified (S3 clients require one).
+	modTime := src.Contract().CreatedAt
+	if modTime.IsZero() {
+		modTime = stableModTime
+	}
+	h.Set("Last-Modified", modTime.UTC().Format(http.TimeFormat))
 	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, etag(e.DecodedSHA256)) {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
@@ -101,7 +111,7 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 	}
 	defer obj.Close()
 	sw := w.(*statusWriter)
-	http.ServeContent(sw, r, "", time.Time{}, obj.File())
+	http.ServeContent(sw, r, "", modTime, obj.File())
 	if sw.statusCode() >= 300 {
 		return nil
 	}

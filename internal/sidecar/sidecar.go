@@ -293,6 +293,9 @@ func (s *Sidecar) ProxyAddr() string {
 	return s.proxyLn.Addr().String()
 }
 
+// StateDir is the sidecar's state directory.
+func (s *Sidecar) StateDir() string { return s.cfg.StateDir }
+
 // Key is the sidecar's identity key.
 func (s *Sidecar) Key() *jose.JSONWebKey { return s.key }
 
