@@ -43,7 +43,14 @@ type stack struct {
 	sidecar    string // base URL
 	contractID string
 	data       string // the original files, by object name
+	token      string // the sidecar's local bearer token, if any
 	serve      *proc
+}
+
+// Origin modes of the stack (contract.ModeSelfHosted, ModeMarketplace).
+type stackMode struct {
+	mode       string
+	localToken bool // run serve with --local-token-file
 }
 
 // proc is a child process whose output goes to a log file, shown when the
@@ -64,7 +71,7 @@ func start(tb testing.TB, dir, name string, env []string, bin string, args ...st
 		tb.Fatal(err)
 	}
 	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Env = append(cleanEnv(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
 		f.Close()
@@ -110,6 +117,19 @@ func (p *proc) exited() bool {
 	default:
 		return false
 	}
+}
+
+// cleanEnv is the test's environment without AWS_* and PROVGATE_*
+// settings: each process gets exactly the credentials and flags it is
+// given (in marketplace mode the sidecar must have no bucket credentials).
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "PROVGATE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 func tail(b []byte, n int) []byte {
@@ -164,8 +184,10 @@ func randomID(tb testing.TB) string {
 
 // startStack runs registry, setup (docker/pilot_setup.py: contributor key,
 // contract, dataset of samples files around size bytes, zstd-encoded) and
-// serve, all from the binary built from this tree, in self-hosted mode.
-func startStack(tb testing.TB, samples, size int) *stack {
+// serve, all from the binary built from this tree. Self-hosted: the sidecar
+// reads MinIO with its own credentials. Marketplace: only the registry has
+// credentials and presigns; the sidecar has none.
+func startStack(tb testing.TB, m stackMode, samples, size int) *stack {
 	tb.Helper()
 	requireTorch(tb)
 	dir := tb.TempDir()
@@ -181,17 +203,21 @@ func startStack(tb testing.TB, samples, size int) *stack {
 
 	regAddr := freeAddr(tb)
 	s.registry = "http://" + regAddr
-	reg := start(tb, dir, "registry", aws, s.bin, "registry", "--listen", regAddr, "--db", filepath.Join(dir, "registry.db"),
-		"--key", filepath.Join(dir, "registry.jwk"), "--admin-token-file", filepath.Join(dir, "admin-token"))
+	regArgs := []string{"registry", "--listen", regAddr, "--db", filepath.Join(dir, "registry.db"),
+		"--key", filepath.Join(dir, "registry.jwk"), "--admin-token-file", filepath.Join(dir, "admin-token")}
+	if m.mode == contract.ModeMarketplace {
+		regArgs = append(regArgs, "--s3-endpoint", minio.URL())
+	}
+	reg := start(tb, dir, "registry", aws, s.bin, regArgs...)
 	waitHTTP(tb, reg, s.registry+"/.well-known/jwks.json", 30*time.Second)
 
 	pilot := filepath.Join(dir, "pilot")
 	setup := exec.Command(python, filepath.Join(root, "docker", "pilot_setup.py"), "--provgate", s.bin,
 		"--registry", s.registry, "--admin-token-file", filepath.Join(dir, "admin-token"),
 		"--s3-endpoint", minio.URL(), "--state", pilot, "--contract", s.contractID, "--bucket", bucket,
-		"--mode", "self-hosted", "--purpose", "e2e-training", "--price-usd", strconv.FormatFloat(pricePerSample, 'g', -1, 64),
+		"--mode", m.mode, "--purpose", "e2e-training", "--price-usd", strconv.FormatFloat(pricePerSample, 'g', -1, 64),
 		"--samples", strconv.Itoa(samples), "--size", strconv.Itoa(size), "--encoding", "zstd", "--wait", "30")
-	setup.Env = append(os.Environ(), aws...)
+	setup.Env = append(cleanEnv(), aws...)
 	if out, err := setup.CombinedOutput(); err != nil {
 		tb.Fatalf("pilot_setup.py: %v\n%s", err, tail(out, 8<<10))
 	}
@@ -199,10 +225,23 @@ func startStack(tb testing.TB, samples, size int) *stack {
 
 	sideAddr := freeAddr(tb)
 	s.sidecar = "http://" + sideAddr
-	s.serve = start(tb, dir, "serve", aws, s.bin, "serve", "--registry", s.registry, "--contract", s.contractID,
-		"--s3-endpoint", minio.URL(), "--purpose", "e2e-training",
+	serveArgs := []string{"serve", "--registry", s.registry, "--contract", s.contractID, "--purpose", "e2e-training",
 		"--state-dir", filepath.Join(dir, "sidecar-state"), "--cache-dir", filepath.Join(dir, "sidecar-cache"),
-		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text")
+		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text"}
+	var serveEnv []string
+	if m.mode == contract.ModeSelfHosted {
+		serveArgs = append(serveArgs, "--s3-endpoint", minio.URL())
+		serveEnv = aws
+	}
+	if m.localToken {
+		s.token = randomID(tb) + randomID(tb)
+		tokenFile := filepath.Join(dir, "local-token")
+		if err := os.WriteFile(tokenFile, []byte(s.token+"\n"), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		serveArgs = append(serveArgs, "--local-token-file", tokenFile)
+	}
+	s.serve = start(tb, dir, "serve", serveEnv, s.bin, serveArgs...)
 	waitHTTP(tb, s.serve, s.sidecar+"/readyz", 90*time.Second)
 	return s
 }
@@ -245,10 +284,18 @@ type e2eResult struct {
 // against the original files and the (seed, epoch) order, and then checks
 // that the registry's metering totals equal exactly what was served.
 //
-// It needs `provgate serve` (cmd/provgate/serve.go) and fails without it.
+// It runs in both origin modes: self-hosted (the sidecar's own S3
+// credentials) and marketplace (no credentials in the sidecar: the registry
+// presigns; and a local bearer token, as in a shared pod).
 func TestEndToEndDataLoader(t *testing.T) {
+	for _, m := range []stackMode{{mode: contract.ModeSelfHosted}, {mode: contract.ModeMarketplace, localToken: true}} {
+		t.Run(m.mode, func(t *testing.T) { testEndToEnd(t, m) })
+	}
+}
+
+func testEndToEnd(t *testing.T, m stackMode) {
 	const samples, size = 96, 4 << 10
-	s := startStack(t, samples, size)
+	s := startStack(t, m, samples, size)
 	n, total := dataSize(t, s.data)
 	if n != samples {
 		t.Fatalf("pilot wrote %d files, want %d", n, samples)
@@ -263,7 +310,7 @@ func TestEndToEndDataLoader(t *testing.T) {
 		"--job", job)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = append(cleanEnv(), "PYTHONDONTWRITEBYTECODE=1", "PROVGATE_SIDECAR_TOKEN="+s.token)
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("e2e_check.py: %v\n%s%s", err, stdout.Bytes(), tail(stderr.Bytes(), 8<<10))
 	}
@@ -281,6 +328,19 @@ func TestEndToEndDataLoader(t *testing.T) {
 	}
 
 	checkWalkthrough(t, s)
+	if s.token != "" {
+		// The data endpoint wants the local token; the probes do not.
+		for path, want := range map[string]int{"/v1/contracts": http.StatusUnauthorized, "/readyz": http.StatusOK} {
+			resp, err := http.Get(s.sidecar + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("GET %s without the local token = %d, want %d", path, resp.StatusCode, want)
+			}
+		}
+	}
 
 	// What the registry counted must equal what was served, exactly: per
 	// epoch and in total. The outbox syncs in the background; if it has
@@ -389,6 +449,9 @@ func checkWalkthrough(t *testing.T, s *stack) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if s.token != "" {
+				req.Header.Set("Authorization", "Bearer "+s.token)
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatalf("walkthrough %s %s: %v", method, path, err)
@@ -413,7 +476,7 @@ func checkWalkthrough(t *testing.T, s *stack) {
 //
 //	go test -run '^$' -bench DataLoader -benchtime 1x ./examples/pytorch
 func BenchmarkDataLoader(b *testing.B) {
-	s := startStack(b, 4096, 16<<10)
+	s := startStack(b, stackMode{mode: contract.ModeSelfHosted}, 4096, 16<<10)
 	var res struct {
 		Samples int64   `json:"samples"`
 		Sidecar float64 `json:"sidecar_samples_per_s"`
