@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -181,10 +182,37 @@ func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool
 	if err != nil {
 		return false, 0, err
 	}
-	if _, err := o.client.AppendAttestation(ctx, o.c.ContractID, jws); err != nil {
+	if err := o.append(ctx, jws); err != nil {
 		return false, 0, fmt.Errorf("append: %w", err)
 	}
 	return true, decSize, nil
+}
+
+// append submits a contribution, retrying transient failures with the same
+// JWS: the registry refuses a second copy of an attestation id with 409,
+// which after a retry means the first attempt landed.
+func (o *contributeOpts) append(ctx context.Context, jws string) error {
+	var err error
+	for attempt := 1; attempt <= contract.DefaultMaxAttempts; attempt++ {
+		if _, err = o.client.AppendAttestation(ctx, o.c.ContractID, jws); err == nil {
+			return nil
+		}
+		st := contract.StatusOf(err)
+		if attempt > 1 && st == http.StatusConflict {
+			return nil
+		}
+		if st != 0 && !contract.IsRetryable(st) {
+			return err
+		}
+		t := time.NewTimer(contract.Backoff(attempt, contract.DefaultBaseDelay, contract.DefaultMaxDelay))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+	return err
 }
 
 // contributorOf finds the contract's contributor whose inline keys hold key.

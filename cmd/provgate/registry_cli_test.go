@@ -5,9 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -187,3 +193,48 @@ func TestVerifyLogRefusesForkAndRollback(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestContributeRetriesALostAppendOnce: the registry appends but the
+// response is lost (a loopback proxy answers 503 instead); contribute
+// retries the same attestation, which the registry refuses as a duplicate,
+// and each file is in the log exactly once.
+func TestContributeRetriesALostAppendOnce(t *testing.T) {
+	mio := testenv.MinIO(t)
+	bucket := mio.Bucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", testenv.MinIOAccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", testenv.MinIOSecretKey)
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", bucket, alice))
+	target, _ := url.Parse(h.URL)
+	var lost atomic.Int32
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodPost && strings.HasSuffix(resp.Request.URL.Path, "/events") && lost.Add(1) <= 2 {
+			resp.Body.Close()
+			resp.StatusCode = http.StatusServiceUnavailable
+			resp.Body = io.NopCloser(strings.NewReader(`{"error":{"code":"unavailable","message":"lost"}}`))
+			resp.Header.Del("Content-Length")
+		}
+		return nil
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "alice.jwk")
+	verify.SaveKey(keyFile, alice.Key)
+	data := filepath.Join(dir, "data")
+	os.Mkdir(data, 0o755)
+	for i := range 3 {
+		os.WriteFile(filepath.Join(data, fmt.Sprintf("f%d", i)), []byte{byte(i)}, 0o644)
+	}
+	out := mustCLI(t, "contribute", "--registry", front.URL, "--contract", c.ContractID, "--key", keyFile, "--s3-endpoint", mio.URL(), "--jobs", "1", data)
+	if !strings.Contains(out, "contributed 3 objects") {
+		t.Fatalf("contribute: %s", out)
+	}
+	page, err := h.Client.Events(context.Background(), c.ContractID, 0, 100)
+	if err != nil || len(page.Entries) != 3 {
+		t.Fatalf("log has %d entries (%v), want 3", len(page.Entries), err)
+	}
+}
