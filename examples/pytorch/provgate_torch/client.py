@@ -7,7 +7,6 @@ connection on first use and reuses it for every request of that worker.
 
 import hashlib
 import http.client
-import io
 import json
 import os
 import time
@@ -264,8 +263,7 @@ class Sidecar:
             if resp.length is not None and resp.length <= MAX_BUFFERED_BATCH:
                 # One read of the announced length, then parse in memory:
                 # far fewer calls than four small reads per frame.
-                body = self._read_body(resp, "batch")
-                got = frames.read_frames(io.BytesIO(body), names)
+                got = frames.parse_frames(self._read_body(resp, "batch"), names)
             else:
                 got = frames.read_frames(resp, names)
         except (ProtocolError, http.client.IncompleteRead) as e:

@@ -101,3 +101,40 @@ def read_frames(stream, names, max_body=MAX_BODY_LEN):
     if stream.read(1):
         raise ProtocolError(f"batch response has bytes after the last of {len(names)} frames")
     return out
+
+
+def parse_frames(buf, names, max_body=MAX_BODY_LEN):
+    """The frames answering names from a complete response body (bytes),
+    with the same checks as read_frames; each body is one copy."""
+    out = []
+    view = memoryview(buf)
+    pos, end = 0, len(buf)
+    for want in names:
+        if pos == end:
+            raise ProtocolError(f"batch response ended after {len(out)} of {len(names)} frames")
+        if end - pos < _NAME_LEN.size:
+            raise ProtocolError(f"batch response truncated in frame header: got {end - pos} of {_NAME_LEN.size} bytes")
+        (name_len,) = _NAME_LEN.unpack_from(buf, pos)
+        pos += _NAME_LEN.size
+        if name_len == 0 or name_len > MAX_NAME_LEN:
+            raise ProtocolError(f"batch frame name length {name_len} outside 1..{MAX_NAME_LEN}")
+        if end - pos < name_len + _STATUS_LEN.size:
+            raise ProtocolError(f"batch response truncated in frame name or header of frame {len(out)}")
+        try:
+            name = str(view[pos:pos + name_len], "utf-8")
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"batch frame name is not UTF-8: {e}") from None
+        pos += name_len
+        status, body_len = _STATUS_LEN.unpack_from(buf, pos)
+        pos += _STATUS_LEN.size
+        if body_len > max_body:
+            raise ProtocolError(f"batch frame {name!r}: body length {body_len} exceeds {max_body}")
+        if end - pos < body_len:
+            raise ProtocolError(f"batch response truncated in body of {name!r}: got {end - pos} of {body_len} bytes")
+        if name != want:
+            raise ProtocolError(f"batch frame {len(out)} is {name!r}, want {want!r}")
+        out.append(Frame(name, status, bytes(view[pos:pos + body_len])))
+        pos += body_len
+    if pos != end:
+        raise ProtocolError(f"batch response has bytes after the last of {len(names)} frames")
+    return out

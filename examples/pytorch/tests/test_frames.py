@@ -49,6 +49,23 @@ class FramesTest(unittest.TestCase):
             with self.subTest(cut=cut):
                 with self.assertRaises(ProtocolError):
                     frames.read_frames(io.BytesIO(data[:cut]), ["one", "two"])
+                with self.assertRaises(ProtocolError):
+                    frames.parse_frames(data[:cut], ["one", "two"])
+
+    def test_parse_matches_read(self):
+        names = ["a", "dir/ü.bin", "empty", "gone"]
+        data = b"".join([frames.encode_frame("a", 200, b"A" * 70000), frames.encode_frame("dir/ü.bin", 200, b"\x00\x01"),
+                         frames.encode_frame("empty", 200, b""), frames.encode_frame("gone", 451, b"")])
+        a = [(f.name, f.status, f.body) for f in frames.read_frames(io.BytesIO(data), names)]
+        b = [(f.name, f.status, f.body) for f in frames.parse_frames(data, names)]
+        self.assertEqual(a, b)
+        self.assertIs(type(b[0][2]), bytes)
+        with self.assertRaisesRegex(ProtocolError, "after the last"):
+            frames.parse_frames(data + b"x", names)
+        with self.assertRaisesRegex(ProtocolError, "want 'b'"):
+            frames.parse_frames(data, ["a", "b", "empty", "gone"])
+        with self.assertRaisesRegex(ProtocolError, "exceeds"):
+            frames.parse_frames(data, names, max_body=10)
 
     def test_trailing_bytes(self):
         with self.assertRaisesRegex(ProtocolError, "after the last"):
