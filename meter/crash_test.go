@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,7 +70,6 @@ func writerChild() int {
 	}
 	sy.Start(ctx)
 	var mu sync.Mutex
-	out := bufio.NewWriterSize(os.Stdout, 64)
 	for w := range 8 {
 		go func() {
 			for i := 0; ; i++ {
@@ -78,9 +78,9 @@ func writerChild() int {
 				if err != nil {
 					continue
 				}
+				// One write per line: a pipe write this small is atomic.
 				mu.Lock()
-				out.WriteString(rc.ID + "\n")
-				out.Flush()
+				os.Stdout.WriteString(rc.ID + "\n")
 				mu.Unlock()
 			}
 		}()
@@ -119,12 +119,16 @@ func TestKilledWriterLosesNoAcknowledgedEvent(t *testing.T) {
 		done := make(chan []string)
 		go func() {
 			var ids []string
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
+			r := bufio.NewReader(stdout)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					break // EOF; a line without its newline was not reported
+				}
 				if len(ids) == 0 {
 					close(first)
 				}
-				ids = append(ids, sc.Text())
+				ids = append(ids, strings.TrimSuffix(line, "\n"))
 			}
 			if len(ids) == 0 {
 				close(first)
@@ -138,8 +142,8 @@ func TestKilledWriterLosesNoAcknowledgedEvent(t *testing.T) {
 		}
 		time.Sleep(time.Duration(10+rand.IntN(300)) * time.Millisecond)
 		cmd.Process.Kill() // SIGKILL
+		ids := <-done      // read to EOF before Wait closes the pipe
 		cmd.Wait()
-		ids := <-done
 		for _, id := range ids {
 			if acked[id] {
 				t.Fatalf("run %d: event id %s acknowledged twice", run, id)
