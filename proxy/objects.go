@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -42,16 +41,7 @@ func (s *Server) resolve(id, name string) (Source, *ManifestEntry, Grant, error)
 // quota or the contract's. Concurrent requests can overrun it by at most
 // the requests in flight.
 func (s *Server) checkQuota(src Source, g Grant, size int64) error {
-	samples, bytes := s.cfg.Meter.Usage(src.ID(), g.TokenID)
-	q := g.Quota
-	u := src.Contract().Usage
-	if (q.MaxSamples > 0 && samples >= q.MaxSamples) || (u.MaxSamples > 0 && samples >= u.MaxSamples) {
-		return fmt.Errorf("%w: %d of %d samples used", ErrQuotaSpent, samples, max(q.MaxSamples, u.MaxSamples))
-	}
-	if (q.MaxBytes > 0 && bytes+size > q.MaxBytes) || (u.MaxBytes > 0 && bytes+size > u.MaxBytes) {
-		return fmt.Errorf("%w: %d bytes used", ErrQuotaSpent, bytes)
-	}
-	return nil
+	return s.cfg.Meter.CheckQuota(src.ID(), g.TokenID, g.Quota, src.Contract().Usage, size)
 }
 
 // stableModTime is Last-Modified when the contract has no creation time.

@@ -118,6 +118,8 @@ type Meter interface {
 	Access(ctx context.Context, a Access) error
 	// EndEpoch closes an epoch's summary and returns it (JSON-encodable).
 	EndEpoch(ctx context.Context, contractID, job string, epoch int64) (any, error)
-	// Usage is what the token has consumed so far.
-	Usage(contractID, tokenID string) (samples, bytes int64)
+	// CheckQuota refuses, with an error wrapping ErrQuotaSpent, when one
+	// more sample of size bytes would pass the token's quota q or the
+	// contract's usage limits u (all of this sidecar's tokens together).
+	CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, size int64) error
 }

@@ -44,8 +44,11 @@ func (a meterAdapter) EndEpoch(ctx context.Context, contractID, job string, epoc
 	return a.l.EndEpoch(ctx, contractID, job, epoch)
 }
 
-func (a meterAdapter) Usage(contractID, tokenID string) (int64, int64) {
-	return a.l.Usage(contractID, tokenID)
+func (a meterAdapter) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, size int64) error {
+	if err := a.l.CheckQuota(contractID, tokenID, q, u, size); err != nil {
+		return fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
+	}
+	return nil
 }
 
 // registerMetrics exports the cache's and ledger's counters.
