@@ -66,24 +66,36 @@ func (c *Chain) Append(seq uint64, raw []byte) (*contract.Entry, error) {
 		return nil, &EntryError{Seq: seq, Err: fmt.Errorf("%w: got seq %d, want %d", ErrChain, seq, want)}
 	}
 	e, err := contract.DecodeEntry(raw)
-	if err != nil {
-		return nil, &EntryError{Seq: seq, Err: fmt.Errorf("%w: %v", ErrMalformed, err)}
+	if err := c.appendDecoded(seq, raw, e, err); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// appendDecoded is Append for an entry already decoded from raw (decodeErr
+// is DecodeEntry's error), so that decoding can run in parallel.
+func (c *Chain) appendDecoded(seq uint64, raw []byte, e *contract.Entry, decodeErr error) error {
+	if want := c.Size() + 1; seq != want {
+		return &EntryError{Seq: seq, Err: fmt.Errorf("%w: got seq %d, want %d", ErrChain, seq, want)}
+	}
+	if decodeErr != nil {
+		return &EntryError{Seq: seq, Err: fmt.Errorf("%w: %v", ErrMalformed, decodeErr)}
 	}
 	if e.Seq != seq {
-		return nil, &EntryError{Seq: seq, Err: fmt.Errorf("%w: entry says seq %d", ErrChain, e.Seq)}
+		return &EntryError{Seq: seq, Err: fmt.Errorf("%w: entry says seq %d", ErrChain, e.Seq)}
 	}
 	if e.Contract != c.contract {
-		return nil, &EntryError{Seq: seq, Err: fmt.Errorf("%w: entry is for %q", ErrWrongContract, e.Contract)}
+		return &EntryError{Seq: seq, Err: fmt.Errorf("%w: entry is for %q", ErrWrongContract, e.Contract)}
 	}
 	if e.PrevHash != hex.EncodeToString(c.last) {
-		return nil, &EntryError{Seq: seq, Err: fmt.Errorf("%w: prev_hash %s, want %x", ErrChain, e.PrevHash, c.last)}
+		return &EntryError{Seq: seq, Err: fmt.Errorf("%w: prev_hash %s, want %x", ErrChain, e.PrevHash, c.last)}
 	}
 	leaf := contract.LeafHash(raw)
 	if err := c.rng.Append(leaf, nil); err != nil {
-		return nil, &EntryError{Seq: seq, Err: err}
+		return &EntryError{Seq: seq, Err: err}
 	}
 	c.last = leaf
-	return e, nil
+	return nil
 }
 
 // Root is the RFC 6962 root of the entries replayed so far.

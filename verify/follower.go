@@ -552,53 +552,48 @@ func (f *Follower) chainClone() *Chain {
 	return c
 }
 
-// replay reads the entries up to cp.Size, checks them and commits.
+// replay reads the entries up to cp.Size, checks them and commits. Pages
+// are fetched one ahead; each page is decoded and its signatures verified
+// in parallel, then chained and applied in order.
 func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 	work := f.chainClone()
 	f.mu.RLock()
 	d := newDelta(f.manifest, f.revs)
 	f.mu.RUnlock()
+
+	fctx, cancel := context.WithCancel(ctx)
+	pages := make(chan pageResult, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { f.readPages(fctx, work.Size(), cp.Size, pages) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
 	verified := 0
 	for work.Size() < cp.Size {
-		since := work.Size()
-		limit := int(min(uint64(f.cfg.PageSize), cp.Size-since))
-		page := f.takeStreamed(since, limit)
-		if len(page) == 0 {
-			p, err := f.cfg.Source.Events(ctx, f.id, since, limit)
-			if err != nil {
-				return fmt.Errorf("fetch entries after %d: %w", since, err)
-			}
-			page = p.Entries
+		var pr pageResult
+		select {
+		case pr = <-pages:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		entries := make([]*contract.Entry, 0, len(page))
-		for _, we := range page {
-			if we.Seq <= work.Size() {
-				continue // overlap: already have it
-			}
-			if we.Seq > cp.Size {
-				break // beyond the checkpoint: next round
-			}
-			if we.Seq != work.Size()+1 {
-				return fmt.Errorf("entries after %d: got seq %d: a gap", work.Size(), we.Seq)
-			}
-			e, err := work.Append(we.Seq, we.Entry)
-			if err != nil {
-				// The registry serves entries that are not the log it signs.
-				return f.quarantineWith(ctx, err)
-			}
-			entries = append(entries, e)
+		if pr.err != nil {
+			return pr.err
 		}
-		if len(entries) == 0 {
-			return fmt.Errorf("registry served no entries after %d below its checkpoint size %d", since, cp.Size)
-		}
-		checked, err := f.verifyEntries(ctx, entries)
+		checked, err := f.verifyEntries(ctx, pr.entries)
 		if err != nil {
 			return err
 		}
 		for i := range checked {
-			f.apply(d, &checked[i])
+			c := &checked[i]
+			if err := work.appendDecoded(pr.entries[i].Seq, pr.entries[i].Entry, c.entry, c.decodeErr); err != nil {
+				// The registry serves entries that are not the log it signs.
+				return f.quarantineWith(ctx, err)
+			}
+			f.apply(d, c)
 		}
-		verified += len(entries)
+		verified += len(checked)
 	}
 	if err := work.CheckCheckpoint(cp); err != nil {
 		return f.quarantineWith(ctx, err)
@@ -617,6 +612,58 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 		}
 	}
 	return nil
+}
+
+type pageResult struct {
+	entries []contract.WireEntry
+	err     error
+}
+
+// readPages sends the entries after since up to size, in contiguous pages,
+// from the live feed's buffer or the cursor, until size, an error or ctx.
+func (f *Follower) readPages(ctx context.Context, since, size uint64, out chan<- pageResult) {
+	send := func(pr pageResult) bool {
+		select {
+		case out <- pr:
+			return pr.err == nil
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for since < size {
+		limit := int(min(uint64(f.cfg.PageSize), size-since))
+		page := f.takeStreamed(since, limit)
+		if len(page) == 0 {
+			p, err := f.cfg.Source.Events(ctx, f.id, since, limit)
+			if err != nil {
+				send(pageResult{err: fmt.Errorf("fetch entries after %d: %w", since, err)})
+				return
+			}
+			page = p.Entries
+		}
+		entries := make([]contract.WireEntry, 0, len(page))
+		for _, we := range page {
+			if we.Seq <= since {
+				continue // overlap: already have it
+			}
+			if we.Seq > size {
+				break // beyond the checkpoint: next round
+			}
+			if we.Seq != since+1 {
+				send(pageResult{err: fmt.Errorf("entries after %d: got seq %d: a gap", since, we.Seq)})
+				return
+			}
+			entries = append(entries, we)
+			since = we.Seq
+		}
+		if len(entries) == 0 {
+			send(pageResult{err: fmt.Errorf("registry served no entries after %d below its checkpoint size %d", since, size)})
+			return
+		}
+		if !send(pageResult{entries: entries}) {
+			return
+		}
+	}
 }
 
 // commit persists the new trusted state and then makes it current.
@@ -660,18 +707,21 @@ func (f *Follower) quarantineWith(ctx context.Context, cause error) error {
 	return q
 }
 
-// checked is the outcome of verifying one entry's signature.
+// checked is the outcome of decoding one entry and verifying its
+// signature.
 type checked struct {
-	entry *contract.Entry
-	att   *contract.Attestation
-	kid   string
-	err   error
+	entry     *contract.Entry
+	decodeErr error
+	att       *contract.Attestation
+	kid       string
+	err       error
 }
 
-// verifyEntries verifies the attestations of entries in parallel. It fails
-// only when keys could not be fetched (the entries are retried later); a
-// refused attestation is reported in its checked.err.
-func (f *Follower) verifyEntries(ctx context.Context, entries []*contract.Entry) ([]checked, error) {
+// verifyEntries decodes entries and verifies their attestations in
+// parallel. It fails only when keys could not be fetched (the entries are
+// retried later); a refused attestation is reported in its checked.err, an
+// entry that does not decode in checked.decodeErr (the chain refuses it).
+func (f *Follower) verifyEntries(ctx context.Context, entries []contract.WireEntry) ([]checked, error) {
 	out := make([]checked, len(entries))
 	var next atomic.Int64
 	var fatal atomic.Pointer[error]
@@ -684,8 +734,8 @@ func (f *Follower) verifyEntries(ctx context.Context, entries []*contract.Entry)
 					return
 				}
 				c := &out[i]
-				c.entry = entries[i]
-				if c.entry.Kind != contract.EntryAttestation {
+				c.entry, c.decodeErr = contract.DecodeEntry(entries[i].Entry)
+				if c.decodeErr != nil || c.entry.Kind != contract.EntryAttestation || c.entry.Contract != f.id {
 					continue // metering: chain and Merkle only
 				}
 				if err := f.verifyOne(ctx, c); err != nil {
