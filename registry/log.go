@@ -155,9 +155,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if limit == 0 || limit > contract.MaxEventsLimit {
-		limit = min(max(limit, 1), contract.MaxEventsLimit)
+	if limit == 0 {
+		limit = contract.DefaultEventsLimit
 	}
+	limit = min(limit, contract.MaxEventsLimit)
 	size, err := s.st.logSize(r.Context(), c.ContractID)
 	if err != nil {
 		return err
@@ -181,7 +182,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	since, err := queryUint(r, "since", 0)
+	// A reconnecting EventSource resumes after the last id it saw.
+	def, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
+	since, err := queryUint(r, "since", def)
 	if err != nil {
 		return err
 	}
