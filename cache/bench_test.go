@@ -83,13 +83,15 @@ func BenchmarkColdPath(b *testing.B) {
 		}
 		return time.Since(start)
 	}
-	var tBase, tCache time.Duration
+	var tBase, tCache, tStrict time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%2 == 0 {
 			tBase += baseline()
 			tCache += cold(cache.Config{})
+			tStrict += cold(cache.Config{SyncEachCommit: true})
 		} else {
+			tStrict += cold(cache.Config{SyncEachCommit: true})
 			tCache += cold(cache.Config{})
 			tBase += baseline()
 		}
@@ -99,5 +101,34 @@ func BenchmarkColdPath(b *testing.B) {
 	b.ReportMetric(decoded/tBase.Seconds(), "baseline-MB/s")
 	b.ReportMetric(decoded/tCache.Seconds(), "cache-MB/s")
 	b.ReportMetric(tBase.Seconds()/tCache.Seconds(), "ratio")
+	b.ReportMetric(tBase.Seconds()/tStrict.Seconds(), "ratio-sync-each-commit")
 	b.ReportMetric(float64(stored)/float64(objects*size), "stored/decoded")
+}
+
+// BenchmarkHit measures the warm hit path (Get, which opens the file, then
+// Close) from parallel goroutines over 256 cached objects.
+func BenchmarkHit(b *testing.B) {
+	e := newEnv(b, cache.Config{MaxBytes: 1 << 30})
+	var objs []contract.ObjectClaim
+	for i := range 256 {
+		data := textish(uint64(i), 4<<10)
+		objs = append(objs, putObject(b, e.mc, e.bucket, fmt.Sprintf("hit/%03d", i), data, contract.EncodingIdentity))
+		h, err := e.c.Get(context.Background(), testContract, &objs[i])
+		if err != nil {
+			b.Fatal(err)
+		}
+		h.Close()
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			h, err := e.c.Get(context.Background(), testContract, &objs[i%len(objs)])
+			if err != nil || !h.Hit {
+				b.Fatalf("get: %v", err)
+			}
+			h.Close()
+			i++
+		}
+	})
 }

@@ -824,7 +824,8 @@ func (c *Cache) Purge(contractID, name string) error {
 		c.removeLocked(e)
 		c.stats.Purged++
 	}
-	return nil
+	// A redaction must not come back after a power loss.
+	return c.journal.sync()
 }
 
 // PurgeContract removes every object of a contract and returns how many
@@ -844,7 +845,7 @@ func (c *Cache) PurgeContract(contractID string) (int, error) {
 		}
 	}
 	c.stats.Purged += uint64(n)
-	return n, nil
+	return n, c.journal.sync()
 }
 
 // Stats are the cache's counters and gauges, for /metrics.
