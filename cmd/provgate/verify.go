@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -121,27 +123,46 @@ func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Durat
 	if err != nil {
 		return nil, err
 	}
+	// Pages are fetched one ahead; signatures are checked in parallel; the
+	// chain and the log's rules are checked in order.
+	next := a.fetch(ctx, chain.Size())
 	for chain.Size() < cp.Size {
-		page, err := a.client.Events(ctx, a.c.ContractID, chain.Size(), contract.MaxEventsLimit)
-		if err != nil {
-			return nil, fmt.Errorf("events after %d: %w", chain.Size(), err)
+		res := <-next
+		if res.err != nil {
+			return nil, fmt.Errorf("events after %d: %w", chain.Size(), res.err)
 		}
+		page := res.page
 		if len(page.Entries) == 0 {
 			return nil, fmt.Errorf("%w: the registry serves %d entries, its checkpoint commits to %d", verify.ErrRoot, chain.Size(), cp.Size)
 		}
+		if last := page.Entries[len(page.Entries)-1].Seq; last < cp.Size {
+			next = a.fetch(ctx, last)
+		}
+		var entries []*contract.Entry
+		var chainErr error
+		var badSeq uint64
+		var badLeaf []byte
 		for _, we := range page.Entries {
 			if we.Seq > cp.Size {
 				break
 			}
 			e, err := chain.Append(we.Seq, we.Entry)
 			if err != nil {
-				return nil, a.locate(ctx, cp, we.Seq, contract.LeafHash(we.Entry), err)
+				chainErr, badSeq, badLeaf = err, we.Seq, contract.LeafHash(we.Entry)
+				break
 			}
 			a.leaves = append(a.leaves, contract.LeafHash(we.Entry))
-			if err := a.check(ctx, e, rep); err != nil {
+			entries = append(entries, e)
+		}
+		sigs := a.verifySignatures(ctx, entries)
+		for i, e := range entries {
+			if err := a.check(e, sigs[i], rep); err != nil {
 				// Say whether the entry was changed after it was logged.
 				return nil, a.locate(ctx, cp, e.Seq, nil, &verify.EntryError{Seq: e.Seq, Err: err})
 			}
+		}
+		if chainErr != nil {
+			return nil, a.locate(ctx, cp, badSeq, badLeaf, chainErr)
 		}
 	}
 	if err := chain.CheckCheckpoint(cp); err != nil {
@@ -184,10 +205,69 @@ func (a *auditor) checkTrusted(ctx context.Context, path string, cp *verify.Chec
 	return old, nil
 }
 
-// check verifies what an entry says: an attestation's signature against
-// its contributor's keys, revocations in force, redactions of live
-// objects; a metering entry's shape and that no event is counted twice.
-func (a *auditor) check(ctx context.Context, e *contract.Entry, rep *auditReport) error {
+type pageResult struct {
+	page *contract.EventsPage
+	err  error
+}
+
+// fetch reads the page after since in the background.
+func (a *auditor) fetch(ctx context.Context, since uint64) <-chan pageResult {
+	ch := make(chan pageResult, 1)
+	go func() {
+		page, err := a.client.Events(ctx, a.c.ContractID, since, contract.MaxEventsLimit)
+		ch <- pageResult{page, err}
+	}()
+	return ch
+}
+
+// sigResult is an attestation's signature check.
+type sigResult struct {
+	at  *contract.Attestation
+	kid string
+	err error
+}
+
+// verifySignatures checks the attestations among entries on every core.
+// Key sets are fetched first, in order, since that may use the network.
+func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entry) []sigResult {
+	out := make([]sigResult, len(entries))
+	keys := make([]*jose.JSONWebKeySet, len(entries))
+	for i, e := range entries {
+		if e.Kind != contract.EntryAttestation {
+			continue
+		}
+		peek, err := verify.PeekAttestation(e.JWS)
+		if err == nil {
+			keys[i], err = a.contributorKeys(ctx, peek.Issuer)
+		}
+		out[i].err = err
+	}
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				out[i].at, out[i].kid, out[i].err = verify.VerifyAttestation(entries[i].JWS, a.c, keys[i])
+			}
+		}()
+	}
+	for i, e := range entries {
+		if e.Kind == contract.EntryAttestation && out[i].err == nil {
+			work <- i
+		}
+	}
+	close(work)
+	wg.Wait()
+	return out
+}
+
+// check verifies what an entry says, in log order: an attestation's
+// signature (already checked, in sig) and the revocations in force,
+// redactions of live objects; a metering entry's shape and that no event
+// is counted twice.
+func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) error {
 	switch e.Kind {
 	case contract.EntryMetering:
 		rep.metering++
@@ -197,18 +277,10 @@ func (a *auditor) check(ctx context.Context, e *contract.Entry, rep *auditReport
 	default:
 		return fmt.Errorf("%w: unknown kind %q", verify.ErrMalformed, e.Kind)
 	}
-	peek, err := verify.PeekAttestation(e.JWS)
-	if err != nil {
-		return err
+	if sig.err != nil {
+		return sig.err
 	}
-	keys, err := a.contributorKeys(ctx, peek.Issuer)
-	if err != nil {
-		return err
-	}
-	at, kid, err := verify.VerifyAttestation(e.JWS, a.c, keys)
-	if err != nil {
-		return err
-	}
+	at, kid := sig.at, sig.kid
 	if r, ok := a.revoked[at.Issuer+"/"+kid]; ok {
 		return fmt.Errorf("%w: key %q of %q was revoked by entry %d", verify.ErrRevokedKey, kid, at.Issuer, r)
 	}
