@@ -63,9 +63,10 @@ type FollowerConfig struct {
 	Store   *Store
 	Logger  *slog.Logger
 	Metrics *Metrics
-	// OnRedact is called (outside any lock) for each name a redaction or a
-	// retroactive revocation removed, after the change is persisted, so
-	// that the cache purges it.
+	// OnRedact is called (outside any lock), after the change is
+	// persisted, for each name whose cached bytes are no longer valid: it
+	// was redacted, replaced by a new version, or dropped by a retroactive
+	// revocation. The cache purges it.
 	OnRedact func(contractID, name string)
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
@@ -799,11 +800,11 @@ func (f *Follower) apply(d *delta, c *checked) {
 	}
 	switch a.Type {
 	case contract.Contribution, contract.Transformation:
+		// A later contribution of a live name is a new version of it (as
+		// the registry records it): the old bytes must leave the cache.
 		name := a.Object.Name
 		if cur := d.object(name); cur != nil {
-			d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &EntryError{Seq: e.Seq,
-				Err: fmt.Errorf("%w: %q is already in the manifest from entry %d; redact it first", ErrDuplicate, name, cur.Seq)}})
-			return
+			d.purged = append(d.purged, name)
 		}
 		d.objects[name] = &ManifestEntry{ObjectClaim: *a.Object, Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid}
 		if d.isRedacted(name) {
