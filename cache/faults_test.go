@@ -27,6 +27,7 @@ type resetProxy struct {
 	ln         net.Listener
 	target     string
 	resetAfter int64
+	stall      atomic.Bool // stop sending instead of resetting
 	toReset    atomic.Int64
 	resets     atomic.Int64
 }
@@ -59,11 +60,19 @@ func (p *resetProxy) handle(c *net.TCPConn) {
 		return
 	}
 	defer up.Close()
-	go io.Copy(up, c)
+	clientGone := make(chan struct{})
+	go func() { io.Copy(up, c); close(clientGone) }()
 	if p.toReset.Add(-1) >= 0 {
 		io.CopyN(c, up, p.resetAfter)
-		c.SetLinger(0)
 		p.resets.Add(1)
+		if p.stall.Load() {
+			select {
+			case <-clientGone:
+			case <-time.After(30 * time.Second):
+			}
+			return
+		}
+		c.SetLinger(0)
 		return
 	}
 	io.Copy(c, up)
@@ -96,6 +105,25 @@ func TestResetMidBodyResumesWithRange(t *testing.T) {
 				t.Errorf("resumes %d entries %d, want 3 and 1", s.Resumes, s.Entries)
 			}
 		})
+	}
+}
+
+func TestStalledBodyResumes(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20, Retry: cache.RetryPolicy{IdleTimeout: 300 * time.Millisecond}})
+	data := textish(80, 2<<20)
+	obj := putObject(t, e.mc, e.bucket, "stall.bin", data, contract.EncodingIdentity)
+	proxy := startResetProxy(t, e.srv.Endpoint, 300<<10, 2)
+	proxy.stall.Store(true)
+	if err := e.c.Mount(testContract, s3Origin(t, proxy.Addr(), e.bucket), 0); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	mustGet(t, e.c, &obj, data).Close()
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("took %v", took)
+	}
+	if s := e.c.Stats(); proxy.resets.Load() != 2 || s.Resumes != 2 {
+		t.Errorf("stalls %d, resumes %d; want 2 and 2", proxy.resets.Load(), s.Resumes)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -26,6 +27,7 @@ const (
 	DefaultBaseDelay     = 100 * time.Millisecond
 	DefaultThrottleDelay = time.Second
 	DefaultMaxDelay      = 10 * time.Second
+	DefaultIdleTimeout   = 30 * time.Second
 	// DefaultMaxWindow bounds a zstd frame's window (decoder memory).
 	DefaultMaxWindow = 64 << 20
 )
@@ -37,6 +39,9 @@ const (
 // that makes progress between faults resumes from its verified offset up to
 // 10*MaxAttempts times in all.
 type RetryPolicy struct {
+	// IdleTimeout is how long a body may send nothing before the fetch
+	// gives up on that connection and resumes with a new ranged request.
+	IdleTimeout   time.Duration
 	MaxAttempts   int
 	BaseDelay     time.Duration
 	ThrottleDelay time.Duration
@@ -55,6 +60,9 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	}
 	if p.MaxDelay <= 0 {
 		p.MaxDelay = DefaultMaxDelay
+	}
+	if p.IdleTimeout <= 0 {
+		p.IdleTimeout = DefaultIdleTimeout
 	}
 	return p
 }
@@ -84,7 +92,10 @@ func retryable(err error) bool {
 	return false
 }
 
-var errShortBody = errors.New("body ended early")
+var (
+	errShortBody = errors.New("body ended early")
+	errStalled   = errors.New("body stalled")
+)
 
 // resumeReader reads an object's stored bytes from the origin, resuming
 // with a ranged request from the bytes already read after a fault. It
@@ -102,6 +113,10 @@ type resumeReader struct {
 	off      int64
 	eof      bool
 	body     io.ReadCloser
+	mu       sync.Mutex         // guards cancel against stall
+	cancel   context.CancelFunc // of the body's request
+	idle     *time.Timer        // cancels a stalled body
+	stalled  atomic.Bool
 	fails    int // consecutive, without progress
 	total    int
 	progress bool
@@ -117,16 +132,29 @@ func (r *resumeReader) Read(p []byte) (int, error) {
 				r.eof = true
 				return 0, io.EOF // the previous body broke exactly at the end
 			}
-			body, err := r.origin.Open(r.ctx, r.name, r.off)
+			ctx, cancel := context.WithCancel(r.ctx)
+			body, err := r.origin.Open(ctx, r.name, r.off)
 			if err != nil {
+				cancel()
 				if werr := r.fault(err); werr != nil {
 					return 0, werr
 				}
 				continue
 			}
-			r.body = body
+			r.mu.Lock()
+			r.body, r.cancel = body, cancel
+			r.mu.Unlock()
+		}
+		if r.idle == nil {
+			r.idle = time.AfterFunc(r.policy.IdleTimeout, r.stall)
+		} else {
+			r.idle.Reset(r.policy.IdleTimeout)
 		}
 		n, err := r.body.Read(p)
+		r.idle.Stop()
+		if r.stalled.Swap(false) && r.ctx.Err() == nil {
+			err = errStalled
+		}
 		if r.off+int64(n) > r.size {
 			r.close()
 			return 0, &SizeError{What: "stored", Want: r.size, Got: r.off + int64(n)}
@@ -192,11 +220,32 @@ func (r *resumeReader) fault(err error) error {
 	}
 }
 
+// stall runs when a body sent nothing for IdleTimeout: it cancels the
+// body's request, which ends the blocked Read.
+func (r *resumeReader) stall() {
+	r.mu.Lock()
+	cancel := r.cancel
+	r.mu.Unlock()
+	if cancel != nil {
+		r.stalled.Store(true)
+		cancel()
+	}
+}
+
 func (r *resumeReader) close() {
+	if r.idle != nil {
+		r.idle.Stop()
+	}
 	if r.body != nil {
 		r.body.Close()
 		r.body = nil
 	}
+	r.mu.Lock()
+	if r.cancel != nil {
+		r.cancel()
+		r.cancel = nil
+	}
+	r.mu.Unlock()
 }
 
 // hashReader hashes and counts what is read through it.
