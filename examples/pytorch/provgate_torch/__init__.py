@@ -12,7 +12,8 @@ DataLoader worker) and gives PyTorch:
   number of workers, and resumption from (epoch, sample index),
 * exceptions that say what a status means: ``AccessDenied`` (401/403),
   ``NotInManifest`` (404), ``Redacted`` (451), ``VerificationFailed``
-  (502), ``NotReady`` (503).
+  (502), ``OriginUnavailable`` (502 for an unreachable origin, 504),
+  ``NotReady`` (503).
 
 The datasets import torch; ``Sidecar`` and the errors do not.
 """
@@ -23,6 +24,7 @@ from .errors import (
     IntegrityError,
     NotInManifest,
     NotReady,
+    OriginUnavailable,
     ProtocolError,
     ProvgateError,
     Redacted,
@@ -37,6 +39,7 @@ __all__ = [
     "IntegrityError",
     "NotInManifest",
     "NotReady",
+    "OriginUnavailable",
     "ProtocolError",
     "ProvgateError",
     "Redacted",

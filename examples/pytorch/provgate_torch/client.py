@@ -21,6 +21,7 @@ HEADER_JOB = "X-Provgate-Job"
 
 DEFAULT_URL = "http://127.0.0.1:8477"
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRY_UNAVAILABLE = 30.0
 # Bounds on manifest lines and error bodies read into memory.
 MAX_MANIFEST_LINE = 1 << 16
 MAX_ERROR_BODY = 1 << 16
@@ -67,9 +68,15 @@ class Sidecar:
              (default $PROVGATE_SIDECAR_TOKEN)
     job      job id sent as X-Provgate-Job (default $PROVGATE_JOB)
     verify   check every body's sha256 against the manifest (cheap)
+    retry_unavailable
+             seconds to keep retrying a request the sidecar answers 503
+             (busy, not verified yet, token being refreshed), honouring
+             Retry-After, before raising NotReady; 0 raises at once. Only
+             whole-response 503s are retried: nothing was served or metered.
     """
 
-    def __init__(self, contract, url=None, token=None, job=None, verify=True, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, contract, url=None, token=None, job=None, verify=True, timeout=DEFAULT_TIMEOUT,
+                 retry_unavailable=DEFAULT_RETRY_UNAVAILABLE):
         if not contract:
             raise ValueError("contract id is required")
         url = url or os.environ.get("PROVGATE_SIDECAR_URL") or DEFAULT_URL
@@ -84,6 +91,7 @@ class Sidecar:
         self.job = job if job is not None else os.environ.get("PROVGATE_JOB", "")
         self.verify = verify
         self.timeout = timeout
+        self.retry_unavailable = retry_unavailable
         self._conn = None
         self._pid = None
 
@@ -150,7 +158,31 @@ class Sidecar:
         body = resp.read(MAX_ERROR_BODY)
         if resp.length:  # more than we read: do not reuse the connection
             self.close()
-        return error_for(resp.status, body, name)
+        err = error_for(resp.status, body, name)
+        try:
+            err.retry_after = float(resp.getheader("Retry-After") or 1)
+        except ValueError:
+            err.retry_after = 1.0
+        return err
+
+    def _retrying(self, op, *args, **kw):
+        """op(), retried while the sidecar answers 503 for the whole request
+        (retry_after set by _fail), for up to retry_unavailable seconds."""
+        deadline = None
+        while True:
+            try:
+                return op(*args, **kw)
+            except NotReady as e:
+                wait = getattr(e, "retry_after", None)
+                if wait is None or self.retry_unavailable <= 0:
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.retry_unavailable
+                wait = min(max(wait, 0.05), 5.0)
+                if now + wait > deadline:
+                    raise
+                time.sleep(wait)
 
     def _read_body(self, resp, name):
         """The full body, or ProtocolError when the sidecar ended early
@@ -188,6 +220,9 @@ class Sidecar:
     def manifest(self):
         """The verified manifest as a list of Sample, in (seq, name) order:
         the order is stable while the log grows (new entries go last)."""
+        return self._retrying(self._manifest)
+
+    def _manifest(self):
         resp = self.request("GET", contract_path(self.contract, "manifest"), headers=self._headers())
         if resp.status != 200:
             raise self._fail(resp)
@@ -214,6 +249,9 @@ class Sidecar:
         """The verified, decoded bytes of name. With sample (a manifest
         Sample) and verify on, the size and sha256 are checked here too.
         byte_range=(first, last) asks for a Range (inclusive)."""
+        return self._retrying(self._get, name, epoch, sample, byte_range)
+
+    def _get(self, name, epoch, sample, byte_range):
         extra = None
         if byte_range is not None:
             extra = {"Range": f"bytes={int(byte_range[0])}-{int(byte_range[1])}"}
@@ -247,6 +285,9 @@ class Sidecar:
         request, in order. A frame with an error status raises its
         exception once the whole response is read (so the connection stays
         usable); with redacted_as_none a 451 frame gives None instead."""
+        return self._retrying(self._get_batch, samples, epoch, redacted_as_none)
+
+    def _get_batch(self, samples, epoch, redacted_as_none):
         names = [s.name if isinstance(s, Sample) else s for s in samples]
         if not names:
             return []
@@ -297,7 +338,7 @@ class Sidecar:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self.manifest()
+                return self._manifest()
             except (NotReady, OSError) as e:
                 self.close()
                 if time.monotonic() >= deadline:

@@ -8,7 +8,11 @@ says what it means for a training job:
 404    ``NotInManifest``        the name is not in the verified manifest
 451    ``Redacted``             the sample was redacted from the dataset
 502    ``VerificationFailed``   the origin's bytes failed verification
-503    ``NotReady``             contract not verified yet, or token expired
+502/4  ``OriginUnavailable``    the origin could not be read (code not
+                                ``verification_failed``), or timed out
+503    ``NotReady``             contract not verified yet, token expired, or
+                                the sidecar is busy (retried for a while
+                                first, see Sidecar.retry_unavailable)
 =====  ======================  ==============================================
 """
 
@@ -81,6 +85,12 @@ class VerificationFailed(SidecarError):
     status = 502
 
 
+class OriginUnavailable(SidecarError):
+    """502/504: the origin could not be read in time; nothing was served."""
+
+    status = 502
+
+
 class NotReady(SidecarError):
     """503: the contract is not verified yet, or its token expired."""
 
@@ -107,4 +117,6 @@ def error_for(status, body, name=None):
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         message = body[:200].decode("utf-8", "replace").strip()
     cls = _BY_STATUS.get(status, SidecarError)
+    if (status == 502 and code and code != "verification_failed") or status == 504:
+        cls = OriginUnavailable
     return cls(status, code or "http_%d" % status, message or "(no message)", name)

@@ -13,6 +13,11 @@ import urllib.parse
 from provgate_torch.frames import MEDIA_TYPE, encode_frame
 
 
+# The sidecar's error codes by status (contract/errors.go).
+CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 451: "redacted", 502: "verification_failed",
+         503: "unavailable"}
+
+
 class FakeSidecar:
     """Serves objects {name: bytes}; errors {name: status} answer those
     names with a status; records (method, path, epoch, job, auth, peer)."""
@@ -27,6 +32,7 @@ class FakeSidecar:
         self.truncate_batch_at = None  # cut the batch body after this many bytes
         self.short_batch = False  # announce the full Content-Length, send one byte less
         self.short_get = set()  # names whose GET body stops one byte short
+        self.fail_next = []  # statuses for the next whole requests (GET object or batch), then normal
         self.corrupt = set()  # names whose bytes are served altered
         self.epochs_ended = []
         fake = self
@@ -113,11 +119,22 @@ class FakeSidecar:
             h.end_headers()
             h.wfile.write(data)
             return
+        if self.fail_next and (rest.startswith("objects/") or rest == "batch"):
+            with self.lock:
+                st = self.fail_next.pop(0)
+            h.send_response(st)
+            body = json.dumps({"error": {"code": "rate_limited", "message": "busy"}}).encode()
+            h.send_header("Retry-After", "0.05")
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return
         if method in ("GET", "HEAD") and rest.startswith("objects/"):
             name = "/".join(urllib.parse.unquote(s) for s in rest[len("objects/"):].split("/"))
             st = self.status_of(name)
             if st != 200:
-                return self._error(h, st, "err_%d" % st, "status %d for %s" % (st, name), method == "HEAD")
+                return self._error(h, st, CODES.get(st, "err_%d" % st), "status %d for %s" % (st, name), method == "HEAD")
             data = self.body_of(name)
             h.send_response(200)
             h.send_header("ETag", '"%s"' % hashlib.sha256(self.objects[name]).hexdigest())

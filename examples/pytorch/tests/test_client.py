@@ -4,8 +4,9 @@ integrity checks, headers and truncated batch streams."""
 import hashlib
 import unittest
 
-from provgate_torch import (AccessDenied, IntegrityError, NotInManifest, NotReady, ProtocolError, Redacted, Sidecar,
-                            VerificationFailed)
+from provgate_torch import (AccessDenied, IntegrityError, NotInManifest, NotReady, OriginUnavailable, ProtocolError,
+                            Redacted, Sidecar, VerificationFailed)
+from provgate_torch.errors import error_for
 from provgate_torch.client import object_path
 
 from .fake_sidecar import FakeSidecar
@@ -17,7 +18,7 @@ class ClientTest(unittest.TestCase):
     def setUp(self):
         self.fake = FakeSidecar(OBJECTS, errors={"gone": 451, "bad": 502, "later": 503, "denied": 403})
         self.addCleanup(self.fake.close)
-        self.c = Sidecar(self.fake.contract, url=self.fake.url, job="job-1")
+        self.c = Sidecar(self.fake.contract, url=self.fake.url, job="job-1", retry_unavailable=0.5)
         self.addCleanup(self.c.close)
 
     def test_manifest(self):
@@ -50,9 +51,44 @@ class ClientTest(unittest.TestCase):
                     self.c.get(name)
                 self.assertEqual(cm.exception.status, status)
                 self.assertEqual(cm.exception.name, name)
-                self.assertEqual(cm.exception.code, "err_%d" % status if name != "missing" else "err_404")
+                self.assertEqual(cm.exception.code, {403: "forbidden", 404: "not_found", 451: "redacted",
+                                                     502: "verification_failed", 503: "unavailable"}[status])
         # the connection stayed usable after the errors
         self.assertEqual(self.c.get("a.bin"), OBJECTS["a.bin"])
+
+    def test_busy_is_retried_then_raised(self):
+        # whole-response 503s: retried (honouring Retry-After) until served
+        self.fake.fail_next = [503, 503]
+        self.assertEqual(self.c.get("a.bin"), OBJECTS["a.bin"])
+        self.fake.fail_next = [503]
+        self.assertEqual(self.c.get_batch(["a.bin"]), [OBJECTS["a.bin"]])
+        self.assertEqual(self.fake.fail_next, [])
+        # ... for at most retry_unavailable seconds
+        impatient = Sidecar(self.fake.contract, url=self.fake.url, retry_unavailable=0.12)
+        self.addCleanup(impatient.close)
+        self.fake.fail_next = [503] * 50
+        with self.assertRaises(NotReady) as cm:
+            impatient.get("a.bin")
+        self.assertEqual(cm.exception.code, "rate_limited")
+        self.assertGreater(len(self.fake.fail_next), 40)
+        self.fake.fail_next = []
+        # a 503 frame inside a batch is not retried: the other frames were
+        # served (and metered) already
+        before = len(self.fake.served())
+        with self.assertRaises(NotReady):
+            self.c.get_batch(["a.bin", "later"])
+        self.assertEqual(len(self.fake.served()), before + 2)
+
+    def test_status_mapping(self):
+        cases = [(502, b'{"error":{"code":"verification_failed","message":"x"}}', VerificationFailed),
+                 (502, b"", VerificationFailed),
+                 (502, b'{"error":{"code":"unavailable","message":"origin down"}}', OriginUnavailable),
+                 (504, b"", OriginUnavailable), (401, b"", AccessDenied), (418, b"teapot", Exception)]
+        for status, body, cls in cases:
+            e = error_for(status, body, "n")
+            self.assertIsInstance(e, cls, (status, body))
+            self.assertEqual(e.status, status)
+            self.assertIn("n: %d" % status, str(e))
 
     def test_bearer_token(self):
         fake = FakeSidecar(OBJECTS, token="s3cret")
