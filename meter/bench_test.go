@@ -137,3 +137,18 @@ func BenchmarkHit(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRecordSerial is one caller recording and waiting, one event
+// per transaction: the cost of a commit.
+func BenchmarkRecordSerial(b *testing.B) {
+	l := MustOpen(b, "", meter.Config{})
+	ev := access(1)
+	b.ResetTimer()
+	cpu := cpuTime()
+	for range b.N {
+		if _, err := l.Record(context.Background(), ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/event")
+}

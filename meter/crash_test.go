@@ -160,8 +160,19 @@ func TestKilledWriterLosesNoAcknowledgedEvent(t *testing.T) {
 		t.Fatalf("chain after %d kills: %v", kills, err)
 	}
 	inLedger := map[string]bool{}
-	if err := l.Rows(ctx, 0, func(r *meter.Row) error { inLedger[r.ID] = true; return nil }); err != nil {
+	var samples, bytes int64
+	if err := l.Rows(ctx, 0, func(r *meter.Row) error {
+		inLedger[r.ID] = true
+		samples += r.Samples
+		bytes += r.Bytes
+		return nil
+	}); err != nil {
 		t.Fatal(err)
+	}
+	// The quota totals survive the kills: the rows after the last usage
+	// snapshot are replayed on open.
+	if s, b := l.Usage(c.ContractID, "t"); s != samples || b != bytes {
+		t.Errorf("usage after the kills = %d samples, %d bytes; the rows say %d and %d", s, b, samples, bytes)
 	}
 	for id := range acked {
 		if !inLedger[id] {

@@ -119,11 +119,15 @@ type Ledger struct {
 	epochsSeen map[epochKey]bool
 	hasher     chainHasher
 
-	insert  *sql.Stmt // one row
-	insertN *sql.Stmt // insertRows rows
-	args    []any
-	cdb     *sql.DB // the checkpointer's connection
-	dirty   atomic.Bool
+	insert      *sql.Stmt // one row
+	insertN     *sql.Stmt // insertRows rows
+	args        []any
+	usageUpsert *sql.Stmt
+	headUpdate  *sql.Stmt
+	usageDelta  map[usageKey]usageTotals // committed, not yet in the usage table
+	lastSnap    time.Time
+	cdb         *sql.DB // the checkpointer's connection
+	dirty       atomic.Bool
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -236,6 +240,7 @@ func newLedger(path string, cfg Config, db *sql.DB) *Ledger {
 		urgent:     make(chan struct{}, 1),
 		committed:  make(chan struct{}, 1),
 		epochsSeen: map[epochKey]bool{},
+		usageDelta: map[usageKey]usageTotals{},
 	}
 }
 
@@ -274,6 +279,13 @@ func (l *Ledger) init(ctx context.Context, readOnly bool) error {
 		l.insert, err = l.db.PrepareContext(ctx, "INSERT INTO events (seq, contract, rec, hash) VALUES "+row)
 		if err == nil {
 			l.insertN, err = l.db.PrepareContext(ctx, "INSERT INTO events (seq, contract, rec, hash) VALUES "+row+strings.Repeat(", "+row, insertRows-1))
+		}
+		if err == nil {
+			l.usageUpsert, err = l.db.PrepareContext(ctx, `INSERT INTO usage (contract, token_jti, samples, bytes) VALUES (?, ?, ?, ?)
+				ON CONFLICT (contract, token_jti) DO UPDATE SET samples = samples + excluded.samples, bytes = bytes + excluded.bytes`)
+		}
+		if err == nil {
+			l.headUpdate, err = l.db.PrepareContext(ctx, "INSERT OR REPLACE INTO meta (key, value) VALUES ('head_seq', ?), ('head_hash', ?), ('usage_seq', ?)")
 		}
 		if err == nil {
 			l.cdb, err = sql.Open("sqlite3", "file:"+l.path+"?_busy_timeout=10000")
@@ -408,7 +420,27 @@ func (l *Ledger) load(ctx context.Context) error {
 		cu.samples += u.samples
 		cu.bytes += u.bytes
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	// Rows after the last usage snapshot.
+	usageSeq, _, err := l.metaInt(ctx, "usage_seq")
+	if err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	err = l.scanRows(ctx, func(r *Row, cid int64) error {
+		if r.Kind == contract.EventAccess && billable(r.Outcome) {
+			l.addUsage(cid, r.TokenID, r.Samples, r.Bytes)
+			if !l.readOnly {
+				add(l.usageDelta, usageKey{cid, r.TokenID}, usageTotals{r.Samples, r.Bytes})
+			}
+		}
+		return nil
+	}, "SELECT seq, contract, rec, hash FROM events WHERE seq > ? ORDER BY seq", usageSeq)
+	if err != nil {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+	return nil
 }
 
 // ID is the ledger's id, the prefix of every event id it mints.
@@ -484,7 +516,7 @@ func (l *Ledger) Close() error {
 	l.Stop()
 	var errs []error
 	if l.insert != nil {
-		errs = append(errs, l.insert.Close(), l.insertN.Close())
+		errs = append(errs, l.insert.Close(), l.insertN.Close(), l.usageUpsert.Close(), l.headUpdate.Close())
 	}
 	if l.cdb != nil {
 		errs = append(errs, l.cdb.Close())

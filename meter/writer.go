@@ -42,6 +42,9 @@ func (l *Ledger) writer(ctx context.Context) {
 			l.room = make(chan struct{})
 			l.mu.Unlock()
 			l.drain()
+			if err := l.snapshot(); err != nil {
+				l.log.Error("ledger snapshot failed", "err", err)
+			}
 			return
 		}
 	}
@@ -116,7 +119,53 @@ func (l *Ledger) drain() {
 	}
 }
 
-// write commits one group: rows, usage, epoch bookkeeping and the head.
+// snapshotInterval is how often the writer records the usage totals and
+// the chain's head with a commit. Between snapshots a commit touches the
+// events table only (one page for a small group); on open, the rows after
+// the last snapshot are replayed into the usage totals.
+const snapshotInterval = 100 * time.Millisecond
+
+func add(m map[usageKey]usageTotals, k usageKey, u usageTotals) {
+	v := m[k]
+	v.samples += u.samples
+	v.bytes += u.bytes
+	m[k] = v
+}
+
+// writeSnapshot records usage deltas and the head (seq, hash) in tx.
+func (l *Ledger) writeSnapshot(ctx context.Context, tx *sql.Tx, usage map[usageKey]usageTotals, seq int64, hash []byte) error {
+	up := tx.StmtContext(ctx, l.usageUpsert)
+	for k, u := range usage {
+		if _, err := up.ExecContext(ctx, k.contract, k.token, u.samples, u.bytes); err != nil {
+			return err
+		}
+	}
+	n := []byte(strconv.FormatInt(seq, 10))
+	_, err := tx.StmtContext(ctx, l.headUpdate).ExecContext(ctx, n, hash, n)
+	return err
+}
+
+// snapshot commits the pending usage deltas and the head on their own.
+func (l *Ledger) snapshot() error {
+	ctx := context.Background()
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := l.writeSnapshot(ctx, tx, l.usageDelta, l.headSeq, l.headHash); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	clear(l.usageDelta)
+	l.lastSnap = time.Now()
+	return nil
+}
+
+// write commits one group: rows, epoch bookkeeping and, every
+// snapshotInterval, the usage totals and the head.
 func (l *Ledger) write(g *group) (err error) {
 	ctx := context.Background()
 	tx, err := l.db.BeginTx(ctx, nil)
@@ -175,11 +224,7 @@ func (l *Ledger) write(g *group) (err error) {
 			g.seqs[i] = seq
 			outbox[it.c]++
 			if billable(e.Outcome) {
-				k := usageKey{it.c.id, e.TokenID}
-				u := usage[k]
-				u.samples += e.Samples
-				u.bytes += e.Bytes
-				usage[k] = u
+				add(usage, usageKey{it.c.id, e.TokenID}, usageTotals{e.Samples, e.Bytes})
 			}
 			ek := epochKey{it.c.id, e.Job, e.Epoch}
 			if !l.epochsSeen[ek] {
@@ -209,21 +254,25 @@ func (l *Ledger) write(g *group) (err error) {
 	if err := flush(); err != nil {
 		return err
 	}
-	for k, u := range usage {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO usage (contract, token_jti, samples, bytes) VALUES (?, ?, ?, ?)
-			ON CONFLICT (contract, token_jti) DO UPDATE SET samples = samples + excluded.samples, bytes = bytes + excluded.bytes`,
-			k.contract, k.token, u.samples, u.bytes); err != nil {
-			return err
+	snap := time.Since(l.lastSnap) >= snapshotInterval
+	if snap {
+		for k, u := range l.usageDelta {
+			add(usage, k, u)
 		}
-	}
-	if seq != l.headSeq {
-		if _, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO meta (key, value) VALUES ('head_seq', ?), ('head_hash', ?)",
-			[]byte(strconv.FormatInt(seq, 10)), prev); err != nil {
+		if err := l.writeSnapshot(ctx, tx, usage, seq, prev); err != nil {
 			return err
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		return err
+	}
+	if snap {
+		clear(l.usageDelta)
+		l.lastSnap = time.Now()
+	} else {
+		for k, u := range usage {
+			add(l.usageDelta, k, u)
+		}
 	}
 	l.written.Add(uint64(seq - l.headSeq))
 	l.dirty.Store(true)
