@@ -92,6 +92,14 @@ func TestPresign(t *testing.T) {
 	if _, err := sc.client.Presign(ctx, c.ContractID, tok.Token, []string{"a/4.txt"}); contract.CodeOf(err) != contract.CodeQuotaExceeded {
 		t.Fatalf("fourth object: got %v, want quota_exceeded", err)
 	}
+	// A byte quota counts the stored bytes of distinct objects.
+	small := sc.token(t, c.ContractID, contract.Quota{MaxBytes: 20})
+	if _, err := sc.client.Presign(ctx, c.ContractID, small.Token, []string{"a/0.txt"}); err != nil {
+		t.Fatalf("14 of 20 bytes: %v", err)
+	}
+	if _, err := sc.client.Presign(ctx, c.ContractID, small.Token, []string{"a/1.txt"}); contract.CodeOf(err) != contract.CodeQuotaExceeded {
+		t.Fatalf("28 of 20 bytes: got %v, want quota_exceeded", err)
+	}
 	// Without a token nothing is presigned.
 	anon, _ := contract.NewClient(h.URL)
 	anon.Proof = func(string, string, string) (string, error) { return "", nil }

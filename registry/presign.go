@@ -12,8 +12,8 @@ import (
 // handlePresign returns short-lived presigned GET URLs for live objects of
 // the contract (marketplace mode). The token and its proof authorise the
 // caller; each name must be a live object of the log (a redacted one is
-// 451); the distinct objects presigned under one token are counted against
-// its max_samples quota.
+// 451); the distinct objects presigned under one token, and their stored
+// bytes, are counted against its max_samples and max_bytes quota.
 func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	c, err := s.loadContract(ctx, r.PathValue("id"))
@@ -34,6 +34,7 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Names) == 0 || len(req.Names) > contract.MaxPresignNames {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "names: 1 to %d names", contract.MaxPresignNames)
 	}
+	objects := make([]*objectRow, 0, len(req.Names))
 	for _, n := range req.Names {
 		if err := contract.ValidateName(n); err != nil {
 			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
@@ -48,12 +49,18 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 		if o.Redacted != 0 {
 			return contract.Errorf(http.StatusUnavailableForLegalReasons, contract.CodeRedacted, "%q was redacted by entry %d", n, o.Redacted)
 		}
+		objects = append(objects, o)
 	}
-	limit := claims.Quota.MaxSamples
-	if limit == 0 {
-		limit = c.Usage.MaxSamples
+	// Tokens carry the contract's limits where none was asked (see
+	// grantQuota); a token from before a limit existed gets the contract's.
+	quota := claims.Quota
+	if quota.MaxSamples == 0 {
+		quota.MaxSamples = c.Usage.MaxSamples
 	}
-	if err := s.st.presign(ctx, claims.ID, req.Names, limit); err != nil {
+	if quota.MaxBytes == 0 {
+		quota.MaxBytes = c.Usage.MaxBytes
+	}
+	if err := s.st.presign(ctx, claims.ID, objects, quota); err != nil {
 		return err
 	}
 	now := s.now()

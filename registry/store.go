@@ -48,7 +48,7 @@ type store interface {
 	putSidecarKey(ctx context.Context, jkt string, jwk []byte) error
 	useProofID(ctx context.Context, jti string, exp time.Time) error
 	pruneProofIDs(ctx context.Context, before time.Time) error
-	presign(ctx context.Context, tokenID string, names []string, limit int64) error
+	presign(ctx context.Context, tokenID string, objects []*objectRow, quota contract.Quota) error
 
 	knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error)
 	idempotent(ctx context.Context, contractID, key string) (bodyHash string, response []byte, err error)
@@ -78,9 +78,10 @@ type signingKey struct {
 }
 
 type objectRow struct {
-	Name     string
-	Seq      uint64
-	Redacted uint64 // seq of the redaction, 0 if live
+	Name       string
+	Seq        uint64
+	Redacted   uint64 // seq of the redaction, 0 if live
+	StoredSize int64
 }
 
 // appendRecord is everything one append writes, in one transaction: the
@@ -131,6 +132,7 @@ CREATE TABLE IF NOT EXISTS attestations (
 	PRIMARY KEY (contract, issuer, jti)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects (
 	contract TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, redacted INTEGER NOT NULL DEFAULT 0,
+	stored_size INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (contract, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revoked_keys (
 	contract TEXT NOT NULL, issuer TEXT NOT NULL, kid TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -138,7 +140,8 @@ CREATE TABLE IF NOT EXISTS revoked_keys (
 CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS presigned (
-	token TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (token, name)) WITHOUT ROWID;
+	token TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (token, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS metering_events (
 	contract TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
 	bytes INTEGER NOT NULL, samples INTEGER NOT NULL, units INTEGER NOT NULL, cost INTEGER NOT NULL,
@@ -340,8 +343,9 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		}
 	}
 	if rec.Object != nil {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO objects (contract, name, seq, redacted) VALUES (?, ?, ?, 0)
-			ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0`, contractID, rec.Object.Name, rec.Seq); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES (?, ?, ?, 0, ?)
+			ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`,
+			contractID, rec.Object.Name, rec.Seq, rec.Object.StoredSize); err != nil {
 			return err
 		}
 	}
@@ -431,7 +435,7 @@ func (s *sqliteStore) checkpointAt(ctx context.Context, contractID string, at ti
 
 func (s *sqliteStore) object(ctx context.Context, contractID, name string) (*objectRow, error) {
 	o := &objectRow{Name: name}
-	err := s.db.QueryRowContext(ctx, `SELECT seq, redacted FROM objects WHERE contract = ? AND name = ?`, contractID, name).Scan(&o.Seq, &o.Redacted)
+	err := s.db.QueryRowContext(ctx, `SELECT seq, redacted, stored_size FROM objects WHERE contract = ? AND name = ?`, contractID, name).Scan(&o.Seq, &o.Redacted, &o.StoredSize)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errNotFound
 	}
@@ -477,28 +481,30 @@ func (s *sqliteStore) pruneProofIDs(ctx context.Context, before time.Time) error
 	return err
 }
 
-// presign records names as presigned under token, refusing (and recording
-// nothing) when the distinct names presigned under it would exceed limit
-// (0: no limit).
-func (s *sqliteStore) presign(ctx context.Context, tokenID string, names []string, limit int64) error {
+// presign records objects as presigned under a token, refusing (and
+// recording nothing) when the distinct objects presigned under it would
+// exceed the quota's max_samples, or their stored bytes its max_bytes
+// (zero: no limit).
+func (s *sqliteStore) presign(ctx context.Context, tokenID string, objects []*objectRow, quota contract.Quota) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	for _, n := range names {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO presigned (token, name) VALUES (?, ?) ON CONFLICT DO NOTHING`, tokenID, n); err != nil {
+	for _, o := range objects {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO presigned (token, name, size) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, tokenID, o.Name, o.StoredSize); err != nil {
 			return err
 		}
 	}
-	if limit > 0 {
-		var count int64
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM presigned WHERE token = ?`, tokenID).Scan(&count); err != nil {
-			return err
-		}
-		if count > limit {
-			return fmt.Errorf("%w: %d objects would exceed the token's %d", errQuota, count, limit)
-		}
+	var count, bytes int64
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0) FROM presigned WHERE token = ?`, tokenID).Scan(&count, &bytes); err != nil {
+		return err
+	}
+	if quota.MaxSamples > 0 && count > quota.MaxSamples {
+		return fmt.Errorf("%w: %d objects would exceed the token's max_samples %d", errQuota, count, quota.MaxSamples)
+	}
+	if quota.MaxBytes > 0 && bytes > quota.MaxBytes {
+		return fmt.Errorf("%w: %d bytes would exceed the token's max_bytes %d", errQuota, bytes, quota.MaxBytes)
 	}
 	return tx.Commit()
 }
