@@ -132,6 +132,12 @@ type entry struct {
 	durable    bool
 }
 
+// sketchWidth sizes the frequency sketch for about one counter per 16 KiB
+// of cache, between 64Ki and 4Mi counters per row.
+func sketchWidth(maxBytes int64) int {
+	return int(min(max(maxBytes/(16<<10), 1<<16), 1<<22))
+}
+
 func entryKey(contractID, name string) string { return contractID + "\x00" + name }
 
 // fileName names a committed file; nonce (the unique temporary file name)
@@ -180,7 +186,7 @@ func Open(cfg Config) (*Cache, error) {
 		fetchSem: make(chan struct{}, cfg.MaxFetches),
 		mounts:   map[string]*mount{}, entries: map[string]*entry{},
 		spaceFreed: make(chan struct{}), flights: map[string]*flight{}, purgeGen: map[string]uint64{},
-		sketch: newSketch(1 << 16), syncNotify: make(chan struct{}, 1),
+		sketch: newSketch(sketchWidth(cfg.MaxBytes)), syncNotify: make(chan struct{}, 1),
 	}
 	c.stats.Failures = map[string]uint64{}
 	if cfg.MaxBytes > 0 {

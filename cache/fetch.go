@@ -28,8 +28,10 @@ const (
 	DefaultThrottleDelay = time.Second
 	DefaultMaxDelay      = 10 * time.Second
 	DefaultIdleTimeout   = 30 * time.Second
-	// DefaultMaxWindow bounds a zstd frame's window (decoder memory).
-	DefaultMaxWindow = 64 << 20
+	// DefaultMaxWindow bounds a zstd frame's window, so decoder memory is
+	// at most MaxFetches times this. zstd's levels up to 19 use 8 MiB;
+	// frames made with --long or --ultra beyond 32 MiB are refused.
+	DefaultMaxWindow = 32 << 20
 )
 
 // RetryPolicy says how a fetch retries origin faults. A reset, a timeout, a

@@ -26,20 +26,25 @@ func (c *Cache) Scrub(ctx context.Context, progress func(done, total int, bytes 
 	c.mu.Lock()
 	list := make([]*entry, 0, len(c.entries))
 	for _, e := range c.entries {
-		e.pins++
 		list = append(list, e)
 	}
 	c.mu.Unlock()
-	defer func() {
-		for _, e := range list {
-			c.unpin(e)
-		}
-	}()
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	for i, e := range list {
 		if err := ctx.Err(); err != nil {
 			return res, err
+		}
+		// Pin one entry at a time, so that a scrub of a full cache does
+		// not stall fetches waiting for space.
+		c.mu.Lock()
+		live := c.entries[e.key] == e
+		if live {
+			e.pins++
+		}
+		c.mu.Unlock()
+		if !live {
+			continue
 		}
 		err := c.hashFile(e, *bp)
 		res.Checked++
@@ -51,6 +56,9 @@ func (c *Cache) Scrub(ctx context.Context, progress func(done, total int, bytes 
 				c.removeLocked(e)
 			}
 			c.mu.Unlock()
+		}
+		c.unpin(e)
+		if err != nil {
 			res.Removed = append(res.Removed, fmt.Sprintf("%s %s: %v", e.contract, e.name, err))
 			c.log.Warn("cache scrub removed entry", logContract, e.contract, logName, e.name, logErr, err)
 		}
