@@ -55,12 +55,20 @@
 // # Tamper evidence
 //
 // Each row stores hash = SHA-256(previous row's hash || seq || record),
-// starting from SHA-256("provgate-meter-v1" || ledger id), and the
-// ledger's head (last seq and hash) is kept in the same transaction.
-// Verify walks the chain and names the first row that was edited, deleted
-// or inserted. Someone who can rewrite the file and recompute every hash
-// after the edited row is not caught locally; rows already synced are also
-// anchored in the registry's signed log.
+// starting from SHA-256("provgate-meter-v1" || ledger id). The ledger's
+// head (a seq and its hash) is recorded at least every 100 ms and on
+// Stop. Verify walks the chain and names the first row that was edited,
+// deleted or inserted; rows deleted from the end are caught up to the
+// recorded head. Someone who can rewrite the file and recompute every
+// hash after the edited row (and the head) is not caught locally; rows
+// already synced are also anchored in the registry's signed log.
+//
+// # Commits
+//
+// A commit writes the group's rows only (one page for a small group).
+// The quota totals (per token and contract) and the head are written with
+// a commit at most every 100 ms; on open, the rows after that snapshot are
+// replayed into the totals, so they survive a kill too.
 //
 // # Outbox
 //

@@ -1,6 +1,7 @@
 package meter
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -178,6 +179,7 @@ var errRecord = errors.New("malformed record")
 
 // decodeRecord fills r from an encoded record.
 func decodeRecord(b []byte, r *Row) error {
+	orig := b
 	if len(b) < 2 || b[0] != recordVersion {
 		return errRecord
 	}
@@ -213,6 +215,11 @@ func decodeRecord(b []byte, r *Row) error {
 		b = b[n:]
 	}
 	if len(b) != 0 {
+		return errRecord
+	}
+	// One encoding per row: a longer-than-needed varint would decode to
+	// the same row under a different hash.
+	if again := appendRecord(make([]byte, 0, len(orig)), r); !bytes.Equal(again, orig) {
 		return errRecord
 	}
 	return nil

@@ -219,6 +219,9 @@ func (l *Ledger) Verify(ctx context.Context) (*VerifyResult, error) {
 		if names[cid] != r.Contract {
 			return nil, tamper(seq, fmt.Sprintf("is filed under contract %q but records %q (edited)", names[cid], r.Contract))
 		}
+		if hasHead && seq == head && !bytes.Equal(hash, headHash) {
+			return nil, tamper(seq, "does not match the ledger's recorded head (edited)")
+		}
 		if res.FirstSeq == 0 {
 			res.FirstSeq = seq
 		}
@@ -233,9 +236,6 @@ func (l *Ledger) Verify(ctx context.Context) (*VerifyResult, error) {
 			return nil, tamper(head, "is missing: the ledger's head is past the last row (deleted)")
 		}
 		return nil, tamper(prevSeq+1, fmt.Sprintf("is missing, with rows up to the head %d (deleted)", head))
-	}
-	if hasHead && head == prevSeq && !bytes.Equal(headHash, prev) {
-		return nil, tamper(head, "does not match the ledger's recorded head (edited)")
 	}
 	res.HeadSeq, res.HeadHash = prevSeq, hex.EncodeToString(prev)
 	return res, nil

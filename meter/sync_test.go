@@ -276,6 +276,23 @@ func TestRegistryDownForFirstHalf(t *testing.T) {
 	if st.SyncErrors < 3 || st.Synced != 0 || st.Outbox != half+1 {
 		t.Fatalf("registry down: stats %+v, want failed attempts, nothing synced, the outbox holding all %d rows", st, half+1)
 	}
+	// The first batch was signed and recorded before the first attempt;
+	// every retry (and a restart) sends that same batch.
+	cur, err := l.Cursors(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := cur[c.ContractID]
+	if pending.PendingBatch == "" || pending.AckedSeq != 0 {
+		t.Fatalf("cursor while down: %+v, want a pending batch and nothing acknowledged", pending)
+	}
+	sy.Stop()
+	if cur, _ = l.Cursors(ctx); cur[c.ContractID].PendingBatch != pending.PendingBatch {
+		t.Fatalf("pending batch changed across retries: %q, then %q", pending.PendingBatch, cur[c.ContractID].PendingBatch)
+	}
+	sy = sc.syncer(t, l)
+	sy.Start(ctx)
+	defer sy.Stop()
 
 	r.start(t)
 	write(t, l, c.ContractID, half, half)
@@ -297,4 +314,70 @@ func TestRegistryDownForFirstHalf(t *testing.T) {
 		t.Errorf("resend: %+v, want every event a duplicate", res)
 	}
 	assertTotalsEqual(t, admin, l, c.ContractID, 2*half+2)
+}
+
+func TestPruneKeepsUnsyncedRowsAndTheChain(t *testing.T) {
+	h := registrytest.Start(t)
+	c := h.CreateContract(t, newContract(t, "did:example:metered-prune"))
+	sc := newSidecar(t, h.URL, nil)
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := openLedger(t, path, c.ContractID)
+	ctx := context.Background()
+	old := time.Now().Add(-10 * 24 * time.Hour)
+	record := func(from, n int, at time.Time) {
+		for i := from; i < from+n; i++ {
+			if _, err := l.Submit(ctx, meter.Event{Time: at, Contract: c.ContractID, Name: fmt.Sprintf("o%d", i), Bytes: 10, TokenID: "t"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := l.Record(ctx, meter.Event{Time: at, Contract: c.ContractID, Name: "last", Bytes: 10, TokenID: "t"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(0, 299, old)         // rows 1-300: old
+	record(300, 99, time.Now()) // rows 301-400: recent
+	sy := sc.syncer(t, l)
+	if _, err := sy.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	record(400, 49, old) // rows 401-450: old but not synced
+	n, err := l.Prune(ctx, time.Now().Add(-7*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 300 {
+		t.Errorf("pruned %d rows, want the 300 old synced ones", n)
+	}
+	res, err := l.Verify(ctx)
+	if err != nil {
+		t.Fatalf("chain after pruning: %v", err)
+	}
+	if res.Rows != 150 || res.FirstSeq != 301 || res.HeadSeq != 450 {
+		t.Errorf("after pruning: %+v, want rows 301 to 450", res)
+	}
+	if s, _ := l.Usage(c.ContractID, "t"); s != 450 {
+		t.Errorf("usage after pruning = %d samples, want 450: quotas outlive the rows", s)
+	}
+	if _, err := sy.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.Client.MeteringTotals(ctx, c.ContractID, "", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.AccessEvents != 450 {
+		t.Errorf("registry has %d events, want all 450", got.AccessEvents)
+	}
+	// An edit after the anchor is still named.
+	l.Close()
+	editRow(t, path, "UPDATE events SET hash = zeroblob(32) WHERE seq = 302")
+	ro, err := meter.OpenReadOnly(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	var te *meter.TamperError
+	if _, err := ro.Verify(ctx); !errors.As(err, &te) || te.Seq != 302 {
+		t.Errorf("verify after editing row 302 of a pruned ledger: %v", err)
+	}
 }
