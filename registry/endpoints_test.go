@@ -252,6 +252,9 @@ func TestStream(t *testing.T) {
 			return nil
 		})
 	}()
+	if resp, err := http.Get(h.URL + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz: %v", err)
+	}
 	if seq := <-got; seq != 1 {
 		t.Fatalf("first streamed seq = %d", seq)
 	}

@@ -104,7 +104,7 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	}
 	s.heads[c.ContractID] = next
 	s.wake(c.ContractID)
-	s.logger.Info("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
+	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
 	return nil
 }
 

@@ -313,10 +313,44 @@ func (s *Server) routes() http.Handler {
 	h("POST /provenance/{id}/metering", s.handleMetering)
 	h("GET /provenance/{id}/metering/totals", s.handleTotals)
 	h("GET /contributors/{id}/jwks.json", s.handleContributorJWKS)
+	h("GET /healthz", s.handleHealth)
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})
-	return mux
+	return s.logRequests(mux)
+}
+
+// logRequests logs each request at debug level.
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		s.logger.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "dur", time.Since(start))
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
+
+// Unwrap lets http.ResponseController reach Flush for the live feed.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// handleHealth answers 200 when the database answers.
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.st.logSize(r.Context(), ""); err != nil {
+		return contract.Errorf(http.StatusServiceUnavailable, contract.CodeUnavailable, "database: %v", err)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok\n"))
+	return nil
 }
 
 // writeError is the one place errors become responses: an APIError keeps
