@@ -357,3 +357,34 @@ func TestRestartContinuesTheLog(t *testing.T) {
 		t.Fatalf("after restart: size %d, %v", cp.Size, err)
 	}
 }
+
+// TestCheckpointLoopKeepsAQuietLogFresh: with no appends, the registry
+// still signs a newer checkpoint every interval.
+func TestCheckpointLoopKeepsAQuietLogFresh(t *testing.T) {
+	ctx := context.Background()
+	h, _, c := setup(t, registrytest.WithConfig(func(c *registry.Config) { c.CheckpointInterval = 50 * time.Millisecond }))
+	v, _ := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+	raw, _ := h.Client.Checkpoint(ctx, c.ContractID)
+	first, err := v.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		raw, _ := h.Client.Checkpoint(ctx, c.ContractID)
+		cp, err := v.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp.Time.After(first.Time) { // signed times have one-second resolution
+			if err := verify.CheckFresh(cp, time.Now(), 2*time.Second); err != nil || cp.Size != 0 {
+				t.Fatalf("re-signed checkpoint %+v: %v", cp, err)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no newer checkpoint than %s", first.Time)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
