@@ -397,3 +397,30 @@ func TestFollowerRevocation(t *testing.T) {
 		})
 	}
 }
+
+// down is a registry that no longer answers.
+type down struct{ verify.LogSource }
+
+func (down) Checkpoint(context.Context, string) ([]byte, error) {
+	return nil, errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
+}
+
+// TestFollowerRegistryDown: with the registry unreachable, the verified
+// state keeps serving (within the freshness window) and the error is
+// visible; a restart in the outage is ready from the state file alone.
+func TestFollowerRegistryDown(t *testing.T) {
+	fx := newFixture(t)
+	contribute(t, fx.log, fx.alice, "a", 2)
+	mustSync(t, fx.follower(t, verify.WithTrustOnFirstUse()))
+
+	f := mustFollower(t, fx.config(down{fx.log}), verify.WithTrustOnFirstUse())
+	if err := f.Sync(context.Background()); err == nil {
+		t.Fatal("sync against a dead registry succeeded")
+	}
+	if _, err := f.Lookup("a-1"); err != nil {
+		t.Fatalf("verified state not served during the outage: %v", err)
+	}
+	if st := f.Status(); st.State != verify.StateReady || st.LastError == "" || st.Size != 2 {
+		t.Fatalf("status %+v", st)
+	}
+}
