@@ -78,11 +78,13 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3, help="measured epochs per side (after one warm-up)")
+    p.add_argument("--small-sample", type=int, default=1 << 20, help="samples above this size are read by GET, not batch")
     p.add_argument("--verify", action="store_true", help="also check each sample's sha256 in the client")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
-    remote = ProvgateDataset(args.contract, url=args.sidecar, job="bench-loader", verify=args.verify, transform=touch)
+    remote = ProvgateDataset(args.contract, url=args.sidecar, job="bench-loader", verify=args.verify, transform=touch,
+                             small_sample=args.small_sample)
     local = LocalDataset(args.dir, remote.samples, touch)
     n = len(remote)
     want = sum(s.size for s in remote.samples)
@@ -105,6 +107,7 @@ def main(argv=None):
         "workers": args.workers,
         "batch_size": args.batch_size,
         "client_verify": args.verify,
+        "small_sample": args.small_sample,
         "sidecar_samples_per_s": n / best["sidecar"],
         "local_samples_per_s": n / best["local"],
     }
