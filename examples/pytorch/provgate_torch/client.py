@@ -156,7 +156,7 @@ class Sidecar:
 
     def _fail(self, resp, name=None):
         body = resp.read(MAX_ERROR_BODY)
-        if resp.length:  # more than we read: do not reuse the connection
+        if not resp.isclosed():  # more than we read: do not reuse the connection
             self.close()
         err = error_for(resp.status, body, name)
         try:
