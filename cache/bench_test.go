@@ -1,9 +1,11 @@
 package cache_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -131,4 +133,74 @@ func BenchmarkHit(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// memOrigin serves stored bytes from memory: a data source for policy
+// benchmarks, where the origin's speed is not what is measured.
+type memOrigin map[string][]byte
+
+func (m memOrigin) Open(_ context.Context, name string, off int64) (io.ReadCloser, error) {
+	b, ok := m[name]
+	if !ok {
+		return nil, &cache.OriginError{Op: "get", Name: name, Status: 404, Err: io.EOF}
+	}
+	return io.NopCloser(bytes.NewReader(b[off:])), nil
+}
+
+// BenchmarkEpochHitRatio reads 2000 objects in 5 epochs through caches
+// holding 50% and 80% of them, in order and shuffled per epoch, and reports
+// the hit ratio of epochs 2-5 under TinyLFU and LRU.
+func BenchmarkEpochHitRatio(b *testing.B) {
+	const n, size, epochs = 2000, 1 << 10, 5
+	origin := memOrigin{}
+	objs := make([]contract.ObjectClaim, n)
+	for i := range objs {
+		data := textish(uint64(i), size)
+		name := fmt.Sprintf("o/%04d", i)
+		origin[name] = data
+		objs[i] = contract.ObjectClaim{Name: name, Encoding: contract.EncodingIdentity, StoredSHA256: sha(data),
+			StoredSize: size, DecodedSHA256: sha(data), DecodedSize: size}
+	}
+	for _, share := range []int{50, 80} {
+		for _, order := range []string{"sequential", "shuffled"} {
+			for _, pol := range []cache.Policy{cache.PolicyTinyLFU, cache.PolicyLRU} {
+				b.Run(fmt.Sprintf("cache=%d%%/%s/%s", share, order, pol), func(b *testing.B) {
+					var ratio float64
+					for range b.N {
+						c, err := cache.Open(cache.Config{Dir: b.TempDir(), MaxBytes: n * size * int64(share) / 100, Policy: pol})
+						if err != nil {
+							b.Fatal(err)
+						}
+						c.Mount(testContract, origin, 0)
+						r := rand.New(rand.NewPCG(3, 4))
+						hits, reads := 0, 0
+						for ep := range epochs {
+							idx := r.Perm(n)
+							if order == "sequential" {
+								for i := range idx {
+									idx[i] = i
+								}
+							}
+							for _, i := range idx {
+								h, err := c.Get(context.Background(), testContract, &objs[i])
+								if err != nil {
+									b.Fatal(err)
+								}
+								if ep > 0 {
+									reads++
+									if h.Hit {
+										hits++
+									}
+								}
+								h.Close()
+							}
+						}
+						c.Close()
+						ratio = float64(hits) / float64(reads)
+					}
+					b.ReportMetric(ratio, "hit-ratio")
+				})
+			}
+		}
+	}
 }

@@ -27,6 +27,8 @@ const (
 	DefaultSweepInterval = time.Minute
 	// syncInterval is how often the journal is fsynced when it changed.
 	syncInterval = time.Second
+	// commitSyncDelay batches commits made durable by one syncfs.
+	commitSyncDelay = 250 * time.Millisecond
 )
 
 // Log keys.
@@ -378,6 +380,14 @@ func (c *Cache) loop() {
 		case <-c.ctx.Done():
 			return
 		case <-c.syncNotify:
+			// Gather a batch: one syncfs per commitSyncDelay at most.
+			wait := time.NewTimer(commitSyncDelay)
+			select {
+			case <-wait.C:
+			case <-c.ctx.Done():
+				wait.Stop()
+				return
+			}
 			if err := c.syncPending(); err != nil {
 				c.log.Error("cache sync", logErr, err)
 			}
