@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"mime"
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -155,7 +157,8 @@ func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool
 	if prev, ok := o.existing[it.name]; ok && prev.DecodedSHA256 == decSHA && prev.Encoding == o.encoding {
 		return false, decSize, nil
 	}
-	obj := contract.ObjectClaim{Name: it.name, Encoding: o.encoding, DecodedSHA256: decSHA, DecodedSize: decSize}
+	obj := contract.ObjectClaim{Name: it.name, Encoding: o.encoding, DecodedSHA256: decSHA, DecodedSize: decSize,
+		MediaType: mime.TypeByExtension(path.Ext(it.name))}
 	upload := it.path
 	if o.encoding == contract.EncodingIdentity {
 		obj.StoredSHA256, obj.StoredSize = decSHA, decSize
