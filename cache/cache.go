@@ -251,6 +251,12 @@ func (c *Cache) load() error {
 	}
 	for _, sd := range subdirs {
 		dir := filepath.Join(c.objDir, sd.Name())
+		if !sd.IsDir() {
+			if err := os.Remove(dir); err != nil {
+				return err
+			}
+			continue
+		}
 		files, err := os.ReadDir(dir)
 		if err != nil {
 			return err

@@ -19,5 +19,7 @@
 // The index is an append-only journal (index.journal, one checksummed JSON
 // record per line) reconciled with the files on disk at Open: a file
 // without a record, a record without its file, and every temporary file are
-// removed. See Open for why a journal and not SQLite.
+// removed. journal.go says why a journal and not SQLite. Commits are made
+// durable in batches (one syncfs) before they are journaled, or one by one
+// with Config.SyncEachCommit.
 package cache
