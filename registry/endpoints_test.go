@@ -388,3 +388,26 @@ func TestCheckpointLoopKeepsAQuietLogFresh(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestVerifyEndpointDetectsAFork: two registries sign with the same
+// checkpoint key for one contract but hold different logs; each one's
+// checkpoint is a fork to the other.
+func TestVerifyEndpointDetectsAFork(t *testing.T) {
+	ctx := context.Background()
+	skey, _, _ := verify.GenerateCheckpointKey("fork.test")
+	same := registrytest.WithConfig(func(c *registry.Config) { c.CheckpointKey = skey; c.Name = "fork.test" })
+	a, b := registrytest.Start(t, same), registrytest.Start(t, same)
+	alice := a.NewContributor(t, "did:example:alice")
+	spec := registrytest.NewContract("did:example:c1", "bucket", alice)
+	a.CreateContract(t, spec)
+	b.CreateContract(t, spec)
+	alice.Attest(t, spec.ContractID, registrytest.Object("a", []byte("a")))
+	if _, err := b.Client.AppendAttestation(ctx, spec.ContractID, alice.Sign(t, spec.ContractID, attestation(alice.ID, spec.ContractID, "b"))); err != nil {
+		t.Fatal(err)
+	}
+	cpA, _ := a.Client.Checkpoint(ctx, spec.ContractID)
+	res, err := b.Client.VerifyCheckpoint(ctx, contract.VerifyRequest{Contract: spec.ContractID, Checkpoint: string(cpA)})
+	if err != nil || res.Consistent || !strings.Contains(res.Message, "fork") {
+		t.Fatalf("fork: %+v %v", res, err)
+	}
+}

@@ -100,6 +100,8 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 		return err
 	}
 	if err := s.st.appendEntry(ctx, c.ContractID, rec); err != nil {
+		// Reload the head next time, in case another writer moved the log.
+		delete(s.heads, c.ContractID)
 		return err
 	}
 	s.heads[c.ContractID] = next
