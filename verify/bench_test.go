@@ -71,3 +71,32 @@ func BenchmarkFollowerReplay(b *testing.B) {
 		b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
 	})
 }
+
+// BenchmarkFollowerResume measures a restart: a follower on a state file
+// that holds a verified log (PROVGATE_BENCH_ENTRIES entries, default
+// 100000) is ready to serve, without any network round trip:
+//
+//	go test -run '^$' -bench BenchmarkFollowerResume -benchtime 5x ./verify/
+func BenchmarkFollowerResume(b *testing.B) {
+	n := 100000
+	if s := os.Getenv("PROVGATE_BENCH_ENTRIES"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	l := benchLog(b, n)
+	store := mustStore(b, b.TempDir())
+	cfg := verify.FollowerConfig{Contract: l.Contract, Source: l, Store: store, PageSize: 10000}
+	if err := mustFollower(b, cfg, verify.WithTrustOnFirstUse()).Sync(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
+		for b.Loop() {
+			f := mustFollower(b, cfg, verify.WithTrustOnFirstUse())
+			if err := f.Ready(); err != nil {
+				b.Fatal(err)
+			}
+			if f.Manifest().Len() != n {
+				b.Fatalf("manifest of %d", f.Manifest().Len())
+			}
+		}
+	})
+}

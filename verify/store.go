@@ -33,12 +33,21 @@ CREATE TABLE IF NOT EXISTS logs (
 	quarantine TEXT NOT NULL DEFAULT '',
 	updated    INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS objects (
-	contract TEXT NOT NULL,
-	name     TEXT NOT NULL,
-	entry    BLOB NOT NULL,
+CREATE TABLE IF NOT EXISTS manifest (
+	contract       TEXT NOT NULL,
+	name           TEXT NOT NULL,
+	seq            INTEGER NOT NULL,
+	issuer         TEXT NOT NULL,
+	kid            TEXT NOT NULL,
+	stored_sha256  TEXT NOT NULL,
+	stored_size    INTEGER NOT NULL,
+	encoding       TEXT NOT NULL,
+	decoded_sha256 TEXT NOT NULL,
+	decoded_size   INTEGER NOT NULL,
+	license        TEXT NOT NULL,
+	media_type     TEXT NOT NULL,
 	PRIMARY KEY (contract, name)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS redactions (
 	contract TEXT NOT NULL,
 	name     TEXT NOT NULL,
@@ -81,7 +90,7 @@ func (s *Store) Reset(ctx context.Context, contractID string) error {
 		return fmt.Errorf("reset state: %w", err)
 	}
 	defer tx.Rollback()
-	for _, t := range []string{"logs", "objects", "redactions", "revocations"} {
+	for _, t := range []string{"logs", "manifest", "redactions", "revocations"} {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t+" WHERE contract = ?", contractID); err != nil {
 			return fmt.Errorf("reset state: %w", err)
 		}
@@ -113,22 +122,19 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	if err := json.Unmarshal(stateJSON, &t.state); err != nil {
 		return nil, fmt.Errorf("%w: log state: %v", ErrState, err)
 	}
-	rows, err := s.db.QueryContext(ctx, "SELECT name, entry FROM objects WHERE contract = ?", contractID)
+	rows, err := s.db.QueryContext(ctx, `SELECT name, seq, issuer, kid, stored_sha256, stored_size, encoding,
+		decoded_sha256, decoded_size, license, media_type FROM manifest WHERE contract = ?`, contractID)
 	if err != nil {
 		return nil, fmt.Errorf("load manifest: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var name string
-		var b []byte
-		if err := rows.Scan(&name, &b); err != nil {
-			return nil, fmt.Errorf("load manifest: %w", err)
+		e := new(ManifestEntry)
+		if err := rows.Scan(&e.Name, &e.Seq, &e.Issuer, &e.KeyID, &e.StoredSHA256, &e.StoredSize, &e.Encoding,
+			&e.DecodedSHA256, &e.DecodedSize, &e.License, &e.MediaType); err != nil {
+			return nil, fmt.Errorf("%w: manifest: %v", ErrState, err)
 		}
-		var e ManifestEntry
-		if err := json.Unmarshal(b, &e); err != nil || e.Name != name {
-			return nil, fmt.Errorf("%w: manifest entry %q", ErrState, name)
-		}
-		t.manifest.objects[name] = &e
+		t.manifest.objects[e.Name] = e
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("load manifest: %w", err)
@@ -195,12 +201,13 @@ func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp [
 }
 
 func commitDelta(ctx context.Context, tx *sql.Tx, contractID string, d *delta) error {
-	put, err := tx.PrepareContext(ctx, "INSERT OR REPLACE INTO objects (contract, name, entry) VALUES (?, ?, ?)")
+	put, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO manifest (contract, name, seq, issuer, kid, stored_sha256,
+		stored_size, encoding, decoded_sha256, decoded_size, license, media_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
 	defer put.Close()
-	del, err := tx.PrepareContext(ctx, "DELETE FROM objects WHERE contract = ? AND name = ?")
+	del, err := tx.PrepareContext(ctx, "DELETE FROM manifest WHERE contract = ? AND name = ?")
 	if err != nil {
 		return err
 	}
@@ -209,10 +216,8 @@ func commitDelta(ctx context.Context, tx *sql.Tx, contractID string, d *delta) e
 		if e == nil {
 			_, err = del.ExecContext(ctx, contractID, name)
 		} else {
-			var b []byte
-			if b, err = json.Marshal(e); err == nil {
-				_, err = put.ExecContext(ctx, contractID, name, b)
-			}
+			_, err = put.ExecContext(ctx, contractID, name, e.Seq, e.Issuer, e.KeyID, e.StoredSHA256, e.StoredSize, e.Encoding,
+				e.DecodedSHA256, e.DecodedSize, e.License, e.MediaType)
 		}
 		if err != nil {
 			return err
