@@ -313,6 +313,7 @@ func (s *Server) routes() http.Handler {
 	h("POST /provenance/{id}/metering", s.handleMetering)
 	h("GET /provenance/{id}/metering/totals", s.handleTotals)
 	h("GET /contributors/{id}/jwks.json", s.handleContributorJWKS)
+	h("GET /sidecars/{jkt}/jwks.json", s.handleSidecarJWKS)
 	h("GET /healthz", s.handleHealth)
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)

@@ -180,3 +180,25 @@ func (s *Server) sidecarJWK(ctx context.Context, jkt string) (*jose.JSONWebKey, 
 	}
 	return &k, nil
 }
+
+// handleSidecarJWKS publishes the public key a sidecar proved possession of
+// when it got a token, as a one-key JWKS, so that anyone can check the
+// metering batches it signed. The key is self-certifying: its RFC 7638
+// thumbprint is the jkt in the path and the batches' kid.
+func (s *Server) handleSidecarJWKS(w http.ResponseWriter, r *http.Request) error {
+	k, err := s.sidecarJWK(r.Context(), r.PathValue("jkt"))
+	if contract.StatusOf(err) == http.StatusUnauthorized {
+		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no sidecar %q", r.PathValue("jkt"))
+	}
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{*k}})
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", contract.JWKSMediaType)
+	w.Header().Set("Cache-Control", "public, max-age=86400, immutable")
+	w.Write(b)
+	return nil
+}

@@ -238,3 +238,48 @@ func TestContributeRetriesALostAppendOnce(t *testing.T) {
 		t.Fatalf("log has %d entries (%v), want 3", len(page.Entries), err)
 	}
 }
+
+// TestVerifyLogChecksMeteringSignatures: a registry that publishes another
+// key for a sidecar (here a loopback proxy rewriting the answer) cannot
+// make verify log accept that sidecar's batches: the key must hash to the
+// batch's kid.
+func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
+	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
+	sc := newCLISidecar(t, h.URL)
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1}}}
+	jws, _ := verify.SignMeteringBatch(sc.key, b)
+	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID); !strings.Contains(out, "1 metering") {
+		t.Fatalf("verify log: %s", out)
+	}
+
+	other, _ := verify.GenerateKey(jose.EdDSA)
+	target, _ := url.Parse(h.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if strings.HasPrefix(resp.Request.URL.Path, "/sidecars/") {
+			resp.Body.Close()
+			b, _ := json.Marshal(verify.PublicJWKS(other))
+			resp.Body = io.NopCloser(bytes.NewReader(b))
+			resp.Header.Del("Content-Length")
+		}
+		return nil
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+	code, _, errs := cli(t, "verify", "log", "--registry", front.URL, "--contract", c.ContractID)
+	if code != 1 || !strings.Contains(errs, "entry 2:") || !strings.Contains(errs, "thumbprint") {
+		t.Fatalf("substituted sidecar key: exit %d, stderr %q", code, errs)
+	}
+}

@@ -3,14 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 
@@ -77,14 +74,15 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // auditor replays a log independently of the registry's own claims: it
 // trusts only the contract's checkpoint key and contributor keys.
 type auditor struct {
-	client  *contract.Client
-	c       *contract.Contract
-	cpv     *verify.CheckpointVerifier
-	keys    map[string]*jose.JSONWebKeySet
-	revoked map[string]uint64 // issuer/kid -> seq of the revocation
-	live    map[string]uint64 // object name -> seq
-	counted map[string]uint64 // metering event id -> seq
-	leaves  [][]byte
+	client   *contract.Client
+	c        *contract.Contract
+	cpv      *verify.CheckpointVerifier
+	keys     map[string]*jose.JSONWebKeySet // contributor id -> keys
+	sidecars map[string]*jose.JSONWebKeySet // thumbprint -> its key
+	revoked  map[string]uint64              // issuer/kid -> seq of the revocation
+	live     map[string]uint64              // object name -> seq
+	counted  map[string]uint64              // metering event id -> seq
+	leaves   [][]byte
 }
 
 type auditReport struct {
@@ -97,7 +95,7 @@ func newAuditor(client *contract.Client, c *contract.Contract) (*auditor, error)
 	if err != nil {
 		return nil, err
 	}
-	return &auditor{client: client, c: c, cpv: cpv, keys: map[string]*jose.JSONWebKeySet{},
+	return &auditor{client: client, c: c, cpv: cpv, keys: map[string]*jose.JSONWebKeySet{}, sidecars: map[string]*jose.JSONWebKeySet{},
 		revoked: map[string]uint64{}, live: map[string]uint64{}, counted: map[string]uint64{}}, nil
 }
 
@@ -220,25 +218,32 @@ func (a *auditor) fetch(ctx context.Context, since uint64) <-chan pageResult {
 	return ch
 }
 
-// sigResult is an attestation's signature check.
+// sigResult is an entry's signature check: an attestation's claims and
+// kid, or a metering batch.
 type sigResult struct {
-	at  *contract.Attestation
-	kid string
-	err error
+	at    *contract.Attestation
+	kid   string
+	batch *contract.MeteringBatch
+	err   error
 }
 
-// verifySignatures checks the attestations among entries on every core.
-// Key sets are fetched first, in order, since that may use the network.
+// verifySignatures checks the signatures of entries on every core.
+// Keys are fetched first, in order, since that may use the network.
 func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entry) []sigResult {
 	out := make([]sigResult, len(entries))
 	keys := make([]*jose.JSONWebKeySet, len(entries))
 	for i, e := range entries {
-		if e.Kind != contract.EntryAttestation {
-			continue
-		}
-		peek, err := verify.PeekAttestation(e.JWS)
-		if err == nil {
-			keys[i], err = a.contributorKeys(ctx, peek.Issuer)
+		var err error
+		switch e.Kind {
+		case contract.EntryAttestation:
+			var peek *verify.UnverifiedAttestation
+			if peek, err = verify.PeekAttestation(e.JWS); err == nil {
+				keys[i], err = a.contributorKeys(ctx, peek.Issuer)
+			}
+		case contract.EntryMetering:
+			if out[i].kid, err = verify.PeekKeyID(e.JWS, contract.TypeMetering); err == nil {
+				keys[i], err = a.sidecarKey(ctx, out[i].kid)
+			}
 		}
 		out[i].err = err
 	}
@@ -249,12 +254,16 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 		go func() {
 			defer wg.Done()
 			for i := range work {
+				if entries[i].Kind == contract.EntryMetering {
+					out[i].batch, out[i].err = verify.VerifyMeteringBatch(entries[i].JWS, &keys[i].Keys[0])
+					continue
+				}
 				out[i].at, out[i].kid, out[i].err = verify.VerifyAttestation(entries[i].JWS, a.c, keys[i])
 			}
 		}()
 	}
-	for i, e := range entries {
-		if e.Kind == contract.EntryAttestation && out[i].err == nil {
+	for i := range entries {
+		if keys[i] != nil && out[i].err == nil {
 			work <- i
 		}
 	}
@@ -263,15 +272,14 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 	return out
 }
 
-// check verifies what an entry says, in log order: an attestation's
-// signature (already checked, in sig) and the revocations in force,
-// redactions of live objects; a metering entry's shape and that no event
-// is counted twice.
+// check verifies what an entry says, in log order: its signature (already
+// checked, in sig); for an attestation the revocations in force and
+// redactions of live objects; for a metering batch that every accepted
+// event is in it and none is counted twice.
 func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) error {
 	switch e.Kind {
 	case contract.EntryMetering:
 		rep.metering++
-		return a.checkMetering(e)
 	case contract.EntryAttestation:
 		rep.attestations++
 	default:
@@ -279,6 +287,9 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 	}
 	if sig.err != nil {
 		return sig.err
+	}
+	if e.Kind == contract.EntryMetering {
+		return a.checkMetering(e, sig.kid, sig.batch)
 	}
 	at, kid := sig.at, sig.kid
 	if r, ok := a.revoked[at.Issuer+"/"+kid]; ok {
@@ -300,21 +311,9 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 	return nil
 }
 
-func (a *auditor) checkMetering(e *contract.Entry) error {
-	if _, err := verify.PeekKeyID(e.JWS, contract.TypeMetering); err != nil {
-		return err
-	}
-	// The sidecar's key is the registry's to check; an auditor checks that
-	// the entry is a batch for this contract and that every accepted event
-	// is in it and was not counted before.
-	parts := strings.Split(e.JWS, ".")
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return fmt.Errorf("%w: metering payload: %v", verify.ErrMalformed, err)
-	}
-	var b contract.MeteringBatch
-	if err := json.Unmarshal(payload, &b); err != nil {
-		return fmt.Errorf("%w: metering payload: %v", verify.ErrMalformed, err)
+func (a *auditor) checkMetering(e *contract.Entry, kid string, b *contract.MeteringBatch) error {
+	if b.Sidecar != kid {
+		return fmt.Errorf("%w: batch names sidecar %q, signed by %q", verify.ErrWrongKey, b.Sidecar, kid)
 	}
 	if b.Contract != a.c.ContractID {
 		return fmt.Errorf("%w: metering batch for %q", verify.ErrWrongContract, b.Contract)
@@ -336,6 +335,27 @@ func (a *auditor) checkMetering(e *contract.Entry) error {
 		a.counted[id] = e.Seq
 	}
 	return nil
+}
+
+// sidecarKey fetches the public key of a sidecar from the registry. The
+// key is self-certifying: it must hash (RFC 7638) to the batch's kid, so
+// the registry cannot substitute one.
+func (a *auditor) sidecarKey(ctx context.Context, jkt string) (*jose.JSONWebKeySet, error) {
+	if k, ok := a.sidecars[jkt]; ok {
+		return k, nil
+	}
+	set, err := a.client.JWKS(ctx, a.client.URL("sidecars", jkt, "jwks.json"))
+	if err != nil {
+		return nil, fmt.Errorf("key of sidecar %s: %w", jkt, err)
+	}
+	if len(set.Keys) != 1 {
+		return nil, fmt.Errorf("%w: the registry serves %d keys for sidecar %s", verify.ErrUnknownKey, len(set.Keys), jkt)
+	}
+	if tp, err := verify.Thumbprint(&set.Keys[0]); err != nil || tp != jkt {
+		return nil, fmt.Errorf("%w: the registry's key for sidecar %s has thumbprint %s", verify.ErrKeyMismatch, jkt, tp)
+	}
+	a.sidecars[jkt] = set
+	return set, nil
 }
 
 func (a *auditor) contributorKeys(ctx context.Context, id string) (*jose.JSONWebKeySet, error) {
