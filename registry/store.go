@@ -127,6 +127,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS checkpoints (
 	contract TEXT NOT NULL, time INTEGER NOT NULL, size INTEGER NOT NULL, note BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS checkpoints_time ON checkpoints (contract, time);
+CREATE INDEX IF NOT EXISTS checkpoints_size ON checkpoints (contract, size, time);
 CREATE TABLE IF NOT EXISTS attestations (
 	contract TEXT NOT NULL, issuer TEXT NOT NULL, jti TEXT NOT NULL, seq INTEGER NOT NULL,
 	PRIMARY KEY (contract, issuer, jti)) WITHOUT ROWID;
@@ -416,7 +417,7 @@ func (s *sqliteStore) addCheckpoint(ctx context.Context, contractID string, size
 
 func (s *sqliteStore) latestCheckpoint(ctx context.Context, contractID string) ([]byte, error) {
 	var note []byte
-	err := s.db.QueryRowContext(ctx, `SELECT note FROM checkpoints WHERE contract = ? ORDER BY time DESC, size DESC LIMIT 1`, contractID).Scan(&note)
+	err := s.db.QueryRowContext(ctx, `SELECT note FROM checkpoints WHERE contract = ? ORDER BY size DESC, time DESC LIMIT 1`, contractID).Scan(&note)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errNotFound
 	}
