@@ -29,11 +29,17 @@ type serveProcess struct {
 // front) and MinIO, in self-hosted mode, and waits for /readyz.
 func (e *env) startServe(t testing.TB, extra ...string) *serveProcess {
 	t.Helper()
+	return e.startServeIn(t, t.TempDir(), extra...)
+}
+
+// startServeIn is startServe with the state and cache kept under dir, so
+// that a test can restart the sidecar on them.
+func (e *env) startServeIn(t testing.TB, dir string, extra ...string) *serveProcess {
+	t.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
 	args := append([]string{"serve", "--registry", e.front.URL(), "--contract", e.c.ContractID, "--purpose", "training",
 		"--state-dir", filepath.Join(dir, "state"), "--cache-dir", filepath.Join(dir, "cache"), "--cache-size", "2GiB",
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--s3-endpoint", e.minio.URL(), "--log-level", "warn"}, extra...)
@@ -71,6 +77,12 @@ func (e *env) startServe(t testing.TB, extra ...string) *serveProcess {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *serveProcess) kill() {
+	p.cmd.Process.Kill()
+	p.cmd.Process.Wait()
 }
 
 // peakRSS is the process's high-water resident set (VmHWM), in bytes.

@@ -140,14 +140,25 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 		if it.status != http.StatusOK {
 			continue
 		}
+		// As for single objects: all but the last byte, the durable
+		// access, then the last byte; a failure aborts the stream.
 		f := it.obj.File()
-		n, err := io.Copy(w, io.NewSectionReader(f, 0, size))
-		if err != nil || n != size {
-			// Mid-body: abort so the client sees a broken stream.
+		if size > 1 {
+			if n, err := io.Copy(w, io.NewSectionReader(f, 0, size-1)); err != nil || n != size-1 {
+				panic(http.ErrAbortHandler)
+			}
+		}
+		a := Access{Contract: id, Name: it.name, Bytes: size, DecodedSHA: it.entry.DecodedSHA256,
+			Epoch: epoch, Job: job, TokenID: grant.TokenID, Outcome: OutcomeServed}
+		if err := s.record(r.Context(), a); err != nil {
+			s.log.Error("metering failed; aborting the batch", "contract", id, "name", it.name, "err", err)
 			panic(http.ErrAbortHandler)
 		}
-		s.meter(r.Context(), Access{Contract: id, Name: it.name, Bytes: n, DecodedSHA: it.entry.DecodedSHA256,
-			Epoch: epoch, Job: job, TokenID: grant.TokenID, Outcome: OutcomeServed})
+		if size > 0 {
+			if n, err := io.Copy(w, io.NewSectionReader(f, size-1, 1)); err != nil || n != 1 {
+				panic(http.ErrAbortHandler)
+			}
+		}
 	}
 	return nil
 }

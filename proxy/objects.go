@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"io"
+	"os"
 	"errors"
 	"net/http"
 	"strconv"
@@ -101,27 +103,73 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 	}
 	defer obj.Close()
 	sw := w.(*statusWriter)
+	a := Access{Contract: src.ID(), Name: e.Name, DecodedSHA: e.DecodedSHA256, Epoch: epoch, Job: job, TokenID: g.TokenID}
+	if r.Header.Get("Range") == "" {
+		return s.sendMetered(r.Context(), sw, obj.File(), e.DecodedSize, a)
+	}
+	// A range is served by http.ServeContent and metered after it went
+	// out, with the bytes sent.
 	http.ServeContent(sw, r, "", modTime, obj.File())
 	if sw.statusCode() >= 300 {
 		return nil
 	}
-	outcome := OutcomeServed
-	if sw.n != e.DecodedSize {
-		outcome = OutcomePartial
+	a.Bytes, a.Outcome = sw.n, OutcomePartial
+	if err := s.record(r.Context(), a); err != nil {
+		s.log.Error("metering a range failed", "contract", a.Contract, "name", a.Name, "err", err)
 	}
-	return s.meter(r.Context(), Access{Contract: src.ID(), Name: e.Name, Bytes: sw.n, DecodedSHA: e.DecodedSHA256,
-		Epoch: epoch, Job: job, TokenID: g.TokenID, Outcome: outcome})
+	return nil
 }
 
-// meter records an access after its bytes went out. The response is
-// complete by then; a ledger failure is logged and counted, not reported
-// to the client, whose bytes are already delivered.
-func (s *Server) meter(ctx context.Context, a Access) error {
+// sendMetered sends a whole object so that it is never complete at the
+// client unless its access is committed to the ledger: all but the last
+// byte go out (with sendfile), the access is recorded durably, then the
+// last byte. If the ledger cannot take the event, the response is aborted:
+// the client sees a broken body, never a clean, unmetered one. A crash
+// between the commit and the last byte bills an object the client did
+// not finish reading; nothing is ever served unbilled.
+func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, size int64, a Access) error {
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
+	if size > 1 {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		n, err := w.ReadFrom(io.LimitReader(f, size-1))
+		if err != nil || n != size-1 {
+			// The client went away (or the file failed): not served, not
+			// billed; kept in the ledger as an aborted access.
+			a.Bytes, a.Outcome = n, OutcomeAborted
+			if rerr := s.record(ctx, a); rerr != nil {
+				s.log.Warn("recording an aborted access failed", "contract", a.Contract, "name", a.Name, "err", rerr)
+			}
+			return nil
+		}
+	}
+	a.Bytes, a.Outcome = size, OutcomeServed
+	if err := s.record(ctx, a); err != nil {
+		s.log.Error("metering failed; aborting the response", "contract", a.Contract, "name", a.Name, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	if size > 0 {
+		var last [1]byte
+		if _, err := f.ReadAt(last[:], size-1); err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		w.Write(last[:])
+	}
+	return nil
+}
+
+// record writes an access to the ledger, durably, even if the request's
+// context has ended.
+func (s *Server) record(ctx context.Context, a Access) error {
 	a.Time = time.Now().UTC()
-	s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
+	if a.Outcome == OutcomeServed || a.Outcome == OutcomePartial {
+		s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
+	}
 	if err := s.cfg.Meter.Access(context.WithoutCancel(ctx), a); err != nil {
 		s.metrics.meterErrors.Inc()
-		s.log.Error("metering failed", "contract", a.Contract, "name", a.Name, "err", err)
+		return err
 	}
 	return nil
 }

@@ -106,7 +106,8 @@ type Access struct {
 // Access outcomes.
 const (
 	OutcomeServed   = "served"
-	OutcomePartial  = "partial"
+	OutcomePartial  = "partial" // a range
+	OutcomeAborted  = "aborted" // the client went away mid-body: not billed
 	OutcomeRefused  = "refused"
 	OutcomeVerifyKO = "verification_failed"
 )
