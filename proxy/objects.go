@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"context"
-	"io"
-	"os"
 	"errors"
+	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
