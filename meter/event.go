@@ -17,6 +17,7 @@ import (
 const (
 	OutcomeServed       = "served"
 	OutcomePartial      = "partial"
+	OutcomeAborted      = "aborted" // the client went away mid-body
 	OutcomeRefused      = "refused"
 	OutcomeVerifyFailed = "verification_failed"
 )

@@ -500,15 +500,27 @@ func (l *Ledger) Start(ctx context.Context) {
 }
 
 // Stop refuses new events, commits every queued one and waits for the
-// writer to end.
+// writer to end. Events queued on a ledger that was never started fail
+// with ErrClosed.
 func (l *Ledger) Stop() {
 	if l.cancel != nil {
 		l.cancel()
 	}
 	l.wg.Wait()
 	l.mu.Lock()
-	l.closed = true
-	l.mu.Unlock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.closed = true
+		l.startOnce.Do(func() {}) // never start now
+		if g := l.cur; len(g.items) > 0 {
+			g.err = ErrClosed
+			close(g.done)
+			l.cur = newGroup()
+			l.queued = 0
+		}
+		close(l.room)
+		l.room = make(chan struct{})
+	}
 }
 
 // Close stops the writer and closes the file.

@@ -450,3 +450,25 @@ func TestExportAndReport(t *testing.T) {
 		t.Errorf("FormatUSD = %q", got)
 	}
 }
+
+func TestStopWithoutStartFailsQueuedEvents(t *testing.T) {
+	l, err := meter.Open(context.Background(), filepath.Join(t.TempDir(), "ledger.db"), meter.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SetPricing(context.Background(), testContract, contract.Pricing{Unit: contract.UnitSample, PriceUSD: 1}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.Submit(context.Background(), access(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.Wait(ctx); !errors.Is(err, meter.ErrClosed) {
+		t.Errorf("wait on an event of a ledger closed before Start: %v, want ErrClosed", err)
+	}
+}
