@@ -260,17 +260,21 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
 		t.Fatal(err)
 	}
-	if out := mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID); !strings.Contains(out, "1 metering") {
+	if out := mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--checkpoint-key", c.Log.CheckpointKey); !strings.Contains(out, "1 metering") {
 		t.Fatalf("verify log: %s", out)
 	}
+	_, other, _ := verify.GenerateCheckpointKey("registrytest")
+	if code, _, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--checkpoint-key", other); code != 1 || !strings.Contains(errs, "pinned") {
+		t.Fatalf("pinned key mismatch: exit %d %q", code, errs)
+	}
 
-	other, _ := verify.GenerateKey(jose.EdDSA)
+	otherKey, _ := verify.GenerateKey(jose.EdDSA)
 	target, _ := url.Parse(h.URL)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	proxy.ModifyResponse = func(resp *http.Response) error {
 		if strings.HasPrefix(resp.Request.URL.Path, "/sidecars/") {
 			resp.Body.Close()
-			b, _ := json.Marshal(verify.PublicJWKS(other))
+			b, _ := json.Marshal(verify.PublicJWKS(otherKey))
 			resp.Body = io.NopCloser(bytes.NewReader(b))
 			resp.Header.Del("Content-Length")
 		}

@@ -24,7 +24,7 @@ func init() {
 	commands["verify"] = command{summary: "audit a contract's provenance log: 'verify log' replays and checks it independently", run: runVerify}
 }
 
-const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--max-age DURATION]"
+const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION]"
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "log" {
@@ -39,6 +39,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	id := fs.String("contract", "", "contract id")
 	trusted := fs.String("trusted-checkpoint", "", "a checkpoint you trust: the log must be consistent with it; it is advanced on success (created on first use)")
 	maxAge := fs.Duration("max-age", 0, "refuse a checkpoint signed longer ago than this (0: no freshness check)")
+	pinKey := fs.String("checkpoint-key", "", "the log's checkpoint verifier key as you know it; the contract the registry serves must name it")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
@@ -52,6 +53,9 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	c, _, err := client.GetContract(ctx, *id, "")
 	if err != nil {
 		return fmt.Errorf("verify log: contract %s: %w", *id, err)
+	}
+	if *pinKey != "" && c.Log.CheckpointKey != *pinKey {
+		return fmt.Errorf("verify log: %s: the registry's contract names checkpoint key %q, not the pinned %q", c.ContractID, c.Log.CheckpointKey, *pinKey)
 	}
 	a, err := newAuditor(client, c)
 	if err != nil {
