@@ -108,6 +108,14 @@ func TestFollowerRefusesAttestations(t *testing.T) {
 			fx.log.Contract.Contributors[0].KeyWindows = map[string]contract.KeyWindow{
 				fx.alice.Key.KeyID: {NotBefore: time.Now().Add(-24 * time.Hour)}}
 		}, "key_window", false},
+		{"backdated into a closed window", func(t *testing.T, fx *fixture) string {
+			a := claims(fx, "x")
+			a.IssuedAt = time.Now().Add(-48 * time.Hour).Unix() // inside the window, but the log says now
+			return fx.alice.Sign(t, a)
+		}, func(fx *fixture) {
+			fx.log.Contract.Contributors[0].KeyWindows = map[string]contract.KeyWindow{
+				fx.alice.Key.KeyID: {NotAfter: time.Now().Add(-24 * time.Hour)}}
+		}, "key_window", true},
 		{"key published for encryption", func(t *testing.T, fx *fixture) string {
 			return fx.alice.Sign(t, claims(fx, "x"))
 		}, func(fx *fixture) {

@@ -780,6 +780,15 @@ func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
 	if c.err == nil && c.att.Issuer != iss {
 		c.att, c.err = nil, fmt.Errorf("%w: issuer changed under verification", ErrMalformed)
 	}
+	if c.err == nil {
+		// iat is the signer's word; the entry's time is the log's. A key
+		// past its window cannot add entries by backdating iat.
+		w, ok := f.cfg.Contract.Contributor(iss).KeyWindows[c.kid]
+		if ok && !w.NotAfter.IsZero() && c.entry.Time.After(w.NotAfter.Add(DefaultSkew)) {
+			c.att, c.err = nil, fmt.Errorf("%w: key %q appended at %s, after its window closed at %s", ErrKeyWindow, c.kid,
+				c.entry.Time.UTC().Format(time.RFC3339), w.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
 	return nil
 }
 
