@@ -472,3 +472,30 @@ func TestStopWithoutStartFailsQueuedEvents(t *testing.T) {
 		t.Errorf("wait on an event of a ledger closed before Start: %v, want ErrClosed", err)
 	}
 }
+
+func TestSchemaVersion(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l := MustOpen(t, path, meter.Config{})
+	l.Close()
+	db, err := sql.Open("sqlite3", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil || v != meter.SchemaVersion {
+		t.Fatalf("user_version = %d (%v), want %d", v, err, meter.SchemaVersion)
+	}
+	if _, err := db.Exec(fmt.Sprintf("PRAGMA user_version = %d", meter.SchemaVersion+1)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := meter.Open(context.Background(), path, meter.Config{}); err == nil {
+		t.Error("opened a ledger written by a newer schema")
+	}
+	if _, err := meter.OpenReadOnly(context.Background(), path); err == nil {
+		t.Error("opened (read-only) a ledger written by a newer schema")
+	}
+	if _, err := meter.OpenReadOnly(context.Background(), filepath.Join(t.TempDir(), "missing.db")); err == nil {
+		t.Error("OpenReadOnly created a missing ledger")
+	}
+}
