@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/registry/registrytest"
 	"github.com/provgate/provgate/verify"
 )
@@ -89,5 +90,50 @@ func TestFollowerAgainstRegistry(t *testing.T) {
 	resp, err := h.Client.VerifyCheckpoint(context.Background(), contract.VerifyRequest{Contract: c.ContractID, Checkpoint: string(note)})
 	if err != nil || !resp.Consistent {
 		t.Fatalf("registry says %+v, %v", resp, err)
+	}
+}
+
+// TestFollowerCatchesRewrittenRegistry: the registry is replaced, while the
+// sidecar is down, by one with the same checkpoint key and contract but a
+// different history (a restored old backup, a rewritten database). The
+// restarted follower, on its state file, quarantines the contract.
+func TestFollowerCatchesRewrittenRegistry(t *testing.T) {
+	skey, _, err := verify.GenerateCheckpointKey("registrytest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameKey := registrytest.WithConfig(func(c *registry.Config) { c.CheckpointKey = skey })
+	h1 := registrytest.Start(t, sameKey)
+	alice := h1.NewContributor(t, "did:example:alice")
+	c := h1.CreateContract(t, registrytest.NewContract("did:example:rw", "bucket", alice))
+	for _, name := range []string{"a", "b", "c"} {
+		alice.Attest(t, c.ContractID, registrytest.Object(name, []byte(name)))
+	}
+	dir := t.TempDir()
+	cfg := verify.FollowerConfig{Contract: c, Source: h1.Client, Store: mustStore(t, dir)}
+	mustSync(t, mustFollower(t, cfg, verify.WithTrustOnFirstUse()))
+
+	h2 := registrytest.Start(t, sameKey)
+	mallory := h2.NewContributor(t, alice.ID)
+	mallory.Key = alice.Key // the same contributor, a different history
+	c2 := h2.CreateContract(t, registrytest.NewContract("did:example:rw", "bucket", mallory))
+	if c2.Log != c.Log {
+		t.Fatalf("the second registry's log is %+v, want %+v", c2.Log, c.Log)
+	}
+	for _, name := range []string{"a", "x", "y", "z"} {
+		mallory.Attest(t, c.ContractID, registrytest.Object(name, []byte(name)))
+	}
+	cfg.Source = h2.Client
+	f := mustFollower(t, cfg, verify.WithTrustOnFirstUse())
+	if err := f.Ready(); err != nil {
+		t.Fatalf("before sync: %v", err)
+	}
+	err = f.Sync(context.Background())
+	var ie *verify.InconsistentError
+	if !errors.Is(err, verify.ErrQuarantined) || !errors.As(err, &ie) || ie.Old.Size != 3 || ie.New.Size != 4 {
+		t.Fatalf("Sync = %v, want quarantine with the inconsistent checkpoints", err)
+	}
+	if _, err := f.Lookup("a"); !errors.Is(err, verify.ErrQuarantined) {
+		t.Fatalf("Lookup = %v", err)
 	}
 }
