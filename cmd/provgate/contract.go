@@ -18,8 +18,7 @@ func init() {
 func runContract(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "create" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(stderr, "Usage: provgate contract create --registry URL --admin-token-file FILE --file contract.json")
-			return errHelp
+			return runContract(ctx, []string{"create", "-h"}, stdout, stderr)
 		}
 		return &usageError{msg: "usage: provgate contract create --registry URL --admin-token-file FILE --file contract.json"}
 	}

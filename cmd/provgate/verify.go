@@ -29,8 +29,7 @@ const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-ch
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "log" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(stderr, "Usage: provgate "+verifyLogSynopsis)
-			return errHelp
+			return runVerify(ctx, []string{"log", "-h"}, stdout, stderr)
 		}
 		return &usageError{msg: "usage: provgate " + verifyLogSynopsis}
 	}
