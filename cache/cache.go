@@ -27,7 +27,7 @@ const (
 	DefaultSweepInterval = time.Minute
 	// syncInterval is how often the journal is fsynced when it changed.
 	syncInterval = time.Second
-	// commitSyncDelay batches commits made durable by one syncfs.
+	// commitSyncDelay batches commits made durable together.
 	commitSyncDelay = 250 * time.Millisecond
 )
 
@@ -60,7 +60,8 @@ type Config struct {
 	// fsync the temporary file, rename, fsync the directory, journal.
 	// By default a verified file is renamed into place at once (readers in
 	// this process see complete bytes from the page cache) and made
-	// durable in batches (one syncfs), and only then journaled; Open
+	// durable in the background in batches (fsync each file, each
+	// directory once), and only then journaled; Open
 	// deletes files without a journal record, so after a crash or power
 	// loss no unsynced file survives. Both are safe; the default is
 	// faster on disks where fsync is slow.
@@ -99,8 +100,9 @@ type Cache struct {
 	main       lru
 	windowMax  int64
 	mainMax    int64
-	used       int64 // committed bytes on disk, including purged files still open
-	reserved   int64 // bytes of fetches in flight
+	avgSize    float64 // of objects fetched, EWMA
+	used       int64   // committed bytes on disk, including purged files still open
+	reserved   int64   // bytes of fetches in flight
 	spaceFreed chan struct{}
 	flights    map[string]*flight // by flightKey
 	purgeGen   map[string]uint64  // by entryKey and by contract id
@@ -322,8 +324,9 @@ func (c *Cache) load() error {
 	return nil
 }
 
-// syncPending makes the pending commits durable with one syncfs, then
-// journals them.
+// syncPending makes the pending commits durable (fsync each file, then
+// each directory once), then journals them. Files evicted meanwhile are
+// skipped; they were never journaled.
 func (c *Cache) syncPending() error {
 	c.mu.Lock()
 	batch := c.pending
@@ -332,23 +335,50 @@ func (c *Cache) syncPending() error {
 	if len(batch) == 0 {
 		return nil
 	}
-	err := syncFS(c.objDir)
+	start := time.Now()
+	defer func() { c.log.Debug("cache sync", "batch", len(batch), "took", time.Since(start)) }()
+	dirs := map[string]bool{}
+	synced := make([]bool, len(batch))
+	var errs []error
+	c.mu.Lock()
+	for i, e := range batch {
+		if c.entries[e.key] != e {
+			batch[i] = nil // evicted already: no need to sync it
+		}
+	}
+	c.mu.Unlock()
+	for i, e := range batch {
+		if e == nil {
+			continue
+		}
+		err := syncFile(c.path(e.file))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		synced[i] = true
+		dirs[filepath.Dir(c.path(e.file))] = true
+	}
+	for d := range dirs {
+		if err := syncDir(d); err != nil {
+			return err // nothing journaled: the files go at the next Open
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err != nil {
-		c.pending = append(batch, c.pending...)
-		return err
-	}
-	for _, e := range batch {
-		if c.entries[e.key] != e {
+	for i, e := range batch {
+		if !synced[i] || e == nil || c.entries[e.key] != e {
 			continue // evicted or purged meanwhile: never journaled
 		}
 		e.durable = true
 		if err := c.journal.append(ptr(putRecord(e))); err != nil {
-			return err
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -386,7 +416,7 @@ func (c *Cache) loop() {
 		case <-c.ctx.Done():
 			return
 		case <-c.syncNotify:
-			// Gather a batch: one syncfs per commitSyncDelay at most.
+			// Gather a batch: one round of fsyncs per commitSyncDelay at most.
 			wait := time.NewTimer(commitSyncDelay)
 			select {
 			case <-wait.C:
@@ -548,14 +578,37 @@ func (c *Cache) makeRoomLocked(need int64) bool {
 			}
 			continue
 		}
-		if e := c.main.oldestUnpinned(); e != nil {
-			c.evictLocked(e)
-			c.stats.Evictions++
-			continue
+		// The main region gives up entries only beyond its share, or when
+		// nothing is in flight; otherwise the fetches in flight commit
+		// into the window soon and make room there, so that concurrent
+		// misses that TinyLFU will reject do not erode the main region.
+		if c.cfg.Policy == PolicyLRU || c.main.bytes > c.mainMax || c.reserved == 0 {
+			if e := c.main.oldestUnpinned(); e != nil {
+				c.evictLocked(e)
+				c.stats.Evictions++
+				continue
+			}
 		}
 		return false
 	}
 	return true
+}
+
+// resizeLocked sets the window's share: WindowPercent of the cache, but at
+// least enough for MaxFetches objects of the average size fetched (the
+// window also holds fetches in flight), at most half the cache.
+func (c *Cache) resizeLocked(size int64) {
+	if c.cfg.MaxBytes == 0 || c.cfg.Policy == PolicyLRU {
+		return
+	}
+	if c.avgSize == 0 {
+		c.avgSize = float64(size)
+	} else {
+		c.avgSize = 0.9*c.avgSize + 0.1*float64(size)
+	}
+	share := max(c.cfg.MaxBytes*int64(c.cfg.WindowPercent)/100, int64(float64(c.cfg.MaxFetches)*c.avgSize))
+	c.windowMax = max(1, min(share, c.cfg.MaxBytes/2))
+	c.mainMax = c.cfg.MaxBytes - c.windowMax
 }
 
 // rebalanceLocked moves entries out of an overfull window.
@@ -618,6 +671,7 @@ func (c *Cache) reserve(ctx context.Context, size int64) error {
 	}
 	for {
 		c.mu.Lock()
+		c.resizeLocked(size)
 		if c.makeRoomLocked(size) {
 			c.reserved += size
 			c.mu.Unlock()

@@ -20,6 +20,6 @@
 // record per line) reconciled with the files on disk at Open: a file
 // without a record, a record without its file, and every temporary file are
 // removed. journal.go says why a journal and not SQLite. Commits are made
-// durable in batches (one syncfs) before they are journaled, or one by one
+// durable in background batches before they are journaled, or one by one
 // with Config.SyncEachCommit.
 package cache

@@ -11,8 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-
-	"golang.org/x/sys/unix"
 )
 
 // The index is a journal rather than SQLite: entries are immutable files
@@ -194,14 +192,17 @@ func writeFileAtomic(path string, data []byte) error {
 	return syncDir(dir)
 }
 
-// syncFS flushes the file system holding dir (data and metadata).
-func syncFS(dir string) error {
-	d, err := os.Open(dir)
+// syncFile fsyncs a file by path.
+func syncFile(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return unix.Syncfs(int(d.Fd()))
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func syncDir(dir string) error {
