@@ -142,6 +142,9 @@ func BenchmarkHit(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N), "cpu-ns/op")
+			if l != nil {
+				b.ReportMetric(float64(l.Stats().Commits)/float64(b.N), "commits/op")
+			}
 		})
 	}
 }
