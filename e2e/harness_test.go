@@ -111,8 +111,21 @@ func (e *env) putRaw(name string, stored []byte) {
 }
 
 // sidecar starts a sidecar on the contract in self-hosted mode (its own
-// MinIO credentials) unless marketplace is asked for.
+// MinIO credentials) unless marketplace is asked for, and waits until it
+// is ready.
 func (e *env) sidecar(mutate func(*sidecar.Config)) *sidecar.Sidecar {
+	e.t.Helper()
+	sc := e.sidecarNoWait(mutate)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := sc.WaitReady(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	return sc
+}
+
+// sidecarNoWait starts a sidecar without waiting for readiness.
+func (e *env) sidecarNoWait(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 	e.t.Helper()
 	dir := e.t.TempDir()
 	cfg := sidecar.Config{
@@ -138,9 +151,6 @@ func (e *env) sidecar(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 		defer cancel()
 		sc.Shutdown(ctx)
 	})
-	if err := sc.WaitReady(ctx); err != nil {
-		e.t.Fatal(err)
-	}
 	return sc
 }
 

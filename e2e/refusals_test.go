@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +148,24 @@ func TestForkedLogQuarantinesWith503(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "y.bin", 1, "t"); code != http.StatusServiceUnavailable {
 		t.Errorf("after the fork, honest registry again: %d, want 503 (quarantine is sticky)", code)
+	}
+	// It survives a restart, and only an operator's reset lifts it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sc.Shutdown(ctx)
+	stateDir := sc.StateDir()
+	restarted := e.sidecarNoWait(func(c *sidecar.Config) { c.StateDir = stateDir })
+	time.Sleep(300 * time.Millisecond)
+	if st := contractState(t, restarted.URL(), e.c.ContractID); st.State != proxy.StateQuarantined {
+		t.Errorf("after a restart: state %q, want quarantined", st.State)
+	}
+	restarted.Shutdown(ctx)
+	if out, err := exec.Command(provgateBinary(t), "verify", "reset", "--state-dir", stateDir, "--contract", e.c.ContractID).CombinedOutput(); err != nil {
+		t.Fatalf("provgate verify reset: %v\n%s", err, out)
+	}
+	healed := e.sidecar(func(c *sidecar.Config) { c.StateDir = stateDir })
+	if code, _ := get(t, http.DefaultClient, healed.URL(), e.c.ContractID, "y.bin", 1, "t"); code != http.StatusOK {
+		t.Errorf("after verify reset against the honest registry: %d, want 200", code)
 	}
 }
 

@@ -21,12 +21,15 @@ import (
 )
 
 func init() {
-	commands["verify"] = command{summary: "audit a contract's provenance log: 'verify log' replays and checks it independently", run: runVerify}
+	commands["verify"] = command{summary: "audit a contract's provenance log: 'verify log' replays and checks it independently; 'verify reset' clears a sidecar's quarantine", run: runVerify}
 }
 
 const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION]"
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "reset" {
+		return runVerifyReset(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "log" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return runVerify(ctx, []string{"log", "-h"}, stdout, stderr)

@@ -122,6 +122,9 @@ type Sidecar struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	shutdownOnce sync.Once
+	shutdownErr  error
 }
 
 // Start builds and starts a sidecar. Contracts are mounted in the
@@ -343,8 +346,14 @@ func (s *Sidecar) mountList() []*mount {
 
 // Shutdown stops accepting requests, drains in-flight responses (until ctx
 // ends), stops the followers and token refreshers, tries one last outbox
-// sync, and flushes and closes the ledger.
+// sync, and flushes and closes the ledger. Later calls return the first
+// call's result.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() { s.shutdownErr = s.shutdown(ctx) })
+	return s.shutdownErr
+}
+
+func (s *Sidecar) shutdown(ctx context.Context) error {
 	var errs []error
 	if s.httpSrv != nil {
 		errs = append(errs, s.httpSrv.Shutdown(ctx))
