@@ -101,6 +101,7 @@ type Cache struct {
 	windowMax  int64
 	mainMax    int64
 	avgSize    float64 // of objects fetched, EWMA
+	pinned     int     // entries with pins > 0
 	used       int64   // committed bytes on disk, including purged files still open
 	reserved   int64   // bytes of fetches in flight
 	spaceFreed chan struct{}
@@ -721,10 +722,23 @@ func (h *Handle) Close() error {
 	return err
 }
 
+// pinLocked adds n pins to e and keeps the count of pinned entries.
+func (c *Cache) pinLocked(e *entry, n int) {
+	was := e.pins > 0
+	e.pins += n
+	if now := e.pins > 0; now != was {
+		if now {
+			c.pinned++
+		} else {
+			c.pinned--
+		}
+	}
+}
+
 func (c *Cache) unpin(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e.pins--
+	c.pinLocked(e, -1)
 	if e.pins == 0 {
 		if e.zombie {
 			c.deleteFileLocked(e)
@@ -821,7 +835,7 @@ func (c *Cache) lookup(contractID string, obj *contract.ObjectClaim, stream bool
 	c.sketch.add(key)
 	if e := c.entries[key]; e != nil && e.decodedSHA == obj.DecodedSHA256 && e.size == obj.DecodedSize &&
 		(e.expires.IsZero() || c.cfg.Now().Before(e.expires)) {
-		e.pins++
+		c.pinLocked(e, 1)
 		if e.elem != nil {
 			if e.region == regionWindow {
 				c.window.touch(e)
@@ -959,11 +973,7 @@ func (c *Cache) Stats() Stats {
 	s.Entries = len(c.entries)
 	s.Bytes, s.Reserved, s.MaxBytes = c.used, c.reserved, c.cfg.MaxBytes
 	s.WindowBytes, s.MainBytes = c.window.bytes, c.main.bytes
-	for _, e := range c.entries {
-		if e.pins > 0 {
-			s.Pinned++
-		}
-	}
+	s.Pinned = c.pinned
 	s.InFlight = len(c.flights)
 	s.Policy = c.cfg.Policy.String()
 	return s

@@ -88,7 +88,7 @@ func (c *Cache) runFlight(f *flight, contractID string, m *mount, obj contract.O
 // pin per waiter.
 func (c *Cache) finishLocked(f *flight, e *entry, err error) {
 	if e != nil {
-		e.pins += f.waiters
+		c.pinLocked(e, f.waiters)
 	}
 	f.entry, f.err, f.finished = e, err, true
 	delete(c.flights, f.key)
@@ -177,9 +177,9 @@ func (c *Cache) fetchAndCommit(ctx context.Context, f *flight, contractID string
 		}
 	}
 	c.finishLocked(f, e, nil)
-	e.pins++ // hold it while rebalancing so that the waiters get it
+	c.pinLocked(e, 1) // hold it while rebalancing so that the waiters get it
 	c.rebalanceLocked()
-	e.pins--
+	c.pinLocked(e, -1)
 	if e.pins == 0 {
 		c.rebalanceLocked()
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,7 +39,7 @@ func TestSizeLimitHeldUnderChurn(t *testing.T) {
 				return
 			default:
 			}
-			if n := diskBytes(e.dir, "objects") + diskBytes(e.dir, "tmp"); n > peakDisk.Load() {
+			if n := diskBytesOnce(e.dir, "tmp", "objects"); n > peakDisk.Load() {
 				peakDisk.Store(n)
 			}
 			if s := e.c.Stats(); s.Bytes+s.Reserved > peakIndex.Load() {
@@ -71,8 +74,15 @@ func TestSizeLimitHeldUnderChurn(t *testing.T) {
 	mon.Wait()
 	s := e.c.Stats()
 	t.Logf("churn: %d fetches, %d evictions, peak disk %d, peak index %d, limit %d", s.Fetches, s.Evictions, peakDisk.Load(), peakIndex.Load(), limit)
-	if peakDisk.Load() > limit || peakIndex.Load() > limit {
-		t.Errorf("peak disk %d / index %d bytes above the limit %d", peakDisk.Load(), peakIndex.Load(), limit)
+	// The index's figure is exact (taken under the cache's lock). A walk of
+	// the directories is not atomic: a file counted before its eviction
+	// and one created after it can both be seen, so the disk samples get
+	// one object of slack.
+	if peakIndex.Load() > limit {
+		t.Errorf("peak index %d bytes above the limit %d", peakIndex.Load(), limit)
+	}
+	if maxObj := objs[len(objs)-1].DecodedSize; peakDisk.Load() > limit+maxObj {
+		t.Errorf("peak disk %d bytes above the limit %d (+%d for the non-atomic walk)", peakDisk.Load(), limit, maxObj)
 	}
 	if s.Evictions == 0 {
 		t.Error("no evictions: the test did not churn")
@@ -146,4 +156,32 @@ func TestEpochHitRatio(t *testing.T) {
 	if r := ratio["sequential/lru"]; r != 0 {
 		t.Errorf("sequential LRU hit ratio %.3f, want 0 (the test would not show the point)", r)
 	}
+}
+
+// diskBytesOnce sums the sizes of the files under dir/subs, walked in
+// order, counting each inode once (a file renamed from tmp/ to objects/
+// during the walk is not counted twice).
+func diskBytesOnce(dir string, subs ...string) int64 {
+	seen := map[uint64]bool{}
+	var n int64
+	for _, sub := range subs {
+		filepath.WalkDir(filepath.Join(dir, sub), func(p string, d os.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return nil
+			}
+			info, err := d.Info()
+			if err != nil {
+				return nil
+			}
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				if seen[st.Ino] {
+					return nil
+				}
+				seen[st.Ino] = true
+			}
+			n += info.Size()
+			return nil
+		})
+	}
+	return n
 }

@@ -40,7 +40,7 @@ func (c *Cache) Scrub(ctx context.Context, progress func(done, total int, bytes 
 		c.mu.Lock()
 		live := c.entries[e.key] == e
 		if live {
-			e.pins++
+			c.pinLocked(e, 1)
 		}
 		c.mu.Unlock()
 		if !live {
