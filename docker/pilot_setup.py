@@ -81,7 +81,7 @@ def main(argv=None):
     p.add_argument("--state", required=True, help="directory for the contributor key, contract file and data")
     p.add_argument("--contract", default="did:example:pilot")
     p.add_argument("--bucket", default="datasets")
-    p.add_argument("--prefix", default="pilot/")
+    p.add_argument("--prefix", help="origin key prefix (default: derived from the contract id, so that contracts sharing a bucket never overwrite each other's objects)")
     p.add_argument("--mode", default="marketplace", choices=["marketplace", "self-hosted"])
     p.add_argument("--purpose", default="pilot-training")
     p.add_argument("--price-usd", type=float, default=0.0005, help="price per sample")
@@ -92,6 +92,8 @@ def main(argv=None):
     p.add_argument("--wait", type=float, default=120, help="seconds to wait for the registry")
     args = p.parse_args(argv)
 
+    if args.prefix is None:
+        args.prefix = "".join(c if c.isalnum() or c in "-._" else "-" for c in args.contract) + "/"
     os.makedirs(args.state, exist_ok=True)
     wait_for(args.registry + "/.well-known/jwks.json", args.wait)
     deadline = time.monotonic() + args.wait
