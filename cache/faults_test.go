@@ -3,11 +3,13 @@ package cache_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -150,6 +152,7 @@ type minioPresigner struct {
 	mc      *minio.Client
 	bucket  string
 	ttl     time.Duration
+	delay   time.Duration // per call, like a registry round trip
 	calls   atomic.Int64
 	names   atomic.Int64
 	corrupt atomic.Int64 // URLs to spoil (bad signature) before good ones
@@ -158,6 +161,7 @@ type minioPresigner struct {
 func (p *minioPresigner) Presign(ctx context.Context, names []string) ([]contract.PresignedURL, error) {
 	p.calls.Add(1)
 	p.names.Add(int64(len(names)))
+	time.Sleep(p.delay)
 	out := make([]contract.PresignedURL, len(names))
 	for i, n := range names {
 		u, err := p.mc.PresignedGetObject(ctx, p.bucket, n, p.ttl, nil)
@@ -226,6 +230,33 @@ func TestPresignedOrigin(t *testing.T) {
 	}
 	if c := short.calls.Load(); c != 2 {
 		t.Errorf("presign calls with URLs inside the margin = %d, want 2", c)
+	}
+}
+
+func TestPresignBatchesConcurrentMisses(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20, MaxFetches: 16})
+	p := &minioPresigner{mc: e.mc, bucket: e.bucket, ttl: time.Hour, delay: 100 * time.Millisecond}
+	if err := e.c.Mount(testContract, cache.NewPresignedOrigin(p, nil), 0); err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	objs := make([]contract.ObjectClaim, n)
+	datas := make([][]byte, n)
+	for i := range objs {
+		datas[i] = textish(uint64(600+i), 8<<10)
+		objs[i] = putObject(t, e.mc, e.bucket, fmt.Sprintf("batch/%02d", i), datas[i], contract.EncodingIdentity)
+	}
+	var wg sync.WaitGroup
+	for i := range objs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mustGet(t, e.c, &objs[i], datas[i]).Close()
+		}()
+	}
+	wg.Wait()
+	if c, names := p.calls.Load(), p.names.Load(); c > 3 || names != n {
+		t.Errorf("%d concurrent misses took %d presign calls for %d names; want at most 3 calls, %d names", n, c, names, n)
 	}
 }
 

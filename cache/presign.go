@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/provgate/provgate/contract"
 )
 
@@ -37,18 +35,33 @@ const DefaultPresignMargin = 30 * time.Second
 
 // PresignedOrigin reads objects through presigned GET URLs (marketplace
 // mode: the pod holds no bucket credentials). URLs are cached until
-// Margin before they expire, batched by Warm, and refreshed once when the
-// origin refuses one (403: expired or revoked early).
+// Margin before they expire and refreshed once when the origin refuses one
+// (403: expired or revoked early). Names missing a URL are presigned in
+// batches: while one presign request is out, the names asked for meanwhile
+// wait and go together in the next (group commit, no added latency); Warm
+// presigns a whole list up front.
 type PresignedOrigin struct {
 	presigner Presigner
 	client    *http.Client
 	// Margin is the refresh margin (DefaultPresignMargin when zero).
 	Margin time.Duration
 
-	group singleflight.Group
-	mu    sync.Mutex
-	urls  map[string]contract.PresignedURL
+	mu      sync.Mutex
+	urls    map[string]contract.PresignedURL
+	next    *presignBatch // names waiting for the next request
+	sending bool
 }
+
+// presignBatch is one presign request's names and outcome.
+type presignBatch struct {
+	names []string
+	set   map[string]bool
+	done  chan struct{}
+	err   error
+}
+
+// PresignTimeout bounds one batched presign request.
+const PresignTimeout = 30 * time.Second
 
 // NewPresignedOrigin makes a presigned-URL origin; client nil is
 // http.DefaultClient.
@@ -111,8 +124,8 @@ func (o *PresignedOrigin) presign(ctx context.Context, names []string) error {
 	return nil
 }
 
-// url returns a fresh URL for name, presigning it (single-flight) if
-// needed.
+// url returns a fresh URL for name, presigning it (batched with other
+// names asked for at the same time) if needed.
 func (o *PresignedOrigin) url(ctx context.Context, name string) (string, error) {
 	o.mu.Lock()
 	if o.freshLocked(name) {
@@ -120,19 +133,81 @@ func (o *PresignedOrigin) url(ctx context.Context, name string) (string, error) 
 		o.mu.Unlock()
 		return u, nil
 	}
-	o.mu.Unlock()
-	v, err, _ := o.group.Do(name, func() (any, error) {
-		if err := o.presign(ctx, []string{name}); err != nil {
-			return "", err
-		}
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		return o.urls[name].URL, nil
-	})
-	if err != nil {
-		return "", &OriginError{Op: "presign", Name: name, Err: err}
+	b := o.next
+	switch {
+	case b == nil:
+		b = newPresignBatch()
+		o.next = b
+	case !b.set[name] && len(b.names) >= contract.MaxPresignNames:
+		// The queued batch is full: this name goes on its own, now.
+		b = newPresignBatch()
+		b.add(name)
+		o.mu.Unlock()
+		go o.sendBatch(b)
+		return o.await(ctx, b, name)
 	}
-	return v.(string), nil
+	b.add(name)
+	if !o.sending {
+		o.sending = true
+		go o.sendLoop()
+	}
+	o.mu.Unlock()
+	return o.await(ctx, b, name)
+}
+
+func newPresignBatch() *presignBatch {
+	return &presignBatch{set: map[string]bool{}, done: make(chan struct{})}
+}
+
+func (b *presignBatch) add(name string) {
+	if !b.set[name] {
+		b.set[name] = true
+		b.names = append(b.names, name)
+	}
+}
+
+// await waits for b and returns name's URL.
+func (o *PresignedOrigin) await(ctx context.Context, b *presignBatch, name string) (string, error) {
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	if b.err != nil {
+		// The registry's status (403 quota spent, 429, 5xx) decides retries.
+		return "", &OriginError{Op: "presign", Name: name, Status: contract.StatusOf(b.err), Err: b.err}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	u, ok := o.urls[name]
+	if !ok {
+		return "", &OriginError{Op: "presign", Name: name, Err: errors.New("no URL returned")}
+	}
+	return u.URL, nil
+}
+
+// sendLoop sends the queued batch, then the one queued meanwhile, until
+// none is left.
+func (o *PresignedOrigin) sendLoop() {
+	for {
+		o.mu.Lock()
+		b := o.next
+		o.next = nil
+		if b == nil {
+			o.sending = false
+			o.mu.Unlock()
+			return
+		}
+		o.mu.Unlock()
+		o.sendBatch(b)
+	}
+}
+
+func (o *PresignedOrigin) sendBatch(b *presignBatch) {
+	ctx, cancel := context.WithTimeout(context.Background(), PresignTimeout)
+	defer cancel()
+	b.err = o.presign(ctx, b.names)
+	close(b.done)
 }
 
 func (o *PresignedOrigin) forget(name string) {
@@ -150,7 +225,7 @@ func (o *PresignedOrigin) Open(ctx context.Context, name string, off int64) (io.
 		}
 		body, err := o.get(ctx, name, u, off)
 		var oe *OriginError
-		if attempt == 0 && errors.As(err, &oe) && oe.Status == http.StatusForbidden {
+		if attempt == 0 && errors.As(err, &oe) && oe.Op == "get" && oe.Status == http.StatusForbidden {
 			o.forget(name) // expired or revoked early: presign once more
 			continue
 		}
