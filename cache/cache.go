@@ -744,6 +744,9 @@ func (c *Cache) unpin(e *entry) {
 			c.deleteFileLocked(e)
 			return
 		}
+		if c.closed {
+			return // the index is written; evict at the next Open
+		}
 		if c.cfg.MaxBytes > 0 && c.window.bytes > c.windowMax {
 			c.rebalanceLocked()
 		}

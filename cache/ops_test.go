@@ -271,3 +271,26 @@ func TestS3CredentialsFromEnvAndSharedFile(t *testing.T) {
 		}
 	})
 }
+
+func TestCloseKeepsOpenHandlesReadable(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20})
+	data := textish(430, 64<<10)
+	obj := putObject(t, e.mc, e.bucket, "open-at-close", data, contract.EncodingZstd)
+	h := mustGet(t, e.c, &obj, data)
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if sha(mustRead(t, h)) != obj.DecodedSHA256 {
+		t.Error("handle lost its bytes at Close")
+	}
+	if err := h.Close(); err != nil {
+		t.Errorf("handle Close after cache Close: %v", err)
+	}
+	if _, err := e.c.Get(context.Background(), testContract, &obj); !errors.Is(err, cache.ErrClosed) {
+		t.Errorf("Get after Close: err = %v, want ErrClosed", err)
+	}
+	c2 := mustOpen(t, cache.Config{Dir: e.dir, MaxBytes: 64 << 20})
+	if s := c2.Stats(); s.Entries != 1 {
+		t.Errorf("%d entries after reopening, want 1", s.Entries)
+	}
+}
