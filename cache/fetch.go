@@ -29,9 +29,10 @@ const (
 	DefaultMaxDelay      = 10 * time.Second
 	DefaultIdleTimeout   = 30 * time.Second
 	// DefaultMaxWindow bounds a zstd frame's window, so decoder memory is
-	// at most MaxFetches times this. zstd's levels up to 19 use 8 MiB;
-	// frames made with --long or --ultra beyond 32 MiB are refused.
-	DefaultMaxWindow = 32 << 20
+	// at most about MaxFetches times this (128 MiB with the defaults).
+	// zstd's levels up to 19 use at most 8 MiB; frames made with --long
+	// or --ultra beyond 16 MiB are refused (as ErrDecode).
+	DefaultMaxWindow = 16 << 20
 )
 
 // RetryPolicy says how a fetch retries origin faults. A reset, a timeout, a
