@@ -87,7 +87,7 @@ func (l *Ledger) drain() {
 			l.mu.Unlock()
 			return
 		}
-		l.cur = newGroup()
+		l.cur = newGroup(min(len(g.items), l.cfg.BufferSize)) // about as many as the last
 		l.mu.Unlock()
 
 		err := l.write(g)
@@ -180,6 +180,7 @@ func (l *Ledger) write(g *group) (err error) {
 	ins, insN := tx.StmtContext(ctx, l.insert), tx.StmtContext(ctx, l.insertN)
 	// Rows go in insertRows at a time; flush writes what is pending.
 	args := l.args[:0]
+	l.arena = l.arena[:0]
 	flush := func() error {
 		for len(args) >= 4*insertRows {
 			if _, err := insN.ExecContext(ctx, args[:4*insertRows]...); err != nil {
@@ -192,12 +193,16 @@ func (l *Ledger) write(g *group) (err error) {
 				return err
 			}
 		}
+		clear(args)
 		args = args[:0]
+		l.arena = l.arena[:0]
 		return nil
 	}
 	defer func() { l.args = args[:0] }()
 	g.seqs = make([]int64, len(g.items))
-	seq, prev := l.headSeq, l.headHash
+	seq := l.headSeq
+	var prev [32]byte // the chain's running hash
+	copy(prev[:], l.headHash)
 	usage := map[usageKey]usageTotals{}
 	outbox := map[*contractState]int64{}
 	var newEpochs []epochKey
@@ -212,15 +217,20 @@ func (l *Ledger) write(g *group) (err error) {
 				Bytes: e.Bytes, Samples: e.Samples, Tokens: e.Tokens, Units: it.units, CostNanoUSD: it.cost,
 				Epoch: e.Epoch, Job: e.Job, TokenID: e.TokenID, DecodedSHA: e.DecodedSHA256, Outcome: e.Outcome,
 			}
-			rec := appendRecord(nil, &row)
-			h := l.hasher.sum(prev, seq, rec)
-			args = append(args, seq, it.c.id, rec, h[:])
+			// Records and hashes go into an arena that SQLite copies from
+			// at bind time; it is reused after each flush.
+			n := len(l.arena)
+			l.arena = appendRecord(l.arena, &row)
+			rec := l.arena[n:len(l.arena):len(l.arena)]
+			prev = l.hasher.sum(prev[:], seq, rec)
+			n = len(l.arena)
+			l.arena = append(l.arena, prev[:]...)
+			args = append(args, seq, it.c.id, rec, l.arena[n:len(l.arena):len(l.arena)])
 			if len(args) == 4*insertRows {
 				if err := flush(); err != nil {
 					return err
 				}
 			}
-			prev = h[:]
 			g.seqs[i] = seq
 			outbox[it.c]++
 			if billable(e.Outcome) {
@@ -238,14 +248,14 @@ func (l *Ledger) write(g *group) (err error) {
 			if err := flush(); err != nil {
 				return err
 			}
-			s, wrote, err := l.closeEpoch(ctx, tx, it, seq+1, prev)
+			s, wrote, err := l.closeEpoch(ctx, tx, it, seq+1, prev[:])
 			if err != nil {
 				return err
 			}
 			it.epochSummary = s
 			if wrote {
 				seq++
-				prev = s.hash
+				copy(prev[:], s.hash)
 				outbox[it.c]++
 			}
 			g.seqs[i] = s.Seq
@@ -259,7 +269,7 @@ func (l *Ledger) write(g *group) (err error) {
 		for k, u := range l.usageDelta {
 			add(usage, k, u)
 		}
-		if err := l.writeSnapshot(ctx, tx, usage, seq, prev); err != nil {
+		if err := l.writeSnapshot(ctx, tx, usage, seq, prev[:]); err != nil {
 			return err
 		}
 	}
@@ -276,7 +286,7 @@ func (l *Ledger) write(g *group) (err error) {
 	}
 	l.written.Add(uint64(seq - l.headSeq))
 	l.dirty.Store(true)
-	l.headSeq, l.headHash = seq, prev
+	l.headSeq, l.headHash = seq, append([]byte(nil), prev[:]...)
 	for _, k := range newEpochs {
 		l.epochsSeen[k] = true
 	}
