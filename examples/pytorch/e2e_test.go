@@ -471,33 +471,43 @@ func checkWalkthrough(t *testing.T, s *stack) {
 
 // BenchmarkDataLoader compares DataLoader samples/s through the sidecar
 // (warm cache, metering on, 4 workers, batch reads) with the same loader
-// reading the decoded files from local disk, via bench_loader.py. It
-// reports sidecar/local as "ratio" (target >= 0.8).
+// reading the decoded files from local disk, via bench_loader.py, for small
+// (16 KiB) and larger (256 KiB) samples. It reports sidecar/local as
+// "ratio" (target >= 0.8).
 //
 //	go test -run '^$' -bench DataLoader -benchtime 1x ./examples/pytorch
 func BenchmarkDataLoader(b *testing.B) {
-	s := startStack(b, stackMode{mode: contract.ModeSelfHosted}, 4096, 16<<10)
-	var res struct {
-		Samples int64   `json:"samples"`
-		Sidecar float64 `json:"sidecar_samples_per_s"`
-		Local   float64 `json:"local_samples_per_s"`
-		Ratio   float64 `json:"ratio"`
-	}
-	for b.Loop() {
-		out, err := exec.Command(python, "bench_loader.py", "--sidecar", s.sidecar, "--contract", s.contractID,
-			"--dir", s.data, "--workers", "4", "--batch-size", "64", "--epochs", "3", "--json").Output()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				b.Fatalf("bench_loader.py: %v\n%s", err, ee.Stderr)
+	for _, bc := range []struct {
+		name                 string
+		samples, size, batch int
+	}{
+		{"16KiB", 4096, 16 << 10, 64},
+		{"256KiB", 512, 256 << 10, 16},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := startStack(b, stackMode{mode: contract.ModeSelfHosted}, bc.samples, bc.size)
+			var res struct {
+				Sidecar float64 `json:"sidecar_samples_per_s"`
+				Local   float64 `json:"local_samples_per_s"`
+				Ratio   float64 `json:"ratio"`
 			}
-			b.Fatal(err)
-		}
-		if err := json.Unmarshal(out, &res); err != nil {
-			b.Fatalf("bench_loader.py output %q: %v", out, err)
-		}
+			for b.Loop() {
+				out, err := exec.Command(python, "bench_loader.py", "--sidecar", s.sidecar, "--contract", s.contractID,
+					"--dir", s.data, "--workers", "4", "--batch-size", strconv.Itoa(bc.batch), "--epochs", "3", "--json").Output()
+				if err != nil {
+					var ee *exec.ExitError
+					if errors.As(err, &ee) {
+						b.Fatalf("bench_loader.py: %v\n%s", err, ee.Stderr)
+					}
+					b.Fatal(err)
+				}
+				if err := json.Unmarshal(out, &res); err != nil {
+					b.Fatalf("bench_loader.py output %q: %v", out, err)
+				}
+			}
+			b.ReportMetric(res.Sidecar, "sidecar-samples/s")
+			b.ReportMetric(res.Local, "local-samples/s")
+			b.ReportMetric(res.Ratio, "ratio")
+		})
 	}
-	b.ReportMetric(res.Sidecar, "sidecar-samples/s")
-	b.ReportMetric(res.Local, "local-samples/s")
-	b.ReportMetric(res.Ratio, "ratio")
 }
