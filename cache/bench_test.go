@@ -21,7 +21,7 @@ import (
 // (MinIO -> sha256 -> zstd decode -> sha256 -> disk commit) with a client
 // doing minio-go GetObject + zstd decode itself, both with 4 workers over
 // the same 1 MiB objects. ratio = baseline time / cache time (>= 0.9 is
-// the target).
+// the target); ratio-best compares the fastest run of each.
 func BenchmarkColdPath(b *testing.B) {
 	const objects, size, workers = 32, 1 << 20, 4
 	e := newEnv(b, cache.Config{MaxBytes: 1})
@@ -85,17 +85,24 @@ func BenchmarkColdPath(b *testing.B) {
 		}
 		return time.Since(start)
 	}
+	// Sums give the mean ratio; the fastest run of each gives a ratio less
+	// sensitive to other load on a shared machine.
 	var tBase, tCache, tStrict time.Duration
+	bBase, bCache, bStrict := time.Duration(1<<62), time.Duration(1<<62), time.Duration(1<<62)
+	add := func(sum, best *time.Duration, d time.Duration) {
+		*sum += d
+		*best = min(*best, d)
+	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%2 == 0 {
-			tBase += baseline()
-			tCache += cold(cache.Config{})
-			tStrict += cold(cache.Config{SyncEachCommit: true})
+			add(&tBase, &bBase, baseline())
+			add(&tCache, &bCache, cold(cache.Config{}))
+			add(&tStrict, &bStrict, cold(cache.Config{SyncEachCommit: true}))
 		} else {
-			tStrict += cold(cache.Config{SyncEachCommit: true})
-			tCache += cold(cache.Config{})
-			tBase += baseline()
+			add(&tStrict, &bStrict, cold(cache.Config{SyncEachCommit: true}))
+			add(&tCache, &bCache, cold(cache.Config{}))
+			add(&tBase, &bBase, baseline())
 		}
 	}
 	b.StopTimer()
@@ -103,7 +110,9 @@ func BenchmarkColdPath(b *testing.B) {
 	b.ReportMetric(decoded/tBase.Seconds(), "baseline-MB/s")
 	b.ReportMetric(decoded/tCache.Seconds(), "cache-MB/s")
 	b.ReportMetric(tBase.Seconds()/tCache.Seconds(), "ratio")
+	b.ReportMetric(bBase.Seconds()/bCache.Seconds(), "ratio-best")
 	b.ReportMetric(tBase.Seconds()/tStrict.Seconds(), "ratio-sync-each-commit")
+	b.ReportMetric(bBase.Seconds()/bStrict.Seconds(), "ratio-best-sync-each-commit")
 	b.ReportMetric(float64(stored)/float64(objects*size), "stored/decoded")
 }
 
