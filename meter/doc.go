@@ -40,9 +40,18 @@
 //     is acknowledged, so acknowledged events survive power loss too; the
 //     fsync is shared by every event in the group.
 //
-// Events submitted but not yet acknowledged are lost by a kill; they were
-// never acknowledged, and a caller that must not serve unrecorded bytes
-// waits for the acknowledgement.
+// Submit queues an event without waiting. The writer lets a group that
+// nobody waits for grow for up to Config.CommitDelay (20 ms by default)
+// before committing it, and commits at once when someone waits (Record,
+// Pending.Wait, EndEpoch) or the group is large. A kill loses the
+// submitted events that were not yet committed: at most the last
+// CommitDelay plus one commit. They were never acknowledged.
+//
+// The two ways to use it on a data path, measured in BenchmarkHit: Submit
+// after the body costs a few per cent of a 64 KiB loopback hit (a commit
+// every CommitDelay); Record after the body acknowledges every event but
+// costs about one commit per request when few requests are in flight
+// (group commit shares a commit among concurrent callers only).
 //
 // # When the buffer is full
 //
