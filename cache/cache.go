@@ -64,7 +64,9 @@ type Config struct {
 	// directory once), and only then journaled; Open
 	// deletes files without a journal record, so after a crash or power
 	// loss no unsynced file survives. Both are safe; the default is
-	// faster on disks where fsync is slow.
+	// faster on disks where fsync is slow. Either way the journal itself
+	// is fsynced every second (and at Purge and Close): losing its tail in
+	// a power loss loses cache entries, never exposes a partial one.
 	SyncEachCommit bool
 	// Retry is the origin retry policy.
 	Retry RetryPolicy

@@ -71,7 +71,7 @@ func (c *Cache) runFlight(f *flight, contractID string, m *mount, obj contract.O
 	err := c.fetchAndCommit(ctx, f, contractID, m, &obj)
 	if err != nil {
 		c.mu.Lock()
-		if !errors.Is(err, context.Canceled) {
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, ErrPurged) {
 			c.stats.Failures[FailureKind(err)]++
 		}
 		c.finishLocked(f, nil, fmt.Errorf("cache: %s: %w", obj.Name, err))
