@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -69,6 +70,7 @@ type Syncer struct {
 
 	mu        sync.Mutex // one pass at a time
 	lastPrune time.Time
+	salt      string // set after a batch id conflict
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 }
@@ -219,6 +221,22 @@ func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error
 		resp, err := s.cfg.Client.PostMetering(ctx, c.name, token, b.id, b.jws)
 		if err != nil {
 			s.l.syncErrors.Add(1)
+			switch contract.StatusOf(err) {
+			case http.StatusUnauthorized:
+				// The token may be revoked or expired early: ask for another.
+				if inv, ok := s.cfg.Tokens.(interface{ Invalidate(contractID string) }); ok {
+					inv.Invalidate(c.name)
+				}
+			case http.StatusConflict:
+				// The batch id was used with another body (another process
+				// sent the same rows). Drop the batch; the rows go again in
+				// a batch with a fresh id, and the registry counts each
+				// event once.
+				if err := s.l.dropPending(ctx, c, b.id); err != nil {
+					return total, err
+				}
+				s.salt = verify.NewID()
+			}
 			return total, fmt.Errorf("meter: sync %s: batch %s: %w", c.name, b.id, err)
 		}
 		if int64(resp.Accepted+resp.Duplicates) != b.count {
@@ -278,7 +296,7 @@ func (s *Syncer) nextBatch(ctx context.Context, c *contractState) (*batch, error
 	if len(events) == 0 {
 		return nil, nil
 	}
-	b := &batch{id: s.batchID(c.name, events), last: last, count: int64(len(events))}
+	b := &batch{id: s.batchID(c.name+s.salt, events), last: last, count: int64(len(events))}
 	mb := &contract.MeteringBatch{Contract: c.name, BatchID: b.id, Sidecar: s.kid, IssuedAt: time.Now().Unix(), Events: events}
 	if b.jws, err = verify.SignMeteringBatch(s.cfg.Key, mb); err != nil {
 		return nil, fmt.Errorf("meter: sync %s: %w", c.name, err)
@@ -301,6 +319,16 @@ func (s *Syncer) batchID(contractID string, events []contract.MeteringEvent) str
 		h.Write([]byte(e.ID + "\n"))
 	}
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:18])
+}
+
+// dropPending forgets c's batch in flight.
+func (l *Ledger) dropPending(ctx context.Context, c *contractState, id string) error {
+	_, err := l.db.ExecContext(ctx, `UPDATE contracts SET pending_batch = NULL, pending_last = NULL,
+		pending_count = NULL, pending_jws = NULL WHERE id = ? AND pending_batch = ?`, c.id, id)
+	if err != nil {
+		return fmt.Errorf("meter: sync %s: drop batch %s: %w", c.name, id, err)
+	}
+	return nil
 }
 
 // ack moves c's cursor past an acknowledged batch.

@@ -381,3 +381,81 @@ func TestPruneKeepsUnsyncedRowsAndTheChain(t *testing.T) {
 		t.Errorf("verify after editing row 302 of a pruned ledger: %v", err)
 	}
 }
+
+// TestConflictingBatchIDIsReminted: another process already used the
+// batch's Idempotency-Key with another body (409). The syncer drops that
+// batch and sends the rows again under a fresh id; nothing is counted
+// twice and the outbox does not stick.
+func TestConflictingBatchIDIsReminted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &regServer{addr: ln.Addr().String(), db: filepath.Join(t.TempDir(), "registry.db")}
+	ln.Close()
+	ctx := context.Background()
+	r.start(t)
+	defer r.stop()
+	admin, err := contract.NewClient("http://" + r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := admin.CreateContract(ctx, registrytest.AdminToken, newContract(t, "did:example:metered-conflict"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := newSidecar(t, "http://"+r.addr, nil)
+	token, err := sc.tokens.Token(ctx, c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	write(t, l, c.ContractID, 0, 50)
+	sy := sc.syncer(t, l)
+
+	// A failed attempt leaves the signed batch pending.
+	r.stop()
+	if _, err := sy.Sync(ctx); err == nil {
+		t.Fatal("sync with the registry down succeeded")
+	}
+	cur, err := l.Cursors(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := cur[c.ContractID].PendingBatch
+	if id == "" {
+		t.Fatal("no pending batch after a failed attempt")
+	}
+	// Someone else posts another body under that key.
+	r.start(t)
+	var first contract.MeteringEvent
+	if err := l.Rows(ctx, 0, func(r *meter.Row) error {
+		if first.ID == "" {
+			first = r.MeteringEvent()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tp, _ := verify.Thumbprint(sc.key)
+	jws, err := verify.SignMeteringBatch(sc.key, &contract.MeteringBatch{Contract: c.ContractID, BatchID: id, Sidecar: tp,
+		IssuedAt: time.Now().Unix(), Events: []contract.MeteringEvent{first}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sc.client.PostMetering(ctx, c.ContractID, token, id, jws); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = sy.Sync(ctx)
+	if contract.StatusOf(err) != http.StatusConflict {
+		t.Fatalf("sync of the pending batch: %v, want 409", err)
+	}
+	if _, err := sy.Sync(ctx); err != nil {
+		t.Fatalf("sync after the conflict: %v", err)
+	}
+	if cur, _ := l.Cursors(ctx); cur[c.ContractID].PendingBatch != "" {
+		t.Errorf("a batch is still pending: %+v", cur[c.ContractID])
+	}
+	assertTotalsEqual(t, admin, l, c.ContractID, 50)
+}

@@ -43,3 +43,11 @@ func (t *RequestedTokens) Token(ctx context.Context, contractID string) (string,
 	t.tokens[contractID] = *tr
 	return tr.Token, nil
 }
+
+// Invalidate forgets the token of contractID, so that the next Token asks
+// for a new one (the Syncer calls it after a 401).
+func (t *RequestedTokens) Invalidate(contractID string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.tokens, contractID)
+}
