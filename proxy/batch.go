@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"io"
@@ -119,45 +120,72 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", FramesMediaType)
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
 	w.WriteHeader(http.StatusOK)
-	var hdr [14]byte
-	for _, it := range items {
-		binary.BigEndian.PutUint32(hdr[:4], uint32(len(it.name)))
-		if _, err := w.Write(hdr[:4]); err != nil {
-			return err
+	// Each frame's access is queued as its bytes go out; the response's
+	// very last byte is held back until every one of them is durable, so
+	// the batch is never complete at the client before it is metered. A
+	// failure aborts the stream.
+	sw := w.(*statusWriter)
+	var waits []func(context.Context) error
+	finish := func(last []byte) {
+		for _, wait := range waits {
+			if err := wait(context.WithoutCancel(r.Context())); err != nil {
+				s.metrics.meterErrors.Inc()
+				s.log.Error("metering failed; aborting the batch", "contract", id, "err", err)
+				panic(http.ErrAbortHandler)
+			}
 		}
-		if _, err := io.WriteString(w, it.name); err != nil {
-			return err
+		if _, err := sw.Write(last); err != nil {
+			panic(http.ErrAbortHandler)
 		}
+	}
+	hdr := make([]byte, 0, 4+4096+10)
+	for i, it := range items {
+		final := i == len(items)-1
 		var size int64
 		if it.status == http.StatusOK {
 			size = it.entry.DecodedSize
 		}
-		binary.BigEndian.PutUint16(hdr[:2], uint16(it.status))
-		binary.BigEndian.PutUint64(hdr[2:10], uint64(size))
-		if _, err := w.Write(hdr[:10]); err != nil {
-			return err
-		}
-		if it.status != http.StatusOK {
-			continue
-		}
-		// As for single objects: all but the last byte, the durable
-		// access, then the last byte; a failure aborts the stream.
-		f := it.obj.File()
-		if size > 1 {
-			if n, err := io.Copy(w, io.NewSectionReader(f, 0, size-1)); err != nil || n != size-1 {
+		hdr = binary.BigEndian.AppendUint32(hdr[:0], uint32(len(it.name)))
+		hdr = append(hdr, it.name...)
+		hdr = binary.BigEndian.AppendUint16(hdr, uint16(it.status))
+		hdr = binary.BigEndian.AppendUint64(hdr, uint64(size))
+		if final && size == 0 {
+			if _, err := sw.Write(hdr[:len(hdr)-1]); err != nil {
 				panic(http.ErrAbortHandler)
 			}
+			finish(hdr[len(hdr)-1:])
+			break
 		}
-		a := Access{Contract: id, Name: it.name, Bytes: size, DecodedSHA: it.entry.DecodedSHA256,
-			Epoch: epoch, Job: job, TokenID: grant.TokenID, Outcome: OutcomeServed}
-		if err := s.record(r.Context(), a); err != nil {
+		if _, err := sw.Write(hdr); err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		if size == 0 {
+			continue
+		}
+		f := it.obj.File()
+		body := size
+		if final {
+			body = size - 1
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		if n, err := sw.ReadFrom(io.LimitReader(f, body)); err != nil || n != body {
+			panic(http.ErrAbortHandler)
+		}
+		wait, err := s.submit(r.Context(), Access{Contract: id, Name: it.name, Bytes: size, DecodedSHA: it.entry.DecodedSHA256,
+			Epoch: epoch, Job: job, TokenID: grant.TokenID, Outcome: OutcomeServed})
+		if err != nil {
 			s.log.Error("metering failed; aborting the batch", "contract", id, "name", it.name, "err", err)
 			panic(http.ErrAbortHandler)
 		}
-		if size > 0 {
-			if n, err := io.Copy(w, io.NewSectionReader(f, size-1, 1)); err != nil || n != 1 {
+		waits = append(waits, wait)
+		if final {
+			var last [1]byte
+			if _, err := f.ReadAt(last[:], size-1); err != nil {
 				panic(http.ErrAbortHandler)
 			}
+			finish(last[:])
 		}
 	}
 	return nil

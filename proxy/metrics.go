@@ -62,6 +62,10 @@ func (m *Metrics) CountVerificationFailure(err error) {
 }
 
 func verificationKind(err error) string {
+	var ve *VerificationError
+	if errors.As(err, &ve) && ve.Kind != "" {
+		return ve.Kind
+	}
 	switch {
 	case errors.Is(err, verify.ErrDigest):
 		return "digest"

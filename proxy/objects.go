@@ -160,18 +160,32 @@ func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, s
 	return nil
 }
 
-// record writes an access to the ledger, durably, even if the request's
-// context has ended.
+// record writes an access to the ledger and waits until it is durable,
+// even if the request's context has ended.
 func (s *Server) record(ctx context.Context, a Access) error {
-	a.Time = time.Now().UTC()
-	if a.Outcome == OutcomeServed || a.Outcome == OutcomePartial {
-		s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
+	wait, err := s.submit(ctx, a)
+	if err != nil {
+		return err
 	}
-	if err := s.cfg.Meter.Access(context.WithoutCancel(ctx), a); err != nil {
+	if err := wait(context.WithoutCancel(ctx)); err != nil {
 		s.metrics.meterErrors.Inc()
 		return err
 	}
 	return nil
+}
+
+// submit queues an access; the returned wait makes it durable.
+func (s *Server) submit(ctx context.Context, a Access) (func(context.Context) error, error) {
+	a.Time = time.Now().UTC()
+	if a.Outcome == OutcomeServed || a.Outcome == OutcomePartial {
+		s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
+	}
+	wait, err := s.cfg.Meter.Submit(context.WithoutCancel(ctx), a)
+	if err != nil {
+		s.metrics.meterErrors.Inc()
+		return nil, err
+	}
+	return wait, nil
 }
 
 // countFetchError counts a failed fetch and records verification failures
@@ -180,7 +194,7 @@ func (s *Server) countFetchError(contractID, name string, epoch int64, job strin
 	if isVerification(err) {
 		s.metrics.verifyFailures.WithLabelValues(verificationKind(err)).Inc()
 		a := Access{Time: time.Now().UTC(), Contract: contractID, Name: name, Epoch: epoch, Job: job, TokenID: g.TokenID, Outcome: OutcomeVerifyKO}
-		if merr := s.cfg.Meter.Access(context.Background(), a); merr != nil && !errors.Is(merr, ErrBusy) {
+		if _, merr := s.cfg.Meter.Submit(context.Background(), a); merr != nil && !errors.Is(merr, ErrBusy) {
 			s.log.Error("metering failed", "contract", contractID, "err", merr)
 		}
 	}

@@ -194,7 +194,7 @@ func statusOf(err error) (int, string) {
 // isVerification reports whether err is a failed verification of origin
 // bytes (never served as a clean response).
 func isVerification(err error) bool {
-	return errors.Is(err, verify.ErrDigest) || errors.Is(err, verify.ErrSize) || errors.Is(err, verify.ErrMalformed)
+	return errors.Is(err, ErrVerification) || errors.Is(err, verify.ErrDigest) || errors.Is(err, verify.ErrSize)
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {

@@ -22,7 +22,21 @@ var (
 	ErrQuotaSpent      = errors.New("quota spent")
 	ErrBusy            = errors.New("ledger is full; retry shortly")
 	ErrUnauthorized    = errors.New("missing or bad local bearer token")
+	// ErrVerification: the origin's bytes failed verification (502).
+	ErrVerification = errors.New("origin bytes failed verification")
 )
+
+// VerificationError is a failed verification of origin bytes, with its kind
+// (digest, size, decode, ...) for the metrics.
+type VerificationError struct {
+	Kind string
+	Err  error
+}
+
+func (e *VerificationError) Error() string { return e.Err.Error() }
+
+// Unwrap makes errors.Is(err, ErrVerification) true and keeps the cause.
+func (e *VerificationError) Unwrap() []error { return []error{ErrVerification, e.Err} }
 
 // Contract states, shown at /v1/contracts and /readyz.
 const (
@@ -114,9 +128,10 @@ const (
 
 // Meter records accesses and closes epochs.
 type Meter interface {
-	// Access records one access durably, or fails with an error wrapping
-	// ErrBusy when the ledger cannot take it now.
-	Access(ctx context.Context, a Access) error
+	// Submit queues one access for the ledger, or fails with an error
+	// wrapping ErrBusy when the ledger cannot take it now. The returned
+	// wait returns once the access is durable.
+	Submit(ctx context.Context, a Access) (wait func(context.Context) error, err error)
 	// EndEpoch closes an epoch's summary and returns it (JSON-encodable).
 	EndEpoch(ctx context.Context, contractID, job string, epoch int64) (any, error)
 	// CheckQuota refuses, with an error wrapping ErrQuotaSpent, when one

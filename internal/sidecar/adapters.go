@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,10 +21,23 @@ var _ proxy.Cache = cacheAdapter{}
 
 func (a cacheAdapter) Get(ctx context.Context, contractID string, obj *contract.ObjectClaim) (proxy.Object, error) {
 	h, err := a.c.Get(ctx, contractID, obj)
-	if err != nil {
+	switch {
+	case err == nil:
+		return h, nil
+	case cache.IsVerification(err):
+		return nil, &proxy.VerificationError{Kind: cache.FailureKind(err), Err: err}
+	case errors.Is(err, cache.ErrPurged):
+		return nil, fmt.Errorf("%w: %v", proxy.ErrRedacted, err)
+	case errors.Is(err, cache.ErrNotMounted):
+		return nil, fmt.Errorf("%w: %v", proxy.ErrNotReady, err)
+	case contract.StatusOf(err) == http.StatusUnauthorized:
+		// The registry refused our token to presign: a capability problem
+		// (503), not the local client's credentials.
+		return nil, fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
+	default:
+		// Including the registry's own refusals (a spent quota: 403).
 		return nil, err
 	}
-	return h, nil
 }
 
 // meterAdapter makes *meter.Ledger a proxy.Meter.
@@ -31,13 +45,19 @@ type meterAdapter struct{ l *meter.Ledger }
 
 var _ proxy.Meter = meterAdapter{}
 
-func (a meterAdapter) Access(ctx context.Context, x proxy.Access) error {
-	_, err := a.l.Record(ctx, meter.Event{Time: x.Time, Contract: x.Contract, Name: x.Name, Bytes: x.Bytes,
+func (a meterAdapter) Submit(ctx context.Context, x proxy.Access) (func(context.Context) error, error) {
+	p, err := a.l.Submit(ctx, meter.Event{Time: x.Time, Contract: x.Contract, Name: x.Name, Bytes: x.Bytes,
 		DecodedSHA256: x.DecodedSHA, Epoch: x.Epoch, Job: x.Job, TokenID: x.TokenID, Outcome: x.Outcome})
 	if errors.Is(err, meter.ErrBusy) {
-		return fmt.Errorf("%w: %v", proxy.ErrBusy, err)
+		return nil, fmt.Errorf("%w: %v", proxy.ErrBusy, err)
 	}
-	return err
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error {
+		_, err := p.Wait(ctx)
+		return err
+	}, nil
 }
 
 func (a meterAdapter) EndEpoch(ctx context.Context, contractID, job string, epoch int64) (any, error) {
@@ -64,6 +84,13 @@ func (s *Sidecar) registerMetrics(reg prometheus.Registerer) {
 		counter("provgate_cache_misses_total", "Cache misses (origin fetches).", func() float64 { return float64(s.cache.Stats().Misses) }),
 		gauge("provgate_cache_bytes", "Decoded bytes in the cache.", func() float64 { return float64(s.cache.Stats().Bytes) }),
 		counter("provgate_cache_evictions_total", "Cache evictions.", func() float64 { return float64(s.cache.Stats().Evictions) }),
+		counter("provgate_cache_resumes_total", "Ranged resumes after an origin fault mid-body.", func() float64 { return float64(s.cache.Stats().Resumes) }),
+		counter("provgate_cache_rejected_total", "Objects the eviction policy declined to admit.", func() float64 { return float64(s.cache.Stats().Rejected) }),
+		counter("provgate_cache_origin_bytes_total", "Stored bytes received from the origin.", func() float64 { return float64(s.cache.Stats().OriginBytes) }),
+		&cacheFailures{s: s},
+		gauge("provgate_ledger_queued", "Metering events waiting for the ledger writer.", func() float64 { return float64(s.ledger.Stats().Queued) }),
+		counter("provgate_ledger_refused_total", "Metering events refused because the ledger was full (503).", func() float64 { return float64(s.ledger.Stats().Refused) }),
+		counter("provgate_ledger_sync_errors_total", "Failed metering batch posts.", func() float64 { return float64(s.ledger.Stats().SyncErrors) }),
 		gauge("provgate_outbox_depth", "Metering events not yet acknowledged by the registry.", func() float64 {
 			var n int64
 			for _, id := range s.cfg.Contracts {
@@ -72,4 +99,17 @@ func (s *Sidecar) registerMetrics(reg prometheus.Registerer) {
 			return float64(n)
 		}),
 	)
+}
+
+// cacheFailures exports the cache's failures by kind.
+type cacheFailures struct{ s *Sidecar }
+
+var cacheFailuresDesc = prometheus.NewDesc("provgate_cache_failures_total", "Failed fetches and damaged entries, by kind.", []string{"kind"}, nil)
+
+func (c *cacheFailures) Describe(ch chan<- *prometheus.Desc) { ch <- cacheFailuresDesc }
+
+func (c *cacheFailures) Collect(ch chan<- prometheus.Metric) {
+	for kind, n := range c.s.cache.Stats().Failures {
+		ch <- prometheus.MustNewConstMetric(cacheFailuresDesc, prometheus.CounterValue, float64(n), kind)
+	}
 }
