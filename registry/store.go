@@ -368,15 +368,23 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 			return err
 		}
 	}
-	for _, e := range rec.Events {
-		// The primary key (contract, id) is the durable guarantee that an
-		// event is counted once, whatever the batch it arrives in.
-		if _, err := tx.ExecContext(ctx, `INSERT INTO metering_events (contract, id, seq, kind, bytes, samples, units, cost, epoch, job)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, contractID, e.ID, rec.Seq, e.Kind, e.Bytes, e.Samples, e.Units, e.CostNanoUSD, e.Epoch, e.Job); err != nil {
-			if isUnique(err) {
-				return fmt.Errorf("%w: metering event %q already counted", errConflict, e.ID)
-			}
+	if len(rec.Events) > 0 {
+		// One prepared statement for the batch's events.
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO metering_events (contract, id, seq, kind, bytes, samples, units, cost, epoch, job)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
 			return err
+		}
+		defer ins.Close()
+		for _, e := range rec.Events {
+			// The primary key (contract, id) is the durable guarantee that an
+			// event is counted once, whatever the batch it arrives in.
+			if _, err := ins.ExecContext(ctx, contractID, e.ID, rec.Seq, e.Kind, e.Bytes, e.Samples, e.Units, e.CostNanoUSD, e.Epoch, e.Job); err != nil {
+				if isUnique(err) {
+					return fmt.Errorf("%w: metering event %q already counted", errConflict, e.ID)
+				}
+				return err
+			}
 		}
 	}
 	if rec.IdemKey != "" {
