@@ -76,7 +76,7 @@
 //
 // A commit writes the group's rows only (one page for a small group).
 // The quota totals (per token and contract) and the head are written with
-// a commit at most every 100 ms; on open, the rows after that snapshot are
+// the first commit after every 100 ms; on open, the rows after that snapshot are
 // replayed into the totals, so they survive a kill too.
 //
 // # Outbox
