@@ -361,6 +361,11 @@ func (s *Sidecar) shutdown(ctx context.Context) error {
 	if s.proxySrv != nil {
 		errs = append(errs, s.proxySrv.Shutdown(ctx))
 	}
+	// Flush the ledger's writer first, so that the last sync carries every
+	// queued event.
+	if s.ledger != nil {
+		s.ledger.Stop()
+	}
 	if s.syncer != nil {
 		if _, err := s.syncer.Sync(ctx); err != nil {
 			s.log.Warn("final outbox sync failed; events stay in the ledger for the next start", "err", err)
