@@ -181,31 +181,8 @@ func BenchmarkEpochHitRatio(b *testing.B) {
 							b.Fatal(err)
 						}
 						c.Mount(testContract, origin, 0)
-						r := rand.New(rand.NewPCG(3, 4))
-						hits, reads := 0, 0
-						for ep := range epochs {
-							idx := r.Perm(n)
-							if order == "sequential" {
-								for i := range idx {
-									idx[i] = i
-								}
-							}
-							for _, i := range idx {
-								h, err := c.Get(context.Background(), testContract, &objs[i])
-								if err != nil {
-									b.Fatal(err)
-								}
-								if ep > 0 {
-									reads++
-									if h.Hit {
-										hits++
-									}
-								}
-								h.Close()
-							}
-						}
+						ratio = epochHitRatio(b, c, objs, epochs, order, rand.New(rand.NewPCG(3, 4)))
 						c.Close()
-						ratio = float64(hits) / float64(reads)
 					}
 					b.ReportMetric(ratio, "hit-ratio")
 				})

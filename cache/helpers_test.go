@@ -214,3 +214,33 @@ func diskBytes(dir, sub string) int64 {
 	})
 	return n
 }
+
+// epochHitRatio reads objs for the given number of epochs, in order or
+// shuffled per epoch ("sequential" or "shuffled"), and returns the hit
+// ratio of every epoch after the first.
+func epochHitRatio(tb testing.TB, c *cache.Cache, objs []contract.ObjectClaim, epochs int, order string, r *rand.Rand) float64 {
+	tb.Helper()
+	hits, reads := 0, 0
+	for ep := range epochs {
+		idx := r.Perm(len(objs))
+		if order == "sequential" {
+			for i := range idx {
+				idx[i] = i
+			}
+		}
+		for _, i := range idx {
+			h, err := c.Get(context.Background(), testContract, &objs[i])
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if ep > 0 {
+				reads++
+				if h.Hit {
+					hits++
+				}
+			}
+			h.Close()
+		}
+	}
+	return float64(hits) / float64(reads)
+}

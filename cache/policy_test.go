@@ -119,32 +119,9 @@ func TestEpochHitRatio(t *testing.T) {
 			if err := c.Mount(testContract, e.origin, 0); err != nil {
 				t.Fatal(err)
 			}
-			r := rand.New(rand.NewPCG(1, 2))
-			hits, reads := 0, 0
-			for ep := range epochs {
-				idx := r.Perm(n)
-				if order == "sequential" {
-					for i := range idx {
-						idx[i] = i
-					}
-				}
-				for _, i := range idx {
-					h, err := c.Get(context.Background(), testContract, &objs[i])
-					if err != nil {
-						t.Fatal(err)
-					}
-					if ep > 0 {
-						reads++
-						if h.Hit {
-							hits++
-						}
-					}
-					h.Close()
-				}
-			}
-			c.Close()
 			key := order + "/" + pol.String()
-			ratio[key] = float64(hits) / float64(reads)
+			ratio[key] = epochHitRatio(t, c, objs, epochs, order, rand.New(rand.NewPCG(1, 2)))
+			c.Close()
 			t.Logf("%-10s %-7s hit ratio %.3f (epochs 2-%d, dataset = 2x cache)", order, pol, ratio[key], epochs)
 		}
 	}
