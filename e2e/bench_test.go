@@ -45,7 +45,11 @@ func BenchmarkWarmHit(b *testing.B) {
 			// the sidecar's two cores, so it ships once a minute instead of
 			// stealing them mid-measurement. Every access is still written
 			// to the ledger before its last byte goes out.
-			sc := e.startServe(b, "--sync-interval", "1m")
+			args := []string{"--sync-interval", "1m"}
+			if d := os.Getenv("PROVGATE_BENCH_DEBUG_LISTEN"); d != "" {
+				args = append(args, "--debug-listen", d) // to profile the sidecar during the run
+			}
+			sc := e.startServe(b, args...)
 			ng := startNginx(b, root)
 			hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 			sidecarURL := func(name string) string {

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -28,7 +31,7 @@ const serveSynopsis = `serve --registry URL --contract ID [--contract ID...] [--
 type serveFlags struct {
 	registry, purpose, stateDir, cacheDir, listen, unixSocket, proxyListen  string
 	s3Endpoint, s3Region, s3Lookup, localTokenFile, trust, pinned, logLevel string
-	logFormat, ledgerSync                                                   string
+	logFormat, ledgerSync, debugListen                                      string
 	contracts, allowHosts, originHosts                                      stringList
 	cacheSize                                                               byteSize
 	maxSamples, maxBytes                                                    int64
@@ -65,6 +68,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.StringVar(&f.ledgerSync, "ledger-sync", "normal", "ledger durability: normal (survives process crashes) or full (also power loss; fsync per group commit)")
 	fs.DurationVar(&f.syncInterval, "sync-interval", 0, "how often the metering outbox is pushed when idle (0: the default)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for in-flight responses")
+	fs.StringVar(&f.debugListen, "debug-listen", "", "serve Go's pprof profiles at this address (loopback only; off when empty)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "json or text")
 	fs.String("config", "", "JSON file of settings named like the flags (flags and PROVGATE_* win)")
@@ -160,6 +164,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if f.debugListen != "" {
+		stop, err := serveDebug(f.debugListen, cfg.Logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	sc, err := sidecar.Start(ctx, cfg)
 	if err != nil {
 		return err
@@ -174,4 +185,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 	defer cancel()
 	return sc.Shutdown(sctx)
+}
+
+// serveDebug serves net/http/pprof on a loopback address.
+func serveDebug(addr string, log *slog.Logger) (stop func(), err error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, &usageError{msg: fmt.Sprintf("--debug-listen %q: %v", addr, err)}
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, &usageError{msg: fmt.Sprintf("--debug-listen %q: profiles are served on loopback only", addr)}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("debug listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	log.Info("pprof profiles served", "addr", ln.Addr().String())
+	return func() { srv.Close() }, nil
 }
