@@ -108,6 +108,18 @@ func TestServeEndToEnd(t *testing.T) {
 	if listed != n/4 {
 		t.Errorf("ListObjectsV2 ds/shard-1/: %d keys, want %d", listed, n/4)
 	}
+	// With a delimiter, the shards come back as common prefixes, once each,
+	// across pages of 3.
+	var prefixes []string
+	for o := range s3.ListObjects(context.Background(), e.bucket, minio.ListObjectsOptions{Prefix: "ds/", MaxKeys: 3}) {
+		if o.Err != nil {
+			t.Fatalf("s3 list with delimiter: %v", o.Err)
+		}
+		prefixes = append(prefixes, o.Key)
+	}
+	if strings.Join(prefixes, ",") != "ds/shard-0/,ds/shard-1/,ds/shard-2/,ds/shard-3/" {
+		t.Errorf("ListObjectsV2 ds/ with delimiter /: %v", prefixes)
+	}
 	pc := proxyClient(t, sc)
 	origin := strings.TrimPrefix(e.minio.URL(), "http://")
 	parallel(t, names[3*q:], 4, func(name string) {
