@@ -13,10 +13,13 @@ import (
 	"github.com/provgate/provgate/contract"
 )
 
-// Access outcomes. Only OutcomeServed and OutcomePartial bill.
+// Access outcomes. OutcomeServed and OutcomePartial bill a sample (and
+// their bytes); OutcomeRange, a range that continues an object already
+// counted, bills its bytes only; the others bill nothing.
 const (
 	OutcomeServed       = "served"
 	OutcomePartial      = "partial"
+	OutcomeRange        = "range"
 	OutcomeAborted      = "aborted" // the client went away mid-body
 	OutcomeRefused      = "refused"
 	OutcomeVerifyFailed = "verification_failed"
@@ -53,7 +56,7 @@ type Event struct {
 
 // billable reports whether an outcome bills.
 func billable(outcome string) bool {
-	return outcome == OutcomeServed || outcome == OutcomePartial
+	return outcome == OutcomeServed || outcome == OutcomePartial || outcome == OutcomeRange
 }
 
 // normalize fills defaults and checks bounds.
@@ -64,8 +67,8 @@ func (e *Event) normalize(now time.Time) error {
 	if e.Outcome == "" {
 		e.Outcome = OutcomeServed
 	}
-	if e.Samples == 0 && billable(e.Outcome) {
-		e.Samples = 1
+	if e.Samples == 0 && (e.Outcome == OutcomeServed || e.Outcome == OutcomePartial) {
+		e.Samples = 1 // a range that continues an object bills its bytes, not another sample
 	}
 	switch {
 	case e.Contract == "" || len(e.Contract) > maxContractID:

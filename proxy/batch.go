@@ -62,17 +62,23 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 	}
 	items := make([]batchItem, len(req.Names))
 	var grant Grant
-	var total int64
+	var src Source
+	var total, samples int64
 	for i, name := range req.Names {
 		items[i].name = name
-		src, e, g, err := s.resolve(id, name)
+		sr, e, g, err := s.resolve(id, name)
+		if err == nil {
+			// The quota is reserved for the whole batch, object by object:
+			// once it is spent, the remaining frames say 403.
+			err = s.checkQuota(sr, g, samples+1, total+e.DecodedSize)
+		}
 		if err != nil {
 			s.countRefusal(err)
 			items[i].status, _ = statusOf(err)
 			continue
 		}
-		_ = src
-		grant = g
+		src, grant = sr, g
+		samples++
 		total += e.DecodedSize
 		if total > s.cfg.MaxBatchBytes {
 			return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "batch exceeds %d bytes", s.cfg.MaxBatchBytes)
@@ -109,6 +115,16 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	// A redaction that landed while the batch was fetching wins.
+	for i := range items {
+		if items[i].obj != nil {
+			if err := s.recheck(src, items[i].name); err != nil {
+				items[i].status, _ = statusOf(err)
+				items[i].obj.Close()
+				items[i].obj = nil
+			}
+		}
 	}
 	var length int64
 	for _, it := range items {
@@ -149,18 +165,34 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 		hdr = append(hdr, it.name...)
 		hdr = binary.BigEndian.AppendUint16(hdr, uint16(it.status))
 		hdr = binary.BigEndian.AppendUint64(hdr, uint64(size))
-		if final && size == 0 {
-			if _, err := sw.Write(hdr[:len(hdr)-1]); err != nil {
+		meterFrame := func() {
+			wait, err := s.submit(r.Context(), Access{Contract: id, Name: it.name, Bytes: size, DecodedSHA: it.entry.DecodedSHA256,
+				Epoch: epoch, Job: job, TokenID: grant.TokenID, Outcome: OutcomeServed})
+			if err != nil {
+				s.log.Error("metering failed; aborting the batch", "contract", id, "name", it.name, "err", err)
 				panic(http.ErrAbortHandler)
 			}
-			finish(hdr[len(hdr)-1:])
-			break
+			waits = append(waits, wait)
+		}
+		if size == 0 {
+			// An empty object (or a refusal) is all header.
+			if it.status == http.StatusOK {
+				meterFrame()
+			}
+			if final {
+				if _, err := sw.Write(hdr[:len(hdr)-1]); err != nil {
+					panic(http.ErrAbortHandler)
+				}
+				finish(hdr[len(hdr)-1:])
+				break
+			}
+			if _, err := sw.Write(hdr); err != nil {
+				panic(http.ErrAbortHandler)
+			}
+			continue
 		}
 		if _, err := sw.Write(hdr); err != nil {
 			panic(http.ErrAbortHandler)
-		}
-		if size == 0 {
-			continue
 		}
 		f := it.obj.File()
 		body := size
@@ -173,13 +205,7 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 		if n, err := sw.ReadFrom(io.LimitReader(f, body)); err != nil || n != body {
 			panic(http.ErrAbortHandler)
 		}
-		wait, err := s.submit(r.Context(), Access{Contract: id, Name: it.name, Bytes: size, DecodedSHA: it.entry.DecodedSHA256,
-			Epoch: epoch, Job: job, TokenID: grant.TokenID, Outcome: OutcomeServed})
-		if err != nil {
-			s.log.Error("metering failed; aborting the batch", "contract", id, "name", it.name, "err", err)
-			panic(http.ErrAbortHandler)
-		}
-		waits = append(waits, wait)
+		meterFrame()
 		if final {
 			var last [1]byte
 			if _, err := f.ReadAt(last[:], size-1); err != nil {

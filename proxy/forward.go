@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"crypto/subtle"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,8 +50,20 @@ func (s *Server) NewForwardProxy(cfg ForwardConfig) (http.Handler, error) {
 		ResponseHeaderTimeout: time.Minute, IdleConnTimeout: time.Minute}
 	mitm := &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: goproxy.TLSConfigFromCA(cfg.CA)}
 	f := &forward{s: s, cfg: cfg}
+	for _, a := range cfg.Allow {
+		for _, o := range cfg.OriginHosts {
+			if f.allowCovers(a, hostOnly(o)) {
+				return nil, fmt.Errorf("forward proxy: allowlist entry %q covers the origin host %q: its bytes would bypass verification", a, o)
+			}
+		}
+	}
 
 	p.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+		if !f.authorized(ctx.Req) {
+			s.metrics.proxyDenied.WithLabelValues("token").Inc()
+			return goproxy.RejectConnect, host
+		}
+		ctx.UserData = authorizedTunnel{} // requests inside the tunnel inherit it
 		switch {
 		case f.isOrigin(host):
 			return mitm, host
@@ -65,6 +79,12 @@ func (s *Server) NewForwardProxy(cfg ForwardConfig) (http.Handler, error) {
 		host := req.URL.Host
 		if host == "" {
 			host = req.Host
+		}
+		if _, tunnelled := ctx.UserData.(authorizedTunnel); !tunnelled && !f.authorized(req) {
+			s.metrics.proxyDenied.WithLabelValues("token").Inc()
+			resp := jsonResponse(req, http.StatusProxyAuthRequired, contract.CodeUnauthorized, "the provgate proxy requires the local bearer token (Proxy-Authorization: Bearer …)")
+			resp.Header.Set("Proxy-Authenticate", `Bearer realm="provgate"`)
+			return nil, resp
 		}
 		switch {
 		case f.isOrigin(host):
@@ -93,8 +113,28 @@ func hostOnly(hostport string) string {
 	return strings.ToLower(hostport)
 }
 
-// originBucket reports whether host is an origin host, and the bucket when
-// it is virtual-host style (bucket.originhost).
+// authorizedTunnel marks a CONNECT that presented the local token; the
+// requests inside it are authorized by it.
+type authorizedTunnel struct{}
+
+// authorized checks the local bearer token, when one is configured, on a
+// proxy request (the CONNECT, or a plain-HTTP proxy request).
+func (f *forward) authorized(req *http.Request) bool {
+	bt := f.s.cfg.BearerToken
+	if bt == "" {
+		return true
+	}
+	if req == nil {
+		return false
+	}
+	got, ok := strings.CutPrefix(req.Header.Get("Proxy-Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(bt)) == 1
+}
+
+// originBucket reports whether host is an origin host or any name under
+// it, and the bucket when it is virtual-host style (bucket.originhost).
+// Every name under an origin host is treated as the origin, so that no
+// spelling of the bucket's address bypasses verification.
 func (f *forward) originBucket(host string) (bucket string, ok bool) {
 	h := hostOnly(host)
 	for _, o := range f.cfg.OriginHosts {
@@ -102,11 +142,22 @@ func (f *forward) originBucket(host string) (bucket string, ok bool) {
 		if h == oh {
 			return "", true
 		}
-		if b, found := strings.CutSuffix(h, "."+oh); found && b != "" && !strings.Contains(b, ".") {
+		if b, found := strings.CutSuffix(h, "."+oh); found && b != "" {
 			return b, true
 		}
 	}
 	return "", false
+}
+
+// allowCovers reports whether allowlist entry a would let host through.
+func (f *forward) allowCovers(a, host string) bool {
+	a = strings.ToLower(a)
+	switch {
+	case strings.HasPrefix(a, "*."):
+		return strings.HasSuffix(host, a[1:]) || host == a[2:]
+	default:
+		return hostOnly(a) == host
+	}
 }
 
 func (f *forward) isOrigin(host string) bool {
@@ -114,20 +165,28 @@ func (f *forward) isOrigin(host string) bool {
 	return ok
 }
 
-func (f *forward) allowed(host string) bool {
-	h := hostOnly(host)
+// allowed reports whether host[:port] may be reached untouched: an entry
+// "host:port" allows that port; a bare "host" or "*.suffix" allows ports
+// 80 and 443 only.
+func (f *forward) allowed(hostport string) bool {
+	h := hostOnly(hostport)
+	_, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		port = ""
+	}
+	webPort := port == "" || port == "80" || port == "443"
 	for _, a := range f.cfg.Allow {
 		a = strings.ToLower(a)
 		switch {
 		case strings.HasPrefix(a, "*."):
-			if strings.HasSuffix(h, a[1:]) {
+			if webPort && strings.HasSuffix(h, a[1:]) {
 				return true
 			}
 		case strings.Contains(a, ":"):
-			if strings.EqualFold(host, a) {
+			if strings.EqualFold(hostport, a) {
 				return true
 			}
-		case h == a:
+		case h == a && webPort:
 			return true
 		}
 	}
@@ -150,11 +209,10 @@ func (f *forward) serve(req *http.Request, host string) *http.Response {
 	// The origin's own signature is for the origin; the sidecar does not
 	// need it, and never forwards it.
 	r.Header.Del("Authorization")
-	bt := f.s.cfg.BearerToken
-	if bt != "" {
-		if got, ok := strings.CutPrefix(req.Header.Get("Proxy-Authorization"), "Bearer "); !ok || got != bt {
-			return jsonResponse(req, http.StatusProxyAuthRequired, contract.CodeUnauthorized, "proxy requires the local bearer token")
-		}
+	r.Header.Del("Proxy-Authorization")
+	r.URL.RawQuery = stripPresignQuery(r.URL.Query())
+	if bt := f.s.cfg.BearerToken; bt != "" {
+		// Authorized at the proxy (above): let the facade see the token.
 		r.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential="+bt+"/")
 	}
 	return pipeHandler(f.s.s3Handler(), r)
@@ -183,9 +241,9 @@ func pipeHandler(h http.Handler, r *http.Request) *http.Response {
 	resp := &http.Response{
 		StatusCode: w.status, Status: strconv.Itoa(w.status) + " " + http.StatusText(w.status),
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: w.header, Body: pr, Request: r, ContentLength: -1,
+		Header: w.sent, Body: pr, Request: r, ContentLength: -1,
 	}
-	if cl, err := strconv.ParseInt(w.header.Get("Content-Length"), 10, 64); err == nil {
+	if cl, err := strconv.ParseInt(w.sent.Get("Content-Length"), 10, 64); err == nil {
 		resp.ContentLength = cl
 	}
 	if r.Method == http.MethodHead {
@@ -197,6 +255,7 @@ func pipeHandler(h http.Handler, r *http.Request) *http.Response {
 
 type pipeWriter struct {
 	header http.Header
+	sent   http.Header
 	pw     *io.PipeWriter
 	once   sync.Once
 	ready  chan struct{}
@@ -208,7 +267,7 @@ func (w *pipeWriter) Header() http.Header { return w.header }
 func (w *pipeWriter) markReady(status int) {
 	w.once.Do(func() {
 		w.status = status
-		w.header = w.header.Clone()
+		w.sent = w.header.Clone() // what goproxy reads; later Header() edits go nowhere
 		close(w.ready)
 	})
 }
@@ -250,4 +309,15 @@ func (c *certStore) Fetch(host string, gen func() (*tls.Certificate, error)) (*t
 	}
 	c.certs[host] = cert
 	return cert, nil
+}
+
+// stripPresignQuery drops the origin's presigned-URL signature parameters:
+// the sidecar serves from its cache and needs none of them.
+func stripPresignQuery(q url.Values) string {
+	for k := range q {
+		if strings.HasPrefix(strings.ToLower(k), "x-amz-") {
+			q.Del(k)
+		}
+	}
+	return q.Encode()
 }

@@ -3,10 +3,12 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/provgate/provgate/contract"
@@ -33,17 +35,21 @@ func (s *Server) resolve(id, name string) (Source, *ManifestEntry, Grant, error)
 	if err != nil {
 		return nil, nil, Grant{}, err
 	}
-	if err := s.checkQuota(src, g, e.DecodedSize); err != nil {
-		return nil, nil, Grant{}, err
-	}
 	return src, e, g, nil
 }
 
-// checkQuota refuses when serving size more bytes would pass the token's
-// quota or the contract's. Concurrent requests can overrun it by at most
-// the requests in flight.
-func (s *Server) checkQuota(src Source, g Grant, size int64) error {
-	return s.cfg.Meter.CheckQuota(src.ID(), g.TokenID, g.Quota, src.Contract().Usage, size)
+// checkQuota refuses when serving samples more samples of bytes in all
+// would pass the token's quota or the contract's. Concurrent requests can
+// overrun it by at most the requests in flight.
+func (s *Server) checkQuota(src Source, g Grant, samples, bytes int64) error {
+	return s.cfg.Meter.CheckQuota(src.ID(), g.TokenID, g.Quota, src.Contract().Usage, samples, bytes)
+}
+
+// recheck looks the name up again after a (possibly long) fetch: a
+// redaction that landed meanwhile wins, and its bytes are purged again.
+func (s *Server) recheck(src Source, name string) error {
+	_, err := src.Lookup(name)
+	return err
 }
 
 // stableModTime is Last-Modified when the contract has no creation time.
@@ -67,6 +73,9 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 		return err
 	}
 	src, e, g, err := s.resolve(id, name)
+	if err == nil {
+		err = s.checkQuota(src, g, 1, e.DecodedSize)
+	}
 	if err != nil {
 		s.countRefusal(err)
 		return err
@@ -102,57 +111,110 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 		return err
 	}
 	defer obj.Close()
+	if err := s.recheck(src, e.Name); err != nil {
+		s.countRefusal(err)
+		return err
+	}
 	sw := w.(*statusWriter)
 	a := Access{Contract: src.ID(), Name: e.Name, DecodedSHA: e.DecodedSHA256, Epoch: epoch, Job: job, TokenID: g.TokenID}
-	if r.Header.Get("Range") == "" {
-		return s.sendMetered(r.Context(), sw, obj.File(), e.DecodedSize, a)
+	start, length, partial, err := singleRange(r, e.DecodedSize, etag(e.DecodedSHA256))
+	if err != nil {
+		h.Set("Content-Range", "bytes */"+strconv.FormatInt(e.DecodedSize, 10))
+		return err
 	}
-	// A range is served by http.ServeContent and metered after it went
-	// out, with the bytes sent.
-	http.ServeContent(sw, r, "", modTime, obj.File())
-	if sw.statusCode() >= 300 {
-		return nil
+	if partial {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, e.DecodedSize))
+		// A range that starts the object counts as the sample; the ranges
+		// that continue it bill their bytes only.
+		a.Outcome = OutcomePartial
+		if start > 0 {
+			a.Outcome = OutcomeRange
+		}
+		return s.sendMetered(r.Context(), sw, obj.File(), start, length, http.StatusPartialContent, a)
 	}
-	a.Bytes, a.Outcome = sw.n, OutcomePartial
-	if err := s.record(r.Context(), a); err != nil {
-		s.log.Error("metering a range failed", "contract", a.Contract, "name", a.Name, "err", err)
-	}
-	return nil
+	a.Outcome = OutcomeServed
+	return s.sendMetered(r.Context(), sw, obj.File(), 0, e.DecodedSize, http.StatusOK, a)
 }
 
-// sendMetered sends a whole object so that it is never complete at the
-// client unless its access is committed to the ledger: all but the last
-// byte go out (with sendfile), the access is recorded durably, then the
-// last byte. If the ledger cannot take the event, the response is aborted:
-// the client sees a broken body, never a clean, unmetered one. A crash
-// between the commit and the last byte bills an object the client did
-// not finish reading; nothing is ever served unbilled.
-func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, size int64, a Access) error {
-	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	w.WriteHeader(http.StatusOK)
-	if size > 1 {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
+// singleRange reads a Range header against an object of size bytes. It
+// returns partial=false to serve the whole object: no Range, several
+// ranges (which servers may ignore), or an If-Range that does not match.
+// An unsatisfiable range is a 416.
+func singleRange(r *http.Request, size int64, tag string) (start, length int64, partial bool, err error) {
+	spec := r.Header.Get("Range")
+	if spec == "" {
+		return 0, size, false, nil
+	}
+	if ir := r.Header.Get("If-Range"); ir != "" && ir != tag {
+		return 0, size, false, nil
+	}
+	spec, ok := strings.CutPrefix(spec, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, size, false, nil
+	}
+	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	if !ok {
+		return 0, 0, false, errUnsatisfiable
+	}
+	switch {
+	case first == "": // the last N bytes
+		n, err := strconv.ParseInt(last, 10, 64)
+		if err != nil || n <= 0 || size == 0 {
+			return 0, 0, false, errUnsatisfiable
+		}
+		n = min(n, size)
+		return size - n, n, true, nil
+	default:
+		a, err := strconv.ParseInt(first, 10, 64)
+		if err != nil || a < 0 || a >= size {
+			return 0, 0, false, errUnsatisfiable
+		}
+		b := size - 1
+		if last != "" {
+			if b, err = strconv.ParseInt(last, 10, 64); err != nil || b < a {
+				return 0, 0, false, errUnsatisfiable
+			}
+			b = min(b, size-1)
+		}
+		return a, b - a + 1, true, nil
+	}
+}
+
+var errUnsatisfiable = contract.Errorf(http.StatusRequestedRangeNotSatisfiable, contract.CodeBadRequest, "range not satisfiable")
+
+// sendMetered sends length bytes of f from start so that the response is
+// never complete at the client unless its access is committed to the
+// ledger: all but the last byte go out (with sendfile), the access is
+// recorded durably, then the last byte. If the ledger cannot take the
+// event, the response is aborted: the client sees a broken body, never a
+// clean, unmetered one. A crash between the commit and the last byte bills
+// bytes the client did not finish reading; nothing is ever served unbilled.
+func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, start, length int64, status int, a Access) error {
+	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
+	w.WriteHeader(status)
+	if length > 1 {
+		if _, err := f.Seek(start, io.SeekStart); err != nil {
 			panic(http.ErrAbortHandler)
 		}
-		n, err := w.ReadFrom(io.LimitReader(f, size-1))
-		if err != nil || n != size-1 {
+		n, err := w.ReadFrom(io.LimitReader(f, length-1))
+		if err != nil || n != length-1 {
 			// The client went away (or the file failed): not served, not
 			// billed; kept in the ledger as an aborted access.
 			a.Bytes, a.Outcome = n, OutcomeAborted
 			if rerr := s.record(ctx, a); rerr != nil {
 				s.log.Warn("recording an aborted access failed", "contract", a.Contract, "name", a.Name, "err", rerr)
 			}
-			return nil
+			panic(http.ErrAbortHandler)
 		}
 	}
-	a.Bytes, a.Outcome = size, OutcomeServed
+	a.Bytes = length
 	if err := s.record(ctx, a); err != nil {
 		s.log.Error("metering failed; aborting the response", "contract", a.Contract, "name", a.Name, "err", err)
 		panic(http.ErrAbortHandler)
 	}
-	if size > 0 {
+	if length > 0 {
 		var last [1]byte
-		if _, err := f.ReadAt(last[:], size-1); err != nil {
+		if _, err := f.ReadAt(last[:], start+length-1); err != nil {
 			panic(http.ErrAbortHandler)
 		}
 		w.Write(last[:])

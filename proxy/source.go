@@ -120,7 +120,8 @@ type Access struct {
 // Access outcomes.
 const (
 	OutcomeServed   = "served"
-	OutcomePartial  = "partial" // a range
+	OutcomePartial  = "partial" // a range from the object's start: one sample
+	OutcomeRange    = "range"   // a range that continues an object: its bytes only
 	OutcomeAborted  = "aborted" // the client went away mid-body: not billed
 	OutcomeRefused  = "refused"
 	OutcomeVerifyKO = "verification_failed"
@@ -134,8 +135,8 @@ type Meter interface {
 	Submit(ctx context.Context, a Access) (wait func(context.Context) error, err error)
 	// EndEpoch closes an epoch's summary and returns it (JSON-encodable).
 	EndEpoch(ctx context.Context, contractID, job string, epoch int64) (any, error)
-	// CheckQuota refuses, with an error wrapping ErrQuotaSpent, when one
-	// more sample of size bytes would pass the token's quota q or the
+	// CheckQuota refuses, with an error wrapping ErrQuotaSpent, when samples
+	// more samples of bytes in all would pass the token's quota q or the
 	// contract's usage limits u (all of this sidecar's tokens together).
-	CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, size int64) error
+	CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error
 }

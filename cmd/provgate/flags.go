@@ -41,6 +41,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "PROVGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok && envErr == nil {
+			resetList(f) // the environment replaces a list from the file
 			if err := fs.Set(f.Name, v); err != nil {
 				envErr = &usageError{msg: fmt.Sprintf("%s: %v", env, err)}
 			}
@@ -49,6 +50,13 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if envErr != nil {
 		return envErr
 	}
+	// A list named on the command line replaces the environment's and the
+	// file's, like any other flag.
+	for _, name := range flagNames(args) {
+		if f := fs.Lookup(name); f != nil {
+			resetList(f)
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return errHelp
@@ -56,6 +64,30 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return &usageError{}
 	}
 	return nil
+}
+
+// resetList empties a list flag before a higher-precedence source sets it.
+func resetList(f *flag.Flag) {
+	if l, ok := f.Value.(*stringList); ok {
+		*l = nil
+	}
+}
+
+// flagNames lists the flag names given in args (up to "--").
+func flagNames(args []string) []string {
+	var names []string
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			continue
+		}
+		name := strings.TrimLeft(a, "-")
+		name, _, _ = strings.Cut(name, "=")
+		names = append(names, name)
+	}
+	return names
 }
 
 // stringList is a repeatable string flag.
@@ -114,13 +146,24 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		if err := dec.Decode(&v); err != nil {
 			return fmt.Errorf("config %s: %s: %w", path, k, err)
 		}
+		_, isList := fs.Lookup(k).Value.(*stringList)
 		var vals []string
-		if list, ok := v.([]any); ok {
-			for _, e := range list {
+		switch t := v.(type) {
+		case []any:
+			if !isList {
+				return fmt.Errorf("config %s: %s takes one value, not a list", path, k)
+			}
+			for _, e := range t {
+				if !scalar(e) {
+					return fmt.Errorf("config %s: %s: list items must be strings, numbers or booleans", path, k)
+				}
 				vals = append(vals, fmt.Sprint(e))
 			}
-		} else {
-			vals = []string{fmt.Sprint(v)}
+		default:
+			if !scalar(t) {
+				return fmt.Errorf("config %s: %s must be a string, number or boolean", path, k)
+			}
+			vals = []string{fmt.Sprint(t)}
 		}
 		for _, v := range vals {
 			if err := fs.Set(k, v); err != nil {
@@ -129,4 +172,12 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 	}
 	return nil
+}
+
+func scalar(v any) bool {
+	switch v.(type) {
+	case string, json.Number, bool:
+		return true
+	}
+	return false
 }

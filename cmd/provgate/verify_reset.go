@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/provgate/provgate/verify"
@@ -26,7 +27,11 @@ func runVerifyReset(ctx context.Context, args []string, stdout, stderr io.Writer
 	if *stateDir == "" || len(contracts) == 0 || fs.NArg() != 0 {
 		return &usageError{msg: "verify reset: --state-dir and --contract are required"}
 	}
-	st, err := verify.OpenStore(filepath.Join(*stateDir, verify.StateFile))
+	path := filepath.Join(*stateDir, verify.StateFile)
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("verify reset: no trusted state at %s: %w", path, err)
+	}
+	st, err := verify.OpenStore(path)
 	if err != nil {
 		return err
 	}

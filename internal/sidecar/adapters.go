@@ -34,8 +34,14 @@ func (a cacheAdapter) Get(ctx context.Context, contractID string, obj *contract.
 		// The registry refused our token to presign: a capability problem
 		// (503), not the local client's credentials.
 		return nil, fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
+	case contract.StatusOf(err) == http.StatusForbidden:
+		return nil, fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
+	case contract.StatusOf(err) != 0:
+		// Any other refusal to presign is an upstream problem (502), never
+		// the registry's status passed through (a 404 would read as "not in
+		// the manifest").
+		return nil, fmt.Errorf("presign: %s", err.Error())
 	default:
-		// Including the registry's own refusals (a spent quota: 403).
 		return nil, err
 	}
 }
@@ -64,11 +70,23 @@ func (a meterAdapter) EndEpoch(ctx context.Context, contractID, job string, epoc
 	return a.l.EndEpoch(ctx, contractID, job, epoch)
 }
 
-func (a meterAdapter) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, size int64) error {
-	if err := a.l.CheckQuota(contractID, tokenID, q, u, size); err != nil {
-		return fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
+func (a meterAdapter) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
+	ts, tb := a.l.Usage(contractID, tokenID)
+	cs, cb := a.l.ContractUsage(contractID)
+	var what string
+	switch {
+	case q.MaxSamples > 0 && ts+samples > q.MaxSamples:
+		what = fmt.Sprintf("token: %d of %d samples used", ts, q.MaxSamples)
+	case q.MaxBytes > 0 && tb+bytes > q.MaxBytes:
+		what = fmt.Sprintf("token: %d of %d bytes used", tb, q.MaxBytes)
+	case u.MaxSamples > 0 && cs+samples > u.MaxSamples:
+		what = fmt.Sprintf("contract: %d of %d samples used", cs, u.MaxSamples)
+	case u.MaxBytes > 0 && cb+bytes > u.MaxBytes:
+		what = fmt.Sprintf("contract: %d of %d bytes used", cb, u.MaxBytes)
+	default:
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: %s", proxy.ErrQuotaSpent, what)
 }
 
 // registerMetrics exports the cache's and ledger's counters.

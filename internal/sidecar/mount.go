@@ -64,6 +64,12 @@ func (m *mount) mount(ctx context.Context) error {
 	if c.ContractID != m.id {
 		return fmt.Errorf("registry answered contract %q for %q", c.ContractID, m.id)
 	}
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("contract %q from the registry is not valid: %w", m.id, err)
+	}
+	if c.Log.Origin == "" || c.Log.CheckpointKey == "" {
+		return fmt.Errorf("contract %q names no log origin or checkpoint key", m.id)
+	}
 	if s.cfg.Purpose != "" && !c.Usage.AllowsPurpose(s.cfg.Purpose) {
 		return fmt.Errorf("purpose %q is not allowed by contract %q (allowed: %s)", s.cfg.Purpose, m.id, strings.Join(c.Usage.Purposes, ", "))
 	}

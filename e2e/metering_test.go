@@ -1,0 +1,187 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/sidecar"
+)
+
+// TestRangesAreMeteredBeforeTheyComplete: a file read in ranges bills its
+// bytes once and one sample (the range that starts it); an If-Range that
+// does not match gets the whole object; every range is in the registry.
+func TestRangesAreMeteredBeforeTheyComplete(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	data := randomBytes(t, 10000)
+	e.put("r.bin", data, true)
+	sc := e.sidecar(nil)
+	u := sc.URL() + "/v1/contracts/" + e.c.ContractID + "/objects/r.bin"
+	var got []byte
+	for _, rng := range []string{"bytes=0-3999", "bytes=4000-7999", "bytes=8000-"} {
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		req.Header.Set("Range", rng)
+		req.Header.Set("X-Provgate-Job", "ranges")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusPartialContent {
+			t.Fatalf("%s: %d", rng, resp.StatusCode)
+		}
+		got = append(got, b...)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("ranges reassembled %d bytes, not the object", len(got))
+	}
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	req.Header.Set("Range", "bytes=0-9")
+	req.Header.Set("If-Range", `"not-the-etag"`)
+	req.Header.Set("X-Provgate-Job", "ranges")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(whole, data) {
+		t.Fatalf("If-Range mismatch: %d, %d bytes; want the whole object", resp.StatusCode, len(whole))
+	}
+	req.Header.Del("If-Range")
+	req.Header.Set("Range", "bytes=20000-")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Fatalf("range past the end: %d, want 416", resp.StatusCode)
+	}
+	drain(t, sc, e.c.ContractID)
+	tot, err := e.client.MeteringTotals(context.Background(), e.c.ContractID, "ranges", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three ranges plus the whole object: 4 accesses, 20000 bytes, and two
+	// samples billed (the range from byte 0, and the whole object).
+	if tot.AccessEvents != 4 || tot.AccessBytes != 20000 || tot.CostNanoUSD != 2*500_000 {
+		t.Errorf("registry: %d accesses, %d bytes, %d nano-USD; want 4, 20000, %d", tot.AccessEvents, tot.AccessBytes, tot.CostNanoUSD, 2*500_000)
+	}
+}
+
+// TestBatchReservesTheQuotaAndMetersEmptyObjects: a batch cannot read past
+// the quota (the frames beyond it say 403), and an empty object in a batch
+// is metered like any other.
+func TestBatchReservesTheQuotaAndMetersEmptyObjects(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	names := []string{"b/empty", "b/1", "b/2", "b/3", "b/4"}
+	for i, n := range names {
+		e.put(n, bytes.Repeat([]byte{'x'}, i*10), false)
+	}
+	sc := e.sidecar(func(c *sidecar.Config) { c.Quota = contract.Quota{MaxSamples: 3} })
+	body, _ := json.Marshal(map[string][]string{"names": names})
+	req, _ := http.NewRequest(http.MethodPost, sc.URL()+"/v1/contracts/"+e.c.ContractID+"/batch", bytes.NewReader(body))
+	req.Header.Set("X-Provgate-Job", "batchq")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := parseFrames(t, resp)
+	var statuses []string
+	for _, f := range frames {
+		statuses = append(statuses, fmt.Sprintf("%s:%d", f.name, f.status))
+	}
+	if got := strings.Join(statuses, " "); got != "b/empty:200 b/1:200 b/2:200 b/3:403 b/4:403" {
+		t.Fatalf("frames with a quota of 3 samples: %s", got)
+	}
+	drain(t, sc, e.c.ContractID)
+	tot, err := e.client.MeteringTotals(context.Background(), e.c.ContractID, "batchq", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tot.AccessEvents != 3 || tot.AccessBytes != 30 {
+		t.Errorf("registry: %d accesses / %d bytes, want 3 / 30 (the empty object counts)", tot.AccessEvents, tot.AccessBytes)
+	}
+}
+
+type frame struct {
+	name   string
+	status int
+	body   []byte
+}
+
+func parseFrames(t testing.TB, resp *http.Response) []frame {
+	t.Helper()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("batch: %d %v %s", resp.StatusCode, err, b)
+	}
+	var out []frame
+	for len(b) > 0 {
+		if len(b) < 4 {
+			t.Fatalf("truncated frame")
+		}
+		nl := int(b[0])<<24 | int(b[1])<<16 | int(b[2])<<8 | int(b[3])
+		b = b[4:]
+		name := string(b[:nl])
+		b = b[nl:]
+		st := int(b[0])<<8 | int(b[1])
+		var size int
+		for _, c := range b[2:10] {
+			size = size<<8 | int(c)
+		}
+		b = b[10:]
+		out = append(out, frame{name: name, status: st, body: b[:size]})
+		b = b[size:]
+	}
+	return out
+}
+
+// TestForwardProxyLocalToken: with a local token, a CONNECT without it is
+// refused, and one with it reaches the verified object over HTTPS.
+func TestForwardProxyLocalToken(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	data := randomBytes(t, 500)
+	e.put("p.bin", data, false)
+	sc := e.sidecar(func(c *sidecar.Config) { c.LocalToken = "s3cret-local-token" })
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(exportCA(t, sc))
+	target := "https://" + strings.TrimPrefix(e.minio.URL(), "http://") + "/" + e.bucket + "/" + e.c.Origin.Key("p.bin")
+	client := func(token string) *http.Client {
+		pu, _ := url.Parse("http://" + sc.ProxyAddr())
+		tr := &http.Transport{Proxy: http.ProxyURL(pu), TLSClientConfig: &tls.Config{RootCAs: pool}}
+		if token != "" {
+			tr.ProxyConnectHeader = http.Header{"Proxy-Authorization": {"Bearer " + token}}
+		}
+		return &http.Client{Transport: tr}
+	}
+	if resp, err := client("").Get(target); err == nil {
+		resp.Body.Close()
+		t.Fatalf("CONNECT without the local token: %d, want refused", resp.StatusCode)
+	}
+	if resp, err := client("wrong").Get(target); err == nil {
+		resp.Body.Close()
+		t.Fatalf("CONNECT with a wrong token: %d, want refused", resp.StatusCode)
+	}
+	resp, err := client("s3cret-local-token").Get(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(b, data) {
+		t.Fatalf("with the token: %d, %d bytes", resp.StatusCode, len(b))
+	}
+}
