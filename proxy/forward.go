@@ -289,6 +289,9 @@ type discardLogger struct{}
 
 func (discardLogger) Printf(string, ...any) {}
 
+// maxCachedCerts bounds the MITM certificate cache.
+const maxCachedCerts = 1024
+
 // certStore caches the per-host certificates signed for MITM.
 type certStore struct {
 	mu    sync.Mutex
@@ -306,6 +309,9 @@ func (c *certStore) Fetch(host string, gen func() (*tls.Certificate, error)) (*t
 	cert, err := gen()
 	if err != nil {
 		return nil, err
+	}
+	if len(c.certs) >= maxCachedCerts {
+		clear(c.certs) // bounded: a client inventing host names cannot grow it
 	}
 	c.certs[host] = cert
 	return cert, nil

@@ -223,6 +223,9 @@ func (s *Server) s3ListV2(w http.ResponseWriter, r *http.Request, bucket string,
 	lastPrefix := ""
 	var last string
 	for _, k := range all {
+		if maxKeys == 0 {
+			break // an empty, complete page
+		}
 		if !strings.HasPrefix(k.key, prefix) || k.key <= after {
 			continue
 		}

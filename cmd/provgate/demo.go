@@ -141,8 +141,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	say("sidecar   %s: log verified, %d entries, checkpoint root %s… signed %s, token until %s",
-		env.sc.URL(), status.TreeSize, status.Root[:16], status.CheckpointTime.Format(time.RFC3339), status.TokenExpiry.Format(time.RFC3339))
+	root := status.Root
+	if len(root) > 16 {
+		root = root[:16] + "…"
+	}
+	say("sidecar   %s: log verified, %d entries, checkpoint root %s signed %s, token until %s",
+		env.sc.URL(), status.TreeSize, root, status.CheckpointTime.Format(time.RFC3339), status.TokenExpiry.Format(time.RFC3339))
 
 	// 6. Two epochs of reading, as a training loop would.
 	hc := &http.Client{Timeout: 30 * time.Second}
@@ -397,11 +401,11 @@ func (env *demoEnv) close() {
 	if env.sc != nil {
 		env.sc.Shutdown(ctx)
 	}
-	if env.reg != nil {
-		env.reg.Close()
-	}
 	if env.regSrv != nil {
 		env.regSrv.Shutdown(ctx)
+	}
+	if env.reg != nil {
+		env.reg.Close()
 	}
 	if env.origin != nil {
 		env.origin.Shutdown(ctx)

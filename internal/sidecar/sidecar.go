@@ -356,10 +356,17 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 func (s *Sidecar) shutdown(ctx context.Context) error {
 	var errs []error
 	if s.httpSrv != nil {
-		errs = append(errs, s.httpSrv.Shutdown(ctx))
+		if err := s.httpSrv.Shutdown(ctx); err != nil {
+			// Drain time is up: cut the remaining connections.
+			s.httpSrv.Close()
+			errs = append(errs, err)
+		}
 	}
 	if s.proxySrv != nil {
-		errs = append(errs, s.proxySrv.Shutdown(ctx))
+		if err := s.proxySrv.Shutdown(ctx); err != nil {
+			s.proxySrv.Close()
+			errs = append(errs, err)
+		}
 	}
 	// Flush the ledger's writer first, so that the last sync carries every
 	// queued event.
