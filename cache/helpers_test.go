@@ -28,9 +28,7 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(childEnv); dir != "" {
 		os.Exit(runChild(dir))
 	}
-	code := m.Run()
-	testenv.StopMinIO()
-	os.Exit(code)
+	testenv.Main(m)
 }
 
 func sha(b []byte) string {

@@ -30,11 +30,7 @@ import (
 	"github.com/provgate/provgate/registry/registrytest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.StopMinIO()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // env is one contract's world: MinIO bucket, registry (behind a switchable
 // front), a contributor, and the contract.

@@ -16,6 +16,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/testenv"
 	"github.com/provgate/provgate/meter"
 	"github.com/provgate/provgate/registry/registrytest"
 	"github.com/provgate/provgate/verify"
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envChildLedger) != "" {
 		os.Exit(writerChild())
 	}
-	os.Exit(m.Run())
+	testenv.Main(m)
 }
 
 // writerChild records events from 8 goroutines and prints the id of each

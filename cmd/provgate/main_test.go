@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"testing"
 
 	"github.com/provgate/provgate/internal/testenv"
@@ -9,8 +8,4 @@ import (
 
 // TestMain stops the shared MinIO server that tests of this package start
 // through testenv.MinIO.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.StopMinIO()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }

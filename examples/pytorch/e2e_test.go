@@ -26,11 +26,7 @@ import (
 	"github.com/provgate/provgate/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.StopMinIO()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // pricePerSample is what docker/pilot_setup.py puts in the contract.
 const pricePerSample = 0.0005

@@ -61,6 +61,14 @@ func MinIO(tb testing.TB) *MinIOServer {
 	return minioSrv
 }
 
+// Main runs a test binary's tests and stops its MinIO server afterwards:
+// func TestMain(m *testing.M) { testenv.Main(m) }.
+func Main(m *testing.M) {
+	code := m.Run()
+	StopMinIO()
+	os.Exit(code)
+}
+
 // StopMinIO stops the server if it was started.
 func StopMinIO() {
 	if minioSrv != nil {

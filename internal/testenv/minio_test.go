@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"os"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -12,11 +11,7 @@ import (
 	"github.com/provgate/provgate/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.StopMinIO()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 func TestMinIORoundTrip(t *testing.T) {
 	srv := testenv.MinIO(t)
