@@ -365,17 +365,33 @@ func (f *Follower) poke() {
 	}
 }
 
+// minFeedGap spaces the syncs that the live feed triggers: a busy log
+// (a metering batch per entry) costs one sync per gap, not one per entry,
+// and a redaction still lands within it.
+const minFeedGap = 200 * time.Millisecond
+
 func (f *Follower) monitor(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	attempt := 0
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		case <-f.notify:
+			if wait := minFeedGap - time.Since(last); wait > 0 {
+				gap := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					gap.Stop()
+					return
+				case <-gap.C:
+				}
+			}
 		}
+		last = time.Now()
 		err := f.Sync(ctx)
 		wait := f.cfg.PollInterval
 		switch {
