@@ -55,10 +55,6 @@ const (
 	// that nobody waits for grow before committing it: fewer, larger
 	// commits keep the data path's cost low (see BenchmarkHitInterleaved).
 	DefaultCommitDelay = 20 * time.Millisecond
-	// DefaultGroupWindow is how long the writer lets a group that someone
-	// waits for gather the accesses of concurrent requests before it
-	// commits: on the hit path a commit costs more than the window.
-	DefaultGroupWindow = 100 * time.Microsecond
 	// urgentGroup is the group size that is committed without delay.
 	urgentGroup = 1024
 )
@@ -75,10 +71,6 @@ type Config struct {
 	// submitted without waiting are unacknowledged for at most this long
 	// plus one commit.
 	CommitDelay time.Duration
-	// GroupWindow is how long a group that someone waits for may gather
-	// more events before it is committed (DefaultGroupWindow; negative:
-	// commit at once). It is added to every acknowledgement's latency.
-	GroupWindow time.Duration
 	Logger      *slog.Logger
 }
 
@@ -203,9 +195,6 @@ func Open(ctx context.Context, path string, cfg Config) (*Ledger, error) {
 	}
 	if cfg.CommitDelay <= 0 {
 		cfg.CommitDelay = DefaultCommitDelay
-	}
-	if cfg.GroupWindow == 0 {
-		cfg.GroupWindow = DefaultGroupWindow
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -22,19 +22,8 @@ func (l *Ledger) writer(ctx context.Context) {
 		case <-l.wake:
 			// Let a group that nobody waits for grow a little.
 			l.mu.Lock()
-			small := len(l.cur.items) < urgentGroup && l.queued < l.cfg.BufferSize
-			linger := l.cur.waiters.Load() == 0 && small
+			linger := l.cur.waiters.Load() == 0 && len(l.cur.items) < urgentGroup && l.queued < l.cfg.BufferSize
 			l.mu.Unlock()
-			if !linger && small && l.cfg.GroupWindow > 0 {
-				// Someone waits: let the requests in flight beside it join
-				// this commit rather than pay one each.
-				t.Reset(l.cfg.GroupWindow)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-				}
-			}
 			if linger {
 				t.Reset(l.cfg.CommitDelay)
 				select {
