@@ -147,6 +147,7 @@ func (s *Server) handle(route string, h handlerFunc) http.Handler {
 func (s *Server) data(route string, h handlerFunc) http.Handler {
 	return s.handle(route, func(w http.ResponseWriter, r *http.Request) error {
 		if err := s.authorize(r); err != nil {
+			s.countRefusal(err)
 			return err
 		}
 		return h(w, r)
