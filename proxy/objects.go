@@ -105,6 +105,16 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 		h.Set("Content-Length", strconv.FormatInt(e.DecodedSize, 10))
 		return nil
 	}
+	if s.cfg.StreamWhileFetching && r.Header.Get("Range") == "" {
+		rc, err := s.cfg.Cache.Stream(r.Context(), src.ID(), &e.ObjectClaim)
+		if err != nil {
+			s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+			return err
+		}
+		defer rc.Close()
+		a := Access{Contract: src.ID(), Name: e.Name, DecodedSHA: e.DecodedSHA256, Epoch: epoch, Job: job, TokenID: g.TokenID, Outcome: OutcomeServed}
+		return s.sendStreamed(r.Context(), w.(*statusWriter), rc, e.DecodedSize, a, g)
+	}
 	obj, err := s.cfg.Cache.Get(r.Context(), src.ID(), &e.ObjectClaim)
 	if err != nil {
 		s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
@@ -217,6 +227,49 @@ func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, s
 		if _, err := f.ReadAt(last[:], start+length-1); err != nil {
 			panic(http.ErrAbortHandler)
 		}
+		w.Write(last[:])
+	}
+	return nil
+}
+
+// sendStreamed sends an object while it is fetched: all but the last byte
+// as they arrive; then the stream must end cleanly (the cache verified
+// every byte), the access is committed, and the last byte goes out. A
+// verification failure, at any point, aborts the response.
+func (s *Server) sendStreamed(ctx context.Context, w *statusWriter, rc io.Reader, size int64, a Access, g Grant) error {
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
+	fail := func(err error) {
+		if isVerification(err) {
+			s.countFetchError(a.Contract, a.Name, a.Epoch, a.Job, g, err)
+		}
+		s.log.Warn("stream-while-fetching aborted", "contract", a.Contract, "name", a.Name, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	if size > 1 {
+		if _, err := io.CopyN(w, rc, size-1); err != nil {
+			fail(err)
+		}
+	}
+	var last [1]byte
+	if size > 0 {
+		if _, err := io.ReadFull(rc, last[:]); err != nil {
+			fail(err)
+		}
+	}
+	// The end of the stream is where verification is decided.
+	if n, err := rc.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("object longer than its attested %d bytes", size)
+		}
+		fail(err)
+	}
+	a.Bytes = size
+	if err := s.record(ctx, a); err != nil {
+		s.log.Error("metering failed; aborting the response", "contract", a.Contract, "name", a.Name, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	if size > 0 {
 		w.Write(last[:])
 	}
 	return nil

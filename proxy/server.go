@@ -47,6 +47,11 @@ type Config struct {
 	// Registerer receives the sidecar's metrics; nil: a private registry.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// StreamWhileFetching serves whole-object GETs while they are fetched
+	// instead of after verification: lower latency to the first byte; if
+	// the bytes fail verification the response is aborted (never a clean
+	// end) and nothing is cached or billed.
+	StreamWhileFetching bool
 	// MaxBatchNames and MaxBatchBytes bound one batch read.
 	MaxBatchNames int
 	MaxBatchBytes int64

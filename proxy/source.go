@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"time"
 
@@ -96,6 +97,9 @@ type Cache interface {
 	// Get returns the committed, verified object, fetching it first if it
 	// is not cached. The caller must Close it.
 	Get(ctx context.Context, contractID string, obj *contract.ObjectClaim) (Object, error)
+	// Stream returns the object while it is being fetched; its final Read
+	// returns the verification error, never io.EOF, if the bytes fail.
+	Stream(ctx context.Context, contractID string, obj *contract.ObjectClaim) (io.ReadCloser, error)
 }
 
 // Object is a verified object on disk, pinned until Close.

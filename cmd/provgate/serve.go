@@ -37,7 +37,7 @@ type serveFlags struct {
 	maxSamples, maxBytes                                                    int64
 	maxCheckpointAge, pollInterval, syncInterval, shutdownTimeout           time.Duration
 	maxFetches                                                              int
-	verifyOnHit                                                             bool
+	verifyOnHit, streamWhileFetching                                        bool
 }
 
 func addServeFlags(fs *flag.FlagSet) *serveFlags {
@@ -65,6 +65,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.Int64Var(&f.maxBytes, "quota-bytes", 0, "bytes asked for in token requests (0: the contract's limit)")
 	fs.IntVar(&f.maxFetches, "max-fetches", 0, "concurrent origin fetches (0: the cache's default)")
 	fs.BoolVar(&f.verifyOnHit, "verify-on-hit", false, "re-check each cached file's checksum on every hit (bit-rot guard)")
+	fs.BoolVar(&f.streamWhileFetching, "stream-while-fetching", false, "serve cold objects as they arrive instead of after verification; a failed verification aborts the response (never a clean end)")
 	fs.StringVar(&f.ledgerSync, "ledger-sync", "normal", "ledger durability: normal (survives process crashes) or full (also power loss; fsync per group commit)")
 	fs.DurationVar(&f.syncInterval, "sync-interval", 0, "how often the metering outbox is pushed when idle (0: the default)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for in-flight responses")
@@ -100,7 +101,7 @@ func (f *serveFlags) sidecarConfig(stderr io.Writer) (sidecar.Config, error) {
 		Listen: f.listen, UnixSocket: f.unixSocket, ProxyListen: f.proxyListen, AllowHosts: f.allowHosts, OriginHosts: f.originHosts,
 		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3Lookup: f.s3Lookup,
 		MaxCheckpointAge: f.maxCheckpointAge, PollInterval: f.pollInterval,
-		MaxFetches: f.maxFetches, VerifyOnHit: f.verifyOnHit, SyncInterval: f.syncInterval, Logger: logger,
+		MaxFetches: f.maxFetches, VerifyOnHit: f.verifyOnHit, StreamWhileFetching: f.streamWhileFetching, SyncInterval: f.syncInterval, Logger: logger,
 	}
 	switch f.ledgerSync {
 	case "normal":

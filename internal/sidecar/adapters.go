@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,28 +22,53 @@ var _ proxy.Cache = cacheAdapter{}
 
 func (a cacheAdapter) Get(ctx context.Context, contractID string, obj *contract.ObjectClaim) (proxy.Object, error) {
 	h, err := a.c.Get(ctx, contractID, obj)
+	if err != nil {
+		return nil, mapCacheError(err)
+	}
+	return h, nil
+}
+
+func (a cacheAdapter) Stream(ctx context.Context, contractID string, obj *contract.ObjectClaim) (io.ReadCloser, error) {
+	rc, err := a.c.Stream(ctx, contractID, obj)
+	if err != nil {
+		return nil, mapCacheError(err)
+	}
+	return streamErrors{rc}, nil
+}
+
+// streamErrors maps the error that ends a stream like Get's errors.
+type streamErrors struct{ io.ReadCloser }
+
+func (s streamErrors) Read(p []byte) (int, error) {
+	n, err := s.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = mapCacheError(err)
+	}
+	return n, err
+}
+
+// mapCacheError gives cache failures the proxy's meaning.
+func mapCacheError(err error) error {
 	switch {
-	case err == nil:
-		return h, nil
 	case cache.IsVerification(err):
-		return nil, &proxy.VerificationError{Kind: cache.FailureKind(err), Err: err}
+		return &proxy.VerificationError{Kind: cache.FailureKind(err), Err: err}
 	case errors.Is(err, cache.ErrPurged):
-		return nil, fmt.Errorf("%w: %v", proxy.ErrRedacted, err)
+		return fmt.Errorf("%w: %v", proxy.ErrRedacted, err)
 	case errors.Is(err, cache.ErrNotMounted):
-		return nil, fmt.Errorf("%w: %v", proxy.ErrNotReady, err)
+		return fmt.Errorf("%w: %v", proxy.ErrNotReady, err)
 	case contract.StatusOf(err) == http.StatusUnauthorized:
 		// The registry refused our token to presign: a capability problem
 		// (503), not the local client's credentials.
-		return nil, fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
+		return fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
 	case contract.StatusOf(err) == http.StatusForbidden:
-		return nil, fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
+		return fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
 	case contract.StatusOf(err) != 0:
 		// Any other refusal to presign is an upstream problem (502), never
 		// the registry's status passed through (a 404 would read as "not in
 		// the manifest").
-		return nil, fmt.Errorf("presign: %s", err.Error())
+		return fmt.Errorf("presign: %s", err.Error())
 	default:
-		return nil, err
+		return err
 	}
 }
 

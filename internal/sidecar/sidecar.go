@@ -87,6 +87,9 @@ type Config struct {
 
 	MaxFetches  int
 	VerifyOnHit bool
+	// StreamWhileFetching serves cold objects as they arrive (see
+	// proxy.Config.StreamWhileFetching); the default is verify-then-serve.
+	StreamWhileFetching bool
 	// LedgerSync is the ledger's durability (meter.SyncNormal by default).
 	LedgerSync   meter.Sync
 	SyncInterval time.Duration
@@ -200,7 +203,8 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 		sources = append(sources, m)
 	}
 	s.server = proxy.NewServer(proxy.Config{Sources: sources, Cache: cacheAdapter{s.cache}, Meter: meterAdapter{s.ledger},
-		Logger: cfg.Logger.With("part", "proxy"), BearerToken: cfg.LocalToken, Registerer: cfg.Metrics, Gatherer: cfg.Metrics})
+		Logger: cfg.Logger.With("part", "proxy"), BearerToken: cfg.LocalToken, Registerer: cfg.Metrics, Gatherer: cfg.Metrics,
+		StreamWhileFetching: cfg.StreamWhileFetching})
 	s.registerMetrics(cfg.Metrics)
 
 	if err := s.listen(); err != nil {
