@@ -22,7 +22,12 @@ echo "== staticcheck"
 
 echo "== go test"
 # The race detector on everything: the daemon's packages are concurrent.
-go test -race -count=1 -timeout 30m ./... 2>&1 | tee /tmp/provgate-test.$$.log
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+go test -race -count=1 -timeout 30m ./... 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-rm -f /tmp/provgate-test.$$.log
+passed=$(grep -c '^ok ' "$log" || true)
+failed=$(grep -Ec '^(FAIL|---) ' "$log" || true)
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+echo "packages: $passed passed, $failed failed"
 exit "$status"
