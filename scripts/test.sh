@@ -27,7 +27,7 @@ trap 'rm -f "$log"' EXIT
 go test -race -count=1 -timeout 30m ./... 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 passed=$(grep -c '^ok ' "$log" || true)
-failed=$(grep -Ec '^(FAIL|---) ' "$log" || true)
+failed=$(grep -c "^FAIL$(printf '\t')" "$log" || true)
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "packages: $passed passed, $failed failed"
 exit "$status"
