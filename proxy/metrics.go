@@ -56,11 +56,6 @@ func newMetrics(reg prometheus.Registerer, s *Server) *Metrics {
 	return m
 }
 
-// CountVerificationFailure lets other parts count a failed verification.
-func (m *Metrics) CountVerificationFailure(err error) {
-	m.verifyFailures.WithLabelValues(verificationKind(err)).Inc()
-}
-
 func verificationKind(err error) string {
 	var ve *VerificationError
 	if errors.As(err, &ve) && ve.Kind != "" {

@@ -93,10 +93,6 @@ func NewServer(cfg Config) *Server {
 	return s
 }
 
-// Metrics returns the server's metrics, for the other parts of the sidecar
-// to count into.
-func (s *Server) Metrics() *Metrics { return s.metrics }
-
 func (s *Server) routes() {
 	m := http.NewServeMux()
 	m.Handle("GET /healthz", s.handle("healthz", s.healthz))

@@ -127,7 +127,6 @@ const (
 	OutcomePartial  = "partial" // a range from the object's start: one sample
 	OutcomeRange    = "range"   // a range that continues an object: its bytes only
 	OutcomeAborted  = "aborted" // the client went away mid-body: not billed
-	OutcomeRefused  = "refused"
 	OutcomeVerifyKO = "verification_failed"
 )
 

@@ -5,14 +5,12 @@ import (
 	"net/http"
 )
 
-// statusWriter records the status and counts body bytes. It keeps the
-// underlying writer's io.ReaderFrom, so that files still go out with
-// sendfile.
+// statusWriter records the status. It keeps the underlying writer's
+// io.ReaderFrom, so that files still go out with sendfile.
 type statusWriter struct {
 	http.ResponseWriter
 	status int
 	wrote  bool
-	n      int64
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -26,9 +24,7 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 	if !w.wrote {
 		w.WriteHeader(http.StatusOK)
 	}
-	n, err := w.ResponseWriter.Write(p)
-	w.n += int64(n)
-	return n, err
+	return w.ResponseWriter.Write(p)
 }
 
 // ReadFrom lets net/http use sendfile for *os.File bodies.
@@ -36,15 +32,10 @@ func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 	if !w.wrote {
 		w.WriteHeader(http.StatusOK)
 	}
-	var n int64
-	var err error
 	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(r)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{w.ResponseWriter}, r)
+		return rf.ReadFrom(r)
 	}
-	w.n += n
-	return n, err
+	return io.Copy(struct{ io.Writer }{w.ResponseWriter}, r)
 }
 
 // Unwrap gives http.ResponseController the underlying writer.

@@ -33,7 +33,6 @@ const (
 	DefaultListen   = "127.0.0.1:8477"
 	KeyFile         = "sidecar.jwk"
 	LedgerFile      = "ledger.db"
-	DefaultPurpose  = ""
 	mountRetryFirst = 200 * time.Millisecond
 	mountRetryMax   = 10 * time.Second
 )
