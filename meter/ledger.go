@@ -736,21 +736,21 @@ func (e *QuotaError) Error() string {
 func (e *QuotaError) Unwrap() error { return ErrQuotaSpent }
 
 // CheckQuota refuses (with a *QuotaError wrapping ErrQuotaSpent) when
-// serving size more bytes, as one more sample, would pass the token's
+// serving samples more samples of bytes in all would pass the token's
 // quota or the contract's usage limits; a zero limit is no limit.
 // Concurrent requests can overrun a quota by at most the requests in
 // flight.
-func (l *Ledger) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, size int64) error {
+func (l *Ledger) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
 	ts, tb := l.Usage(contractID, tokenID)
 	cs, cb := l.ContractUsage(contractID)
 	switch {
-	case q.MaxSamples > 0 && ts >= q.MaxSamples:
+	case q.MaxSamples > 0 && ts+samples > q.MaxSamples:
 		return &QuotaError{"token", "samples", ts, q.MaxSamples}
-	case q.MaxBytes > 0 && tb+size > q.MaxBytes:
+	case q.MaxBytes > 0 && tb+bytes > q.MaxBytes:
 		return &QuotaError{"token", "bytes", tb, q.MaxBytes}
-	case u.MaxSamples > 0 && cs >= u.MaxSamples:
+	case u.MaxSamples > 0 && cs+samples > u.MaxSamples:
 		return &QuotaError{"contract", "samples", cs, u.MaxSamples}
-	case u.MaxBytes > 0 && cb+size > u.MaxBytes:
+	case u.MaxBytes > 0 && cb+bytes > u.MaxBytes:
 		return &QuotaError{"contract", "bytes", cb, u.MaxBytes}
 	}
 	return nil

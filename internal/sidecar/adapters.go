@@ -97,22 +97,10 @@ func (a meterAdapter) EndEpoch(ctx context.Context, contractID, job string, epoc
 }
 
 func (a meterAdapter) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
-	ts, tb := a.l.Usage(contractID, tokenID)
-	cs, cb := a.l.ContractUsage(contractID)
-	var what string
-	switch {
-	case q.MaxSamples > 0 && ts+samples > q.MaxSamples:
-		what = fmt.Sprintf("token: %d of %d samples used", ts, q.MaxSamples)
-	case q.MaxBytes > 0 && tb+bytes > q.MaxBytes:
-		what = fmt.Sprintf("token: %d of %d bytes used", tb, q.MaxBytes)
-	case u.MaxSamples > 0 && cs+samples > u.MaxSamples:
-		what = fmt.Sprintf("contract: %d of %d samples used", cs, u.MaxSamples)
-	case u.MaxBytes > 0 && cb+bytes > u.MaxBytes:
-		what = fmt.Sprintf("contract: %d of %d bytes used", cb, u.MaxBytes)
-	default:
-		return nil
+	if err := a.l.CheckQuota(contractID, tokenID, q, u, samples, bytes); err != nil {
+		return fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
 	}
-	return fmt.Errorf("%w: %s", proxy.ErrQuotaSpent, what)
+	return nil
 }
 
 // registerMetrics exports the cache's and ledger's counters.
