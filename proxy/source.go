@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"io"
 	"os"
@@ -54,11 +55,27 @@ type Status struct {
 	ID             string    `json:"contract_id"`
 	State          string    `json:"state"`
 	TreeSize       uint64    `json:"verified_size"`
-	Root           string    `json:"checkpoint_root,omitempty"`
+	Root           HexBytes  `json:"checkpoint_root,omitempty"`
 	CheckpointTime time.Time `json:"checkpoint_time,omitzero"`
 	Objects        int       `json:"objects"`
 	TokenExpiry    time.Time `json:"token_expiry,omitzero"`
 	Error          string    `json:"error,omitempty"`
+}
+
+// HexBytes is JSON-encoded as lowercase hex, only when it is encoded: the
+// data path reads Status on every request and never pays for the text.
+type HexBytes []byte
+
+// MarshalText encodes b as hex.
+func (b HexBytes) MarshalText() ([]byte, error) {
+	return []byte(hex.EncodeToString(b)), nil
+}
+
+// UnmarshalText decodes hex.
+func (b *HexBytes) UnmarshalText(t []byte) error {
+	v, err := hex.DecodeString(string(t))
+	*b = v
+	return err
 }
 
 // Serving reports whether bytes may be served in this state.

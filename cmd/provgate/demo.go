@@ -141,7 +141,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	root := status.Root
+	root := hex.EncodeToString(status.Root)
 	if len(root) > 16 {
 		root = root[:16] + "…"
 	}

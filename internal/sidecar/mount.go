@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -214,9 +213,7 @@ func (m *mount) Status() proxy.Status {
 	}
 	fs := f.Status()
 	st.TreeSize, st.CheckpointTime, st.Objects = fs.Size, fs.CheckpointTime, fs.Objects
-	if len(fs.Root) > 0 {
-		st.Root = hex.EncodeToString(fs.Root)
-	}
+	st.Root = fs.Root
 	st.Error = fs.LastError
 	ti := ts.Status()
 	st.TokenExpiry = ti.ExpiresAt
