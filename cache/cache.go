@@ -769,17 +769,23 @@ func (c *Cache) openEntry(e *entry, hit bool) (*Handle, error) {
 		if f != nil {
 			f.Close()
 		}
-		c.mu.Lock()
-		c.stats.Failures[FailScrub]++
-		if c.entries[e.key] == e {
-			c.removeLocked(e)
-		}
-		c.mu.Unlock()
+		c.dropDamaged(e)
 		c.unpin(e)
 		c.log.Warn("cache entry damaged, refetching", logContract, e.contract, logName, e.name, logErr, err)
 		return nil, errCorrupt
 	}
 	return &Handle{c: c, e: e, f: f, Size: e.size, SHA256: e.decodedSHA, ModTime: e.committed, Hit: hit}, nil
+}
+
+// dropDamaged counts a damaged entry and removes it unless it was
+// already replaced; its file goes when the last pin is released.
+func (c *Cache) dropDamaged(e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats.Failures[FailScrub]++
+	if c.entries[e.key] == e {
+		c.removeLocked(e)
+	}
 }
 
 func (c *Cache) checkFile(f *os.File, e *entry) error {

@@ -50,12 +50,7 @@ func (c *Cache) Scrub(ctx context.Context, progress func(done, total int, bytes 
 		res.Checked++
 		res.Bytes += e.size
 		if err != nil {
-			c.mu.Lock()
-			c.stats.Failures[FailScrub]++
-			if c.entries[e.key] == e {
-				c.removeLocked(e)
-			}
-			c.mu.Unlock()
+			c.dropDamaged(e)
 		}
 		c.unpin(e)
 		if err != nil {
