@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/internal/sidecar"
@@ -183,5 +184,49 @@ func TestForwardProxyLocalToken(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !bytes.Equal(b, data) {
 		t.Fatalf("with the token: %d, %d bytes", resp.StatusCode, len(b))
+	}
+}
+
+// TestForwardProxyAllowlist: hosts that are not the origin pass only when
+// allowlisted (a live loopback server stands in for them, so a wrongly
+// allowed request would get its 200); everything else gets a 403 with a
+// JSON error; an allowlist that covers the origin host is refused at start.
+func TestForwardProxyAllowlist(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	e.put("x.bin", []byte("x"), false)
+	allowed := strings.TrimPrefix(e.front.URL(), "http://")
+	sc := e.sidecar(func(c *sidecar.Config) { c.AllowHosts = []string{allowed} })
+	pu, _ := url.Parse("http://" + sc.ProxyAddr())
+	pc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}}
+	resp, err := pc.Get(e.front.URL() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("allowlisted host: %d, want the registry's 200", resp.StatusCode)
+	}
+	resp, err = pc.Get(e.reg.URL + "/healthz") // same machine, another port: not listed
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || errorCode(b) != contract.CodeForbidden {
+		t.Fatalf("unlisted host: %d %s, want 403 %s", resp.StatusCode, b, contract.CodeForbidden)
+	}
+	// HTTPS to an unlisted host: the CONNECT itself is refused.
+	if resp, err := pc.Get("https://" + strings.TrimPrefix(e.reg.URL, "http://") + "/healthz"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("CONNECT to an unlisted host went through: %d", resp.StatusCode)
+	}
+	origin := strings.TrimPrefix(e.minio.URL(), "http://")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if bad, err := sidecar.Start(ctx, sidecar.Config{Registry: e.front.URL(), Contracts: []string{e.c.ContractID},
+		StateDir: t.TempDir(), CacheDir: t.TempDir(), CacheSize: 1 << 20, Listen: "127.0.0.1:0", ProxyListen: "127.0.0.1:0",
+		S3Endpoint: e.minio.URL(), AllowHosts: []string{origin}}); err == nil {
+		bad.Shutdown(ctx)
+		t.Fatal("a sidecar whose allowlist covers the origin host started")
 	}
 }

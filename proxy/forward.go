@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/subtle"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -50,10 +51,14 @@ func (s *Server) NewForwardProxy(cfg ForwardConfig) (http.Handler, error) {
 		ResponseHeaderTimeout: time.Minute, IdleConnTimeout: time.Minute}
 	mitm := &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: goproxy.TLSConfigFromCA(cfg.CA)}
 	f := &forward{s: s, cfg: cfg}
-	for _, a := range cfg.Allow {
-		for _, o := range cfg.OriginHosts {
-			if f.allowCovers(a, hostOnly(o)) {
-				return nil, fmt.Errorf("forward proxy: allowlist entry %q covers the origin host %q: its bytes would bypass verification", a, o)
+	for _, o := range cfg.OriginHosts {
+		targets := []string{o}
+		if portOf(o) == "" {
+			targets = []string{net.JoinHostPort(o, "443"), net.JoinHostPort(o, "80")}
+		}
+		for _, t := range targets {
+			if f.allowed(t) {
+				return nil, fmt.Errorf("forward proxy: the allowlist covers the origin %q: its bytes would bypass verification", t)
 			}
 		}
 	}
@@ -135,9 +140,13 @@ func (f *forward) authorized(req *http.Request) bool {
 // it, and the bucket when it is virtual-host style (bucket.originhost).
 // Every name under an origin host is treated as the origin, so that no
 // spelling of the bucket's address bypasses verification.
-func (f *forward) originBucket(host string) (bucket string, ok bool) {
-	h := hostOnly(host)
+func (f *forward) originBucket(hostport string) (bucket string, ok bool) {
+	h, port := hostOnly(hostport), portOf(hostport)
 	for _, o := range f.cfg.OriginHosts {
+		// An origin given with a port is that port only; without one, any.
+		if op := portOf(o); op != "" && port != "" && op != port {
+			continue
+		}
 		oh := hostOnly(o)
 		if h == oh {
 			return "", true
@@ -149,15 +158,11 @@ func (f *forward) originBucket(host string) (bucket string, ok bool) {
 	return "", false
 }
 
-// allowCovers reports whether allowlist entry a would let host through.
-func (f *forward) allowCovers(a, host string) bool {
-	a = strings.ToLower(a)
-	switch {
-	case strings.HasPrefix(a, "*."):
-		return strings.HasSuffix(host, a[1:]) || host == a[2:]
-	default:
-		return hostOnly(a) == host
+func portOf(hostport string) string {
+	if _, port, err := net.SplitHostPort(hostport); err == nil {
+		return port
 	}
+	return ""
 }
 
 func (f *forward) isOrigin(host string) bool {
@@ -280,9 +285,8 @@ func (w *pipeWriter) Write(p []byte) (int, error) {
 }
 
 func jsonResponse(req *http.Request, status int, code, msg string) *http.Response {
-	body := fmt.Sprintf(`{"error":{"code":%q,"message":%q}}`+"\n", code, msg)
-	resp := goproxy.NewResponse(req, "application/json", status, body)
-	return resp
+	body, _ := json.Marshal(contract.ErrorBody{Error: contract.ErrorDetail{Code: code, Message: msg}})
+	return goproxy.NewResponse(req, "application/json", status, string(body)+"\n")
 }
 
 type discardLogger struct{}
