@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -131,8 +130,8 @@ func (e *env) sidecarNoWait(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 		S3Endpoint: e.minio.URL(), S3Region: testenv.MinIORegion,
 		PollInterval: 100 * time.Millisecond, SyncInterval: 100 * time.Millisecond,
 	}
-	os.Setenv("AWS_ACCESS_KEY_ID", testenv.MinIOAccessKey)
-	os.Setenv("AWS_SECRET_ACCESS_KEY", testenv.MinIOSecretKey)
+	e.t.Setenv("AWS_ACCESS_KEY_ID", testenv.MinIOAccessKey)
+	e.t.Setenv("AWS_SECRET_ACCESS_KEY", testenv.MinIOSecretKey)
 	if mutate != nil {
 		mutate(&cfg)
 	}
