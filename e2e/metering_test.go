@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -122,6 +123,8 @@ type frame struct {
 	body   []byte
 }
 
+// parseFrames reads a whole batch response and splits it into frames,
+// failing on any truncation or trailing byte.
 func parseFrames(t testing.TB, resp *http.Response) []frame {
 	t.Helper()
 	defer resp.Body.Close()
@@ -132,18 +135,20 @@ func parseFrames(t testing.TB, resp *http.Response) []frame {
 	var out []frame
 	for len(b) > 0 {
 		if len(b) < 4 {
+			t.Fatalf("truncated frame header")
+		}
+		nl := int(binary.BigEndian.Uint32(b))
+		if len(b) < 4+nl+10 {
 			t.Fatalf("truncated frame")
 		}
-		nl := int(b[0])<<24 | int(b[1])<<16 | int(b[2])<<8 | int(b[3])
-		b = b[4:]
-		name := string(b[:nl])
-		b = b[nl:]
-		st := int(b[0])<<8 | int(b[1])
-		var size int
-		for _, c := range b[2:10] {
-			size = size<<8 | int(c)
-		}
+		name := string(b[4 : 4+nl])
+		b = b[4+nl:]
+		st := int(binary.BigEndian.Uint16(b))
+		size := binary.BigEndian.Uint64(b[2:10])
 		b = b[10:]
+		if uint64(len(b)) < size {
+			t.Fatalf("frame %q: body of %d bytes, %d left", name, size, len(b))
+		}
 		out = append(out, frame{name: name, status: st, body: b[:size]})
 		b = b[size:]
 	}

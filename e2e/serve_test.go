@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -204,36 +203,19 @@ func batchRead(t testing.TB, base, id string, names []string, epoch int64, job s
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != proxy.FramesMediaType {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("batch: %d %s", resp.StatusCode, b)
+	if ct := resp.Header.Get("Content-Type"); ct != proxy.FramesMediaType {
+		t.Fatalf("batch: content type %q", ct)
+	}
+	frames := parseFrames(t, resp)
+	if len(frames) != len(names) {
+		t.Fatalf("batch: %d frames for %d names", len(frames), len(names))
 	}
 	out := map[string][]byte{}
-	for i := range names {
-		var nl uint32
-		if err := binary.Read(resp.Body, binary.BigEndian, &nl); err != nil {
-			t.Fatalf("frame %d: %v", i, err)
+	for i, f := range frames {
+		if f.name != names[i] || f.status != http.StatusOK {
+			t.Fatalf("frame %d: %q status %d, want %q 200", i, f.name, f.status, names[i])
 		}
-		name := make([]byte, nl)
-		io.ReadFull(resp.Body, name)
-		var status uint16
-		var size uint64
-		binary.Read(resp.Body, binary.BigEndian, &status)
-		if err := binary.Read(resp.Body, binary.BigEndian, &size); err != nil {
-			t.Fatalf("frame %d: %v", i, err)
-		}
-		if string(name) != names[i] || status != http.StatusOK {
-			t.Fatalf("frame %d: %q status %d, want %q 200", i, name, status, names[i])
-		}
-		b := make([]byte, size)
-		if _, err := io.ReadFull(resp.Body, b); err != nil {
-			t.Fatalf("frame %d body: %v", i, err)
-		}
-		out[string(name)] = b
-	}
-	if extra, _ := io.ReadAll(resp.Body); len(extra) != 0 {
-		t.Fatalf("%d bytes after the last frame", len(extra))
+		out[f.name] = f.body
 	}
 	return out
 }
