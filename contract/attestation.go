@@ -64,6 +64,9 @@ type ObjectClaim struct {
 	DecodedSize   int64  `json:"decoded_size"`
 	License       string `json:"license,omitempty"`
 	MediaType     string `json:"media_type,omitempty"`
+	// Tokens is the decoded object's token count under the contract's
+	// pricing tokenizer, when it has one.
+	Tokens int64 `json:"tokens,omitempty"`
 }
 
 // RedactionClaim names what is redacted: an object name, and optionally the

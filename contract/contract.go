@@ -37,6 +37,9 @@ type Contract struct {
 	Usage              Usage         `json:"usage"`
 	ProvenanceEndpoint string        `json:"provenance_endpoint,omitempty"`
 	Contributors       []Contributor `json:"contributors"`
+	// Licensees are who may use the data; a token needs an enrolment by
+	// one of them.
+	Licensees []Licensee `json:"licensees,omitempty"`
 	Origin             Origin        `json:"origin"`
 	// Log is filled in by the registry when the contract is created.
 	Log LogInfo `json:"log"`
@@ -48,6 +51,9 @@ type Contract struct {
 type Pricing struct {
 	Unit     string  `json:"unit"`
 	PriceUSD float64 `json:"price_usd"`
+	// Tokenizer names the deterministic tokenizer whose counts, attested
+	// per object by contributors, a "token" unit bills.
+	Tokenizer string `json:"tokenizer,omitempty"`
 }
 
 // NanoUSD is the unit price in billionths of a dollar, so that totals can be

@@ -12,6 +12,9 @@ type TokenRequest struct {
 	Purpose string          `json:"purpose"`
 	Usage   Quota           `json:"usage"`
 	JWK     jose.JSONWebKey `json:"jwk"`
+	// Enrolment is the licensee-signed enrolment (JWS compact) of JWK's
+	// thumbprint under the contract.
+	Enrolment string `json:"enrolment,omitempty"`
 }
 
 // Quota is what a token may consume; zero means the contract's own limit.
@@ -36,6 +39,7 @@ type CapabilityClaims struct {
 	Subject   string       `json:"sub"` // the holder's JWK thumbprint
 	Contract  string       `json:"contract_id"`
 	Purpose   string       `json:"purpose"`
+	Licensee  string       `json:"licensee,omitempty"`
 	Quota     Quota        `json:"quota"`
 	Confirm   Confirmation `json:"cnf"`
 	IssuedAt  int64        `json:"iat"`
