@@ -40,7 +40,7 @@ type Contract struct {
 	// Licensees are who may use the data; a token needs an enrolment by
 	// one of them.
 	Licensees []Licensee `json:"licensees,omitempty"`
-	Origin             Origin        `json:"origin"`
+	Origin    Origin     `json:"origin"`
 	// Log is filled in by the registry when the contract is created.
 	Log LogInfo `json:"log"`
 	// CreatedAt is set by the registry.
