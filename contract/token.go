@@ -35,11 +35,15 @@ type TokenResponse struct {
 // CapabilityClaims are the claims of a capability token (a JWT signed by
 // the registry, header typ TypeCapability).
 type CapabilityClaims struct {
-	Issuer    string       `json:"iss"`
-	Subject   string       `json:"sub"` // the holder's JWK thumbprint
-	Contract  string       `json:"contract_id"`
-	Purpose   string       `json:"purpose"`
-	Licensee  string       `json:"licensee,omitempty"`
+	Issuer   string `json:"iss"`
+	Subject  string `json:"sub"` // the holder's JWK thumbprint
+	Contract string `json:"contract_id"`
+	Purpose  string `json:"purpose"`
+	Licensee string `json:"licensee,omitempty"`
+	// Lease identifies the slice of the licensee's quota this sidecar key
+	// holds: Quota is that slice, cumulative over every token of the lease
+	// (refreshes keep the lease), not per token.
+	Lease     string       `json:"lease,omitempty"`
 	Quota     Quota        `json:"quota"`
 	Confirm   Confirmation `json:"cnf"`
 	IssuedAt  int64        `json:"iat"`
