@@ -47,16 +47,31 @@ type PresignRequest struct {
 // MaxPresignNames bounds one presign request.
 const MaxPresignNames = 1000
 
-// PresignResponse answers a presign request, one URL per name, in order.
+// PresignResponse answers a presign request, one result per name, in
+// order. A name the registry refuses (redacted: 451, not an object of the
+// contract: 404, not a valid name: 400) gets an Error instead of a URL and
+// never fails the others; a refusal of the whole request (token, proof,
+// quota) is still an error response.
 type PresignResponse struct {
 	URLs []PresignedURL `json:"urls"`
 }
 
-// PresignedURL is a short-lived GET URL for one object.
+// PresignedURL is a short-lived GET URL for one object, or (Error set, URL
+// and ExpiresAt empty) why that object gets none.
 type PresignedURL struct {
-	Name      string    `json:"name"`
-	URL       string    `json:"url"`
-	ExpiresAt time.Time `json:"expires_at"`
+	Name      string       `json:"name"`
+	URL       string       `json:"url,omitempty"`
+	ExpiresAt time.Time    `json:"expires_at,omitzero"`
+	Error     *ErrorDetail `json:"error,omitempty"`
+}
+
+// Err returns the name's refusal as an *APIError (its status derived from
+// the code), or nil when u carries a URL.
+func (u PresignedURL) Err() error {
+	if u.Error == nil {
+		return nil
+	}
+	return &APIError{Status: StatusForCode(u.Error.Code), Code: u.Error.Code, Message: u.Error.Message}
 }
 
 // ContributorKeys answers GET /contributors/{id}/jwks.json: the JWKS is

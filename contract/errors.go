@@ -53,6 +53,32 @@ func Errorf(status int, code, format string, args ...any) *APIError {
 	return &APIError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// StatusForCode is the HTTP status that goes with an error code, for
+// errors carried inside a 200 response (a presign response's per-name
+// refusals); an unknown code is 500.
+func StatusForCode(code string) int {
+	switch code {
+	case CodeBadRequest:
+		return http.StatusBadRequest
+	case CodeUnauthorized:
+		return http.StatusUnauthorized
+	case CodeForbidden, CodeQuotaExceeded:
+		return http.StatusForbidden
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeConflict:
+		return http.StatusConflict
+	case CodeRedacted:
+		return http.StatusUnavailableForLegalReasons
+	case CodeRateLimited:
+		return http.StatusTooManyRequests
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
 // ErrNotModified is returned by a conditional GET whose ETag still matches.
 var ErrNotModified = errors.New("not modified")
 

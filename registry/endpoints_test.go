@@ -3,6 +3,7 @@ package registry_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,23 +65,47 @@ func TestPresign(t *testing.T) {
 		t.Fatalf("GET unsigned: %v %v", resp.Status, err)
 	}
 
+	// Each name is answered on its own: a refused name gets an error in
+	// its place, in the wire shape {"name","error":{"code","message"}},
+	// and the others their URLs.
 	for _, tc := range []struct {
-		name   string
-		names  []string
-		status int
-		code   string
+		name  string
+		names []string
+		codes []string // per name; "" for a URL
 	}{
-		{"not in the log", []string{"a/9.txt"}, http.StatusNotFound, contract.CodeNotFound},
-		{"redacted", []string{"a/3.txt"}, http.StatusUnavailableForLegalReasons, contract.CodeRedacted},
-		{"traversal", []string{"../etc/passwd"}, http.StatusBadRequest, contract.CodeBadRequest},
-		{"one redacted name refuses the whole request", []string{"a/0.txt", "a/2.txt", "a/1.txt", "a/3.txt"}, http.StatusUnavailableForLegalReasons, contract.CodeRedacted},
+		{"not in the log", []string{"a/9.txt"}, []string{contract.CodeNotFound}},
+		{"redacted", []string{"a/3.txt"}, []string{contract.CodeRedacted}},
+		{"traversal", []string{"../etc/passwd"}, []string{contract.CodeBadRequest}},
+		{"one redacted name fails no other", []string{"a/0.txt", "a/2.txt", "a/1.txt", "a/3.txt", "a/9.txt"},
+			[]string{"", "", "", contract.CodeRedacted, contract.CodeNotFound}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := sc.client.Presign(ctx, c.ContractID, tok.Token, tc.names)
-			if contract.StatusOf(err) != tc.status || contract.CodeOf(err) != tc.code {
-				t.Fatalf("got %v, want %d %s", err, tc.status, tc.code)
+			res, err := sc.client.Presign(ctx, c.ContractID, tok.Token, tc.names)
+			if err != nil {
+				t.Fatalf("presign: %v", err)
+			}
+			if len(res.URLs) != len(tc.names) {
+				t.Fatalf("%d results for %d names", len(res.URLs), len(tc.names))
+			}
+			for i, u := range res.URLs {
+				if u.Name != tc.names[i] {
+					t.Errorf("result %d is for %q, want %q", i, u.Name, tc.names[i])
+				}
+				switch want := tc.codes[i]; {
+				case want == "" && (u.Error != nil || u.URL == "" || u.ExpiresAt.IsZero()):
+					t.Errorf("%s: %+v, want a URL", u.Name, u)
+				case want != "" && (u.Error == nil || u.Error.Code != want || u.URL != "" || !u.ExpiresAt.IsZero()):
+					t.Errorf("%s: %+v, want only error %s", u.Name, u, want)
+				case want == contract.CodeRedacted && contract.StatusOf(u.Err()) != http.StatusUnavailableForLegalReasons:
+					t.Errorf("%s: Err() = %v, want 451", u.Name, u.Err())
+				}
 			}
 		})
+	}
+	// The all-good answer keeps its shape: name, url, expires_at only.
+	raw := presignRaw(t, sc, c.ContractID, tok.Token, []string{"a/0.txt"})
+	if !strings.Contains(raw, `"url":`) || !strings.Contains(raw, `"expires_at":`) || strings.Contains(raw, `"error"`) {
+		t.Errorf("all-good presign response: %s", raw)
 	}
 	// Three distinct objects fit the quota of 3 (re-presigning one counts
 	// once); a fourth does not.
@@ -410,4 +435,29 @@ func TestVerifyEndpointDetectsAFork(t *testing.T) {
 	if err != nil || res.Consistent || !strings.Contains(res.Message, "fork") {
 		t.Fatalf("fork: %+v %v", res, err)
 	}
+}
+
+// presignRaw posts a presign request by hand and returns the body as sent.
+func presignRaw(t *testing.T, sc *sidecar, contractID, token string, names []string) string {
+	t.Helper()
+	u := sc.client.URL("contracts", contractID, "objects", "presign")
+	body, _ := json.Marshal(contract.PresignRequest{Names: names})
+	req, _ := http.NewRequest(http.MethodPost, u, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", contract.AuthSchemeDPoP+" "+token)
+	proof, err := sc.client.Proof(http.MethodPost, u, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set(contract.HeaderDPoP, proof)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("presign: %d %s", resp.StatusCode, b)
+	}
+	return string(b)
 }

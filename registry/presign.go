@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,9 +12,12 @@ import (
 
 // handlePresign returns short-lived presigned GET URLs for live objects of
 // the contract (marketplace mode). The token and its proof authorise the
-// caller; each name must be a live object of the log (a redacted one is
-// 451); the distinct objects presigned under one token, and their stored
-// bytes, are counted against its max_samples and max_bytes quota.
+// caller. Each name is answered on its own: a live object gets a URL; a
+// redacted one (451), a name that is no object of the contract (404) or an
+// invalid name (400) gets an error in its place, and never fails the other
+// names. The distinct live objects presigned under one token, and their
+// stored bytes, are counted against its max_samples and max_bytes quota;
+// a spent quota refuses the whole request.
 func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	c, err := s.loadContract(ctx, r.PathValue("id"))
@@ -34,20 +38,17 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Names) == 0 || len(req.Names) > contract.MaxPresignNames {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "names: 1 to %d names", contract.MaxPresignNames)
 	}
+	refused := make([]*contract.APIError, len(req.Names))
 	objects := make([]*objectRow, 0, len(req.Names))
-	for _, n := range req.Names {
-		if err := contract.ValidateName(n); err != nil {
-			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
-		}
-		o, err := s.st.object(ctx, c.ContractID, n)
-		if errors.Is(err, errNotFound) {
-			return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "%q is not an object of contract %q", n, c.ContractID)
+	for i, n := range req.Names {
+		o, err := s.presignable(ctx, c.ContractID, n)
+		var ae *contract.APIError
+		if errors.As(err, &ae) {
+			refused[i] = ae
+			continue
 		}
 		if err != nil {
 			return err
-		}
-		if o.Redacted != 0 {
-			return contract.Errorf(http.StatusUnavailableForLegalReasons, contract.CodeRedacted, "%q was redacted by entry %d", n, o.Redacted)
 		}
 		objects = append(objects, o)
 	}
@@ -60,8 +61,10 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	if quota.MaxBytes == 0 {
 		quota.MaxBytes = c.Usage.MaxBytes
 	}
-	if err := s.st.presign(ctx, claims.ID, objects, quota); err != nil {
-		return err
+	if len(objects) > 0 {
+		if err := s.st.presign(ctx, claims.ID, objects, quota); err != nil {
+			return err
+		}
 	}
 	now := s.now()
 	ttl := min(s.cfg.PresignTTL, time.Unix(claims.Expiry, 0).Sub(now))
@@ -69,7 +72,11 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 		ttl = time.Second
 	}
 	resp := contract.PresignResponse{URLs: make([]contract.PresignedURL, 0, len(req.Names))}
-	for _, n := range req.Names {
+	for i, n := range req.Names {
+		if ae := refused[i]; ae != nil {
+			resp.URLs = append(resp.URLs, contract.PresignedURL{Name: n, Error: &contract.ErrorDetail{Code: ae.Code, Message: ae.Message}})
+			continue
+		}
 		u, err := s.cfg.S3.PresignedGetObject(ctx, c.Origin.Bucket, c.Origin.Key(n), ttl, nil)
 		if err != nil {
 			return fmt.Errorf("presign %s: %w", n, err)
@@ -79,4 +86,23 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, resp)
 	return nil
+}
+
+// presignable returns the live object named n, or an *APIError saying why
+// that name gets no URL (400, 404, 451); any other error is the store's.
+func (s *Server) presignable(ctx context.Context, contractID, n string) (*objectRow, error) {
+	if err := contract.ValidateName(n); err != nil {
+		return nil, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
+	}
+	o, err := s.st.object(ctx, contractID, n)
+	if errors.Is(err, errNotFound) {
+		return nil, contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "%q is not an object of contract %q", n, contractID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if o.Redacted != 0 {
+		return nil, contract.Errorf(http.StatusUnavailableForLegalReasons, contract.CodeRedacted, "%q was redacted by entry %d", n, o.Redacted)
+	}
+	return o, nil
 }
