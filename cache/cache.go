@@ -119,6 +119,7 @@ type Cache struct {
 type mount struct {
 	origin    Origin
 	retention time.Duration
+	live      func(name, decodedSHA string) bool // nil: everything is
 }
 
 type entry struct {
@@ -491,7 +492,7 @@ func (c *Cache) sweepLocked() {
 // Mount registers a contract's origin and retention (zero: no limit).
 // Entries of the contract already cached take the retention from their
 // commit time, and those already too old are removed.
-func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration) error {
+func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration, opts ...MountOption) error {
 	if err := contract.ValidateID(contractID); err != nil {
 		return fmt.Errorf("cache: mount: %w", err)
 	}
@@ -506,7 +507,11 @@ func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration)
 	if c.closed {
 		return ErrClosed
 	}
-	c.mounts[contractID] = &mount{origin: origin, retention: retention}
+	m := &mount{origin: origin, retention: retention}
+	for _, o := range opts {
+		o(m)
+	}
+	c.mounts[contractID] = m
 	for _, e := range c.entries {
 		if e.contract == contractID {
 			e.expires = time.Time{}
@@ -844,8 +849,12 @@ func (c *Cache) lookup(contractID string, obj *contract.ObjectClaim, stream bool
 		return nil, nil, fmt.Errorf("cache: %s: %w", contractID, ErrNotMounted)
 	}
 	c.sketch.add(key)
-	if e := c.entries[key]; e != nil && e.decodedSHA == obj.DecodedSHA256 && e.size == obj.DecodedSize &&
-		(e.expires.IsZero() || c.cfg.Now().Before(e.expires)) {
+	if e := c.entries[key]; e != nil && !e.expires.IsZero() && !c.cfg.Now().Before(e.expires) {
+		// Past its retention: it goes now, not at the next sweep.
+		c.removeLocked(e)
+		c.stats.Expired++
+	}
+	if e := c.entries[key]; e != nil && e.decodedSHA == obj.DecodedSHA256 && e.size == obj.DecodedSize {
 		c.pinLocked(e, 1)
 		if e.elem != nil {
 			if e.region == regionWindow {
@@ -866,6 +875,11 @@ func (c *Cache) lookup(contractID string, obj *contract.ObjectClaim, stream bool
 		if err := obj.Validate(); err != nil {
 			c.mu.Unlock()
 			return nil, nil, fmt.Errorf("cache: %w: %v", ErrBadClaim, err)
+		}
+		if !m.isLive(obj) {
+			// The caller's claim predates a redaction already applied.
+			c.mu.Unlock()
+			return nil, nil, fmt.Errorf("cache: %s: %w", obj.Name, ErrPurged)
 		}
 		f = &flight{key: fk, done: make(chan struct{}), changed: make(chan struct{}), size: obj.DecodedSize,
 			gen: c.purgeGen[key], cgen: c.purgeGen[contractID]}
@@ -912,7 +926,7 @@ func (c *Cache) leave(f *flight) bool {
 
 // Purge removes a contract's object (a redaction): a fetch of it in
 // flight is not committed, readers with open handles finish, and the file
-// goes when they close.
+// goes when they close; the origin drops the name's presigned URL.
 func (c *Cache) Purge(contractID, name string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -921,6 +935,7 @@ func (c *Cache) Purge(contractID, name string) error {
 	}
 	key := entryKey(contractID, name)
 	c.purgeGen[key]++
+	c.forgetLocked(contractID, name)
 	if e := c.entries[key]; e != nil {
 		c.removeLocked(e)
 		c.stats.Purged++
@@ -942,6 +957,7 @@ func (c *Cache) PurgeContract(contractID string) (int, error) {
 	for _, e := range c.entries {
 		if e.contract == contractID {
 			c.removeLocked(e)
+			c.forgetLocked(contractID, e.name)
 			n++
 		}
 	}

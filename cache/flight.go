@@ -69,6 +69,11 @@ func (c *Cache) runFlight(f *flight, contractID string, m *mount, obj contract.O
 	defer cancel()
 	start := time.Now()
 	err := c.fetchAndCommit(ctx, f, contractID, m, &obj)
+	if err != nil && !errors.Is(err, context.Canceled) && !m.isLive(&obj) {
+		// Whatever broke the fetch (the registry's 451 for the name's URL,
+		// the object gone from the bucket), the name was redacted meanwhile.
+		err = fmt.Errorf("%w (%v)", ErrPurged, err)
+	}
 	if err != nil {
 		c.mu.Lock()
 		if !errors.Is(err, context.Canceled) && !errors.Is(err, ErrPurged) {
@@ -146,7 +151,11 @@ func (c *Cache) fetchAndCommit(ctx context.Context, f *flight, contractID string
 	defer c.mu.Unlock()
 	c.stats.OriginBytes += uint64(obj.StoredSize)
 	key := entryKey(contractID, obj.Name)
-	if c.purgeGen[key] != f.gen || c.purgeGen[contractID] != f.cgen {
+	// Checked under c.mu, which Purge takes after the name's redaction is
+	// applied to the manifest: either the redaction is seen here, or the
+	// entry exists when Purge runs and goes then. A fetch that started
+	// after the purge, for a claim read before it, is refused too.
+	if c.purgeGen[key] != f.gen || c.purgeGen[contractID] != f.cgen || !m.isLive(obj) {
 		os.Remove(final)
 		return ErrPurged
 	}

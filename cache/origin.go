@@ -23,6 +23,12 @@ type Origin interface {
 	Open(ctx context.Context, name string, off int64) (io.ReadCloser, error)
 }
 
+// forgetter is an Origin that keeps per-name credentials (presigned
+// URLs): the cache tells it to drop a name's when it purges the name.
+type forgetter interface {
+	Forget(name string)
+}
+
 // Interface guards.
 var (
 	_ Origin = (*S3Origin)(nil)

@@ -16,7 +16,8 @@ import (
 
 // Presigner issues short-lived GET URLs for names of one contract; the
 // sidecar wires it to contract.Client.Presign with its capability token.
-// It returns one URL per name.
+// It returns one result per name, in order: a URL, or (Error set) that
+// name's refusal, which fails that name only.
 type Presigner interface {
 	Presign(ctx context.Context, names []string) ([]contract.PresignedURL, error)
 }
@@ -39,7 +40,10 @@ const DefaultPresignMargin = 30 * time.Second
 // (403: expired or revoked early). Names missing a URL are presigned in
 // batches: while one presign request is out, the names asked for meanwhile
 // wait and go together in the next (group commit, no added latency); Warm
-// presigns a whole list up front.
+// presigns a whole list up front. A name the registry refuses (redacted:
+// 451) fails only the fetches of that name. Forget drops a name's URL, also
+// one being presigned at that moment (the cache calls it when it purges
+// the name).
 type PresignedOrigin struct {
 	presigner Presigner
 	client    *http.Client
@@ -48,16 +52,20 @@ type PresignedOrigin struct {
 
 	mu      sync.Mutex
 	urls    map[string]contract.PresignedURL
-	next    *presignBatch // names waiting for the next request
+	forgets map[string]uint64 // by name: Forget calls, so that a URL asked for before one is not kept
+	next    *presignBatch     // names waiting for the next request
 	sending bool
 }
+
+var _ forgetter = (*PresignedOrigin)(nil)
 
 // presignBatch is one presign request's names and outcome.
 type presignBatch struct {
 	names []string
 	set   map[string]bool
 	done  chan struct{}
-	err   error
+	err   error            // the whole request's
+	nope  map[string]error // the names refused one by one
 }
 
 // PresignTimeout bounds one batched presign request.
@@ -69,11 +77,13 @@ func NewPresignedOrigin(p Presigner, client *http.Client) *PresignedOrigin {
 	if client == nil {
 		client = http.DefaultClient
 	}
-	return &PresignedOrigin{presigner: p, client: client, urls: map[string]contract.PresignedURL{}}
+	return &PresignedOrigin{presigner: p, client: client, urls: map[string]contract.PresignedURL{}, forgets: map[string]uint64{}}
 }
 
 // Warm presigns the names that have no fresh URL, in batches of at most
-// contract.MaxPresignNames. Prefetch calls it before fetching.
+// contract.MaxPresignNames. Prefetch calls it before fetching. Names the
+// registry refuses one by one are left out (their fetches fail on their
+// own); a refusal of the whole request is returned.
 func (o *PresignedOrigin) Warm(ctx context.Context, names []string) error {
 	var need []string
 	o.mu.Lock()
@@ -86,7 +96,7 @@ func (o *PresignedOrigin) Warm(ctx context.Context, names []string) error {
 	for len(need) > 0 {
 		batch := need[:min(len(need), contract.MaxPresignNames)]
 		need = need[len(batch):]
-		if err := o.presign(ctx, batch); err != nil {
+		if _, err := o.presign(ctx, batch); err != nil {
 			return err
 		}
 	}
@@ -105,23 +115,48 @@ func (o *PresignedOrigin) freshLocked(name string) bool {
 	return ok && time.Until(u.ExpiresAt) > o.margin()
 }
 
-func (o *PresignedOrigin) presign(ctx context.Context, names []string) error {
+// presign asks for URLs for names and keeps them; it returns the names
+// refused one by one with their errors, or the whole request's error.
+func (o *PresignedOrigin) presign(ctx context.Context, names []string) (map[string]error, error) {
+	o.mu.Lock()
+	forgets := make([]uint64, len(names))
+	for i, n := range names {
+		forgets[i] = o.forgets[n]
+	}
+	o.mu.Unlock()
 	urls, err := o.presigner.Presign(ctx, names)
 	if err != nil {
-		return fmt.Errorf("presign: %w", err)
+		return nil, fmt.Errorf("presign: %w", err)
 	}
 	if len(urls) != len(names) {
-		return fmt.Errorf("presign: asked for %d names, got %d URLs", len(names), len(urls))
+		return nil, fmt.Errorf("presign: asked for %d names, got %d results", len(names), len(urls))
 	}
+	for i, u := range urls {
+		if u.Name != names[i] {
+			return nil, fmt.Errorf("presign: result %d is for %q, want %q", i, u.Name, names[i])
+		}
+	}
+	var refused map[string]error
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for i, u := range urls {
-		if u.Name != names[i] {
-			return fmt.Errorf("presign: URL %d is for %q, want %q", i, u.Name, names[i])
+		err := u.Err()
+		if err == nil && u.URL == "" {
+			err = errors.New("no URL returned")
+		}
+		if err != nil {
+			if refused == nil {
+				refused = map[string]error{}
+			}
+			refused[u.Name] = err
+			continue
+		}
+		if o.forgets[u.Name] != forgets[i] {
+			continue // purged while it was presigned: not kept
 		}
 		o.urls[u.Name] = u
 	}
-	return nil
+	return refused, nil
 }
 
 // url returns a fresh URL for name, presigning it (batched with other
@@ -177,11 +212,17 @@ func (o *PresignedOrigin) await(ctx context.Context, b *presignBatch, name strin
 		// The registry's status (403 quota spent, 429, 5xx) decides retries.
 		return "", &OriginError{Op: "presign", Name: name, Status: contract.StatusOf(b.err), Err: b.err}
 	}
+	if err := b.nope[name]; err != nil {
+		// This name only (451 redacted, 404): not retried.
+		return "", &OriginError{Op: "presign", Name: name, Status: contract.StatusOf(err), Err: err}
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	u, ok := o.urls[name]
 	if !ok {
-		return "", &OriginError{Op: "presign", Name: name, Err: errors.New("no URL returned")}
+		// Forgotten meanwhile (a purge): a retry presigns it again, and
+		// the cache decides whether it may still be fetched.
+		return "", &OriginError{Op: "presign", Name: name, Err: errors.New("URL dropped by a purge")}
 	}
 	return u.URL, nil
 }
@@ -206,14 +247,33 @@ func (o *PresignedOrigin) sendLoop() {
 func (o *PresignedOrigin) sendBatch(b *presignBatch) {
 	ctx, cancel := context.WithTimeout(context.Background(), PresignTimeout)
 	defer cancel()
-	b.err = o.presign(ctx, b.names)
+	b.nope, b.err = o.presign(ctx, b.names)
 	close(b.done)
 }
 
+// forget drops name's URL (refused by the origin: presign it again).
 func (o *PresignedOrigin) forget(name string) {
 	o.mu.Lock()
 	delete(o.urls, name)
 	o.mu.Unlock()
+}
+
+// Forget drops name's URL, and any URL for it that a presign request
+// already in flight brings back: the name was purged (redacted), and its
+// URL must not outlive that.
+func (o *PresignedOrigin) Forget(name string) {
+	o.mu.Lock()
+	delete(o.urls, name)
+	o.forgets[name]++
+	o.mu.Unlock()
+}
+
+// HasURL reports whether a URL is kept for name.
+func (o *PresignedOrigin) HasURL(name string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, ok := o.urls[name]
+	return ok
 }
 
 // Open implements Origin with a (ranged) GET on the object's URL.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -105,7 +106,9 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				s.countFetchError(id, it.name, epoch, job, grant, err)
+				if err = s.fetchError(src, it.name, err); !errors.Is(err, ErrRedacted) {
+					s.countFetchError(id, it.name, epoch, job, grant, err)
+				}
 				it.status, _ = statusOf(err)
 				return nil
 			}

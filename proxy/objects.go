@@ -46,9 +46,25 @@ func (s *Server) checkQuota(src Source, g Grant, samples, bytes int64) error {
 }
 
 // recheck looks the name up again after a (possibly long) fetch: a
-// redaction that landed meanwhile wins, and its bytes are purged again.
+// redaction (or a revocation that dropped the name) that landed meanwhile
+// wins, and the name's bytes are purged from the cache.
 func (s *Server) recheck(src Source, name string) error {
 	_, err := src.Lookup(name)
+	if errors.Is(err, ErrRedacted) || errors.Is(err, ErrNotFound) {
+		if perr := s.cfg.Cache.Purge(src.ID(), name); perr != nil {
+			s.log.Error("purging a redacted object failed", "contract", src.ID(), "name", name, "err", perr)
+		}
+	}
+	return err
+}
+
+// fetchError is the error a failed fetch of name answers: if the name was
+// redacted (or dropped) meanwhile that wins, as 451 (404), whatever the
+// fetch ran into; otherwise the fetch's own error.
+func (s *Server) fetchError(src Source, name string, err error) error {
+	if rerr := s.recheck(src, name); errors.Is(rerr, ErrRedacted) || errors.Is(rerr, ErrNotFound) {
+		return rerr
+	}
 	return err
 }
 
@@ -108,7 +124,9 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 	if s.cfg.StreamWhileFetching && r.Header.Get("Range") == "" {
 		rc, err := s.cfg.Cache.Stream(r.Context(), src.ID(), &e.ObjectClaim)
 		if err != nil {
-			s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+			if err = s.fetchError(src, e.Name, err); !errors.Is(err, ErrRedacted) {
+				s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+			}
 			return err
 		}
 		defer rc.Close()
@@ -117,7 +135,9 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 	}
 	obj, err := s.cfg.Cache.Get(r.Context(), src.ID(), &e.ObjectClaim)
 	if err != nil {
-		s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+		if err = s.fetchError(src, e.Name, err); !errors.Is(err, ErrRedacted) {
+			s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+		}
 		return err
 	}
 	defer obj.Close()

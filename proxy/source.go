@@ -117,6 +117,9 @@ type Cache interface {
 	// Stream returns the object while it is being fetched; its final Read
 	// returns the verification error, never io.EOF, if the bytes fail.
 	Stream(ctx context.Context, contractID string, obj *contract.ObjectClaim) (io.ReadCloser, error)
+	// Purge drops a name's bytes and any fetch of it in flight (a
+	// redaction the proxy saw before the cache did).
+	Purge(contractID, name string) error
 }
 
 // Object is a verified object on disk, pinned until Close.

@@ -36,6 +36,11 @@ func (a cacheAdapter) Stream(ctx context.Context, contractID string, obj *contra
 	return streamErrors{rc}, nil
 }
 
+// Purge drops the object's bytes (a redaction the proxy noticed first).
+func (a cacheAdapter) Purge(contractID, name string) error {
+	return a.c.Purge(contractID, name)
+}
+
 // streamErrors maps the error that ends a stream like Get's errors.
 type streamErrors struct{ io.ReadCloser }
 
@@ -52,7 +57,9 @@ func mapCacheError(err error) error {
 	switch {
 	case cache.IsVerification(err):
 		return &proxy.VerificationError{Kind: cache.FailureKind(err), Err: err}
-	case errors.Is(err, cache.ErrPurged):
+	case errors.Is(err, cache.ErrPurged), contract.StatusOf(err) == http.StatusUnavailableForLegalReasons:
+		// Purged while fetched, or the registry refused to presign the
+		// name because it is redacted: 451, never 502.
 		return fmt.Errorf("%w: %v", proxy.ErrRedacted, err)
 	case errors.Is(err, cache.ErrNotMounted):
 		return fmt.Errorf("%w: %v", proxy.ErrNotReady, err)

@@ -107,7 +107,14 @@ func (m *mount) mount(ctx context.Context) error {
 		ts.Stop()
 		return err
 	}
-	if err := s.cache.Mount(m.id, origin, c.Usage.Retention()); err != nil {
+	// The cache checks the verified manifest before it commits a fetch, so
+	// that a redaction applied meanwhile is never undone by a fetch that
+	// read its claim before.
+	live := cache.WithLiveCheck(func(name, decodedSHA string) bool {
+		e, err := f.Manifest().Lookup(name)
+		return err == nil && e.DecodedSHA256 == decodedSHA
+	})
+	if err := s.cache.Mount(m.id, origin, c.Usage.Retention(), live); err != nil {
 		ts.Stop()
 		return fmt.Errorf("cache: %w", err)
 	}

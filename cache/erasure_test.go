@@ -1,0 +1,211 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/provgate/provgate/cache"
+	"github.com/provgate/provgate/contract"
+)
+
+// redactions stands in for the verified manifest: the names redacted so
+// far.
+type redactions struct {
+	mu    sync.Mutex
+	names map[string]bool
+}
+
+func (r *redactions) redact(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.names[name] = true
+}
+
+func (r *redactions) live(name, _ string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.names[name]
+}
+
+// TestFetchAfterPurgeWithStaleClaimIsNotCommitted is the race of a request
+// that read the manifest just before a redaction was applied: the purge
+// runs, then the request's lookup misses and starts a new fetch with the
+// claim it still holds. That fetch must not commit the redacted bytes.
+func TestFetchAfterPurgeWithStaleClaimIsNotCommitted(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20})
+	red := &redactions{names: map[string]bool{}}
+	if err := e.c.Mount(testContract, e.origin, 0, cache.WithLiveCheck(red.live)); err != nil {
+		t.Fatal(err)
+	}
+	data := textish(700, 64<<10)
+	obj := putObject(t, e.mc, e.bucket, "x.txt", data, contract.EncodingZstd)
+	claim := obj // read from the manifest before the redaction
+	red.redact(obj.Name)
+	if err := e.c.Purge(testContract, obj.Name); err != nil {
+		t.Fatal(err)
+	}
+	for _, get := range []func() error{
+		func() error { _, err := e.c.Get(context.Background(), testContract, &claim); return err },
+		func() error { _, err := e.c.Stream(context.Background(), testContract, &claim); return err },
+	} {
+		if err := get(); !errors.Is(err, cache.ErrPurged) {
+			t.Errorf("fetch with a claim from before the redaction: %v, want ErrPurged", err)
+		}
+	}
+	if s := e.c.Stats(); s.Entries != 0 || s.Bytes != 0 {
+		t.Errorf("%d entries, %d bytes after a purge, want 0", s.Entries, s.Bytes)
+	}
+	if n := len(diskFiles(t, e.dir, "objects")); n != 0 {
+		t.Errorf("%d files in the cache after a purge, want 0", n)
+	}
+}
+
+// TestRedactionDuringFetchIsNotCommitted: a fetch that started before the
+// redaction was applied, and ends before the follower's purge runs, does
+// not commit: the commit itself sees the manifest.
+func TestRedactionDuringFetchIsNotCommitted(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20})
+	red := &redactions{names: map[string]bool{}}
+	data := textish(701, 64<<10)
+	obj := putObject(t, e.mc, e.bucket, "y.txt", data, contract.EncodingGzip)
+	g := &gateOrigin{Origin: e.origin, opened: make(chan struct{}), release: make(chan struct{})}
+	if err := e.c.Mount(testContract, g, 0, cache.WithLiveCheck(red.live)); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error)
+	go func() {
+		h, err := e.c.Get(context.Background(), testContract, &obj)
+		if err == nil {
+			h.Close()
+		}
+		errc <- err
+	}()
+	<-g.opened
+	red.redact(obj.Name) // applied; the follower's purge has not run yet
+	close(g.release)
+	if err := <-errc; !errors.Is(err, cache.ErrPurged) {
+		t.Errorf("err = %v, want ErrPurged", err)
+	}
+	if s := e.c.Stats(); s.Entries != 0 || s.Bytes != 0 || s.Reserved != 0 {
+		t.Errorf("%d entries %d bytes %d reserved, want 0", s.Entries, s.Bytes, s.Reserved)
+	}
+}
+
+// refusingPresigner presigns like the registry, refusing the names it is
+// told are redacted one by one.
+type refusingPresigner struct {
+	*minioPresigner
+	redacted sync.Map
+	gate     chan struct{} // if set, each call waits for it
+}
+
+func (p *refusingPresigner) Presign(ctx context.Context, names []string) ([]contract.PresignedURL, error) {
+	if p.gate != nil {
+		<-p.gate
+	}
+	out, err := p.minioPresigner.Presign(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range names {
+		if _, ok := p.redacted.Load(n); ok {
+			out[i] = contract.PresignedURL{Name: n, Error: &contract.ErrorDetail{Code: contract.CodeRedacted, Message: n + " was redacted"}}
+		}
+	}
+	return out, nil
+}
+
+// TestPresignRefusalFailsOnlyThatName: concurrent misses are presigned in
+// one request; the registry refuses one name (redacted) and the others
+// are fetched.
+func TestPresignRefusalFailsOnlyThatName(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20, MaxFetches: 16})
+	p := &refusingPresigner{minioPresigner: &minioPresigner{mc: e.mc, bucket: e.bucket, ttl: time.Hour, delay: 50 * time.Millisecond}}
+	p.redacted.Store("refused/03", true)
+	if err := e.c.Mount(testContract, cache.NewPresignedOrigin(p, nil), 0); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	objs := make([]contract.ObjectClaim, n)
+	datas := make([][]byte, n)
+	for i := range objs {
+		datas[i] = textish(uint64(720+i), 8<<10)
+		objs[i] = putObject(t, e.mc, e.bucket, "refused/0"+string(rune('0'+i)), datas[i], contract.EncodingIdentity)
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range objs {
+		wg.Go(func() {
+			h, err := e.c.Get(context.Background(), testContract, &objs[i])
+			if err == nil {
+				h.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		var oe *cache.OriginError
+		switch {
+		case i == 3 && (!errors.As(err, &oe) || oe.Status != http.StatusUnavailableForLegalReasons || contract.StatusOf(err) != http.StatusUnavailableForLegalReasons):
+			t.Errorf("%s: %v, want the registry's 451", objs[i].Name, err)
+		case i != 3 && err != nil:
+			t.Errorf("%s: %v, want it served", objs[i].Name, err)
+		}
+	}
+	if c := p.calls.Load(); c >= n {
+		t.Errorf("%d presign calls for %d concurrent names: not grouped", c, n)
+	}
+}
+
+// TestPurgeDropsPresignedURL: a purge drops the name's URL, also one that
+// a presign request in flight at that moment brings back.
+func TestPurgeDropsPresignedURL(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20})
+	p := &refusingPresigner{minioPresigner: &minioPresigner{mc: e.mc, bucket: e.bucket, ttl: time.Hour}}
+	origin := cache.NewPresignedOrigin(p, nil)
+	if err := e.c.Mount(testContract, origin, 0); err != nil {
+		t.Fatal(err)
+	}
+	a := putObject(t, e.mc, e.bucket, "u/a", textish(730, 4<<10), contract.EncodingIdentity)
+	b := putObject(t, e.mc, e.bucket, "u/b", textish(731, 4<<10), contract.EncodingIdentity)
+	if err := origin.Warm(context.Background(), []string{a.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if !origin.HasURL(a.Name) {
+		t.Fatal("no URL kept after Warm")
+	}
+	if err := e.c.Purge(testContract, a.Name); err != nil {
+		t.Fatal(err)
+	}
+	if origin.HasURL(a.Name) {
+		t.Error("purged name's presigned URL kept")
+	}
+	// A presign in flight when the purge lands.
+	p.gate = make(chan struct{})
+	var started atomic.Bool
+	done := make(chan error)
+	go func() {
+		started.Store(true)
+		done <- origin.Warm(context.Background(), []string{b.Name})
+	}()
+	for !started.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := e.c.Purge(testContract, b.Name); err != nil {
+		t.Fatal(err)
+	}
+	close(p.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if origin.HasURL(b.Name) {
+		t.Error("a URL presigned before the purge and returned after it was kept")
+	}
+}
