@@ -96,7 +96,7 @@ func (m *mount) mount(ctx context.Context) error {
 		opts = append(opts, verify.WithTrustOnFirstUse())
 	}
 	f, err := verify.NewFollower(ctx, verify.FollowerConfig{Contract: c, Source: s.client, Stream: s.client, Fetcher: s.client,
-		Store: s.store, Logger: s.log.With("part", "follower", "contract", m.id), Metrics: s.vmetrics,
+		Store: s.store, Logger: s.log.With("part", "follower"), Metrics: s.vmetrics,
 		OnRedact: m.onRedact, MaxCheckpointAge: s.cfg.MaxCheckpointAge, PollInterval: s.cfg.PollInterval}, opts...)
 	if err != nil {
 		ts.Stop()
