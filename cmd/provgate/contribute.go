@@ -34,7 +34,11 @@ func init() {
 	commands["contribute"] = command{summary: "upload files to a contract's bucket and append signed contribution attestations", run: runContribute}
 }
 
-const contributeSynopsis = "contribute --registry URL --contract ID --key FILE --s3-endpoint URL [--bucket B]\n                    [--prefix P] [--encoding identity|gzip|zstd] [--contributor ID] PATH..."
+const contributeSynopsis = "contribute --registry URL --contract ID --key FILE --s3-endpoint URL [--bucket B]\n                    [--name-prefix P] [--encoding identity|gzip|zstd] [--contributor ID] PATH...\n\n" +
+	"Each file becomes one object. Its logical name (what readers ask the sidecar for,\n" +
+	"and what redact takes) is --name-prefix + its path relative to PATH. Its bytes go to\n" +
+	"the bucket under the contract's origin.prefix + that name: origin.prefix is fixed\n" +
+	"by the contract, --name-prefix is yours to choose."
 
 type contributeOpts struct {
 	client      *contract.Client
@@ -58,7 +62,8 @@ func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer)
 	keyFile := fs.String("key", "", "the contributor's private JWK")
 	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or the shared files)")
 	bucket := fs.String("bucket", "", "bucket (default and only allowed value: the contract's origin bucket)")
-	prefix := fs.String("prefix", "", "prefix for the logical names (name = PREFIX + path relative to PATH)")
+	prefix := fs.String("name-prefix", "", "prefix of the logical object names (name = PREFIX + path relative to PATH); not the contract's origin.prefix, which the bucket key adds in front of the name")
+	fs.Var(aliasFlag{fs.Lookup("name-prefix")}, "prefix", "old name of --name-prefix")
 	encoding := fs.String("encoding", contract.EncodingIdentity, "store each file as identity, gzip or zstd")
 	contributor := fs.String("contributor", "", "contributor id (default: the contract's contributor whose keys include --key)")
 	jobs := fs.Int("jobs", 4, "files processed in parallel")
@@ -185,37 +190,82 @@ func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool
 	if err != nil {
 		return false, 0, err
 	}
-	if err := o.append(ctx, jws); err != nil {
+	if _, err := appendSigned(ctx, o.client, o.c.ContractID, jws); err != nil {
 		return false, 0, fmt.Errorf("append: %w", err)
 	}
 	return true, decSize, nil
 }
 
-// append submits a contribution, retrying transient failures with the same
-// JWS: the registry refuses a second copy of an attestation id with 409,
-// which after a retry means the first attempt landed.
-func (o *contributeOpts) append(ctx context.Context, jws string) error {
+// appendSigned submits a signed attestation, retrying transient failures
+// with the same JWS: the registry refuses a second copy of an attestation
+// id with 409, which after a retry means the first attempt landed (its seq
+// is then unknown: 0).
+func appendSigned(ctx context.Context, client *contract.Client, contractID, jws string) (uint64, error) {
 	var err error
 	for attempt := 1; attempt <= contract.DefaultMaxAttempts; attempt++ {
-		if _, err = o.client.AppendAttestation(ctx, o.c.ContractID, jws); err == nil {
-			return nil
+		var res *contract.AppendResult
+		if res, err = client.AppendAttestation(ctx, contractID, jws); err == nil {
+			return res.Seq, nil
 		}
 		st := contract.StatusOf(err)
 		if attempt > 1 && st == http.StatusConflict {
-			return nil
+			return 0, nil
 		}
 		if st != 0 && !contract.IsRetryable(st) {
-			return err
+			return 0, err
 		}
 		t := time.NewTimer(contract.Backoff(attempt, contract.DefaultBaseDelay, contract.DefaultMaxDelay))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return errors.Join(ctx.Err(), err)
+			return 0, errors.Join(ctx.Err(), err)
 		case <-t.C:
 		}
 	}
-	return err
+	return 0, err
+}
+
+// signer is a contributor's key and id, loaded for a command that signs
+// attestations (contribute, redact, revoke-key).
+type signer struct {
+	client      *contract.Client
+	c           *contract.Contract
+	key         *jose.JSONWebKey
+	contributor string
+}
+
+// loadSigner reads the key, fetches the contract and finds the contributor
+// (the one whose inline keys hold the key, unless given).
+func loadSigner(ctx context.Context, registry, contractID, keyFile, contributor string) (*signer, error) {
+	key, err := verify.LoadKey(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	client, err := contract.NewClient(registry)
+	if err != nil {
+		return nil, err
+	}
+	c, _, err := client.GetContract(ctx, contractID, "")
+	if err != nil {
+		return nil, fmt.Errorf("contract %s: %w", contractID, err)
+	}
+	if contributor == "" {
+		if contributor, err = contributorOf(c, key); err != nil {
+			return nil, err
+		}
+	}
+	return &signer{client: client, c: c, key: key, contributor: contributor}, nil
+}
+
+// sign signs an attestation of the given type about the contract and
+// appends it; it returns the entry's seq.
+func (s *signer) sign(ctx context.Context, a *contract.Attestation) (uint64, error) {
+	a.Issuer, a.Subject, a.IssuedAt, a.ID = s.contributor, s.c.ContractID, time.Now().Unix(), verify.NewID()
+	jws, err := verify.SignAttestation(s.key, a)
+	if err != nil {
+		return 0, err
+	}
+	return appendSigned(ctx, s.client, s.c.ContractID, jws)
 }
 
 // contributorOf finds the contract's contributor whose inline keys hold key.
@@ -234,7 +284,7 @@ func contributorOf(c *contract.Contract, key *jose.JSONWebKey) (string, error) {
 			}
 		}
 	}
-	return "", fmt.Errorf("contribute: key %s is not among the inline keys of contract %s's contributors; pass --contributor", key.KeyID, c.ContractID)
+	return "", fmt.Errorf("key %s is not among the inline keys of contract %s's contributors; pass --contributor", key.KeyID, c.ContractID)
 }
 
 // collectFiles lists the regular files under each path; a file's name is

@@ -181,3 +181,16 @@ func scalar(v any) bool {
 	}
 	return false
 }
+
+// aliasFlag is an old name of a flag, kept working: setting it sets the
+// flag it names.
+type aliasFlag struct{ f *flag.Flag }
+
+func (a aliasFlag) String() string {
+	if a.f == nil {
+		return ""
+	}
+	return a.f.Value.String()
+}
+
+func (a aliasFlag) Set(v string) error { return a.f.Value.Set(v) }
