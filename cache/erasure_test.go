@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -207,5 +208,75 @@ func TestPurgeDropsPresignedURL(t *testing.T) {
 	}
 	if origin.HasURL(b.Name) {
 		t.Error("a URL presigned before the purge and returned after it was kept")
+	}
+}
+
+// TestPurgeContractDuringFetchIsNotCommitted: a contract purge wins over
+// every fetch of the contract in flight, and drops its presigned URLs.
+func TestPurgeContractDuringFetchIsNotCommitted(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20})
+	data := textish(740, 64<<10)
+	obj := putObject(t, e.mc, e.bucket, "whole/contract.txt", data, contract.EncodingZstd)
+	g := &gateOrigin{Origin: e.origin, opened: make(chan struct{}), release: make(chan struct{})}
+	if err := e.c.Mount(testContract, g, 0); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error)
+	go func() {
+		h, err := e.c.Get(context.Background(), testContract, &obj)
+		if err == nil {
+			h.Close()
+		}
+		errc <- err
+	}()
+	<-g.opened
+	if _, err := e.c.PurgeContract(testContract); err != nil {
+		t.Fatal(err)
+	}
+	close(g.release)
+	if err := <-errc; !errors.Is(err, cache.ErrPurged) {
+		t.Errorf("err = %v, want ErrPurged", err)
+	}
+	if s := e.c.Stats(); s.Entries != 0 || s.Bytes != 0 || len(diskFiles(t, e.dir, "objects")) != 0 {
+		t.Errorf("%d entries %d bytes after a contract purge, want 0", s.Entries, s.Bytes)
+	}
+}
+
+// switchOrigin fails every request once fail is set.
+type switchOrigin struct {
+	cache.Origin
+	fail atomic.Bool
+}
+
+func (o *switchOrigin) Open(ctx context.Context, name string, off int64) (io.ReadCloser, error) {
+	if o.fail.Load() {
+		return nil, &cache.OriginError{Op: "get", Name: name, Status: http.StatusNotFound, Err: errors.New("gone")}
+	}
+	return o.Origin.Open(ctx, name, off)
+}
+
+// TestExpiredEntryGoesWhenLookedUp: an entry past its retention is removed
+// when it is asked for, not left on disk until the next sweep, even when
+// the fetch that replaces it fails.
+func TestExpiredEntryGoesWhenLookedUp(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20, Now: clock, SweepInterval: time.Hour})
+	o := &switchOrigin{Origin: e.origin}
+	if err := e.c.Mount(testContract, o, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	data := textish(741, 10<<10)
+	obj := putObject(t, e.mc, e.bucket, "expiring.txt", data, contract.EncodingIdentity)
+	mustGet(t, e.c, &obj, data).Close()
+	now.Add(int64(2 * time.Hour))
+	o.fail.Store(true)
+	if _, err := e.c.Get(context.Background(), testContract, &obj); err == nil {
+		t.Fatal("expired entry served as a hit")
+	}
+	if s := e.c.Stats(); s.Entries != 0 || s.Expired != 1 || len(diskFiles(t, e.dir, "objects")) != 0 {
+		t.Errorf("after looking up an expired entry: %d entries, %d expired, files %v; want 0, 1, none",
+			s.Entries, s.Expired, diskFiles(t, e.dir, "objects"))
 	}
 }
