@@ -491,7 +491,9 @@ func (c *Cache) sweepLocked() {
 
 // Mount registers a contract's origin and retention (zero: no limit).
 // Entries of the contract already cached take the retention from their
-// commit time, and those already too old are removed.
+// commit time, and those already too old are removed; with WithLiveCheck,
+// those no longer live in the manifest (redacted while the process was
+// down, or before a crash let the purge run) are removed too.
 func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration, opts ...MountOption) error {
 	if err := contract.ValidateID(contractID); err != nil {
 		return fmt.Errorf("cache: mount: %w", err)
@@ -521,7 +523,21 @@ func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration,
 		}
 	}
 	c.sweepLocked()
-	return nil
+	if m.live == nil {
+		return nil
+	}
+	n := 0
+	for _, e := range c.entries {
+		if e.contract == contractID && !m.live(e.name, e.decodedSHA) {
+			c.removeLocked(e)
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	c.stats.Purged += uint64(n)
+	return c.journal.sync()
 }
 
 // removeLocked takes e out of the index: its file goes now if unpinned,

@@ -280,3 +280,36 @@ func TestExpiredEntryGoesWhenLookedUp(t *testing.T) {
 			s.Entries, s.Expired, diskFiles(t, e.dir, "objects"))
 	}
 }
+
+// TestMountDropsEntriesNoLongerLive: entries cached before a restart whose
+// names the manifest no longer holds (the purge never ran: a crash right
+// after the redaction was persisted) are removed when the contract is
+// mounted, and stay removed after the next restart.
+func TestMountDropsEntriesNoLongerLive(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20})
+	keep := textish(750, 8<<10)
+	gone := textish(751, 8<<10)
+	objKeep := putObject(t, e.mc, e.bucket, "m/keep", keep, contract.EncodingIdentity)
+	objGone := putObject(t, e.mc, e.bucket, "m/gone", gone, contract.EncodingIdentity)
+	mustGet(t, e.c, &objKeep, keep).Close()
+	mustGet(t, e.c, &objGone, gone).Close()
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	red := &redactions{names: map[string]bool{objGone.Name: true}}
+	for range 2 {
+		c := mustOpen(t, cache.Config{Dir: e.dir, MaxBytes: 64 << 20})
+		if err := c.Mount(testContract, e.origin, 0, cache.WithLiveCheck(red.live)); err != nil {
+			t.Fatal(err)
+		}
+		if s := c.Stats(); s.Entries != 1 || s.Bytes != int64(len(keep)) || len(diskFiles(t, e.dir, "objects")) != 1 {
+			t.Errorf("after mount: %d entries, %d bytes, files %v; want only the live one", s.Entries, s.Bytes, diskFiles(t, e.dir, "objects"))
+		}
+		h := mustGet(t, c, &objKeep, keep)
+		if !h.Hit {
+			t.Error("live entry lost at mount")
+		}
+		h.Close()
+		c.Close()
+	}
+}
