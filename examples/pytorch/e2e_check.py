@@ -9,7 +9,9 @@ reads) and the IterableDataset, both with --workers worker processes and
 client-side sha256 checks. Every epoch must deliver each manifest name
 exactly once, byte for byte equal to DIR/name, in the (seed, epoch) order;
 then the epoch is closed at the sidecar. Prints one JSON object: the
-samples and bytes delivered per epoch.
+samples and bytes delivered per epoch, and the file the provgate_torch
+package was imported from (the test runs this script with the interpreter of
+a virtual environment the package was installed into: pip install ./python).
 """
 
 import argparse
@@ -18,12 +20,11 @@ import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch.utils.data import DataLoader
 
-from torch.utils.data import DataLoader  # noqa: E402
-
-from provgate_torch import EpochSampler, ProvgateDataset, ProvgateIterableDataset, Sidecar, make_loader  # noqa: E402
-from provgate_torch import order  # noqa: E402
+import provgate_torch
+from provgate_torch import EpochSampler, ProvgateDataset, ProvgateIterableDataset, Sidecar, make_loader
+from provgate_torch import order
 
 
 def named(data, sample):
@@ -66,7 +67,7 @@ def main(argv=None):
               f"missing {sorted(on_disk - set(names))[:5]} extra {sorted(set(names) - on_disk)[:5]}", file=sys.stderr)
         return 1
 
-    result = {"samples": len(samples), "bytes": sum(s.size for s in samples), "epochs": []}
+    result = {"client": os.path.abspath(provgate_torch.__file__), "samples": len(samples), "bytes": sum(s.size for s in samples), "epochs": []}
     for epoch in range(args.epochs):
         want = [names[i] for i in order.permutation(len(names), args.seed, epoch)]
         if epoch % 2 == 0:
