@@ -5,8 +5,8 @@ sample's bytes against the original files (used by e2e_test.go).
     e2e_check.py --sidecar URL --contract ID --data DIR --epochs 2 --workers 4
 
 Epochs alternate between the map-style dataset (EpochSampler + batch
-reads) and the IterableDataset, both with --workers worker processes and
-client-side sha256 checks. Every epoch must deliver each manifest name
+reads) and the IterableDataset (zero-copy batch bodies), both with --workers
+worker processes reading ahead and client-side sha256 checks. Every epoch must deliver each manifest name
 exactly once, byte for byte equal to DIR/name, in the (seed, epoch) order;
 then the epoch is closed at the sidecar. Prints one JSON object: the
 samples and bytes delivered per epoch, and the file the provgate_torch
@@ -29,6 +29,14 @@ from provgate_torch import order
 
 def named(data, sample):
     return sample.name, data
+
+
+def named_view(data, sample):
+    """For zero_copy: data is a read-only memoryview into the batch
+    response's buffer; a worker hands over bytes."""
+    if not isinstance(data, memoryview):
+        raise TypeError(f"zero_copy transform got {type(data).__name__}")
+    return sample.name, bytes(data)
 
 
 def as_list(batch):
@@ -80,7 +88,7 @@ def main(argv=None):
         else:
             kind = "iterable"
             ds = ProvgateIterableDataset(args.contract, manifest=samples, seed=args.seed, batch_size=args.batch_size,
-                                         rank=0, world_size=1, **common)
+                                         rank=0, world_size=1, zero_copy=True, **{**common, "transform": named_view})
             ds.set_epoch(epoch)
             loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=as_list)
         got, nbytes = [], 0

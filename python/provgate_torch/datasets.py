@@ -11,6 +11,9 @@
   passed as ``batch_size`` the loader yields the rank's order exactly,
   whatever ``num_workers`` is.
 
+Each worker reads its next batches ahead in one background thread with its
+own keep-alive connection (``prefetch`` batches ready, one more under way).
+
 ``set_epoch(n)`` must be called before each epoch's iterator is created
 (workers get a copy of the dataset then, so use persistent_workers=False):
 the epoch goes to the sidecar as X-Provgate-Epoch for per-epoch metering.
@@ -54,7 +57,8 @@ def dist_rank_world(rank=None, world_size=None):
 
 class _Reader:
     """Reads samples through a Sidecar: small ones in batch requests, big
-    ones one by one, returning bytes (or a Redacted error when skipping)."""
+    ones one by one, returning bytes (read-only memoryviews with zero_copy),
+    or None for a redacted sample when skipping."""
 
     def __init__(self, client, small_sample, batch_names, batch_bytes, zero_copy=False):
         self.client = client
@@ -84,7 +88,8 @@ class _Reader:
         for i, s in enumerate(samples):
             if s.size > self.small_sample:
                 try:
-                    out[i] = self.client.get(s.name, epoch=epoch, sample=s)
+                    body = self.client.get(s.name, epoch=epoch, sample=s)
+                    out[i] = memoryview(body) if self.zero_copy else body
                 except Redacted:
                     if not skip_redacted:
                         raise
@@ -218,6 +223,9 @@ class ProvgateDataset(Dataset):
     transform(data: bytes, sample: Sample) -> item turns bytes into what the
     model wants (default: the bytes). manifest: a list of Sample to use
     instead of fetching it (all workers must agree on it).
+    prefetch: batch reads each DataLoader worker keeps ready ahead of need
+    (with make_loader and an EpochSampler; 0: none). zero_copy: transform
+    gets a read-only memoryview into the batch response instead of bytes.
     """
 
     def __init__(self, contract, url=None, token=None, job=None, verify=True, transform=None, manifest=None,
@@ -345,6 +353,8 @@ class ProvgateIterableDataset(IterableDataset):
     batch_size=None) for the loader to yield the rank's order exactly.
     skip_redacted: drop samples redacted since the manifest was read
     (451) instead of raising Redacted; the batches after one shift.
+    prefetch: batch reads each worker keeps ready ahead of need (0: none).
+    zero_copy: transform gets a read-only memoryview instead of bytes.
     """
 
     def __init__(self, contract, url=None, token=None, job=None, verify=True, transform=None, manifest=None,

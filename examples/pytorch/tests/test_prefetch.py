@@ -167,6 +167,27 @@ class MapPrefetchTest(unittest.TestCase):
         self.assertEqual(self.fake.batches()[:2], [[self.ds.samples[i].name for i in b] for b in (b0, b1)])
 
 
+def view_to_bytes(data, sample):
+    if not isinstance(data, memoryview) or not data.readonly:
+        raise TypeError(f"zero_copy transform got {type(data).__name__}")
+    return sample.name, bytes(data)
+
+
+class ZeroCopyDatasetTest(unittest.TestCase):
+    def test_transform_gets_read_only_views(self):
+        with FakeSidecar(OBJECTS) as fake:
+            # small_sample 1000: most samples come in batches, the two
+            # 3000-byte ones through their own GET; both as views
+            ds = ProvgateIterableDataset(fake.contract, url=fake.url, transform=view_to_bytes, seed=1, batch_size=4,
+                                         small_sample=1000, zero_copy=True)
+            got = []
+            for batch in DataLoader(ds, batch_size=4, num_workers=2, collate_fn=as_list):
+                got.extend(batch)
+            self.assertEqual(sorted(got), sorted(OBJECTS.items()))
+            m = ProvgateDataset(fake.contract, url=fake.url, transform=view_to_bytes, small_sample=1000, zero_copy=True)
+            self.assertEqual(m[[4, 5, 6]], [(m.samples[i].name, OBJECTS[m.samples[i].name]) for i in (4, 5, 6)])
+
+
 class ReaderTest(unittest.TestCase):
     def test_clone_has_its_own_connection(self):
         with FakeSidecar(OBJECTS) as fake:
