@@ -208,7 +208,14 @@ class _MapPlan:
             chunks = [[self.dataset.samples[i] for i in b] for b in self.batches[self.pos:]]
             self.prefetcher = _Prefetcher(self.dataset._reader, chunks, self.dataset.epoch, False, self.depth)
         self.pos += 1
-        return self.prefetcher.next()
+        try:
+            return self.prefetcher.next()
+        except BaseException:
+            # The read-ahead stopped at this error; the worker's later
+            # requests (a DataLoader worker goes on with its queue) are
+            # read directly.
+            self.close()
+            raise
 
     def close(self):
         self.done = True

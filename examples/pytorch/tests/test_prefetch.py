@@ -167,6 +167,24 @@ class MapPrefetchTest(unittest.TestCase):
         self.assertEqual(self.fake.batches()[:2], [[self.ds.samples[i].name for i in b] for b in (b0, b1)])
 
 
+class MapPlanErrorTest(unittest.TestCase):
+    def test_after_an_error_the_next_batches_are_read_directly(self):
+        with FakeSidecar(OBJECTS) as fake:
+            ds = ProvgateDataset(fake.contract, url=fake.url, small_sample=1000)
+            sampler = EpochSampler(len(ds), seed=9, rank=0, world_size=1)
+            plan = _MapPlan(ds, sampler, 4, False, 2)
+            self.addCleanup(plan.close)
+            b0, b1, b2 = plan.batches[:3]
+            fake.errors[ds.samples[b1[0]].name] = 502
+            self.assertEqual(plan.take(b0), [OBJECTS[ds.samples[i].name] for i in b0])
+            with self.assertRaises(VerificationFailed):
+                plan.take(b1)
+            # A DataLoader worker goes on with its next indices: not a
+            # confusing error from the stopped read-ahead, a direct read.
+            self.assertIsNone(plan.take(b2))
+            self.assertEqual(ds[b2], [OBJECTS[ds.samples[i].name] for i in b2])
+
+
 def view_to_bytes(data, sample):
     if not isinstance(data, memoryview) or not data.readonly:
         raise TypeError(f"zero_copy transform got {type(data).__name__}")
