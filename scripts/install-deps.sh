@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use (PyTorch and boto3 for the
-# client tests, nginx as the benchmark baseline). Idempotent: packages that
+# client tests; venv, pip, setuptools and wheel to install the client package
+# python/ offline into a test's virtual environment; nginx as the benchmark
+# baseline). Idempotent: packages that
 # are already there are not fetched again.
 set -euo pipefail
 
-pkgs=(python3-torch python3-boto3 python3-numpy nginx-light)
+pkgs=(python3-torch python3-boto3 python3-numpy python3-venv python3-pip python3-setuptools python3-wheel nginx-light)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,7 +21,11 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    import provgate_torch  # noqa: F401  (installed: pip install ./python)
+except ImportError:
+    # Run from a checkout without installing it: the package in python/.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 
 from torch.utils.data import Dataset  # noqa: E402
 
@@ -80,11 +84,13 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="measured epochs per side (after one warm-up)")
     p.add_argument("--small-sample", type=int, default=1 << 20, help="samples above this size are read by GET, not batch")
     p.add_argument("--verify", action="store_true", help="also check each sample's sha256 in the client")
+    p.add_argument("--prefetch", type=int, default=2, help="batch reads each worker keeps ahead (0: none)")
+    p.add_argument("--zero-copy", action="store_true", help="hand the transform memoryviews, not bytes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
     remote = ProvgateDataset(args.contract, url=args.sidecar, job="bench-loader", verify=args.verify, transform=touch,
-                             small_sample=args.small_sample)
+                             small_sample=args.small_sample, prefetch=args.prefetch, zero_copy=args.zero_copy)
     local = LocalDataset(args.dir, remote.samples, touch)
     n = len(remote)
     want = sum(s.size for s in remote.samples)
@@ -108,6 +114,8 @@ def main(argv=None):
         "batch_size": args.batch_size,
         "client_verify": args.verify,
         "small_sample": args.small_sample,
+        "prefetch": args.prefetch,
+        "zero_copy": args.zero_copy,
         "sidecar_samples_per_s": n / best["sidecar"],
         "local_samples_per_s": n / best["local"],
     }

@@ -5,11 +5,13 @@ sample's bytes against the original files (used by e2e_test.go).
     e2e_check.py --sidecar URL --contract ID --data DIR --epochs 2 --workers 4
 
 Epochs alternate between the map-style dataset (EpochSampler + batch
-reads) and the IterableDataset, both with --workers worker processes and
-client-side sha256 checks. Every epoch must deliver each manifest name
+reads) and the IterableDataset (zero-copy batch bodies), both with --workers
+worker processes reading ahead and client-side sha256 checks. Every epoch must deliver each manifest name
 exactly once, byte for byte equal to DIR/name, in the (seed, epoch) order;
 then the epoch is closed at the sidecar. Prints one JSON object: the
-samples and bytes delivered per epoch.
+samples and bytes delivered per epoch, and the file the provgate_torch
+package was imported from (the test runs this script with the interpreter of
+a virtual environment the package was installed into: pip install ./python).
 """
 
 import argparse
@@ -18,16 +20,23 @@ import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch.utils.data import DataLoader
 
-from torch.utils.data import DataLoader  # noqa: E402
-
-from provgate_torch import EpochSampler, ProvgateDataset, ProvgateIterableDataset, Sidecar, make_loader  # noqa: E402
-from provgate_torch import order  # noqa: E402
+import provgate_torch
+from provgate_torch import EpochSampler, ProvgateDataset, ProvgateIterableDataset, Sidecar, make_loader
+from provgate_torch import order
 
 
 def named(data, sample):
     return sample.name, data
+
+
+def named_view(data, sample):
+    """For zero_copy: data is a read-only memoryview into the batch
+    response's buffer; a worker hands over bytes."""
+    if not isinstance(data, memoryview):
+        raise TypeError(f"zero_copy transform got {type(data).__name__}")
+    return sample.name, bytes(data)
 
 
 def as_list(batch):
@@ -66,7 +75,7 @@ def main(argv=None):
               f"missing {sorted(on_disk - set(names))[:5]} extra {sorted(set(names) - on_disk)[:5]}", file=sys.stderr)
         return 1
 
-    result = {"samples": len(samples), "bytes": sum(s.size for s in samples), "epochs": []}
+    result = {"client": os.path.abspath(provgate_torch.__file__), "samples": len(samples), "bytes": sum(s.size for s in samples), "epochs": []}
     for epoch in range(args.epochs):
         want = [names[i] for i in order.permutation(len(names), args.seed, epoch)]
         if epoch % 2 == 0:
@@ -79,7 +88,7 @@ def main(argv=None):
         else:
             kind = "iterable"
             ds = ProvgateIterableDataset(args.contract, manifest=samples, seed=args.seed, batch_size=args.batch_size,
-                                         rank=0, world_size=1, **common)
+                                         rank=0, world_size=1, zero_copy=True, **{**common, "transform": named_view})
             ds.set_epoch(epoch)
             loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=as_list)
         got, nbytes = [], 0

@@ -264,8 +264,9 @@ func dataSize(tb testing.TB, dir string) (n, size int64) {
 }
 
 type e2eResult struct {
-	Samples int64 `json:"samples"`
-	Bytes   int64 `json:"bytes"`
+	Client  string `json:"client"` // the file provgate_torch was imported from
+	Samples int64  `json:"samples"`
+	Bytes   int64  `json:"bytes"`
 	Epochs  []struct {
 		Epoch   int64  `json:"epoch"`
 		Loader  string `json:"loader"`
@@ -280,16 +281,21 @@ type e2eResult struct {
 // against the original files and the (seed, epoch) order, and then checks
 // that the registry's metering totals equal exactly what was served.
 //
+// The client is the package as a user installs it: pip install ./python
+// into a fresh virtual environment that sees Debian's torch
+// (installedPython), and e2e_check.py must have imported it from there.
+//
 // It runs in both origin modes: self-hosted (the sidecar's own S3
 // credentials) and marketplace (no credentials in the sidecar: the registry
 // presigns; and a local bearer token, as in a shared pod).
 func TestEndToEndDataLoader(t *testing.T) {
+	py := installedPython(t)
 	for _, m := range []stackMode{{mode: contract.ModeSelfHosted}, {mode: contract.ModeMarketplace, localToken: true}} {
-		t.Run(m.mode, func(t *testing.T) { testEndToEnd(t, m) })
+		t.Run(m.mode, func(t *testing.T) { testEndToEnd(t, py, m) })
 	}
 }
 
-func testEndToEnd(t *testing.T, m stackMode) {
+func testEndToEnd(t *testing.T, py string, m stackMode) {
 	const samples, size = 96, 4 << 10
 	s := startStack(t, m, samples, size)
 	n, total := dataSize(t, s.data)
@@ -300,7 +306,7 @@ func testEndToEnd(t *testing.T, m stackMode) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, python, "e2e_check.py", "--sidecar", s.sidecar, "--contract", s.contractID,
+	cmd := exec.CommandContext(ctx, py, "e2e_check.py", "--sidecar", s.sidecar, "--contract", s.contractID,
 		"--data", s.data, "--epochs", "2", "--workers", "4", "--batch-size", "8",
 		"--small-sample", strconv.Itoa(size), // the bigger third of the samples goes through single GETs
 		"--job", job)
@@ -313,6 +319,9 @@ func testEndToEnd(t *testing.T, m stackMode) {
 	var res e2eResult
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		t.Fatalf("e2e_check.py output %q: %v", stdout.Bytes(), err)
+	}
+	if venv := filepath.Dir(filepath.Dir(py)); !strings.HasPrefix(res.Client, venv+string(os.PathSeparator)) {
+		t.Fatalf("e2e_check.py imported provgate_torch from %s, want the installed package in %s", res.Client, venv)
 	}
 	if res.Samples != n || res.Bytes != total || len(res.Epochs) != 2 {
 		t.Fatalf("e2e_check: %d samples / %d bytes / %d epochs; want %d / %d / 2", res.Samples, res.Bytes, len(res.Epochs), n, total)
@@ -481,6 +490,7 @@ func BenchmarkDataLoader(b *testing.B) {
 		{"256KiB", 512, 256 << 10, 16},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
+			py := installedPython(b)
 			s := startStack(b, stackMode{mode: contract.ModeSelfHosted}, bc.samples, bc.size)
 			var res struct {
 				Sidecar float64 `json:"sidecar_samples_per_s"`
@@ -488,7 +498,7 @@ func BenchmarkDataLoader(b *testing.B) {
 				Ratio   float64 `json:"ratio"`
 			}
 			for b.Loop() {
-				out, err := exec.Command(python, "bench_loader.py", "--sidecar", s.sidecar, "--contract", s.contractID,
+				out, err := exec.Command(py, "bench_loader.py", "--sidecar", s.sidecar, "--contract", s.contractID,
 					"--dir", s.data, "--workers", "4", "--batch-size", strconv.Itoa(bc.batch), "--epochs", "3", "--json").Output()
 				if err != nil {
 					var ee *exec.ExitError

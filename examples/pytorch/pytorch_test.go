@@ -21,15 +21,16 @@ func requireTorch(t testing.TB) {
 	}
 }
 
-// TestPythonUnit runs the package's unittest suite: the (seed, epoch)
+// TestPythonUnit runs the package's unittest suite, with the package
+// installed into a fresh virtual environment (installedPython): the (seed, epoch)
 // order, rank/worker sharding and resumption, the batch frame parser
 // (every truncation refused), the client's errors, keep-alive and integrity
 // checks, and both datasets inside real multi-worker DataLoaders.
 func TestPythonUnit(t *testing.T) {
-	requireTorch(t)
+	py := installedPython(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, python, "-m", "unittest", "discover", "-v", "-s", "tests", "-t", ".")
+	cmd := exec.CommandContext(ctx, py, "-m", "unittest", "discover", "-v", "-s", "tests", "-t", ".")
 	cmd.Env = append(cmd.Environ(), "PYTHONDONTWRITEBYTECODE=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {

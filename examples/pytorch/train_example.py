@@ -20,7 +20,11 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    import provgate_torch  # noqa: F401  (installed: pip install ./python)
+except ImportError:
+    # Run from a checkout without installing it: the package in python/.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 
 import torch  # noqa: E402
 

@@ -34,6 +34,7 @@ class FakeSidecar:
         self.short_get = set()  # names whose GET body stops one byte short
         self.fail_next = []  # statuses for the next whole requests (GET object or batch), then normal
         self.corrupt = set()  # names whose bytes are served altered
+        self.batch_body = None  # names -> the raw batch response body (a full Content-Length)
         self.epochs_ended = []
         fake = self
 
@@ -152,6 +153,8 @@ class FakeSidecar:
             for name in names:
                 st = self.status_of(name)
                 out += encode_frame(name, st, self.body_of(name) if st == 200 else b"")
+            if self.batch_body is not None:
+                out = self.batch_body(names)
             cut = self.truncate_batch_at
             h.send_response(200)
             h.send_header("Content-Type", MEDIA_TYPE)
@@ -180,6 +183,12 @@ class FakeSidecar:
             h.wfile.write(data)
             return
         return self._error(h, 404, "not_found", "no route")
+
+    def batches(self):
+        """The name lists of the batch requests, in arrival order."""
+        with self.lock:
+            return [json.loads(r["body"])["names"] for r in self.requests
+                    if r["method"] == "POST" and r["path"].endswith("/batch")]
 
     def served(self, kind=None):
         """The names served, one per object read (GET or batch frame)."""

@@ -2,6 +2,7 @@
 integrity checks, headers and truncated batch streams."""
 
 import hashlib
+import struct
 import unittest
 
 from provgate_torch import (AccessDenied, IntegrityError, NotInManifest, NotReady, OriginUnavailable, ProtocolError,
@@ -166,6 +167,42 @@ class ClientTest(unittest.TestCase):
         self.c._conn.sock.close()
         self.c._conn.sock = None
         self.assertEqual(self.c.get("dir/b c.bin"), b"bravo")
+
+    def test_batch_zero_copy(self):
+        m = self.c.manifest()
+        got = self.c.get_batch(m, zero_copy=True)
+        self.assertEqual([bytes(b) for b in got], [OBJECTS[s.name] for s in m])
+        self.assertTrue(all(isinstance(b, memoryview) and b.readonly for b in got))
+        # one buffer for the whole response: every body is a view of it
+        self.assertEqual(len({id(b.obj) for b in got}), 1)
+        self.fake.corrupt.add("a.bin")
+        with self.assertRaises(IntegrityError):
+            self.c.get_batch(m, zero_copy=True)
+
+    def test_malformed_batch_is_a_protocol_error(self):
+        from provgate_torch import frames
+
+        names = ["a.bin", "dir/b c.bin"]
+        good = frames.encode_frame("a.bin", 200, OBJECTS["a.bin"]) + frames.encode_frame("dir/b c.bin", 200, b"bravo")
+        cases = {
+            "trailing bytes": lambda n: good + b"\x00",
+            "one frame missing": lambda n: good[:len(frames.encode_frame("a.bin", 200, OBJECTS["a.bin"]))],
+            "frames swapped": lambda n: frames.encode_frame("dir/b c.bin", 200, b"bravo") + frames.encode_frame(
+                "a.bin", 200, OBJECTS["a.bin"]),
+            "body length past the end": lambda n: frames.encode_frame("a.bin", 200, OBJECTS["a.bin"]) + struct.pack(
+                ">I", 11) + b"dir/b c.bin" + struct.pack(">HQ", 200, 100) + b"bravo",
+        }
+        for what, body in cases.items():
+            with self.subTest(what=what):
+                self.fake.batch_body = body
+                got = None
+                with self.assertRaises(ProtocolError):
+                    got = self.c.get_batch(names)
+                self.assertIsNone(got)
+        # the client dropped the connection it could not trust; the next
+        # batch works
+        self.fake.batch_body = None
+        self.assertEqual(self.c.get_batch(names), [OBJECTS[n] for n in names])
 
     def test_end_epoch(self):
         self.assertEqual(self.c.end_epoch(4), {"epoch": 4})

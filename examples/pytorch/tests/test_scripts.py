@@ -57,20 +57,22 @@ class TrainExampleTest(unittest.TestCase):
 
 class BenchLoaderTest(unittest.TestCase):
     def test_reads_every_byte(self):
-        with FakeSidecar(OBJECTS) as fake, tempfile.TemporaryDirectory() as d:
-            for name, data in OBJECTS.items():
-                os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
-                with open(os.path.join(d, name), "wb") as f:
-                    f.write(data)
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                code = bench_loader.main(["--sidecar", fake.url, "--contract", fake.contract, "--dir", d,
-                                          "--workers", "2", "--batch-size", "8", "--epochs", "1", "--json"])
-            self.assertEqual(code, 0)
-            res = json.loads(out.getvalue())
-            self.assertEqual(res["samples"], len(OBJECTS))
-            self.assertGreater(res["ratio"], 0)
-            self.assertEqual(len(fake.served()), 2 * len(OBJECTS))
+        for extra in ([], ["--prefetch", "0"], ["--zero-copy"]):
+            with self.subTest(extra=extra), FakeSidecar(OBJECTS) as fake, tempfile.TemporaryDirectory() as d:
+                for name, data in OBJECTS.items():
+                    os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
+                    with open(os.path.join(d, name), "wb") as f:
+                        f.write(data)
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    code = bench_loader.main(["--sidecar", fake.url, "--contract", fake.contract, "--dir", d,
+                                              "--workers", "2", "--batch-size", "8", "--epochs", "1", "--json",
+                                              *extra])
+                self.assertEqual(code, 0)
+                res = json.loads(out.getvalue())
+                self.assertEqual(res["samples"], len(OBJECTS))
+                self.assertGreater(res["ratio"], 0)
+                self.assertEqual(len(fake.served()), 2 * len(OBJECTS))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """provgate_torch: PyTorch datasets over a provgate sidecar.
 
 The sidecar (``provgate serve``) serves a data contract's verified, decoded
-samples on localhost and meters every read. This package reads them with
-the standard library's http.client (one keep-alive connection per
-DataLoader worker) and gives PyTorch:
+samples on localhost and meters every read. This package (``pip install
+./python`` from the provgate repository) reads them with the standard
+library's http.client (one keep-alive connection per DataLoader worker,
+batch responses parsed in place, the worker's next batches read ahead) and
+gives PyTorch:
 
 * ``ProvgateDataset`` (map-style) with ``EpochSampler`` and ``make_loader``
   for batch reads of small samples,

@@ -12,6 +12,11 @@ requested name in order, one frame::
 The response ends after the last frame. A stream that ends inside a frame,
 or before every requested name has its frame, is an error, never a short
 success.
+
+The client reads a response of known length into one buffer (``read_body``)
+and parses it in place (``parse_frames``): the bodies are memoryviews into
+that buffer, and nothing is returned unless the whole response is well
+formed. Longer responses are read frame by frame (``read_frames``).
 """
 
 import struct
@@ -104,17 +109,21 @@ def read_frames(stream, names, max_body=MAX_BODY_LEN):
 
 
 def parse_frames(buf, names, max_body=MAX_BODY_LEN):
-    """The frames answering names from a complete response body (bytes),
-    with the same checks as read_frames; each body is one copy."""
+    """The frames answering names from a complete response body, with the
+    same checks as read_frames, without copying: each frame's body is a
+    read-only memoryview into buf (bytes, bytearray or memoryview), which
+    it keeps alive. The whole body is checked before anything is returned:
+    a malformed or truncated response raises ProtocolError and gives no
+    frame at all."""
+    view = memoryview(buf).cast("B").toreadonly()
     out = []
-    view = memoryview(buf)
-    pos, end = 0, len(buf)
+    pos, end = 0, len(view)
     for want in names:
         if pos == end:
             raise ProtocolError(f"batch response ended after {len(out)} of {len(names)} frames")
         if end - pos < _NAME_LEN.size:
             raise ProtocolError(f"batch response truncated in frame header: got {end - pos} of {_NAME_LEN.size} bytes")
-        (name_len,) = _NAME_LEN.unpack_from(buf, pos)
+        (name_len,) = _NAME_LEN.unpack_from(view, pos)
         pos += _NAME_LEN.size
         if name_len == 0 or name_len > MAX_NAME_LEN:
             raise ProtocolError(f"batch frame name length {name_len} outside 1..{MAX_NAME_LEN}")
@@ -125,7 +134,7 @@ def parse_frames(buf, names, max_body=MAX_BODY_LEN):
         except UnicodeDecodeError as e:
             raise ProtocolError(f"batch frame name is not UTF-8: {e}") from None
         pos += name_len
-        status, body_len = _STATUS_LEN.unpack_from(buf, pos)
+        status, body_len = _STATUS_LEN.unpack_from(view, pos)
         pos += _STATUS_LEN.size
         if body_len > max_body:
             raise ProtocolError(f"batch frame {name!r}: body length {body_len} exceeds {max_body}")
@@ -133,8 +142,22 @@ def parse_frames(buf, names, max_body=MAX_BODY_LEN):
             raise ProtocolError(f"batch response truncated in body of {name!r}: got {end - pos} of {body_len} bytes")
         if name != want:
             raise ProtocolError(f"batch frame {len(out)} is {name!r}, want {want!r}")
-        out.append(Frame(name, status, bytes(view[pos:pos + body_len])))
+        out.append(Frame(name, status, view[pos:pos + body_len]))
         pos += body_len
     if pos != end:
         raise ProtocolError(f"batch response has bytes after the last of {len(names)} frames")
     return out
+
+
+def read_body(stream, length):
+    """Exactly length bytes of stream in one buffer (a bytearray, filled by
+    readinto: no intermediate copies), or ProtocolError if it ends first."""
+    buf = bytearray(length)
+    view = memoryview(buf)
+    got = 0
+    while got < length:
+        n = stream.readinto(view[got:])
+        if not n:
+            raise ProtocolError(f"batch response truncated: got {got} of {length} bytes")
+        got += n
+    return buf
