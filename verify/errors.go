@@ -111,6 +111,7 @@ var reasons = []struct {
 	{ErrRoot, "root_mismatch"},
 	{ErrChain, "chain"},
 	{ErrStale, "stale_checkpoint"},
+	{ErrWitnessQuorum, "witness_quorum"},
 	{ErrCheckpoint, "bad_checkpoint"},
 	{ErrAlgorithm, "algorithm"},
 	{ErrRevokedKey, "revoked_key"},

@@ -82,6 +82,9 @@ type FollowerConfig struct {
 	JWKSMinRefresh time.Duration
 	// Workers verify signatures in parallel; 0 is GOMAXPROCS.
 	Workers int
+	// Witnesses, when set, refuses any checkpoint without a quorum of
+	// fresh witness cosignatures (the split-view defence).
+	Witnesses *WitnessPolicy
 }
 
 // Option is a security option of a Follower.
@@ -218,6 +221,9 @@ func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Foll
 	if f.cpv, err = NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey); err != nil {
 		return nil, fmt.Errorf("follower %s: %w", f.id, err)
 	}
+	if cfg.Witnesses.has(f.cpv.cosig.Name(), f.cpv.cosig.KeyHash()) {
+		return nil, fmt.Errorf("follower %s: the log's own checkpoint key cannot be one of its witnesses", f.id)
+	}
 	if f.keys, err = NewKeyStore(c, cfg.Fetcher); err != nil {
 		return nil, fmt.Errorf("follower %s: %w", f.id, err)
 	}
@@ -269,6 +275,12 @@ func (f *Follower) load(ctx context.Context) error {
 	}
 	f.chain, f.trusted, f.verified = chain, cp, true
 	f.manifest, f.revs = t.manifest, t.revs
+	if err := f.cfg.Witnesses.Check(cp, f.cfg.Now(), 0); err != nil {
+		// Trusted before witnesses were required: a base to extend, not
+		// to serve from, until a cosigned checkpoint is verified.
+		f.verified = false
+		f.log.Warn("persisted checkpoint lacks the witness quorum; not serving until a cosigned one is verified", "err", err)
+	}
 	return nil
 }
 
@@ -512,6 +524,14 @@ func (f *Follower) Sync(ctx context.Context) (err error) {
 			f.cfg.Metrics.refuse(f.id, err)
 			return err
 		}
+	}
+	maxAge := f.cfg.MaxCheckpointAge
+	if f.opt.noFreshness {
+		maxAge = 0
+	}
+	if err := f.cfg.Witnesses.Check(cp, f.cfg.Now(), maxAge); err != nil {
+		f.cfg.Metrics.refuse(f.id, err)
+		return err
 	}
 	if trusted == nil && !f.opt.tofu {
 		f.cfg.Metrics.refuse(f.id, ErrNoTrustAnchor)
