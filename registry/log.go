@@ -106,6 +106,7 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	}
 	s.heads[c.ContractID] = next
 	s.wake(c.ContractID)
+	s.cosign(c.ContractID)
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
 	return nil
 }
@@ -257,6 +258,9 @@ func (s *Server) handleCheckpoint(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	if note, err = s.withCosignatures(r.Context(), c.ContractID, note); err != nil {
+		return err
+	}
 	writeNote(w, note)
 	return nil
 }
@@ -278,6 +282,9 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) error {
 		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no checkpoint of %q at or before %d", c.ContractID, at)
 	}
 	if err != nil {
+		return err
+	}
+	if note, err = s.withCosignatures(r.Context(), c.ContractID, note); err != nil {
 		return err
 	}
 	writeNote(w, note)

@@ -84,6 +84,11 @@ type Config struct {
 	// served (a fork to every client that saw it). For tests and bulk
 	// loads only.
 	SyncNormalUnsafe bool
+	// Witnesses are asked, in the background, to cosign each new
+	// checkpoint; their cosignatures are served appended to it.
+	Witnesses []Witness
+	// WitnessTimeout bounds one call to a witness (DefaultWitnessTimeout).
+	WitnessTimeout time.Duration
 }
 
 // Server is the registry. Serve its Handler; Close it when done.
@@ -95,6 +100,7 @@ type Server struct {
 
 	cpSigner *verify.CheckpointSigner
 	cpVKey   string
+	wits     *witnesses // nil: no witness configured
 
 	// mu serialises appends; heads caches each log's Merkle state.
 	mu    sync.Mutex
@@ -171,11 +177,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.close()
 		return nil, fmt.Errorf("registry: %w", err)
 	}
+	if err := s.initWitnesses(ctx); err != nil {
+		st.close()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
 	s.handler = s.routes()
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(1)
 	go s.checkpointLoop(loopCtx)
+	s.startWitnesses(loopCtx)
 	return s, nil
 }
 
@@ -281,7 +292,11 @@ func (s *Server) resign(ctx context.Context, c *contract.Contract) error {
 	if err != nil {
 		return err
 	}
-	return s.st.addCheckpoint(ctx, c.ContractID, h.size(), s.now(), note)
+	if err := s.st.addCheckpoint(ctx, c.ContractID, h.size(), s.now(), note); err != nil {
+		return err
+	}
+	s.cosign(c.ContractID)
+	return nil
 }
 
 // ---- HTTP plumbing

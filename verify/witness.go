@@ -68,6 +68,9 @@ func (p *WitnessPolicy) Quorum() int {
 
 // has reports whether the policy trusts the key name+hash.
 func (p *WitnessPolicy) has(name string, hash uint32) bool {
+	if p == nil {
+		return false
+	}
 	for _, v := range p.verifiers {
 		if v.Name() == name && v.KeyHash() == hash {
 			return true

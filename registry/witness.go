@@ -1,0 +1,386 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	fnote "github.com/transparency-dev/formats/note"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+	"github.com/provgate/provgate/witness"
+)
+
+// Witness is a C2SP tlog-witness the registry asks to cosign each new
+// checkpoint of every log.
+type Witness struct {
+	// URL is the witness's submission prefix: the registry POSTs to
+	// URL + "/add-checkpoint".
+	URL string
+	// VKey is the witness's cosignature/v1 verifier key; answers that do
+	// not verify with it are dropped.
+	VKey string
+}
+
+// Witness tuning.
+const (
+	// DefaultWitnessTimeout bounds one add-checkpoint round trip.
+	DefaultWitnessTimeout = 10 * time.Second
+	// witnessConcurrency bounds the add-checkpoint calls in flight across
+	// all witnesses.
+	witnessConcurrency = 4
+	witnessBaseBackoff = time.Second
+	witnessMaxBackoff  = time.Minute
+	maxWitnessAnswer   = 16 << 10
+	logKeyWitness      = "witness"
+)
+
+// witnessStore keeps the latest cosignature of each witness for each log.
+type witnessStore interface {
+	putCosignature(ctx context.Context, contractID, witness string, size uint64, body, line string) error
+	cosignatures(ctx context.Context, contractID string) ([]cosigRow, error)
+	cosignedSize(ctx context.Context, contractID, witness string) (uint64, error)
+}
+
+var _ witnessStore = (*sqliteStore)(nil)
+
+type cosigRow struct {
+	Witness, Body, Line string
+}
+
+// witnessClient is the registry's view of one witness: the logs waiting
+// for its cosignature and the size it last cosigned for each.
+type witnessClient struct {
+	Witness
+	v  note.Verifier
+	id string // "<name>+<key hash>", its storage key
+
+	mu      sync.Mutex
+	pending map[string]bool
+	sizes   map[string]uint64
+	wake    chan struct{}
+}
+
+// witnesses is the cosigning machinery: one background loop per witness,
+// at most witnessConcurrency calls in flight.
+type witnesses struct {
+	ws     []*witnessClient
+	st     witnessStore
+	sem    chan struct{}
+	client *http.Client
+}
+
+func (s *Server) initWitnesses(ctx context.Context) error {
+	if len(s.cfg.Witnesses) == 0 {
+		return nil
+	}
+	st, ok := s.st.(*sqliteStore)
+	if !ok {
+		return errors.New("witnesses need the SQLite store")
+	}
+	if _, err := st.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS witness_cosigs (
+		contract TEXT NOT NULL, witness TEXT NOT NULL, size INTEGER NOT NULL, body TEXT NOT NULL, line TEXT NOT NULL,
+		PRIMARY KEY (contract, witness)) WITHOUT ROWID`); err != nil {
+		return fmt.Errorf("witnesses: %w", err)
+	}
+	timeout := s.cfg.WitnessTimeout
+	if timeout <= 0 {
+		timeout = DefaultWitnessTimeout
+	}
+	w := &witnesses{st: st, sem: make(chan struct{}, witnessConcurrency), client: &http.Client{
+		Timeout:       timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+	for _, cfg := range s.cfg.Witnesses {
+		v, err := fnote.NewVerifierForCosignatureV1(cfg.VKey)
+		if err != nil {
+			return fmt.Errorf("witness %s: key: %w", cfg.URL, err)
+		}
+		if !strings.HasPrefix(cfg.URL, "http://") && !strings.HasPrefix(cfg.URL, "https://") {
+			return fmt.Errorf("witness %q: want an http(s) URL", cfg.URL)
+		}
+		cfg.URL = strings.TrimRight(cfg.URL, "/")
+		w.ws = append(w.ws, &witnessClient{Witness: cfg, v: v, id: fmt.Sprintf("%s+%08x", v.Name(), v.KeyHash()),
+			pending: map[string]bool{}, sizes: map[string]uint64{}, wake: make(chan struct{}, 1)})
+	}
+	s.wits = w
+	return nil
+}
+
+// startWitnesses starts one loop per witness; each first asks for a
+// cosignature of every log's current checkpoint.
+func (s *Server) startWitnesses(ctx context.Context) {
+	if s.wits == nil {
+		return
+	}
+	for _, w := range s.wits.ws {
+		s.wg.Add(1)
+		go s.witnessLoop(ctx, w)
+	}
+}
+
+// cosign queues a log's latest checkpoint for every witness. It never
+// blocks: appends do not wait for witnesses.
+func (s *Server) cosign(contractID string) {
+	if s.wits == nil {
+		return
+	}
+	for _, w := range s.wits.ws {
+		w.queue(contractID, true)
+	}
+}
+
+func (w *witnessClient) queue(contractID string, wake bool) {
+	w.mu.Lock()
+	w.pending[contractID] = true
+	w.mu.Unlock()
+	if wake {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (w *witnessClient) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ids := make([]string, 0, len(w.pending))
+	for id := range w.pending {
+		ids = append(ids, id)
+	}
+	clear(w.pending)
+	return ids
+}
+
+func (s *Server) witnessLoop(ctx context.Context, w *witnessClient) {
+	defer s.wg.Done()
+	if bodies, err := s.st.contracts(ctx); err == nil {
+		for _, id := range contractIDs(bodies) {
+			w.queue(id, true)
+		}
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	attempt := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.wake:
+		case <-timer.C:
+		}
+		failed := false
+		for _, id := range w.take() {
+			err := s.cosignWith(ctx, w, id)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				failed = true
+				w.queue(id, false)
+				s.logger.Warn("witness did not cosign", logKeyWitness, w.URL, logKeyContract, id, "attempt", attempt+1, logKeyErr, err)
+			}
+		}
+		if failed {
+			attempt++
+			timer.Reset(contract.Backoff(attempt, witnessBaseBackoff, witnessMaxBackoff))
+		} else {
+			attempt = 0
+		}
+	}
+}
+
+func contractIDs(bodies [][]byte) []string {
+	var ids []string
+	for _, b := range bodies {
+		var c struct {
+			ID string `json:"contract_id"`
+		}
+		if err := json.Unmarshal(b, &c); err == nil && c.ID != "" {
+			ids = append(ids, c.ID)
+		}
+	}
+	return ids
+}
+
+// cosignWith asks one witness to cosign a log's latest checkpoint, with a
+// consistency proof from the size it last cosigned; a 409 names that size
+// and the call is made again from it.
+func (s *Server) cosignWith(ctx context.Context, w *witnessClient, contractID string) error {
+	c, err := s.loadContract(ctx, contractID)
+	if err != nil {
+		return err
+	}
+	raw, err := s.st.latestCheckpoint(ctx, contractID)
+	if err != nil {
+		return err
+	}
+	cpv, err := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+	if err != nil {
+		return err
+	}
+	cp, err := cpv.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%w: latest checkpoint: %v", errCorrupted, err)
+	}
+	w.mu.Lock()
+	old, known := w.sizes[contractID]
+	w.mu.Unlock()
+	if !known {
+		if old, err = s.wits.st.cosignedSize(ctx, contractID, w.id); err != nil {
+			return err
+		}
+	}
+	for range 3 {
+		if old > cp.Size {
+			return fmt.Errorf("the witness cosigned size %d, beyond the log's %d", old, cp.Size)
+		}
+		req := &witness.AddCheckpoint{Old: old, Checkpoint: raw}
+		if old > 0 && old < cp.Size {
+			if req.Proof, err = s.consistency(ctx, contractID, old, cp.Size); err != nil {
+				return err
+			}
+		}
+		status, body, err := s.wits.post(ctx, w, req.Marshal())
+		if err != nil {
+			return err
+		}
+		switch status {
+		case http.StatusOK:
+			return s.keepCosignature(ctx, w, contractID, cp.Size, raw, body)
+		case http.StatusConflict:
+			n, err := strconv.ParseUint(strings.TrimSpace(string(body)), 10, 64)
+			if err != nil {
+				return fmt.Errorf("witness answered 409 without a size: %q", body)
+			}
+			old = n
+			w.mu.Lock()
+			w.sizes[contractID] = n
+			w.mu.Unlock()
+		default:
+			return fmt.Errorf("witness answered %d: %s", status, bytes.TrimSpace(body))
+		}
+	}
+	return errors.New("witness keeps answering 409")
+}
+
+// keepCosignature verifies a witness's answer over the checkpoint and
+// stores its line.
+func (s *Server) keepCosignature(ctx context.Context, w *witnessClient, contractID string, size uint64, raw, answer []byte) error {
+	n, err := note.Open(append(bytes.Clone(raw), answer...), note.VerifierList(w.v))
+	if err != nil {
+		return fmt.Errorf("witness answer does not verify: %w", err)
+	}
+	sig := n.Sigs[0]
+	line := "— " + sig.Name + " " + sig.Base64 + "\n"
+	if err := s.wits.st.putCosignature(ctx, contractID, w.id, size, n.Text, line); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.sizes[contractID] = size
+	w.mu.Unlock()
+	return nil
+}
+
+func (ws *witnesses) post(ctx context.Context, w *witnessClient, body []byte) (int, []byte, error) {
+	select {
+	case ws.sem <- struct{}{}:
+	case <-ctx.Done():
+		return 0, nil, ctx.Err()
+	}
+	defer func() { <-ws.sem }()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL+"/add-checkpoint", bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "text/plain; charset=utf-8")
+	resp, err := ws.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxWitnessAnswer))
+	if err != nil {
+		return 0, nil, err
+	}
+	return resp.StatusCode, b, nil
+}
+
+// withCosignatures appends to a checkpoint note the stored witness
+// cosignatures of its body (the same body is re-signed every interval,
+// so cosignatures of an earlier signing still apply).
+func (s *Server) withCosignatures(ctx context.Context, contractID string, raw []byte) ([]byte, error) {
+	if s.wits == nil {
+		return raw, nil
+	}
+	i := bytes.Index(raw, []byte("\n\n"))
+	if i < 0 {
+		return nil, fmt.Errorf("%w: checkpoint note without signatures", errCorrupted)
+	}
+	body := string(raw[:i+1])
+	rows, err := s.wits.st.cosignatures(ctx, contractID)
+	if err != nil {
+		return nil, err
+	}
+	out := bytes.Clone(raw)
+	for _, r := range rows {
+		if r.Body == body && s.wits.has(r.Witness) {
+			out = append(out, r.Line...)
+		}
+	}
+	return out, nil
+}
+
+func (ws *witnesses) has(id string) bool {
+	for _, w := range ws.ws {
+		if w.id == id {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *sqliteStore) putCosignature(ctx context.Context, contractID, witness string, size uint64, body, line string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO witness_cosigs (contract, witness, size, body, line) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (contract, witness) DO UPDATE SET size = excluded.size, body = excluded.body, line = excluded.line`,
+		contractID, witness, size, body, line)
+	return err
+}
+
+func (s *sqliteStore) cosignatures(ctx context.Context, contractID string) ([]cosigRow, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT witness, body, line FROM witness_cosigs WHERE contract = ? ORDER BY witness`, contractID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []cosigRow
+	for rows.Next() {
+		var r cosigRow
+		if err := rows.Scan(&r.Witness, &r.Body, &r.Line); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqliteStore) cosignedSize(ctx context.Context, contractID, witness string) (uint64, error) {
+	var size uint64
+	err := s.db.QueryRowContext(ctx, `SELECT size FROM witness_cosigs WHERE contract = ? AND witness = ?`, contractID, witness).Scan(&size)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return 0, err
+	}
+	return size, nil
+}
