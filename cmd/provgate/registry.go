@@ -41,11 +41,17 @@ func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	cpInterval := fs.Duration("checkpoint-interval", registry.DefaultCheckpointInterval, "re-sign every log's checkpoint at least this often")
 	transition := fs.Duration("key-transition", registry.DefaultKeyTransition, "how long a rotated-out signing key stays published")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var witnessFlags stringList
+	fs.Var(&witnessFlags, "witness", "URL=VKEY of a tlog-witness asked to cosign each new checkpoint (repeatable; see provgate witness)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *db == "" || *keyFile == "" || fs.NArg() != 0 {
 		return &usageError{msg: "registry: --db and --key are required"}
+	}
+	witnesses, err := parseWitnesses(witnessFlags)
+	if err != nil {
+		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -59,6 +65,7 @@ func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	cfg := registry.Config{
 		DBPath: *db, SigningKey: key, Name: *name, PublicURL: *publicURL,
 		TokenTTL: *tokenTTL, CheckpointInterval: *cpInterval, KeyTransition: *transition, Logger: logger,
+		Witnesses: witnesses,
 	}
 	if *adminFile != "" {
 		if cfg.AdminToken, err = loadOrCreateAdminToken(*adminFile, logger); err != nil {

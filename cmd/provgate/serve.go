@@ -32,11 +32,11 @@ type serveFlags struct {
 	registry, purpose, stateDir, cacheDir, listen, unixSocket, proxyListen  string
 	s3Endpoint, s3Region, s3Lookup, localTokenFile, trust, pinned, logLevel string
 	logFormat, ledgerSync, debugListen                                      string
-	contracts, allowHosts, originHosts                                      stringList
+	contracts, allowHosts, originHosts, witnesses                           stringList
 	cacheSize                                                               byteSize
 	maxSamples, maxBytes                                                    int64
 	maxCheckpointAge, pollInterval, syncInterval, shutdownTimeout           time.Duration
-	maxFetches                                                              int
+	maxFetches, witnessQuorum                                               int
 	verifyOnHit, streamWhileFetching                                        bool
 }
 
@@ -60,6 +60,8 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.StringVar(&f.trust, "trust", "tofu", "first contact with a log: tofu (trust the first checkpoint) or pinned (needs --trusted-checkpoint)")
 	fs.StringVar(&f.pinned, "trusted-checkpoint", "", "signed checkpoint file to pin trust to (with --trust pinned)")
 	fs.DurationVar(&f.maxCheckpointAge, "max-checkpoint-age", verify.DefaultMaxCheckpointAge, "freshness window: an older checkpoint is a frozen log and is refused")
+	fs.Var(&f.witnesses, "witness", "verifier key (vkey) of a witness whose cosignature every checkpoint needs (repeatable; see provgate witness)")
+	fs.IntVar(&f.witnessQuorum, "witness-quorum", 0, "how many of the --witness keys must have cosigned a checkpoint (0: all of them)")
 	fs.DurationVar(&f.pollInterval, "poll-interval", verify.DefaultPollInterval, "how often the log is polled besides the live feed")
 	fs.Int64Var(&f.maxSamples, "quota-samples", 0, "samples asked for in token requests (0: the contract's limit)")
 	fs.Int64Var(&f.maxBytes, "quota-bytes", 0, "bytes asked for in token requests (0: the contract's limit)")
@@ -102,6 +104,9 @@ func (f *serveFlags) sidecarConfig(stderr io.Writer) (sidecar.Config, error) {
 		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3Lookup: f.s3Lookup,
 		MaxCheckpointAge: f.maxCheckpointAge, PollInterval: f.pollInterval,
 		MaxFetches: f.maxFetches, VerifyOnHit: f.verifyOnHit, StreamWhileFetching: f.streamWhileFetching, SyncInterval: f.syncInterval, Logger: logger,
+	}
+	if cfg.Witnesses, err = verify.NewWitnessPolicy(f.witnesses, f.witnessQuorum); err != nil {
+		return cfg, &usageError{msg: fmt.Sprintf("--witness: %v", err)}
 	}
 	switch f.ledgerSync {
 	case "normal":

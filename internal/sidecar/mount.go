@@ -97,7 +97,8 @@ func (m *mount) mount(ctx context.Context) error {
 	}
 	f, err := verify.NewFollower(ctx, verify.FollowerConfig{Contract: c, Source: s.client, Stream: s.client, Fetcher: s.client,
 		Store: s.store, Logger: s.log.With("part", "follower"), Metrics: s.vmetrics,
-		OnRedact: m.onRedact, MaxCheckpointAge: s.cfg.MaxCheckpointAge, PollInterval: s.cfg.PollInterval}, opts...)
+		OnRedact: m.onRedact, MaxCheckpointAge: s.cfg.MaxCheckpointAge, PollInterval: s.cfg.PollInterval,
+		Witnesses: s.cfg.Witnesses}, opts...)
 	if err != nil {
 		ts.Stop()
 		return fmt.Errorf("log follower: %w", err)

@@ -83,6 +83,9 @@ type Config struct {
 	PinnedCheckpoint []byte
 	MaxCheckpointAge time.Duration
 	PollInterval     time.Duration
+	// Witnesses, when set, refuses checkpoints without a quorum of
+	// witness cosignatures (verify.NewWitnessPolicy).
+	Witnesses *verify.WitnessPolicy
 
 	MaxFetches  int
 	VerifyOnHit bool
