@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -24,6 +25,7 @@ import (
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/internal/sidecar"
@@ -31,6 +33,7 @@ import (
 	"github.com/provgate/provgate/proxy"
 	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/verify"
+	"github.com/provgate/provgate/witness"
 )
 
 func init() {
@@ -55,6 +58,12 @@ type demoEnv struct {
 	regURL   string
 	sc       *sidecar.Sidecar
 	logger   *slog.Logger
+
+	wit     *witness.Witness
+	witSrv  *http.Server
+	witURL  string
+	witVKey string
+	cpSKey  string // the registry's checkpoint key, known to the witness
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -94,7 +103,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("origin    in-process S3 at http://%s, bucket %q", env.originLn.Addr(), demoBucket)
 
-	// 2. The registry.
+	// 2. A witness, and the registry that asks it to cosign every
+	// checkpoint.
+	if err := env.startWitness(ctx); err != nil {
+		return err
+	}
+	say("witness   %s, cosigning key %s", env.witURL, env.witVKey)
 	if err := env.startRegistry(ctx, s3c); err != nil {
 		return err
 	}
@@ -122,9 +136,15 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("contribute %d samples (identity, gzip and zstd), each with a signed attestation in the log", len(names))
 
-	// 5. The sidecar, in marketplace mode: no bucket credentials.
+	// 5. The sidecar, in marketplace mode: no bucket credentials; it
+	// trusts no checkpoint the witness has not cosigned.
+	witnesses, err := verify.NewWitnessPolicy([]string{env.witVKey}, 1)
+	if err != nil {
+		return err
+	}
 	env.sc, err = sidecar.Start(ctx, sidecar.Config{
-		Registry: env.regURL, Contracts: []string{c.ContractID}, Purpose: demoPurpose,
+		Witnesses: witnesses,
+		Registry:  env.regURL, Contracts: []string{c.ContractID}, Purpose: demoPurpose,
 		StateDir: filepath.Join(env.dir, "sidecar-state"), CacheDir: filepath.Join(env.dir, "sidecar-cache"),
 		CacheSize: 256 << 20, Listen: *listen, TrustOnFirstUse: true, Logger: logger.With("part", "sidecar"),
 		SyncInterval: 200 * time.Millisecond,
@@ -147,6 +167,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("sidecar   %s: log verified, %d entries, checkpoint root %s signed %s, token until %s",
 		env.sc.URL(), status.TreeSize, root, status.CheckpointTime.Format(time.RFC3339), status.TokenExpiry.Format(time.RFC3339))
+	say("witness   cosigned that checkpoint (cosignature/v1); the sidecar requires 1 of 1 witness cosignatures")
 
 	// 6. Two epochs of reading, as a training loop would.
 	hc := &http.Client{Timeout: 30 * time.Second}
@@ -239,7 +260,8 @@ func (env *demoEnv) startRegistry(ctx context.Context, s3c *minio.Client) error 
 	}
 	env.regURL = "http://" + ln.Addr().String()
 	reg, err := registry.New(ctx, registry.Config{DBPath: filepath.Join(env.dir, "registry.db"), AdminToken: "demo-admin",
-		S3: s3c, PublicURL: env.regURL, CheckpointInterval: 5 * time.Second, Logger: env.logger.With("part", "registry")})
+		S3: s3c, PublicURL: env.regURL, CheckpointInterval: 5 * time.Second, Logger: env.logger.With("part", "registry"),
+		CheckpointKey: env.cpSKey, Witnesses: []registry.Witness{{URL: env.witURL, VKey: env.witVKey}}})
 	if err != nil {
 		ln.Close()
 		return err
@@ -247,6 +269,34 @@ func (env *demoEnv) startRegistry(ctx context.Context, s3c *minio.Client) error 
 	env.reg = reg
 	env.regSrv = &http.Server{Handler: reg.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go env.regSrv.Serve(ln)
+	return nil
+}
+
+// startWitness starts an in-process witness for the registry's logs; the
+// registry's checkpoint key is made here so that the witness knows it.
+func (env *demoEnv) startWitness(ctx context.Context) error {
+	skey, vkey, err := note.GenerateKey(rand.Reader, registry.DefaultName)
+	if err != nil {
+		return err
+	}
+	env.cpSKey = skey
+	wkey, wvkey, err := witness.GenerateKey("demo-witness")
+	if err != nil {
+		return err
+	}
+	w, err := witness.New(ctx, witness.Config{Key: wkey, DBPath: filepath.Join(env.dir, "witness.db"),
+		Logs: map[string]string{registry.Origin(registry.DefaultName, "*"): vkey}, Logger: env.logger.With("part", "witness")})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		w.Close()
+		return err
+	}
+	env.wit, env.witVKey, env.witURL = w, wvkey, "http://"+ln.Addr().String()
+	env.witSrv = &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go env.witSrv.Serve(ln)
 	return nil
 }
 
@@ -406,6 +456,10 @@ func (env *demoEnv) close() {
 	}
 	if env.reg != nil {
 		env.reg.Close()
+	}
+	if env.witSrv != nil {
+		env.witSrv.Shutdown(ctx)
+		env.wit.Close()
 	}
 	if env.origin != nil {
 		env.origin.Shutdown(ctx)

@@ -23,6 +23,7 @@ func TestDemoOnce(t *testing.T) {
 	out := stdout.String()
 	for _, want := range []string{
 		"log verified, 30 entries",
+		"witness   cosigned that checkpoint",
 		"epoch 1   read 30 samples",
 		"epoch 2   read 30 samples",
 		"every sha256 checked",
