@@ -1,8 +1,10 @@
 package verify_test
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,3 +132,70 @@ type forgedSigner struct{ as, with note.Signer }
 func (f forgedSigner) Name() string                    { return f.as.Name() }
 func (f forgedSigner) KeyHash() uint32                 { return f.as.KeyHash() }
 func (f forgedSigner) Sign(msg []byte) ([]byte, error) { return f.with.Sign(msg) }
+
+// cosigningSource serves a log's checkpoints with the cosigners'
+// signatures appended, as a registry with witnesses does.
+type cosigningSource struct {
+	verify.LogSource
+	t  testing.TB
+	cs []*cosigner
+}
+
+func (s cosigningSource) Checkpoint(ctx context.Context, id string) ([]byte, error) {
+	raw, err := s.LogSource.Checkpoint(ctx, id)
+	if err != nil || len(s.cs) == 0 {
+		return raw, err
+	}
+	return cosign(s.t, raw, s.cs...), nil
+}
+
+// TestFollowerWitnessQuorum: with witnesses required, an uncosigned
+// checkpoint is refused (metric and status say why), a cosigned one is
+// served, and a state persisted before witnesses were required is not
+// served until a cosigned checkpoint is verified.
+func TestFollowerWitnessQuorum(t *testing.T) {
+	ctx := context.Background()
+	fx := newFixture(t)
+	contribute(t, fx.log, fx.alice, "a", 3)
+	w := newCosigner(t, "w1.test")
+	policy, err := verify.NewWitnessPolicy([]string{w.vkey}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Persisted without witnesses.
+	mustSync(t, fx.follower(t, verify.WithTrustOnFirstUse()))
+
+	cfg := fx.config(fx.log)
+	cfg.Witnesses = policy
+	f := mustFollower(t, cfg, verify.WithTrustOnFirstUse())
+	if st := f.Status(); st.State != verify.StateSyncing {
+		t.Fatalf("state persisted before witnesses were required: %s, want syncing", st.State)
+	}
+	if err := f.Sync(ctx); !errors.Is(err, verify.ErrWitnessQuorum) {
+		t.Fatalf("uncosigned checkpoint: Sync = %v, want ErrWitnessQuorum", err)
+	}
+	if _, err := f.Lookup("a-0"); !errors.Is(err, verify.ErrNotVerified) {
+		t.Fatalf("lookup without a cosigned checkpoint: %v, want ErrNotVerified", err)
+	}
+	if n := counter(t, fx, "provgate_log_refusals_total", "contract", cid, "reason", "witness_quorum"); n != 1 {
+		t.Errorf("refusals{reason=witness_quorum} = %v, want 1", n)
+	}
+
+	cfg.Source = cosigningSource{LogSource: fx.log, t: t, cs: []*cosigner{w}}
+	f = mustFollower(t, cfg, verify.WithTrustOnFirstUse())
+	mustSync(t, f)
+	if _, err := f.Lookup("a-0"); err != nil {
+		t.Fatalf("lookup after a cosigned checkpoint: %v", err)
+	}
+
+	// The log's own key is not a witness.
+	p, err := verify.NewWitnessPolicy([]string{strings.TrimSpace(fx.log.Contract.Log.CheckpointKey)}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Witnesses = p
+	if _, err := verify.NewFollower(ctx, cfg); err == nil {
+		t.Fatal("a follower that counts the log's own key as a witness must be refused")
+	}
+}
