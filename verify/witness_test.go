@@ -40,12 +40,12 @@ func newCosigner(t testing.TB, name string) *cosigner {
 // cosign appends the cosigners' signatures to a signed note.
 func cosign(t testing.TB, raw []byte, cs ...*cosigner) []byte {
 	t.Helper()
-	n, err := note.Open(raw, note.VerifierList())
+	_, err := note.Open(raw, note.VerifierList())
 	var u *note.UnverifiedNoteError
 	if !errors.As(err, &u) {
 		t.Fatalf("open: %v", err)
 	}
-	n = u.Note
+	n := u.Note
 	n.Sigs, n.UnverifiedSigs = n.UnverifiedSigs, nil
 	signers := make([]note.Signer, len(cs))
 	for i, c := range cs {
