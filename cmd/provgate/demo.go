@@ -259,9 +259,13 @@ func (env *demoEnv) startRegistry(ctx context.Context, s3c *minio.Client) error 
 		return err
 	}
 	env.regURL = "http://" + ln.Addr().String()
-	reg, err := registry.New(ctx, registry.Config{DBPath: filepath.Join(env.dir, "registry.db"), AdminToken: "demo-admin",
+	cfg := registry.Config{DBPath: filepath.Join(env.dir, "registry.db"), AdminToken: "demo-admin",
 		S3: s3c, PublicURL: env.regURL, CheckpointInterval: 5 * time.Second, Logger: env.logger.With("part", "registry"),
-		CheckpointKey: env.cpSKey, Witnesses: []registry.Witness{{URL: env.witURL, VKey: env.witVKey}}})
+		CheckpointKey: env.cpSKey}
+	if env.witURL != "" {
+		cfg.Witnesses = []registry.Witness{{URL: env.witURL, VKey: env.witVKey}}
+	}
+	reg, err := registry.New(ctx, cfg)
 	if err != nil {
 		ln.Close()
 		return err
