@@ -254,11 +254,8 @@ func (s *Server) handleCheckpoint(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	note, err := s.st.latestCheckpoint(r.Context(), c.ContractID)
+	note, err := s.cosignedCheckpoint(r.Context(), c.ContractID)
 	if err != nil {
-		return err
-	}
-	if note, err = s.withCosignatures(r.Context(), c.ContractID, note); err != nil {
 		return err
 	}
 	writeNote(w, note)

@@ -40,6 +40,9 @@ const (
 	// witnessConcurrency bounds the add-checkpoint calls in flight across
 	// all witnesses.
 	witnessConcurrency = 4
+	// cosignWait bounds how long GET checkpoint waits for the cosignatures
+	// of a checkpoint just signed, from witnesses that answered last time.
+	cosignWait         = 2 * time.Second
 	witnessBaseBackoff = time.Second
 	witnessMaxBackoff  = time.Minute
 	maxWitnessAnswer   = 16 << 10
@@ -69,6 +72,7 @@ type witnessClient struct {
 	mu      sync.Mutex
 	pending map[string]bool
 	sizes   map[string]uint64
+	failing bool // the last call failed: readers do not wait for it
 	wake    chan struct{}
 }
 
@@ -79,6 +83,10 @@ type witnesses struct {
 	st     witnessStore
 	sem    chan struct{}
 	client *http.Client
+
+	// cosigned[contract] is closed when a cosignature of it is stored.
+	mu       sync.Mutex
+	cosigned map[string]chan struct{}
 }
 
 func (s *Server) initWitnesses(ctx context.Context) error {
@@ -98,7 +106,7 @@ func (s *Server) initWitnesses(ctx context.Context) error {
 	if timeout <= 0 {
 		timeout = DefaultWitnessTimeout
 	}
-	w := &witnesses{st: st, sem: make(chan struct{}, witnessConcurrency), client: &http.Client{
+	w := &witnesses{st: st, sem: make(chan struct{}, witnessConcurrency), cosigned: map[string]chan struct{}{}, client: &http.Client{
 		Timeout:       timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}}
@@ -187,6 +195,9 @@ func (s *Server) witnessLoop(ctx context.Context, w *witnessClient) {
 			if ctx.Err() != nil {
 				return
 			}
+			w.mu.Lock()
+			w.failing = err != nil
+			w.mu.Unlock()
 			if err != nil {
 				failed = true
 				w.queue(id, false)
@@ -291,7 +302,64 @@ func (s *Server) keepCosignature(ctx context.Context, w *witnessClient, contract
 	w.mu.Lock()
 	w.sizes[contractID] = size
 	w.mu.Unlock()
+	s.wits.mu.Lock()
+	if ch, ok := s.wits.cosigned[contractID]; ok {
+		close(ch)
+		delete(s.wits.cosigned, contractID)
+	}
+	s.wits.mu.Unlock()
 	return nil
+}
+
+// cosignWaiter returns a channel closed at the next stored cosignature of
+// a log.
+func (ws *witnesses) cosignWaiter(contractID string) <-chan struct{} {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ch, ok := ws.cosigned[contractID]
+	if !ok {
+		ch = make(chan struct{})
+		ws.cosigned[contractID] = ch
+	}
+	return ch
+}
+
+// cosignedCheckpoint is the latest checkpoint with its witnesses'
+// cosignatures. A checkpoint signed a moment ago is usually not cosigned
+// yet: it waits, up to cosignWait, for the witnesses that answered their
+// last call, so that readers requiring them are not refused for a few
+// milliseconds after every append. A failing witness is not waited for.
+func (s *Server) cosignedCheckpoint(ctx context.Context, contractID string) ([]byte, error) {
+	var deadline <-chan time.Time
+	for {
+		var wait <-chan struct{}
+		if s.wits != nil {
+			wait = s.wits.cosignWaiter(contractID)
+		}
+		raw, err := s.st.latestCheckpoint(ctx, contractID)
+		if err != nil {
+			return nil, err
+		}
+		out, missing, err := s.cosignatures(ctx, contractID, raw)
+		if err != nil || missing == 0 {
+			return out, err
+		}
+		if deadline == nil {
+			// Not asked yet (a log created since the witnesses' last
+			// pass): ask now.
+			s.cosign(contractID)
+			t := time.NewTimer(cosignWait)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-wait:
+		case <-deadline:
+			return out, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
 
 func (ws *witnesses) post(ctx context.Context, w *witnessClient, body []byte) (int, []byte, error) {
@@ -322,25 +390,43 @@ func (ws *witnesses) post(ctx context.Context, w *witnessClient, body []byte) (i
 // cosignatures of its body (the same body is re-signed every interval,
 // so cosignatures of an earlier signing still apply).
 func (s *Server) withCosignatures(ctx context.Context, contractID string, raw []byte) ([]byte, error) {
+	out, _, err := s.cosignatures(ctx, contractID, raw)
+	return out, err
+}
+
+// cosignatures is withCosignatures, also counting the witnesses in good
+// standing whose cosignature of this body is missing.
+func (s *Server) cosignatures(ctx context.Context, contractID string, raw []byte) ([]byte, int, error) {
 	if s.wits == nil {
-		return raw, nil
+		return raw, 0, nil
 	}
 	i := bytes.Index(raw, []byte("\n\n"))
 	if i < 0 {
-		return nil, fmt.Errorf("%w: checkpoint note without signatures", errCorrupted)
+		return nil, 0, fmt.Errorf("%w: checkpoint note without signatures", errCorrupted)
 	}
 	body := string(raw[:i+1])
 	rows, err := s.wits.st.cosignatures(ctx, contractID)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	out := bytes.Clone(raw)
+	have := map[string]bool{}
 	for _, r := range rows {
 		if r.Body == body && s.wits.has(r.Witness) {
 			out = append(out, r.Line...)
+			have[r.Witness] = true
 		}
 	}
-	return out, nil
+	missing := 0
+	for _, w := range s.wits.ws {
+		w.mu.Lock()
+		failing := w.failing
+		w.mu.Unlock()
+		if !have[w.id] && !failing {
+			missing++
+		}
+	}
+	return out, missing, nil
 }
 
 func (ws *witnesses) has(id string) bool {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -158,4 +159,32 @@ func TestWitnessConflictGetsProofFromItsSize(t *testing.T) {
 	alice2.Key = alice.Key
 	alice2.Attest(t, c.ContractID, registrytest.Object("a/3", []byte("3")))
 	eventually(t, "size 3 cosigned after a 409", func() bool { return cosignedAt(t, h2, c.ContractID, tw.vkey, "3") })
+}
+
+// TestCheckpointRightAfterAppendIsCosigned: a reader asking right after
+// an append gets the new checkpoint already cosigned (the registry waits
+// briefly for witnesses in good standing), so sidecars that require
+// witnesses are not refused after every append.
+func TestCheckpointRightAfterAppendIsCosigned(t *testing.T) {
+	skey, vkey, err := note.GenerateKey(rand.Reader, "registrytest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := newTestWitness(t, vkey)
+	tw.start(t)
+	h := registrytest.Start(t, registrytest.WithConfig(func(c *registry.Config) {
+		c.CheckpointKey = skey
+		c.Witnesses = []registry.Witness{{URL: tw.url(), VKey: tw.vkey}}
+	}))
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:w3", "bucket", alice))
+	if !cosignedAt(t, h, c.ContractID, tw.vkey, "0") {
+		t.Fatal("a new log's checkpoint is not cosigned when first read")
+	}
+	for i := 1; i <= 5; i++ {
+		alice.Attest(t, c.ContractID, registrytest.Object(fmt.Sprintf("a/%d", i), []byte{byte(i)}))
+		if !cosignedAt(t, h, c.ContractID, tw.vkey, fmt.Sprint(i)) {
+			t.Fatalf("checkpoint %d read right after its append is not cosigned", i)
+		}
+	}
 }
