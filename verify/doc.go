@@ -21,6 +21,11 @@
 //     parallel. A fork or rollback quarantines the contract for good (until
 //     Store.Reset). First contact is WithPinnedCheckpoint or
 //     WithTrustOnFirstUse; nothing is trusted without one of them.
+//   - WitnessPolicy (FollowerConfig.Witnesses) is the split-view defence:
+//     every checkpoint needs a quorum of fresh cosignature/v1 signatures
+//     from the given witnesses (C2SP tlog-witness, see package witness),
+//     checked with x/mod's note.Open; without it the checkpoint is refused
+//     with ErrWitnessQuorum and nothing is served from it.
 //   - Manifest is the verified result: name -> claim + seq. Lookup answers
 //     an entry, ErrRedacted (451) or ErrNotFound (404); the follower's
 //     Lookup also answers ErrNotVerified, ErrStale or ErrQuarantined (503).
