@@ -3,7 +3,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,19 +48,6 @@ const (
 	logKeyWitness      = "witness"
 )
 
-// witnessStore keeps the latest cosignature of each witness for each log.
-type witnessStore interface {
-	putCosignature(ctx context.Context, contractID, witness string, size uint64, body, line string) error
-	cosignatures(ctx context.Context, contractID string) ([]cosigRow, error)
-	cosignedSize(ctx context.Context, contractID, witness string) (uint64, error)
-}
-
-var _ witnessStore = (*sqliteStore)(nil)
-
-type cosigRow struct {
-	Witness, Body, Line string
-}
-
 // witnessClient is the registry's view of one witness: the logs waiting
 // for its cosignature and the size it last cosigned for each.
 type witnessClient struct {
@@ -93,13 +79,11 @@ func (s *Server) initWitnesses(ctx context.Context) error {
 	if len(s.cfg.Witnesses) == 0 {
 		return nil
 	}
-	st, ok := s.st.(*sqliteStore)
+	st, ok := s.st.(witnessStore)
 	if !ok {
 		return errors.New("witnesses need the SQLite store")
 	}
-	if _, err := st.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS witness_cosigs (
-		contract TEXT NOT NULL, witness TEXT NOT NULL, size INTEGER NOT NULL, body TEXT NOT NULL, line TEXT NOT NULL,
-		PRIMARY KEY (contract, witness)) WITHOUT ROWID`); err != nil {
+	if err := st.initWitnessTables(ctx); err != nil {
 		return fmt.Errorf("witnesses: %w", err)
 	}
 	timeout := s.cfg.WitnessTimeout
@@ -436,37 +420,4 @@ func (ws *witnesses) has(id string) bool {
 		}
 	}
 	return false
-}
-
-func (s *sqliteStore) putCosignature(ctx context.Context, contractID, witness string, size uint64, body, line string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO witness_cosigs (contract, witness, size, body, line) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (contract, witness) DO UPDATE SET size = excluded.size, body = excluded.body, line = excluded.line`,
-		contractID, witness, size, body, line)
-	return err
-}
-
-func (s *sqliteStore) cosignatures(ctx context.Context, contractID string) ([]cosigRow, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT witness, body, line FROM witness_cosigs WHERE contract = ? ORDER BY witness`, contractID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []cosigRow
-	for rows.Next() {
-		var r cosigRow
-		if err := rows.Scan(&r.Witness, &r.Body, &r.Line); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
-func (s *sqliteStore) cosignedSize(ctx context.Context, contractID, witness string) (uint64, error) {
-	var size uint64
-	err := s.db.QueryRowContext(ctx, `SELECT size FROM witness_cosigs WHERE contract = ? AND witness = ?`, contractID, witness).Scan(&size)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return 0, err
-	}
-	return size, nil
 }
