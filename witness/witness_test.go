@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	fnote "github.com/transparency-dev/formats/note"
@@ -291,5 +293,49 @@ func TestParseAddCheckpoint(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("ParseAddCheckpoint(%q): err = %v, want ok=%v", tc.body, err, tc.ok)
 		}
+	}
+}
+
+// TestConcurrentAddsNeverRollBack: the spec's race. Requests for several
+// sizes, all from the same old size, arrive at once: exactly one is
+// cosigned, the others get 409, and the stored checkpoint is the cosigned
+// one.
+func TestConcurrentAddsNeverRollBack(t *testing.T) {
+	log := newTestLog(t, [2]string{})
+	h := startWitness(t, filepath.Join(t.TempDir(), "w.db"), "", map[string]string{origin: log.vkey})
+	var bodies [][]byte
+	for i := 1; i <= 8; i++ {
+		log.append(fmt.Sprint(i))
+		bodies = append(bodies, (&witness.AddCheckpoint{Old: 0, Checkpoint: log.checkpoint(t)}).Marshal())
+	}
+	codes := make([]int, len(bodies))
+	var wg sync.WaitGroup
+	for i, b := range bodies {
+		wg.Go(func() { codes[i], _, _ = post(t, h.url, b) })
+	}
+	wg.Wait()
+	won := -1
+	for i, c := range codes {
+		switch {
+		case c == 200 && won < 0:
+			won = i
+		case c == 409:
+		default:
+			t.Fatalf("answers %v: want one 200 and 409s", codes)
+		}
+	}
+	if won < 0 {
+		t.Fatalf("answers %v: none cosigned", codes)
+	}
+	resp, err := http.Get(h.url + "/" + witness.OriginHash(origin) + "/checkpoint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := bytes.SplitN(bodies[won], []byte("\n\n"), 2)[1]
+	wantBody, _, _ := bytes.Cut(want, []byte("\n\n"))
+	if !bytes.HasPrefix(got, append(wantBody, "\n\n"...)) {
+		t.Fatalf("stored checkpoint %q, want the cosigned one %q", got, wantBody)
 	}
 }
