@@ -21,9 +21,9 @@ func init() {
 	commands["witness"] = command{summary: "run a C2SP tlog-witness that cosigns registries' checkpoints it has seen extend consistently", run: runWitness}
 }
 
-const witnessSynopsis = "witness --listen ADDR --key FILE --db FILE --log ORIGIN=VKEY [--log ORIGIN=VKEY...] [--name NAME]"
+const witnessSynopsis = "witness --listen ADDR --key FILE --db FILE --log ORIGIN=VKEY [--log ORIGIN=VKEY...] [--name NAME] [--config FILE]"
 
-// DefaultWitnessListen is the witness's default address (loopback).
+// defaultWitnessListen is the witness's default address (loopback).
 const defaultWitnessListen = "127.0.0.1:8710"
 
 func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -35,6 +35,7 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var logs stringList
 	fs.Var(&logs, "log", "a log to witness: ORIGIN=VKEY, the checkpoint origin and the log's verifier key (the contract's log.origin and log.checkpoint_key); an ORIGIN ending in * is a prefix, e.g. provgate-registry/log/* (repeatable)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.String("config", "", `JSON file of settings named like the flags, e.g. {"log": ["ORIGIN=VKEY", ...]} (flags and PROVGATE_* win)`)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

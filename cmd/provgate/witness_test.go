@@ -83,6 +83,17 @@ func TestWitnessCommand(t *testing.T) {
 	if again != wvkey {
 		t.Fatalf("restart printed key %s, want the same %s", again, wvkey)
 	}
+	// The logs can come from a config file instead of flags.
+	cfgFile := filepath.Join(dir, "witness.json")
+	if err := os.WriteFile(cfgFile, []byte(`{"log": ["registry.test/log/*=`+vkey+`"], "name": "witness.test/cli"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args = []string{"witness", "--listen", "127.0.0.1:0", "--key", filepath.Join(dir, "w.key"), "--db", filepath.Join(dir, "w.db"), "--config", cfgFile}
+	fromFile, _, stop := start()
+	stop()
+	if fromFile != wvkey {
+		t.Fatalf("witness configured from a file printed key %s, want %s", fromFile, wvkey)
+	}
 	var stderr bytes.Buffer
 	if code := run(context.Background(), []string{"witness", "--key", "k", "--db", "d"}, io.Discard, &stderr); code != 2 {
 		t.Errorf("witness without --log exited %d, want 2 (%s)", code, stderr.String())
