@@ -60,7 +60,7 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	if quota.MaxBytes == 0 {
 		quota.MaxBytes = c.Usage.MaxBytes
 	}
-	if err := s.st.presign(ctx, claims.ID, objects, quota); err != nil {
+	if err := s.st.presign(ctx, claims.ID, c.ContractID, claims.Licensee, objects, quota); err != nil {
 		return err
 	}
 	now := s.now()
