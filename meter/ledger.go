@@ -137,6 +137,7 @@ type Ledger struct {
 
 	written, commits, refused, writeErrors atomic.Uint64
 	synced, batches, syncErrors            atomic.Uint64
+	disputed                               atomic.Uint64
 }
 
 type contractState struct {
@@ -146,6 +147,9 @@ type contractState struct {
 	nano    int64
 	priced  bool
 	outbox  atomic.Int64 // rows not yet acknowledged by the registry
+
+	disputes    atomic.Int64           // batches the registry did not count as sent
+	lastDispute atomic.Pointer[string] // the latest one's detail
 }
 
 type usageKey struct {
@@ -403,6 +407,10 @@ func (l *Ledger) load(ctx context.Context) error {
 			return fmt.Errorf("open ledger: %w", err)
 		}
 		l.byID[id].outbox.Store(n)
+	}
+
+	if err := l.loadDisputes(ctx); err != nil && !l.readOnly {
+		return fmt.Errorf("open ledger: %w", err)
 	}
 
 	rows, err = l.rdb.QueryContext(ctx, "SELECT contract, token_jti, samples, bytes FROM usage")
@@ -767,6 +775,7 @@ type Stats struct {
 	Synced      uint64 // rows the registry acknowledged since Open
 	Batches     uint64 // batches the registry acknowledged since Open
 	SyncErrors  uint64 // failed batch posts
+	Disputed    uint64 // acknowledged batches the registry did not count as sent, since Open
 }
 
 // Stats returns the counters now.
@@ -779,6 +788,7 @@ func (l *Ledger) Stats() Stats {
 	l.mu.Unlock()
 	s.Written, s.Commits, s.Refused, s.WriteErrors = l.written.Load(), l.commits.Load(), l.refused.Load(), l.writeErrors.Load()
 	s.Synced, s.Batches, s.SyncErrors = l.synced.Load(), l.batches.Load(), l.syncErrors.Load()
+	s.Disputed = l.disputed.Load()
 	return s
 }
 

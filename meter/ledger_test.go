@@ -95,7 +95,8 @@ func TestRecordConcurrentlyAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := contract.MeteringTotals{Contract: testContract, Events: n, AccessEvents: n, AccessBytes: wantBytes, Units: n, CostNanoUSD: n * 500_000}
+	want := contract.MeteringTotals{Contract: testContract, Events: n, AccessEvents: n, AccessBytes: wantBytes, Units: n, CostNanoUSD: n * 500_000,
+		BilledEvents: n, BilledSamples: n, BilledBytes: wantBytes, BilledUnits: n, BilledCostNanoUSD: n * 500_000}
 	if tot != want {
 		t.Errorf("totals after reopen\n got %+v\nwant %+v", tot, want)
 	}
