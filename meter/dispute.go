@@ -62,6 +62,14 @@ func eventSeq(id string) (int64, bool) {
 	return n, err == nil
 }
 
+// DisputeInfo is what a contract's disputes are: how many batches the
+// registry acknowledged without counting exactly what was sent, and the
+// latest one's detail. Their rows are kept in the ledger.
+type DisputeInfo struct {
+	Batches int64
+	Detail  string
+}
+
 // dispute records that the registry did not count batch b of c as sent:
 // the rows stay in the ledger (Prune keeps them), the contract's dispute
 // count and detail show in DisputeStatus, and the Disputed counter moves.
@@ -74,12 +82,26 @@ func (l *Ledger) dispute(ctx context.Context, c *contractState, b *batch, afterS
 		return fmt.Errorf("meter: sync %s: record dispute of batch %s: %w", c.name, b.id, err)
 	}
 	if n, _ := res.RowsAffected(); n == 1 {
-		detail := fmt.Sprintf("batch %s: %v", b.id, cause)
-		c.disputes.Add(1)
-		c.lastDispute.Store(&detail)
+		l.addDispute(c.name, b.id, cause.Error())
 		l.disputed.Add(1)
 	}
 	return nil
+}
+
+func (l *Ledger) addDispute(contractID, batch, detail string) {
+	l.disputeMu.Lock()
+	defer l.disputeMu.Unlock()
+	next := map[string]DisputeInfo{}
+	if m := l.disputes.Load(); m != nil {
+		for k, v := range *m {
+			next[k] = v
+		}
+	}
+	d := next[contractID]
+	d.Batches++
+	d.Detail = fmt.Sprintf("batch %s: %s", batch, detail)
+	next[contractID] = d
+	l.disputes.Store(&next)
 }
 
 // loadDisputes reads each contract's recorded disputes.
@@ -96,28 +118,18 @@ func (l *Ledger) loadDisputes(ctx context.Context) error {
 			return err
 		}
 		if c := l.byID[id]; c != nil {
-			d := fmt.Sprintf("batch %s: %s", batch, detail)
-			c.disputes.Add(1)
-			c.lastDispute.Store(&d)
+			l.addDispute(c.name, batch, detail)
 		}
 	}
 	return rows.Err()
 }
 
-// DisputeStatus is the number of batches of contractID the registry
-// acknowledged without counting exactly what was sent, and the latest
-// one's detail. Their rows are kept in the ledger.
-func (l *Ledger) DisputeStatus(contractID string) (n int64, detail string) {
-	l.mu.Lock()
-	c := l.contracts[contractID]
-	l.mu.Unlock()
-	if c == nil {
-		return 0, ""
+// DisputeStatus is the disputes of contractID (zero when none).
+func (l *Ledger) DisputeStatus(contractID string) DisputeInfo {
+	if m := l.disputes.Load(); m != nil {
+		return (*m)[contractID]
 	}
-	if d := c.lastDispute.Load(); d != nil {
-		detail = *d
-	}
-	return c.disputes.Load(), detail
+	return DisputeInfo{}
 }
 
 // keptFrom is the first seq Prune must keep for disputes (max int64 when

@@ -117,8 +117,8 @@ func TestSyncAlarmsWhenRegistryCountsLess(t *testing.T) {
 
 	// Honest: no alarm.
 	syncRound(10)
-	if n, _ := l.DisputeStatus(c.ContractID); n != 0 || l.Stats().Disputed != 0 {
-		t.Fatalf("honest registry: %d disputes", n)
+	if d := l.DisputeStatus(c.ContractID); d.Batches != 0 || l.Stats().Disputed != 0 {
+		t.Fatalf("honest registry: %+v", d)
 	}
 
 	// The first event of a first send (row 11) called a duplicate, as a
@@ -132,7 +132,8 @@ func TestSyncAlarmsWhenRegistryCountsLess(t *testing.T) {
 		r.Counted.CostNanoUSD -= 500_000
 	})
 	syncRound(10)
-	n, detail := l.DisputeStatus(c.ContractID)
+	d := l.DisputeStatus(c.ContractID)
+	n, detail := d.Batches, d.Detail
 	if n != 1 || l.Stats().Disputed != 1 || !strings.Contains(detail, "never sent it before") {
 		t.Errorf("after a batch answered with a duplicate never sent: %d disputes (%q), counter %d; want 1", n, detail, l.Stats().Disputed)
 	}
@@ -143,8 +144,8 @@ func TestSyncAlarmsWhenRegistryCountsLess(t *testing.T) {
 	// Right counts, smaller sums.
 	lr.set(func(r *contract.MeteringResponse) { r.Counted.CostNanoUSD-- })
 	syncRound(10)
-	if n, detail := l.DisputeStatus(c.ContractID); n != 2 || !strings.Contains(detail, "counted") {
-		t.Errorf("after a batch counted with smaller sums: %d disputes (%q), want 2", n, detail)
+	if d := l.DisputeStatus(c.ContractID); d.Batches != 2 || !strings.Contains(d.Detail, "counted") {
+		t.Errorf("after a batch counted with smaller sums: %+v, want 2 disputes", d)
 	}
 
 	// The disputed rows are not pruned, even when old enough.
@@ -161,7 +162,7 @@ func TestSyncAlarmsWhenRegistryCountsLess(t *testing.T) {
 	// The disputes survive a restart.
 	l.Close()
 	l2 := openLedger(t, filepath.Join(filepath.Dir(l.Path()), "ledger.db"), c.ContractID)
-	if n, _ := l2.DisputeStatus(c.ContractID); n != 2 {
-		t.Errorf("after reopening: %d disputes, want 2", n)
+	if d := l2.DisputeStatus(c.ContractID); d.Batches != 2 {
+		t.Errorf("after reopening: %+v, want 2 disputes", d)
 	}
 }

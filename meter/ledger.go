@@ -138,6 +138,10 @@ type Ledger struct {
 	written, commits, refused, writeErrors atomic.Uint64
 	synced, batches, syncErrors            atomic.Uint64
 	disputed                               atomic.Uint64
+	// disputes by contract id, replaced whole on each (rare) dispute so
+	// that DisputeStatus, read on the data path, takes no lock.
+	disputes  atomic.Pointer[map[string]DisputeInfo]
+	disputeMu sync.Mutex // serialises writers of disputes
 }
 
 type contractState struct {
