@@ -54,9 +54,10 @@ type Event struct {
 	Outcome string
 }
 
-// billable reports whether an outcome bills.
+// billable reports whether an outcome bills: the rule the registry
+// checks batches against (contract.BillableOutcome).
 func billable(outcome string) bool {
-	return outcome == OutcomeServed || outcome == OutcomePartial || outcome == OutcomeRange
+	return contract.BillableOutcome(outcome)
 }
 
 // normalize fills defaults and checks bounds.

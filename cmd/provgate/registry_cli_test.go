@@ -123,7 +123,7 @@ func TestContributeGzipAndAuditAllEntryKinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
-		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 5000, Samples: 1, Units: 1}}}
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 5000, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
 	jws, _ := verify.SignMeteringBatch(sc.key, b)
 	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
 		t.Fatal(err)
@@ -255,7 +255,7 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
-		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1}}}
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
 	jws, _ := verify.SignMeteringBatch(sc.key, b)
 	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
 		t.Fatal(err)
