@@ -151,9 +151,6 @@ type contractState struct {
 	nano    int64
 	priced  bool
 	outbox  atomic.Int64 // rows not yet acknowledged by the registry
-
-	disputes    atomic.Int64           // batches the registry did not count as sent
-	lastDispute atomic.Pointer[string] // the latest one's detail
 }
 
 type usageKey struct {
