@@ -29,6 +29,8 @@ type lyingRegistry struct {
 	url     string
 	mu      sync.Mutex
 	rewrite func(*contract.MeteringResponse)
+	// conflicts answers this many counted batches with 409 instead.
+	conflicts int
 }
 
 func startLyingRegistry(t *testing.T) (*lyingRegistry, *registrytest.Harness) {
@@ -43,10 +45,25 @@ func startLyingRegistry(t *testing.T) (*lyingRegistry, *registrytest.Harness) {
 	target, _ := url.Parse(h.URL)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.ModifyResponse = func(r *http.Response) error {
+		if r.Request.Method != http.MethodPost || !strings.HasSuffix(r.Request.URL.Path, "/metering") || r.StatusCode != http.StatusOK {
+			return nil
+		}
 		lr.mu.Lock()
-		rewrite := lr.rewrite
+		rewrite, conflict := lr.rewrite, lr.conflicts > 0
+		if conflict {
+			lr.conflicts--
+		}
 		lr.mu.Unlock()
-		if rewrite == nil || r.Request.Method != http.MethodPost || !strings.HasSuffix(r.Request.URL.Path, "/metering") || r.StatusCode != http.StatusOK {
+		if conflict {
+			b := []byte(`{"error":{"code":"conflict","message":"Idempotency-Key was used with another batch"}}`)
+			r.Body.Close()
+			r.StatusCode, r.Status = http.StatusConflict, "409 Conflict"
+			r.Body = io.NopCloser(bytes.NewReader(b))
+			r.ContentLength = int64(len(b))
+			r.Header.Set("Content-Length", strconv.Itoa(len(b)))
+			return nil
+		}
+		if rewrite == nil {
 			return nil
 		}
 		var resp contract.MeteringResponse
@@ -164,5 +181,37 @@ func TestSyncAlarmsWhenRegistryCountsLess(t *testing.T) {
 	l2 := openLedger(t, filepath.Join(filepath.Dir(l.Path()), "ledger.db"), c.ContractID)
 	if d := l2.DisputeStatus(c.ContractID); d.Batches != 2 {
 		t.Errorf("after reopening: %+v, want 2 disputes", d)
+	}
+}
+
+// Duplicates the sidecar may have caused itself are no alarm: a batch the
+// registry counted but answered with 409 is dropped and its rows sent
+// again in a new batch, which the registry rightly calls duplicates.
+func TestSyncNoAlarmForItsOwnResentRows(t *testing.T) {
+	ctx := context.Background()
+	lr, h := startLyingRegistry(t)
+	c := h.CreateContract(t, newContract(t, "did:example:resent"))
+	sc := newSidecar(t, lr.url, nil)
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	sy := sc.syncer(t, l)
+	write(t, l, c.ContractID, 0, 10)
+	lr.mu.Lock()
+	lr.conflicts = 1
+	lr.mu.Unlock()
+	if _, err := sy.Sync(ctx); err == nil {
+		t.Fatal("first sync: want the 409")
+	}
+	if _, err := sy.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := l.DisputeStatus(c.ContractID); d.Batches != 0 || l.Stats().Disputed != 0 {
+		t.Errorf("the sidecar's own resent rows raised %+v", d)
+	}
+	if d := l.OutboxDepth(c.ContractID); d != 0 {
+		t.Errorf("outbox depth %d, want 0", d)
+	}
+	tot, err := h.Client.MeteringTotals(ctx, c.ContractID, "", -1)
+	if err != nil || tot.AccessEvents != 10 {
+		t.Errorf("registry totals %+v, %v; want the 10 events once", tot, err)
 	}
 }
