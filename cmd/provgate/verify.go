@@ -281,7 +281,7 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 // check verifies what an entry says, in log order: its signature (already
 // checked, in sig); for an attestation the revocations in force and
 // redactions of live objects; for a metering batch that every accepted
-// event is in it and none is counted twice.
+// event is in it, priced as the contract says, and counted once per sender.
 func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) error {
 	switch e.Kind {
 	case contract.EntryMetering:
