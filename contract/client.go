@@ -435,18 +435,31 @@ func (c *Client) PostMetering(ctx context.Context, id, token, idempotencyKey, jw
 // MeteringTotals reads the registry's metering sums; job and epoch filter
 // when non-empty / non-negative.
 func (c *Client) MeteringTotals(ctx context.Context, id, job string, epoch int64) (*MeteringTotals, error) {
-	q := url.Values{}
-	if job != "" {
-		q.Set("job", job)
+	r, err := c.MeteringReport(ctx, id, TotalsFilter{Job: job, Epoch: epoch})
+	if err != nil {
+		return &MeteringTotals{}, err
 	}
-	if epoch >= 0 {
-		q.Set("epoch", strconv.FormatInt(epoch, 10))
+	return &r.MeteringTotals, nil
+}
+
+// MeteringReport reads the registry's metering totals with their detail
+// by outcome and by licensee.
+func (c *Client) MeteringReport(ctx context.Context, id string, f TotalsFilter) (*MeteringReport, error) {
+	q := url.Values{}
+	if f.Job != "" {
+		q.Set("job", f.Job)
+	}
+	if f.Epoch >= 0 {
+		q.Set("epoch", strconv.FormatInt(f.Epoch, 10))
+	}
+	if f.Licensee != "" {
+		q.Set("licensee", f.Licensee)
 	}
 	u := c.URL("provenance", id, "metering", "totals")
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	var out MeteringTotals
+	var out MeteringReport
 	err := c.doJSON(ctx, request{method: http.MethodGet, url: u, retry: true}, &out)
 	return &out, err
 }

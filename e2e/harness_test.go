@@ -14,6 +14,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -156,6 +157,8 @@ type front struct {
 	ln     net.Listener
 	target atomic.Pointer[url.URL]
 	down   atomic.Bool
+	// lie, when set, rewrites the registry's answers to metering batches.
+	lie atomic.Pointer[func(*contract.MeteringResponse)]
 }
 
 func newFront(t testing.TB) *front {
@@ -166,6 +169,24 @@ func newFront(t testing.TB) *front {
 			r.SetURL(f.target.Load())
 		},
 		FlushInterval: -1,
+		ModifyResponse: func(r *http.Response) error {
+			lie := f.lie.Load()
+			if lie == nil || r.Request.Method != http.MethodPost || !strings.HasSuffix(r.Request.URL.Path, "/metering") || r.StatusCode != http.StatusOK {
+				return nil
+			}
+			var resp contract.MeteringResponse
+			err := json.NewDecoder(r.Body).Decode(&resp)
+			r.Body.Close()
+			if err != nil {
+				return err
+			}
+			(*lie)(&resp)
+			b, _ := json.Marshal(resp)
+			r.Body = io.NopCloser(bytes.NewReader(b))
+			r.ContentLength = int64(len(b))
+			r.Header.Set("Content-Length", strconv.Itoa(len(b)))
+			return nil
+		},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -87,7 +87,11 @@
 // derives the batch id from their event ids, signs the batch with the
 // sidecar key and stores the signed batch with the cursor before sending
 // it, so a retry after a crash sends the same bytes with the same
-// Idempotency-Key. An acknowledged batch moves the cursor. A registry
+// Idempotency-Key. The registry's answer must say it counted exactly the
+// batch sent (see checkAnswer); otherwise the batch is recorded as
+// disputed, its rows are kept from pruning, and the dispute is logged,
+// counted and shown per contract (DisputeStatus). An acknowledged batch
+// moves the cursor. A registry
 // outage only grows the outbox; a restart resumes from the cursor. Synced
 // rows are kept for the retention period, then pruned from the front; the
 // chain is anchored at the last pruned row.

@@ -54,9 +54,10 @@ type Event struct {
 	Outcome string
 }
 
-// billable reports whether an outcome bills.
+// billable reports whether an outcome bills: the rule the registry
+// checks batches against (contract.BillableOutcome).
 func billable(outcome string) bool {
-	return outcome == OutcomeServed || outcome == OutcomePartial || outcome == OutcomeRange
+	return contract.BillableOutcome(outcome)
 }
 
 // normalize fills defaults and checks bounds.
@@ -79,6 +80,10 @@ func (e *Event) normalize(now time.Time) error {
 		return fmt.Errorf("%w: job, token id, outcome and sha256 are at most %d bytes", ErrInvalidEvent, MaxFieldLen)
 	case e.Bytes < 0 || e.Samples < 0 || e.Tokens < 0 || e.Epoch < 0:
 		return fmt.Errorf("%w: negative bytes, samples, tokens or epoch", ErrInvalidEvent)
+	case e.Bytes > contract.MaxEventBytes || e.Samples > contract.MaxEventSamples || e.Tokens > contract.MaxEventUnits || e.Epoch > contract.MaxEventEpoch:
+		// The registry refuses such an event; in the outbox it would hold
+		// back every row after it.
+		return fmt.Errorf("%w: bytes, samples, tokens or epoch beyond one event's bounds", ErrInvalidEvent)
 	}
 	return nil
 }

@@ -137,6 +137,11 @@ type Ledger struct {
 
 	written, commits, refused, writeErrors atomic.Uint64
 	synced, batches, syncErrors            atomic.Uint64
+	disputed                               atomic.Uint64
+	// disputes by contract id, replaced whole on each (rare) dispute so
+	// that DisputeStatus, read on the data path, takes no lock.
+	disputes  atomic.Pointer[map[string]DisputeInfo]
+	disputeMu sync.Mutex // serialises writers of disputes
 }
 
 type contractState struct {
@@ -403,6 +408,10 @@ func (l *Ledger) load(ctx context.Context) error {
 			return fmt.Errorf("open ledger: %w", err)
 		}
 		l.byID[id].outbox.Store(n)
+	}
+
+	if err := l.loadDisputes(ctx); err != nil && !l.readOnly {
+		return fmt.Errorf("open ledger: %w", err)
 	}
 
 	rows, err = l.rdb.QueryContext(ctx, "SELECT contract, token_jti, samples, bytes FROM usage")
@@ -767,6 +776,7 @@ type Stats struct {
 	Synced      uint64 // rows the registry acknowledged since Open
 	Batches     uint64 // batches the registry acknowledged since Open
 	SyncErrors  uint64 // failed batch posts
+	Disputed    uint64 // acknowledged batches the registry did not count as sent, since Open
 }
 
 // Stats returns the counters now.
@@ -779,6 +789,7 @@ func (l *Ledger) Stats() Stats {
 	l.mu.Unlock()
 	s.Written, s.Commits, s.Refused, s.WriteErrors = l.written.Load(), l.commits.Load(), l.refused.Load(), l.writeErrors.Load()
 	s.Synced, s.Batches, s.SyncErrors = l.synced.Load(), l.batches.Load(), l.syncErrors.Load()
+	s.Disputed = l.disputed.Load()
 	return s
 }
 

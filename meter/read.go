@@ -103,9 +103,13 @@ func (l *Ledger) Totals(ctx context.Context, contractID string, onlySynced bool)
 	return t, err
 }
 
-// addTotals adds one event to registry-style totals.
+// addTotals adds one event to registry-style totals (see the registry's
+// GET /provenance/{id}/metering/totals). Presigned objects are the
+// registry's alone.
 func addTotals(t *contract.MeteringTotals, e contract.MeteringEvent) {
 	t.Events++
+	t.Units += e.Units
+	t.CostNanoUSD += e.CostNanoUSD
 	switch e.Kind {
 	case contract.EventAccess:
 		t.AccessEvents++
@@ -114,9 +118,18 @@ func addTotals(t *contract.MeteringTotals, e contract.MeteringEvent) {
 		t.EpochEvents++
 		t.EpochSamples += e.Samples
 		t.EpochBytes += e.Bytes
+		return
 	}
-	t.Units += e.Units
-	t.CostNanoUSD += e.CostNanoUSD
+	if billable(e.Outcome) {
+		t.BilledEvents++
+		t.BilledSamples += e.Samples
+		t.BilledBytes += e.Bytes
+		t.BilledUnits += e.Units
+		t.BilledCostNanoUSD += e.CostNanoUSD
+	} else {
+		t.UnbilledEvents++
+		t.UnbilledBytes += e.Bytes
+	}
 }
 
 // VerifyResult describes a chain that verified.

@@ -323,8 +323,8 @@ type EpochSummary struct {
 // Access rows queued before the call are in it. Closing again returns the
 // same summary; later accesses to that epoch still bill, outside it.
 func (l *Ledger) EndEpoch(ctx context.Context, contractID, job string, epoch int64) (*EpochSummary, error) {
-	if epoch < 0 || len(job) > MaxFieldLen {
-		return nil, fmt.Errorf("%w: epoch must not be negative, job at most %d bytes", ErrInvalidEvent, MaxFieldLen)
+	if epoch < 0 || epoch > contract.MaxEventEpoch || len(job) > MaxFieldLen {
+		return nil, fmt.Errorf("%w: epoch must be 0 to %d, job at most %d bytes", ErrInvalidEvent, int64(contract.MaxEventEpoch), MaxFieldLen)
 	}
 	p, err := l.enqueue(ctx, item{kind: kindEpoch, ev: Event{Contract: contractID, Job: job, Epoch: epoch, Time: time.Now().UTC()}})
 	if err != nil {

@@ -341,8 +341,8 @@ func (s *Server) endEpoch(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
-	if err != nil || n < 0 {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not a non-negative integer", r.PathValue("n"))
+	if err != nil || n < 0 || n > contract.MaxEventEpoch {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not an integer from 0 to %d", r.PathValue("n"), int64(contract.MaxEventEpoch))
 	}
 	_, job, err := meterParams(r)
 	if err != nil {
@@ -363,8 +363,8 @@ func meterParams(r *http.Request) (epoch int64, job string, err error) {
 	}
 	if ep != "" {
 		epoch, err = strconv.ParseInt(ep, 10, 64)
-		if err != nil || epoch < 0 {
-			return 0, "", contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not a non-negative integer", ep)
+		if err != nil || epoch < 0 || epoch > contract.MaxEventEpoch {
+			return 0, "", contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not an integer from 0 to %d", ep, int64(contract.MaxEventEpoch))
 		}
 	}
 	job = r.Header.Get(HeaderJob)

@@ -60,6 +60,12 @@ type Status struct {
 	Objects        int       `json:"objects"`
 	TokenExpiry    time.Time `json:"token_expiry,omitzero"`
 	Error          string    `json:"error,omitempty"`
+	// MeteringDisputes counts metering batches the registry acknowledged
+	// without counting exactly what was sent; MeteringDispute is the
+	// latest one's detail. The contract still serves: the alarm is for an
+	// operator (the rows are kept in the ledger).
+	MeteringDisputes int64  `json:"metering_disputes,omitempty"`
+	MeteringDispute  string `json:"metering_dispute,omitempty"`
 }
 
 // HexBytes is JSON-encoded as lowercase hex, only when it is encoded: the

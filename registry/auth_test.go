@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"testing"
 	"time"
 
@@ -138,7 +139,7 @@ func TestMeteringSameBatchTwiceCountsOnce(t *testing.T) {
 	// Same key: the stored answer. Another key (a retry after losing the
 	// idempotency record): the events are still counted once.
 	again, err := sc.client.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws)
-	if err != nil || *again != *first {
+	if err != nil || !reflect.DeepEqual(again, first) {
 		t.Fatalf("retry with same key = %+v, %v; want %+v", again, err, first)
 	}
 	other, err := sc.client.PostMetering(ctx, c.ContractID, tok.Token, "k2", jws)

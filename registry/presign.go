@@ -62,7 +62,7 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 		quota.MaxBytes = c.Usage.MaxBytes
 	}
 	if len(objects) > 0 {
-		if err := s.st.presign(ctx, claims.ID, objects, quota); err != nil {
+		if err := s.st.presign(ctx, claims.ID, c.ContractID, claims.Licensee, objects, quota); err != nil {
 			return err
 		}
 	}

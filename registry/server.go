@@ -370,6 +370,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = contract.Errorf(http.StatusConflict, contract.CodeConflict, "%v", err)
 	case errors.Is(err, errReplay):
 		ae = contract.Errorf(http.StatusUnauthorized, contract.CodeReplay, "proof of possession already used")
+	case errors.Is(err, errOverflow):
+		ae = contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
 	case errors.Is(err, errQuota):
 		ae = contract.Errorf(http.StatusForbidden, contract.CodeQuotaExceeded, "%v", err)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:

@@ -183,20 +183,21 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("\nmetering, as the registry recorded it (job %q):", demoJob)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "epoch\taccess events\tbytes\tsamples billed\tcost USD\t")
+	fmt.Fprintln(tw, "epoch\tbilled reads\tbilled bytes\tbilled samples\tcost USD\t")
 	for epoch := int64(1); epoch <= 2; epoch++ {
 		t, err := client.MeteringTotals(ctx, c.ContractID, demoJob, epoch)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t\n", epoch, t.AccessEvents, t.AccessBytes, t.EpochSamples, meter.FormatUSD(t.CostNanoUSD))
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t\n", epoch, t.BilledEvents, t.BilledBytes, t.BilledSamples, meter.FormatUSD(t.BilledCostNanoUSD))
 	}
 	tw.Flush()
 	all, err := client.MeteringTotals(ctx, c.ContractID, "", -1)
 	if err != nil {
 		return err
 	}
-	say("total: %d access events, %d bytes, %s", all.AccessEvents, all.AccessBytes, meter.FormatUSD(all.CostNanoUSD))
+	say("total billed: %d reads, %d samples, %d bytes, %s; unbilled: %d reads", all.BilledEvents, all.BilledSamples, all.BilledBytes,
+		meter.FormatUSD(all.BilledCostNanoUSD), all.UnbilledEvents)
 
 	if *once {
 		return nil

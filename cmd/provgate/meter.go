@@ -24,7 +24,8 @@ const meterSynopsis = `meter report|export|replay|verify --ledger FILE [flags]
 
   report   per contract, epoch and job: events, samples, bytes, units, cost, unsynced (--json for JSON)
   export   every row as JSON lines (schema provgate.meter.export/v1; see meter.ExportRow)
-  replay   send the unsynced rows to the registry (--all: every row; the registry counts each event once)
+  replay   send the unsynced rows to the registry (--all: every row; the registry counts each event once
+           per sending key, so sign with the sidecar's own --key)
            --to URL --key FILE and --purpose P (a token is requested with the key) or --token-file FILE
   verify   check the hash chain; exits 1 naming the first edited, deleted or inserted row`
 

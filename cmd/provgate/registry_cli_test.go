@@ -123,7 +123,7 @@ func TestContributeGzipAndAuditAllEntryKinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
-		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 5000, Samples: 1, Units: 1}}}
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 5000, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
 	jws, _ := verify.SignMeteringBatch(sc.key, b)
 	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
 		t.Fatal(err)
@@ -255,7 +255,7 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
-		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1}}}
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
 	jws, _ := verify.SignMeteringBatch(sc.key, b)
 	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
 		t.Fatal(err)
@@ -285,5 +285,30 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 	code, _, errs := cli(t, "verify", "log", "--registry", front.URL, "--contract", c.ContractID)
 	if code != 1 || !strings.Contains(errs, "entry 2:") || !strings.Contains(errs, "thumbprint") {
 		t.Fatalf("substituted sidecar key: exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestVerifyLogCountsEventIDsPerSender: two sidecars whose event ids
+// collide (one pre-claimed the other's) are both counted by the registry,
+// each under its own key; verify log agrees and finds no duplicate.
+func TestVerifyLogCountsEventIDsPerSender(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
+	for i, sc := range []*cliSidecar{newCLISidecar(t, h.URL), newCLISidecar(t, h.URL)} {
+		tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
+			Events: []contract.MeteringEvent{{ID: "L-1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
+		jws, _ := verify.SignMeteringBatch(sc.key, b)
+		if resp, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil || resp.Accepted != 1 {
+			t.Fatalf("sidecar %d: %+v, %v", i, resp, err)
+		}
+	}
+	if code, out, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--checkpoint-key", c.Log.CheckpointKey); code != 0 || !strings.Contains(out, "2 metering") {
+		t.Fatalf("verify log: exit %d\n%s\n%s", code, out, errs)
 	}
 }

@@ -87,7 +87,7 @@ type auditor struct {
 	sidecars map[string]*jose.JSONWebKeySet // thumbprint -> its key
 	revoked  map[string]uint64              // issuer/kid -> seq of the revocation
 	live     map[string]uint64              // object name -> seq
-	counted  map[string]uint64              // metering event id -> seq
+	counted  map[string]uint64              // sender thumbprint + " " + metering event id -> seq
 	leaves   [][]byte
 }
 
@@ -281,7 +281,7 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 // check verifies what an entry says, in log order: its signature (already
 // checked, in sig); for an attestation the revocations in force and
 // redactions of live objects; for a metering batch that every accepted
-// event is in it and none is counted twice.
+// event is in it, priced as the contract says, and counted once per sender.
 func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) error {
 	switch e.Kind {
 	case contract.EntryMetering:
@@ -324,21 +324,30 @@ func (a *auditor) checkMetering(e *contract.Entry, kid string, b *contract.Meter
 	if b.Contract != a.c.ContractID {
 		return fmt.Errorf("%w: metering batch for %q", verify.ErrWrongContract, b.Contract)
 	}
-	inBatch := map[string]bool{}
-	for _, ev := range b.Events {
-		inBatch[ev.ID] = true
+	inBatch := map[string]*contract.MeteringEvent{}
+	for i := range b.Events {
+		inBatch[b.Events[i].ID] = &b.Events[i]
 	}
 	if len(e.Accepted) == 0 {
 		return errors.New("metering entry accepts no event")
 	}
 	for _, id := range e.Accepted {
-		if !inBatch[id] {
+		ev := inBatch[id]
+		if ev == nil {
 			return fmt.Errorf("accepted event %q is not in the batch", id)
 		}
-		if prev, ok := a.counted[id]; ok {
-			return fmt.Errorf("%w: event %q was already counted by entry %d", verify.ErrDuplicate, id, prev)
+		// The registry prices every event it counts; one it should have
+		// refused is a finding.
+		if err := contract.CheckEventAmounts(ev, a.c.Pricing); err != nil {
+			return fmt.Errorf("accepted %w", err)
 		}
-		a.counted[id] = e.Seq
+		// Event ids are the sender's own: another sender's equal id is
+		// another event.
+		key := kid + " " + id
+		if prev, ok := a.counted[key]; ok {
+			return fmt.Errorf("%w: event %q of sidecar %s was already counted by entry %d", verify.ErrDuplicate, id, kid, prev)
+		}
+		a.counted[key] = e.Seq
 	}
 	return nil
 }

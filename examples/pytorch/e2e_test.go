@@ -357,15 +357,18 @@ func testEndToEnd(t *testing.T, py string, m stackMode) {
 	nano := contract.Pricing{Unit: contract.UnitSample, PriceUSD: pricePerSample}.NanoUSD()
 	want := func(epochs int64) contract.MeteringTotals {
 		return contract.MeteringTotals{Contract: s.contractID, AccessBytes: epochs * total, EpochEvents: epochs,
-			EpochSamples: epochs * n, EpochBytes: epochs * total, Units: epochs * n, CostNanoUSD: epochs * n * nano}
+			EpochSamples: epochs * n, EpochBytes: epochs * total, Units: epochs * n, CostNanoUSD: epochs * n * nano,
+			BilledSamples: epochs * n, BilledBytes: epochs * total, BilledUnits: epochs * n, BilledCostNanoUSD: epochs * n * nano}
 	}
 	got := func(epoch int64) contract.MeteringTotals {
 		tot, err := client.MeteringTotals(ctx, s.contractID, job, epoch)
 		if err != nil {
 			t.Fatalf("metering totals: %v", err)
 		}
-		// Access events may be aggregated rows; compare the sums.
-		tot.Events, tot.AccessEvents = 0, 0
+		// Access events may be aggregated rows; compare the sums. Presigned
+		// objects (marketplace mode) are per licensee, not per job or epoch.
+		tot.Events, tot.AccessEvents, tot.BilledEvents = 0, 0, 0
+		tot.PresignedObjects, tot.PresignedBytes = 0, 0
 		return *tot
 	}
 	settled := func(d time.Duration) bool {

@@ -130,6 +130,8 @@ func (s *Sidecar) registerMetrics(reg prometheus.Registerer) {
 		gauge("provgate_ledger_queued", "Metering events waiting for the ledger writer.", func() float64 { return float64(s.ledger.Stats().Queued) }),
 		counter("provgate_ledger_refused_total", "Metering events refused because the ledger was full (503).", func() float64 { return float64(s.ledger.Stats().Refused) }),
 		counter("provgate_ledger_sync_errors_total", "Failed metering batch posts.", func() float64 { return float64(s.ledger.Stats().SyncErrors) }),
+		counter("provgate_ledger_sync_disputes_total", "Metering batches the registry acknowledged without counting exactly what was sent.",
+			func() float64 { return float64(s.ledger.Stats().Disputed) }),
 		gauge("provgate_outbox_depth", "Metering events not yet acknowledged by the registry.", func() float64 {
 			var n int64
 			for _, id := range s.cfg.Contracts {

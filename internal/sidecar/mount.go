@@ -246,6 +246,8 @@ func (m *mount) Status() proxy.Status {
 	default:
 		st.State = proxy.StateReady
 	}
+	d := m.s.ledger.DisputeStatus(m.id)
+	st.MeteringDisputes, st.MeteringDispute = d.Batches, d.Detail
 	return st
 }
 

@@ -21,6 +21,7 @@ package registrytest
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -32,6 +33,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	_ "github.com/mattn/go-sqlite3" // Enrol writes the registry database
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
@@ -247,4 +249,24 @@ func (c *Contributor) Redact(tb testing.TB, contractID, name string) uint64 {
 	tb.Helper()
 	return c.Append(tb, contractID, c.Sign(tb, contractID, &contract.Attestation{Type: contract.Redaction,
 		Redaction: &contract.RedactionClaim{Name: name, Reason: "registrytest"}}))
+}
+
+// Enrol records that the sidecar key with thumbprint jkt is enrolled by
+// licensee for contractID until expires, straight into the registry's
+// database.
+//
+// TEMPORARY: it writes the minimal enrolments table of the metering ingest
+// work; the licensee work replaces it with its signed enrolment flow.
+func (h *Harness) Enrol(tb testing.TB, contractID, jkt, licensee string, expires time.Time) {
+	tb.Helper()
+	db, err := sql.Open("sqlite3", "file:"+h.DBPath+"?_busy_timeout=10000")
+	if err != nil {
+		tb.Fatalf("registrytest: enrol: %v", err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`INSERT INTO enrolments (contract, jkt, licensee, expires) VALUES (?, ?, ?, ?)
+		ON CONFLICT (contract, jkt) DO UPDATE SET licensee = excluded.licensee, expires = excluded.expires`,
+		contractID, jkt, licensee, expires.UnixNano()); err != nil {
+		tb.Fatalf("registrytest: enrol: %v", err)
+	}
 }
