@@ -31,8 +31,10 @@ type MeteringEvent struct {
 	Epoch       int64  `json:"epoch"`
 	Job         string `json:"job,omitempty"`
 	TokenID     string `json:"token_jti,omitempty"`
-	DecodedSHA  string `json:"decoded_sha256,omitempty"`
-	Outcome     string `json:"outcome,omitempty"`
+	// Lease is the quota lease of the token (CapabilityClaims.Lease).
+	Lease      string `json:"lease,omitempty"`
+	DecodedSHA string `json:"decoded_sha256,omitempty"`
+	Outcome    string `json:"outcome,omitempty"`
 }
 
 // MeteringBatch is the payload of the sidecar-signed JWS (header typ

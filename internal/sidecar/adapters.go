@@ -79,7 +79,8 @@ var _ proxy.Meter = meterAdapter{}
 
 func (a meterAdapter) Submit(ctx context.Context, x proxy.Access) (func(context.Context) error, error) {
 	p, err := a.l.Submit(ctx, meter.Event{Time: x.Time, Contract: x.Contract, Name: x.Name, Bytes: x.Bytes,
-		DecodedSHA256: x.DecodedSHA, Epoch: x.Epoch, Job: x.Job, TokenID: x.TokenID, Outcome: x.Outcome})
+		Samples: x.Samples, Tokens: x.Tokens, DecodedSHA256: x.DecodedSHA, Epoch: x.Epoch, Job: x.Job,
+		TokenID: x.TokenID, Lease: x.Lease, Outcome: x.Outcome})
 	if errors.Is(err, meter.ErrBusy) {
 		return nil, fmt.Errorf("%w: %v", proxy.ErrBusy, err)
 	}
@@ -96,11 +97,12 @@ func (a meterAdapter) EndEpoch(ctx context.Context, contractID, job string, epoc
 	return a.l.EndEpoch(ctx, contractID, job, epoch)
 }
 
-func (a meterAdapter) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
-	if err := a.l.CheckQuota(contractID, tokenID, q, u, samples, bytes); err != nil {
-		return fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
+func (a meterAdapter) Reserve(contractID string, g proxy.Grant, u contract.Usage, samples, bytes int64) (func(), error) {
+	release, err := a.l.Reserve(contractID, g.LeaseID, g.TokenID, g.Quota, u, samples, bytes)
+	if errors.Is(err, meter.ErrQuotaSpent) {
+		return nil, fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
 	}
-	return nil
+	return release, err
 }
 
 // registerMetrics exports the cache's and ledger's counters.

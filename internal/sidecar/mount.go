@@ -289,7 +289,8 @@ func (m *mount) Grant() (proxy.Grant, error) {
 	if err != nil {
 		return proxy.Grant{}, fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
 	}
-	return proxy.Grant{TokenID: claims.ID, Quota: claims.Quota, Expiry: time.Unix(claims.Expiry, 0)}, nil
+	return proxy.Grant{TokenID: claims.ID, LeaseID: claims.Lease, Licensee: claims.Licensee, Quota: claims.Quota,
+		Expiry: time.Unix(claims.Expiry, 0)}, nil
 }
 
 func hostOf(endpoint string) string {

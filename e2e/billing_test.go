@@ -1,0 +1,192 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/sidecar"
+)
+
+// samplePrice is registrytest.NewContract's price per sample, in nano-USD.
+const samplePrice = 500_000
+
+// rangeGet reads one range of an object; it returns the status and body.
+func rangeGet(t testing.TB, u, rng, job string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	req.Header.Set("Range", rng)
+	req.Header.Set("X-Provgate-Job", job)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", rng, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: read: %v", rng, err)
+	}
+	return resp.StatusCode, b
+}
+
+// totals waits until the registry has n access events of job, then
+// returns its totals.
+func totals(t testing.TB, e *env, sc *sidecar.Sidecar, job string, n int64) *contract.MeteringTotals {
+	t.Helper()
+	var tot *contract.MeteringTotals
+	waitFor(t, fmt.Sprintf("%d access events of job %q at the registry", n, job), 30*time.Second, func() bool {
+		sc.SyncNow(context.Background())
+		var err error
+		tot, err = e.client.MeteringTotals(context.Background(), e.c.ContractID, job, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tot.AccessEvents >= n && sc.Ledger().OutboxDepth(e.c.ContractID) == 0
+	})
+	return tot
+}
+
+// TestRangeFromOffsetOneBillsASample: a range that skips byte 0 still
+// opens a pass over the object and bills its sample; ranging the rest of
+// it in the same pass bills bytes only; asking for a byte again opens a
+// new pass.
+func TestRangeFromOffsetOneBillsASample(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	data := randomBytes(t, 10000)
+	e.put("o.bin", data, true)
+	sc := e.sidecar(nil)
+	u := sc.URL() + "/v1/contracts/" + e.c.ContractID + "/objects/o.bin"
+	code, b := rangeGet(t, u, "bytes=1-", "off1")
+	if code != http.StatusPartialContent || !bytes.Equal(b, data[1:]) {
+		t.Fatalf("bytes=1-: %d, %d bytes", code, len(b))
+	}
+	tot := totals(t, e, sc, "off1", 1)
+	if tot.Units != 1 || tot.CostNanoUSD != samplePrice || tot.AccessBytes != 9999 {
+		t.Fatalf("bytes=1- billed %d units, %d nano-USD, %d bytes; want 1 sample (%d), 9999 bytes", tot.Units, tot.CostNanoUSD, tot.AccessBytes, samplePrice)
+	}
+	// Byte 0 completes the same pass: bytes only.
+	if code, b := rangeGet(t, u, "bytes=0-0", "off1"); code != http.StatusPartialContent || !bytes.Equal(b, data[:1]) {
+		t.Fatalf("bytes=0-0: %d, %d bytes", code, len(b))
+	}
+	// Byte 5 again: a second pass, a second sample.
+	if code, _ := rangeGet(t, u, "bytes=5-5", "off1"); code != http.StatusPartialContent {
+		t.Fatalf("bytes=5-5: %d", code)
+	}
+	// A suffix range from another job is its own pass.
+	if code, _ := rangeGet(t, u, "bytes=-10", "off1-other"); code != http.StatusPartialContent {
+		t.Fatalf("bytes=-10: %d", code)
+	}
+	tot = totals(t, e, sc, "off1", 3)
+	if tot.Units != 2 || tot.CostNanoUSD != 2*samplePrice || tot.AccessBytes != 10001 {
+		t.Errorf("job off1: %d units, %d nano-USD, %d bytes; want 2 samples, 10001 bytes", tot.Units, tot.CostNanoUSD, tot.AccessBytes)
+	}
+	if tot := totals(t, e, sc, "off1-other", 1); tot.Units != 1 {
+		t.Errorf("job off1-other: %d units, want 1", tot.Units)
+	}
+}
+
+// TestAbortThenRangeTheRestBillsTheObject: reading most of an object,
+// resetting the connection, then ranging the rest used to rebuild the
+// object for nothing. The aborted response bills the bytes it sent and the
+// sample of the pass it opened; the registry sees at least one sample and
+// at least the object's size in bytes.
+func TestAbortThenRangeTheRestBillsTheObject(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	const size = 16 << 20
+	data := randomBytes(t, size)
+	e.put("big.bin", data, false)
+	sc := e.sidecar(nil)
+	u := sc.URL() + "/v1/contracts/" + e.c.ContractID + "/objects/big.bin"
+	// Warm the cache under another job, so the abort below is a hit.
+	if code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "big.bin", 0, "warm"); code != http.StatusOK {
+		t.Fatalf("warm: %d", code)
+	}
+	hc := &http.Client{Transport: &http.Transport{}}
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	req.Header.Set("X-Provgate-Job", "abort")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 12<<20)
+	if _, err := io.ReadFull(resp.Body, got); err != nil {
+		t.Fatalf("reading most of the object: %v", err)
+	}
+	resp.Body.Close() // before the end: the connection is reset
+	hc.CloseIdleConnections()
+	code, rest := rangeGet(t, u, fmt.Sprintf("bytes=%d-", len(got)), "abort")
+	if code != http.StatusPartialContent || !bytes.Equal(append(got, rest...), data) {
+		t.Fatalf("the rest: %d, %d bytes; the pieces do not rebuild the object", code, len(rest))
+	}
+	tot := totals(t, e, sc, "abort", 2)
+	// The server may have sent more than the client read before it saw the
+	// reset; the range then repeats bytes and opens a second pass.
+	if tot.Units < 1 || tot.Units > 2 || tot.CostNanoUSD != tot.Units*samplePrice || tot.AccessBytes < size {
+		t.Errorf("read most, abort, range the rest: %d units, %d nano-USD, %d bytes; want 1 or 2 samples and at least %d bytes",
+			tot.Units, tot.CostNanoUSD, tot.AccessBytes, size)
+	}
+}
+
+// TestConcurrentGetsCannotOverrunTheQuota: with 16 samples left on the
+// lease, 30 parallel GETs of a large object get exactly 16 answers of 200
+// (the quota is reserved as it is checked), the rest 403, and the
+// registry bills exactly the 16.
+func TestConcurrentGetsCannotOverrunTheQuota(t *testing.T) {
+	for _, mode := range []string{contract.ModeSelfHosted, contract.ModeMarketplace} {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnv(t, envOpt{})
+			const size = 4 << 20
+			data := randomBytes(t, size)
+			e.put("q.bin", data, false)
+			sc := e.sidecar(func(c *sidecar.Config) {
+				c.Quota = contract.Quota{MaxSamples: 20}
+				if mode == contract.ModeMarketplace {
+					c.S3Endpoint, c.ProxyListen = "", ""
+				}
+			})
+			for i := range 4 { // 16 samples left
+				if code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "q.bin", int64(i), "spent"); code != http.StatusOK {
+					t.Fatalf("read %d: %d", i, code)
+				}
+			}
+			hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 30}}
+			var mu sync.Mutex
+			codes := map[int]int{}
+			var wg sync.WaitGroup
+			for i := range 30 {
+				wg.Go(func() {
+					req, _ := http.NewRequest(http.MethodGet, sc.URL()+"/v1/contracts/"+e.c.ContractID+"/objects/q.bin", nil)
+					req.Header.Set("X-Provgate-Job", "overrun")
+					req.Header.Set("X-Provgate-Epoch", fmt.Sprint(i))
+					resp, err := hc.Do(req)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					defer resp.Body.Close()
+					b, err := io.ReadAll(resp.Body)
+					if err != nil || (resp.StatusCode == http.StatusOK && !bytes.Equal(b, data)) {
+						t.Errorf("GET: %d, %d bytes, %v", resp.StatusCode, len(b), err)
+					}
+					mu.Lock()
+					codes[resp.StatusCode]++
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			if codes[http.StatusOK] != 16 || codes[http.StatusForbidden] != 14 {
+				t.Errorf("30 parallel GETs with 16 samples left: %v; want 16 × 200, 14 × 403", codes)
+			}
+			tot := totals(t, e, sc, "overrun", int64(codes[http.StatusOK]))
+			if tot.Units != int64(codes[http.StatusOK]) || tot.AccessBytes != int64(codes[http.StatusOK])*size {
+				t.Errorf("registry: %d units, %d bytes for %d responses of 200", tot.Units, tot.AccessBytes, codes[http.StatusOK])
+			}
+		})
+	}
+}

@@ -1,0 +1,128 @@
+package meter
+
+import (
+	"fmt"
+
+	"github.com/provgate/provgate/contract"
+)
+
+// Quotas are counted per lease (the slice of a licensee's quota that a
+// capability token carries, the same for every refresh of it), or per
+// token id for a token without a lease, and per contract. A response
+// reserves what it may bill when its quota is checked, under the same lock
+// as the check, so that concurrent requests cannot pass a quota together:
+// usage + reserved + asked must fit. The reservation is released once the
+// access is submitted (from then on it is usage) or the response ended
+// without billing.
+
+// QuotaError says which quota is spent.
+type QuotaError struct {
+	Scope string // "lease", "token" or "contract"
+	What  string // "samples" or "bytes"
+	Used  int64  // used and reserved
+	Limit int64
+}
+
+func (e *QuotaError) Error() string {
+	return fmt.Sprintf("meter: %s quota spent: %d of %d %s used or reserved", e.Scope, e.Used, e.Limit, e.What)
+}
+
+func (e *QuotaError) Unwrap() error { return ErrQuotaSpent }
+
+// CheckQuota refuses (with a *QuotaError wrapping ErrQuotaSpent) when
+// serving samples more samples of bytes in all would pass the quota q of
+// the token (counted per lease when it has one) or the contract's usage
+// limits u, counting what responses in flight have reserved; a zero limit
+// is no limit. It reserves nothing: use Reserve on the data path.
+func (l *Ledger) CheckQuota(contractID, lease, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
+	release, err := l.Reserve(contractID, lease, tokenID, q, u, samples, bytes)
+	if err == nil {
+		release()
+	}
+	return err
+}
+
+// Reserve is CheckQuota that also reserves samples and bytes until release
+// is called (once; later calls do nothing). Call release after the access
+// that bills them is submitted, or when the response ends unbilled.
+func (l *Ledger) Reserve(contractID, lease, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) (release func(), err error) {
+	if samples < 0 || bytes < 0 {
+		return nil, fmt.Errorf("%w: negative reservation", ErrInvalidEvent)
+	}
+	scope := "token"
+	if lease != "" {
+		scope = "lease"
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var cid int64 = -1
+	if c := l.contracts[contractID]; c != nil {
+		cid = c.id
+	}
+	k := usageKey{cid, quotaKey(lease, tokenID)}
+	ts, tb := sum(l.usage[k], l.reserved[k])
+	cs, cb := sum(l.cusage[cid], l.creserved[cid])
+	switch {
+	case q.MaxSamples > 0 && ts+samples > q.MaxSamples:
+		return nil, &QuotaError{scope, "samples", ts, q.MaxSamples}
+	case q.MaxBytes > 0 && tb+bytes > q.MaxBytes:
+		return nil, &QuotaError{scope, "bytes", tb, q.MaxBytes}
+	case u.MaxSamples > 0 && cs+samples > u.MaxSamples:
+		return nil, &QuotaError{"contract", "samples", cs, u.MaxSamples}
+	case u.MaxBytes > 0 && cb+bytes > u.MaxBytes:
+		return nil, &QuotaError{"contract", "bytes", cb, u.MaxBytes}
+	}
+	reserve(l.reserved, k, samples, bytes)
+	reserve(l.creserved, cid, samples, bytes)
+	done := false
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if done {
+			return
+		}
+		done = true
+		reserve(l.reserved, k, -samples, -bytes)
+		reserve(l.creserved, cid, -samples, -bytes)
+	}, nil
+}
+
+// Reserved is what responses in flight hold of a lease's (or token's)
+// quota now.
+func (l *Ledger) Reserved(contractID, lease, tokenID string) (samples, bytes int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.contracts[contractID]
+	if c == nil {
+		return 0, 0
+	}
+	if r := l.reserved[usageKey{c.id, quotaKey(lease, tokenID)}]; r != nil {
+		return r.samples, r.bytes
+	}
+	return 0, 0
+}
+
+func sum(a, b *usageTotals) (samples, bytes int64) {
+	for _, u := range [...]*usageTotals{a, b} {
+		if u != nil {
+			samples += u.samples
+			bytes += u.bytes
+		}
+	}
+	return samples, bytes
+}
+
+// reserve adds to a reservation map, deleting entries that drop to zero so
+// that the maps stay as small as the responses in flight; l.mu is held.
+func reserve[K comparable](m map[K]*usageTotals, k K, samples, bytes int64) {
+	u := m[k]
+	if u == nil {
+		u = &usageTotals{}
+		m[k] = u
+	}
+	u.samples += samples
+	u.bytes += bytes
+	if u.samples == 0 && u.bytes == 0 {
+		delete(m, k)
+	}
+}
