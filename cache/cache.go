@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/tokenize"
 )
 
 // Defaults for Config.
@@ -119,6 +120,18 @@ type Cache struct {
 type mount struct {
 	origin    Origin
 	retention time.Duration
+	tokenizer string // counts each object's tokens against its claim
+}
+
+// MountOption tunes a mount.
+type MountOption func(*mount)
+
+// WithTokenizer has every fetch of the contract count the decoded bytes'
+// tokens under the named tokenizer (package tokenize) and fail
+// verification, like a digest mismatch, unless the count is the claim's
+// Tokens: the contract bills that count.
+func WithTokenizer(name string) MountOption {
+	return func(m *mount) { m.tokenizer = name }
 }
 
 type entry struct {
@@ -491,7 +504,7 @@ func (c *Cache) sweepLocked() {
 // Mount registers a contract's origin and retention (zero: no limit).
 // Entries of the contract already cached take the retention from their
 // commit time, and those already too old are removed.
-func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration) error {
+func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration, opts ...MountOption) error {
 	if err := contract.ValidateID(contractID); err != nil {
 		return fmt.Errorf("cache: mount: %w", err)
 	}
@@ -506,7 +519,14 @@ func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration)
 	if c.closed {
 		return ErrClosed
 	}
-	c.mounts[contractID] = &mount{origin: origin, retention: retention}
+	m := &mount{origin: origin, retention: retention}
+	for _, o := range opts {
+		o(m)
+	}
+	if m.tokenizer != "" && !tokenize.Known(m.tokenizer) {
+		return fmt.Errorf("cache: mount: %w %q", tokenize.ErrUnknown, m.tokenizer)
+	}
+	c.mounts[contractID] = m
 	for _, e := range c.entries {
 		if e.contract == contractID {
 			e.expires = time.Time{}

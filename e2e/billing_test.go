@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/internal/sidecar"
+	"github.com/provgate/provgate/registry/registrytest"
+	"github.com/provgate/provgate/tokenize"
 )
 
 // samplePrice is registrytest.NewContract's price per sample, in nano-USD.
@@ -188,5 +191,59 @@ func TestConcurrentGetsCannotOverrunTheQuota(t *testing.T) {
 				t.Errorf("registry: %d units, %d bytes for %d responses of 200", tot.Units, tot.AccessBytes, codes[http.StatusOK])
 			}
 		})
+	}
+}
+
+// putText stores text and attests it with its whitespace-v1 token count
+// plus lie (a contributor overstating it).
+func (e *env) putText(name, text string, lie int64) {
+	e.t.Helper()
+	obj := registrytest.Object(name, []byte(text))
+	n, err := tokenize.Count(tokenize.Whitespace, strings.NewReader(text))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	obj.Tokens = n + lie
+	e.putRaw(name, []byte(text))
+	e.alice.Attest(e.t, e.c.ContractID, obj)
+}
+
+// TestTokenUnitBillsAttestedCounts: a contract priced per token bills each
+// pass over an object its attested token count (which the sidecar counts
+// again as it verifies the bytes); an overstated count is a verification
+// failure (502, not cached, not billed); a token contract whose tokenizer
+// is unknown is refused at creation.
+func TestTokenUnitBillsAttestedCounts(t *testing.T) {
+	const perToken = 1000 // nano-USD
+	e := newEnv(t, envOpt{contract: func(c *contract.Contract) {
+		c.Pricing = contract.Pricing{Unit: contract.UnitToken, PriceUSD: perToken / 1e9, Tokenizer: tokenize.Whitespace}
+	}})
+	e.putText("t/a.txt", "the quick brown fox", 0)                // 4
+	e.putText("t/b.txt", "  jumps\tover\n the\u00a0lazy dog ", 0) // 5
+	e.putText("t/lie.txt", "two words", 1)
+	sc := e.sidecar(nil)
+	for _, name := range []string{"t/a.txt", "t/b.txt", "t/a.txt"} {
+		if code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, name, 0, "tok"); code != http.StatusOK {
+			t.Fatalf("%s: %d", name, code)
+		}
+	}
+	// A range from offset 1 opens a pass too: all of b's tokens.
+	if code, _ := rangeGet(t, sc.URL()+"/v1/contracts/"+e.c.ContractID+"/objects/t/b.txt", "bytes=1-", "tok"); code != http.StatusPartialContent {
+		t.Fatalf("range of b: %d", code)
+	}
+	if code, b := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "t/lie.txt", 0, "tok"); code != http.StatusBadGateway || errorCode(b) != contract.CodeVerification {
+		t.Errorf("object with an overstated token count: %d %s, want 502 %s", code, b, contract.CodeVerification)
+	}
+	tot := totals(t, e, sc, "tok", 4)
+	if want := int64(4 + 5 + 4 + 5); tot.Units != want || tot.CostNanoUSD != want*perToken {
+		t.Errorf("registry: %d units, %d nano-USD; want %d tokens, %d", tot.Units, tot.CostNanoUSD, want, want*perToken)
+	}
+	// The registry refuses a token unit it cannot bill.
+	for _, p := range []contract.Pricing{{Unit: contract.UnitToken, PriceUSD: 1e-6}, {Unit: contract.UnitToken, PriceUSD: 1e-6, Tokenizer: "bpe-unknown"}} {
+		c := registrytest.NewContract("did:example:unbillable-"+p.Tokenizer, e.bucket, e.alice)
+		c.Pricing = p
+		if _, err := e.reg.Client.CreateContract(context.Background(), e.reg.AdminToken, c); contract.StatusOf(err) != http.StatusBadRequest {
+			t.Errorf("creating a contract priced per token with tokenizer %q: %v, want 400", p.Tokenizer, err)
+		}
 	}
 }

@@ -107,7 +107,12 @@ func (m *mount) mount(ctx context.Context) error {
 		ts.Stop()
 		return err
 	}
-	if err := s.cache.Mount(m.id, origin, c.Usage.Retention()); err != nil {
+	var mopts []cache.MountOption
+	if c.Pricing.Unit == contract.UnitToken {
+		// The contract bills attested token counts: every fetch checks them.
+		mopts = append(mopts, cache.WithTokenizer(c.Pricing.Tokenizer))
+	}
+	if err := s.cache.Mount(m.id, origin, c.Usage.Retention(), mopts...); err != nil {
 		ts.Stop()
 		return fmt.Errorf("cache: %w", err)
 	}
