@@ -169,6 +169,7 @@ type item struct {
 	c            *contractState
 	ev           Event
 	units, cost  int64
+	res          *Reservation  // turned into usage as the item is queued
 	epochSummary *EpochSummary // result, for kindEpoch
 }
 
@@ -651,6 +652,10 @@ func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
 		}
 		if billable(it.ev.Outcome) {
 			l.addUsage(c.id, quotaKey(it.ev.Lease, it.ev.TokenID), it.ev.Samples, it.ev.Bytes)
+		}
+		if it.res != nil {
+			it.res.releaseLocked() // the usage above replaces it
+			it.res = nil
 		}
 	}
 	g := l.cur

@@ -1,7 +1,9 @@
 package meter
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/provgate/provgate/contract"
 )
@@ -35,17 +37,25 @@ func (e *QuotaError) Unwrap() error { return ErrQuotaSpent }
 // limits u, counting what responses in flight have reserved; a zero limit
 // is no limit. It reserves nothing: use Reserve on the data path.
 func (l *Ledger) CheckQuota(contractID, lease, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
-	release, err := l.Reserve(contractID, lease, tokenID, q, u, samples, bytes)
+	r, err := l.Reserve(contractID, lease, tokenID, q, u, samples, bytes)
 	if err == nil {
-		release()
+		r.Release()
 	}
 	return err
 }
 
-// Reserve is CheckQuota that also reserves samples and bytes until release
-// is called (once; later calls do nothing). Call release after the access
-// that bills them is submitted, or when the response ends unbilled.
-func (l *Ledger) Reserve(contractID, lease, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) (release func(), err error) {
+// Reservation is quota held by a response in flight.
+type Reservation struct {
+	l              *Ledger
+	k              usageKey
+	samples, bytes int64
+	done           bool // l.mu
+}
+
+// Reserve is CheckQuota that also reserves samples and bytes, until the
+// reservation's Submit turns it into usage (in one step, so that the
+// quota never counts it twice nor not at all) or Release gives it back.
+func (l *Ledger) Reserve(contractID, lease, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) (*Reservation, error) {
 	if samples < 0 || bytes < 0 {
 		return nil, fmt.Errorf("%w: negative reservation", ErrInvalidEvent)
 	}
@@ -74,17 +84,43 @@ func (l *Ledger) Reserve(contractID, lease, tokenID string, q contract.Quota, u 
 	}
 	reserve(l.reserved, k, samples, bytes)
 	reserve(l.creserved, cid, samples, bytes)
-	done := false
-	return func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if done {
-			return
-		}
-		done = true
-		reserve(l.reserved, k, -samples, -bytes)
-		reserve(l.creserved, cid, -samples, -bytes)
-	}, nil
+	return &Reservation{l: l, k: k, samples: samples, bytes: bytes}, nil
+}
+
+// Release gives the reservation back; after Submit, or a first Release,
+// it does nothing.
+func (r *Reservation) Release() {
+	r.l.mu.Lock()
+	defer r.l.mu.Unlock()
+	r.releaseLocked()
+}
+
+func (r *Reservation) releaseLocked() {
+	if r.done {
+		return
+	}
+	r.done = true
+	reserve(r.l.reserved, r.k, -r.samples, -r.bytes)
+	reserve(r.l.creserved, r.k.contract, -r.samples, -r.bytes)
+}
+
+// Submit is Ledger.Submit for the access the reservation was made for:
+// the event's usage replaces the reservation atomically. If it fails, the
+// reservation is still held: Release it.
+func (r *Reservation) Submit(ctx context.Context, e Event) (Pending, error) {
+	if err := e.normalize(time.Now().UTC()); err != nil {
+		return Pending{}, err
+	}
+	return r.l.enqueue(ctx, item{kind: kindAccess, ev: e, res: r})
+}
+
+// Record is Submit and Wait.
+func (r *Reservation) Record(ctx context.Context, e Event) (Receipt, error) {
+	p, err := r.Submit(ctx, e)
+	if err != nil {
+		return Receipt{}, err
+	}
+	return p.Wait(ctx)
 }
 
 // Reserved is what responses in flight hold of a lease's (or token's)

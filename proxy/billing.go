@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"net/http"
-	"sync"
 )
 
 // read is one response's bill in the making: its place in a pass over the
@@ -18,7 +17,7 @@ type read struct {
 	tokens  int64
 	length  int64
 	claim   *passClaim
-	release func()
+	res     Reservation
 	settled bool
 }
 
@@ -32,13 +31,13 @@ func (s *Server) beginRead(src Source, e *ManifestEntry, g Grant, epoch int64, j
 	if c.Opens {
 		samples = 1
 	}
-	release, err := s.cfg.Meter.Reserve(src.ID(), g, src.Contract().Usage, samples, length)
+	res, err := s.cfg.Meter.Reserve(src.ID(), g, src.Contract().Usage, samples, length)
 	if err != nil {
 		c.settle(0)
 		return nil, err
 	}
 	return &read{
-		s: s, tokens: e.Tokens, length: length, claim: c, release: sync.OnceFunc(release),
+		s: s, tokens: e.Tokens, length: length, claim: c, res: res,
 		a: Access{Contract: src.ID(), Name: e.Name, DecodedSHA: e.DecodedSHA256, Epoch: epoch, Job: job,
 			TokenID: g.TokenID, Lease: g.LeaseID},
 	}, nil
@@ -97,13 +96,11 @@ func (rd *read) end() {
 		rd.settled = true
 		rd.claim.settle(0)
 	}
-	rd.release()
+	rd.res.Release()
 }
 
-// submit queues a, then gives back the reservation (the ledger counts a
-// from its submission on).
+// submit queues a under the read's reservation, which it replaces (the
+// ledger counts a from its submission on).
 func (rd *read) submit(ctx context.Context, a Access) (func(context.Context) error, error) {
-	wait, err := rd.s.submit(ctx, a)
-	rd.release()
-	return wait, err
+	return rd.s.submit(ctx, rd.res, a)
 }

@@ -42,9 +42,9 @@ func (s *Server) resolve(id, name string) (Source, *ManifestEntry, Grant, error)
 // would pass the grant's quota or the contract's; it reserves nothing (the
 // data path reserves with beginRead).
 func (s *Server) checkQuota(src Source, g Grant, samples, bytes int64) error {
-	release, err := s.cfg.Meter.Reserve(src.ID(), g, src.Contract().Usage, samples, bytes)
+	res, err := s.cfg.Meter.Reserve(src.ID(), g, src.Contract().Usage, samples, bytes)
 	if err == nil {
-		release()
+		res.Release()
 	}
 	return err
 }
@@ -319,17 +319,16 @@ func (s *Server) wait(ctx context.Context, wait func(context.Context) error) err
 	return nil
 }
 
-// submit queues an access; the returned wait makes it durable.
-func (s *Server) submit(ctx context.Context, a Access) (func(context.Context) error, error) {
+// submit queues an access under its reservation; the returned wait makes
+// it durable.
+func (s *Server) submit(ctx context.Context, res Reservation, a Access) (func(context.Context) error, error) {
 	a.Time = time.Now().UTC()
-	if a.Outcome != OutcomeVerifyKO {
-		s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
-	}
-	wait, err := s.cfg.Meter.Submit(context.WithoutCancel(ctx), a)
+	wait, err := res.Submit(context.WithoutCancel(ctx), a)
 	if err != nil {
 		s.metrics.meterErrors.Inc()
 		return nil, err
 	}
+	s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
 	return wait, nil
 }
 

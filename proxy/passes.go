@@ -68,6 +68,7 @@ type passClaim struct {
 	t      *passTracker
 	key    passKey
 	gen    uint64
+	size   int64
 	start  int64
 	length int64
 	stored bool // the pass is remembered (it does not cover the object)
@@ -82,7 +83,7 @@ func (t *passTracker) claim(k passKey, size, start, length int64) *passClaim {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.gen++
-	c := &passClaim{t: t, key: k, gen: t.gen, start: start, length: length}
+	c := &passClaim{t: t, key: k, gen: t.gen, size: size, start: start, length: length}
 	s := span{start, start + length}
 	p := t.m[k]
 	if p != nil && p.size == size && length > 0 {
@@ -105,14 +106,19 @@ func (t *passTracker) claim(k passKey, size, start, length int64) *passClaim {
 		return c // covers the object: nothing to remember
 	}
 	c.stored = true
-	p = &pass{key: k, gen: c.gen, size: size, spans: []span{s}}
+	t.remember(k, c.gen, size, s)
+	return c
+}
+
+// remember starts the pass k with one span; t.mu is held.
+func (t *passTracker) remember(k passKey, gen uint64, size int64, s span) {
+	p := &pass{key: k, gen: gen, size: size, spans: []span{s}}
 	p.elem = t.lru.PushFront(p)
 	t.m[k] = p
 	for t.lru.Len() > t.max {
 		t.drop(t.lru.Back().Value.(*pass))
 		t.evict++
 	}
-	return c
 }
 
 func (t *passTracker) drop(p *pass) {
@@ -129,12 +135,17 @@ func (c *passClaim) settle(sent int64) (billSample bool) {
 	if sent >= c.length {
 		return c.Opens
 	}
-	if !c.stored && c.Opens {
-		return sent > 0 // a whole read: nobody else can have joined its pass
-	}
 	t := c.t
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !c.stored && c.Opens {
+		// A whole read cut short: nobody can have joined its pass, which
+		// now holds what it sent (unless a newer pass replaced it).
+		if sent > 0 && t.m[c.key] == nil && t.gen == c.gen {
+			t.remember(c.key, c.gen, c.size, span{c.start, c.start + sent})
+		}
+		return sent > 0
+	}
 	p := t.m[c.key]
 	if p == nil || p.gen != c.gen {
 		// The pass was completed, replaced or evicted meanwhile: others

@@ -159,9 +159,10 @@ const (
 
 // Meter records accesses and closes epochs.
 type Meter interface {
-	// Submit queues one access for the ledger, or fails with an error
-	// wrapping ErrBusy when the ledger cannot take it now. The returned
-	// wait returns once the access is durable.
+	// Submit queues one access that holds no reservation (a verification
+	// failure, which bills nothing), or fails with an error wrapping
+	// ErrBusy when the ledger cannot take it now. The returned wait
+	// returns once the access is durable.
 	Submit(ctx context.Context, a Access) (wait func(context.Context) error, err error)
 	// EndEpoch closes an epoch's summary and returns it (JSON-encodable).
 	EndEpoch(ctx context.Context, contractID, job string, epoch int64) (any, error)
@@ -169,6 +170,16 @@ type Meter interface {
 	// more samples of bytes in all would pass the grant's quota (counted
 	// over its lease, or its token when it has none) or the contract's
 	// usage limits u, counting what other responses have reserved;
-	// otherwise it reserves them until release (idempotent) is called.
-	Reserve(contractID string, g Grant, u contract.Usage, samples, bytes int64) (release func(), err error)
+	// otherwise it reserves them.
+	Reserve(contractID string, g Grant, u contract.Usage, samples, bytes int64) (Reservation, error)
+}
+
+// Reservation is quota held by a response in flight.
+type Reservation interface {
+	// Submit is Meter.Submit for the reserved access: its usage replaces
+	// the reservation in one step. On an error the reservation is held.
+	Submit(ctx context.Context, a Access) (wait func(context.Context) error, err error)
+	// Release gives back what is still reserved; it is idempotent and
+	// does nothing after a successful Submit.
+	Release()
 }
