@@ -247,3 +247,69 @@ func TestTokenUnitBillsAttestedCounts(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryPathBillsByThePassRule: HEAD and If-None-Match bill nothing; a
+// range from offset 1 through the S3 facade bills a sample like one on the
+// data endpoint; with stream-while-fetching, a client that goes away
+// mid-stream is billed the bytes it was sent and the pass's sample.
+func TestEveryPathBillsByThePassRule(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	small := randomBytes(t, 5000)
+	e.put("p/small.bin", small, false)
+	big := randomBytes(t, 24<<20)
+	e.put("p/big.bin", big, true)
+	sc := e.sidecar(func(c *sidecar.Config) { c.StreamWhileFetching = true })
+	u := sc.URL() + "/v1/contracts/" + e.c.ContractID + "/objects/p/small.bin"
+	do := func(method, url string, hdr map[string]string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, nil)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := do(http.MethodHead, u, map[string]string{"X-Provgate-Job": "free"}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD: %d", resp.StatusCode)
+	}
+	if resp := do(http.MethodGet, u, map[string]string{"X-Provgate-Job": "free", "If-None-Match": `"` + sha(small) + `"`}); resp.StatusCode != http.StatusNotModified {
+		t.Fatalf("If-None-Match: %d", resp.StatusCode)
+	}
+	// Through the S3 facade, path-style: the contract's bucket and key.
+	s3u := sc.URL() + "/s3/" + e.bucket + "/" + e.c.Origin.Key("p/small.bin")
+	if resp := do(http.MethodGet, s3u, map[string]string{"X-Provgate-Job": "facade", "Range": "bytes=1-"}); resp.StatusCode != http.StatusPartialContent {
+		t.Fatalf("facade range: %d", resp.StatusCode)
+	}
+	// Stream-while-fetching, cut short by the client.
+	hc := &http.Client{Transport: &http.Transport{}}
+	req, _ := http.NewRequest(http.MethodGet, sc.URL()+"/v1/contracts/"+e.c.ContractID+"/objects/p/big.bin", nil)
+	req.Header.Set("X-Provgate-Job", "stream-abort")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	hc.CloseIdleConnections()
+
+	if tot := totals(t, e, sc, "facade", 1); tot.Units != 1 || tot.AccessBytes != 4999 {
+		t.Errorf("facade bytes=1-: %d units, %d bytes; want 1 sample, 4999 bytes", tot.Units, tot.AccessBytes)
+	}
+	if tot := totals(t, e, sc, "stream-abort", 1); tot.Units != 1 || tot.AccessBytes < 1<<20 || tot.AccessBytes >= int64(len(big)) {
+		t.Errorf("stream cut short: %d units, %d bytes; want 1 sample and the bytes sent", tot.Units, tot.AccessBytes)
+	}
+	tot, err := e.client.MeteringTotals(context.Background(), e.c.ContractID, "free", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tot.AccessEvents != 0 || tot.Units != 0 {
+		t.Errorf("HEAD and 304: %d accesses, %d units; want none", tot.AccessEvents, tot.Units)
+	}
+}
