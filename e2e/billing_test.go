@@ -238,6 +238,14 @@ func TestTokenUnitBillsAttestedCounts(t *testing.T) {
 	if want := int64(4 + 5 + 4 + 5); tot.Units != want || tot.CostNanoUSD != want*perToken {
 		t.Errorf("registry: %d units, %d nano-USD; want %d tokens, %d", tot.Units, tot.CostNanoUSD, want, want*perToken)
 	}
+	// The same bytes attested again with an overstated count: a new
+	// version purges the cached copy, so it is fetched and counted again
+	// under the new claim, which fails.
+	e.putText("t/a.txt", "the quick brown fox", 7)
+	waitFor(t, "the overstated re-attestation to be refused", 15*time.Second, func() bool {
+		code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "t/a.txt", 9, "tok-again")
+		return code == http.StatusBadGateway
+	})
 	// The registry refuses a token unit it cannot bill.
 	for _, p := range []contract.Pricing{{Unit: contract.UnitToken, PriceUSD: 1e-6}, {Unit: contract.UnitToken, PriceUSD: 1e-6, Tokenizer: "bpe-unknown"}} {
 		c := registrytest.NewContract("did:example:unbillable-"+p.Tokenizer, e.bucket, e.alice)
