@@ -620,13 +620,19 @@ func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
 		room := l.room
 		l.mu.Unlock()
 		l.nudge()
-		if timer == nil {
-			timer = time.NewTimer(l.cfg.FullWait)
-			defer timer.Stop()
+		// A reserved access bills bytes that are leaving: it waits for
+		// room as long as its context lets it, never ErrBusy.
+		var timeout <-chan time.Time
+		if it.res == nil {
+			if timer == nil {
+				timer = time.NewTimer(l.cfg.FullWait)
+				defer timer.Stop()
+			}
+			timeout = timer.C
 		}
 		select {
 		case <-room:
-		case <-timer.C:
+		case <-timeout:
 			l.refused.Add(1)
 			return Pending{}, fmt.Errorf("%w: %d events queued", ErrBusy, l.cfg.BufferSize)
 		case <-ctx.Done():

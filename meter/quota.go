@@ -105,8 +105,10 @@ func (r *Reservation) releaseLocked() {
 }
 
 // Submit is Ledger.Submit for the access the reservation was made for:
-// the event's usage replaces the reservation atomically. If it fails, the
-// reservation is still held: Release it.
+// the event's usage replaces the reservation atomically. It bills bytes
+// already on their way, so a full buffer makes it wait (until ctx ends),
+// never fail with ErrBusy. If it fails, the reservation is still held:
+// Release it.
 func (r *Reservation) Submit(ctx context.Context, e Event) (Pending, error) {
 	if err := e.normalize(time.Now().UTC()); err != nil {
 		return Pending{}, err

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/meter"
@@ -139,5 +140,47 @@ func TestSubscriptionBillsNothingPerRead(t *testing.T) {
 	}
 	if _, err := l.Reserve("did:example:sub", "", "t", contract.Quota{MaxSamples: 1}, contract.Usage{}, 1, 0); !errors.Is(err, meter.ErrQuotaSpent) {
 		t.Errorf("the read did not count against the quota: %v", err)
+	}
+}
+
+// TestReservedSubmitWaitsForRoom: a full buffer refuses a plain event with
+// ErrBusy, but a reserved access (whose bytes are already leaving) waits
+// for room instead of being dropped.
+func TestReservedSubmitWaitsForRoom(t *testing.T) {
+	ctx := context.Background()
+	l, err := meter.Open(ctx, filepath.Join(t.TempDir(), "ledger.db"), meter.Config{BufferSize: 1, FullWait: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.SetPricing(ctx, testContract, contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Submit(ctx, meter.Event{Contract: testContract, Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Submit(ctx, meter.Event{Contract: testContract, Name: "b"}); !errors.Is(err, meter.ErrBusy) {
+		t.Fatalf("plain submit into a full buffer: %v, want ErrBusy", err)
+	}
+	res, err := l.Reserve(testContract, "", "t", contract.Quota{}, contract.Usage{}, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := res.Record(ctx, meter.Event{Contract: testContract, Name: "c", Bytes: 1, TokenID: "t"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("reserved submit into a full buffer returned at once: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	l.Start(ctx)
+	if err := <-done; err != nil {
+		t.Fatalf("reserved submit after the writer started: %v", err)
+	}
+	if s, _ := l.Usage(testContract, "t"); s != 1 {
+		t.Errorf("usage %d, want 1", s)
 	}
 }
