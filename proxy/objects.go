@@ -84,14 +84,15 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 	}
 	tag := etag(e.DecodedSHA256)
 	inm := r.Header.Get("If-None-Match")
-	if r.Method == http.MethodHead || (inm != "" && etagMatch(inm, tag)) {
+	notModified := inm != "" && etagMatch(inm, tag)
+	if r.Method == http.MethodHead || notModified {
 		// No object bytes: nothing is billed, but a spent quota refuses.
 		if err := s.checkQuota(src, g, 1, e.DecodedSize); err != nil {
 			s.countRefusal(err)
 			return err
 		}
 		s.objectHeaders(w, src, e)
-		if r.Method != http.MethodHead {
+		if notModified {
 			w.WriteHeader(http.StatusNotModified)
 			return nil
 		}
