@@ -321,3 +321,36 @@ func TestEveryPathBillsByThePassRule(t *testing.T) {
 		t.Errorf("HEAD and 304: %d accesses, %d units; want none", tot.AccessEvents, tot.Units)
 	}
 }
+
+// TestBatchCutShortBillsWhatItSent: a batch read that the client resets in
+// the middle of a frame bills the frames it completed and, for the frame
+// it cut, the bytes sent and its sample.
+func TestBatchCutShortBillsWhatItSent(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	e.put("bc/small", []byte("0123456789"), false)
+	e.put("bc/big", randomBytes(t, 24<<20), false)
+	sc := e.sidecar(nil)
+	// Warm the cache, so that the batch below streams at once.
+	for _, n := range []string{"bc/small", "bc/big"} {
+		if code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, n, 0, "warm"); code != http.StatusOK {
+			t.Fatalf("warm %s: %d", n, code)
+		}
+	}
+	body := `{"names": ["bc/small", "bc/big"]}`
+	req, _ := http.NewRequest(http.MethodPost, sc.URL()+"/v1/contracts/"+e.c.ContractID+"/batch", strings.NewReader(body))
+	req.Header.Set("X-Provgate-Job", "batch-cut")
+	hc := &http.Client{Transport: &http.Transport{}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	hc.CloseIdleConnections()
+	tot := totals(t, e, sc, "batch-cut", 2)
+	if tot.AccessEvents != 2 || tot.Units != 2 || tot.AccessBytes < 1<<20 || tot.AccessBytes >= 24<<20 {
+		t.Errorf("batch cut in its second frame: %d accesses, %d units, %d bytes; want 2 accesses, 2 samples, the bytes sent", tot.AccessEvents, tot.Units, tot.AccessBytes)
+	}
+}
