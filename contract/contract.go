@@ -8,6 +8,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/provgate/provgate/tokenize"
 )
 
 // Origin modes.
@@ -54,6 +56,28 @@ type Pricing struct {
 	// Tokenizer names the deterministic tokenizer whose counts, attested
 	// per object by contributors, a "token" unit bills.
 	Tokenizer string `json:"tokenizer,omitempty"`
+}
+
+// validate refuses a pricing that cannot be billed: an unknown unit, a
+// "token" unit without a tokenizer this build implements, a tokenizer under
+// another unit. A "subscription" is billed outside metering (a flat fee
+// for the license's term); its reads are metered for quotas and audit at
+// units 0, cost 0.
+func (p Pricing) validate() []error {
+	var errs []error
+	switch p.Unit {
+	case UnitSample, UnitByte, UnitSubscription:
+		if p.Tokenizer != "" {
+			errs = append(errs, fmt.Errorf("pricing.tokenizer %q: only a token unit names a tokenizer", p.Tokenizer))
+		}
+	case UnitToken:
+		if !tokenize.Known(p.Tokenizer) {
+			errs = append(errs, fmt.Errorf("pricing.tokenizer %q: a token unit needs a known tokenizer (%s)", p.Tokenizer, strings.Join(tokenize.Names(), ", ")))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("pricing.unit %q: want sample, token, byte or subscription", p.Unit))
+	}
+	return errs
 }
 
 // NanoUSD is the unit price in billionths of a dollar, so that totals can be
@@ -166,11 +190,7 @@ func (c *Contract) Validate() error {
 	if c.License == "" {
 		errs = append(errs, errors.New("license is required"))
 	}
-	switch c.Pricing.Unit {
-	case UnitSample, UnitToken, UnitByte, UnitSubscription:
-	default:
-		errs = append(errs, fmt.Errorf("pricing.unit %q: want sample, token, byte or subscription", c.Pricing.Unit))
-	}
+	errs = append(errs, c.Pricing.validate()...)
 	if c.Pricing.PriceUSD < 0 {
 		errs = append(errs, errors.New("pricing.price_usd must not be negative"))
 	}

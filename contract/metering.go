@@ -33,8 +33,10 @@ type MeteringEvent struct {
 	Epoch       int64  `json:"epoch"`
 	Job         string `json:"job,omitempty"`
 	TokenID     string `json:"token_jti,omitempty"`
-	DecodedSHA  string `json:"decoded_sha256,omitempty"`
-	Outcome     string `json:"outcome,omitempty"`
+	// Lease is the quota lease of the token (CapabilityClaims.Lease).
+	Lease      string `json:"lease,omitempty"`
+	DecodedSHA string `json:"decoded_sha256,omitempty"`
+	Outcome    string `json:"outcome,omitempty"`
 }
 
 // MeteringBatch is the payload of the sidecar-signed JWS (header typ
@@ -143,7 +145,7 @@ const (
 // BillableOutcome reports whether an access with this outcome is billed.
 // The registry recomputes the bill with it and the sidecar prices with it.
 func BillableOutcome(outcome string) bool {
-	return outcome == OutcomeServed || outcome == OutcomePartial || outcome == OutcomeRange
+	return outcome == OutcomeServed || outcome == OutcomePartial || outcome == OutcomeRange || outcome == OutcomeAborted
 }
 
 // Bounds on what one metering event may carry. An event is one read of

@@ -72,6 +72,8 @@ type TokenSourceConfig struct {
 type TokenStatus struct {
 	State     string    `json:"state"`
 	TokenID   string    `json:"token_jti,omitempty"`
+	Licensee  string    `json:"licensee,omitempty"`
+	Lease     string    `json:"lease,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	RefreshAt time.Time `json:"refresh_at,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
@@ -279,6 +281,7 @@ func (s *TokenSource) Status() TokenStatus {
 		return st
 	}
 	st.TokenID, st.ExpiresAt, st.RefreshAt = s.claims.ID, time.Unix(s.claims.Expiry, 0).UTC(), s.refresh.UTC()
+	st.Licensee, st.Lease = s.claims.Licensee, s.claims.Lease
 	switch {
 	case !s.cfg.Now().Before(st.ExpiresAt):
 		st.State = TokenExpired

@@ -328,7 +328,7 @@ func TestQuota(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := l.CheckQuota(testContract, "t1", tc.q, tc.u, 1, tc.size)
+			err := l.CheckQuota(testContract, "", "t1", tc.q, tc.u, 1, tc.size)
 			var qe *meter.QuotaError
 			switch {
 			case tc.want == "" && err != nil:

@@ -55,6 +55,10 @@ type Config struct {
 	// MaxBatchNames and MaxBatchBytes bound one batch read.
 	MaxBatchNames int
 	MaxBatchBytes int64
+	// MaxPasses bounds the partial passes over objects the billing rule
+	// remembers (DefaultMaxPasses); a forgotten pass overbills, never
+	// underbills.
+	MaxPasses int
 }
 
 // Server serves the data endpoint, the S3 facade, health and metrics.
@@ -66,6 +70,7 @@ type Server struct {
 	metrics *Metrics
 	mux     *http.ServeMux
 	gather  prometheus.Gatherer
+	passes  *passTracker
 }
 
 // NewServer builds a Server.
@@ -84,7 +89,7 @@ func NewServer(cfg Config) *Server {
 		r := prometheus.NewRegistry()
 		reg, gather = r, r
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather}
+	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather, passes: newPassTracker(cfg.MaxPasses)}
 	for _, src := range cfg.Sources {
 		s.sources[src.ID()] = src
 	}

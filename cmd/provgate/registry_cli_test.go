@@ -312,3 +312,42 @@ func TestVerifyLogCountsEventIDsPerSender(t *testing.T) {
 		t.Fatalf("verify log: exit %d\n%s\n%s", code, out, errs)
 	}
 }
+
+// TestContributeAttestsTokenCounts: under a contract priced per token,
+// contribute attests each object's whitespace-v1 count of its decoded
+// bytes, whatever its stored encoding, and refuses a file that is not
+// UTF-8 (it has no count).
+func TestContributeAttestsTokenCounts(t *testing.T) {
+	ctx := context.Background()
+	mio := testenv.MinIO(t)
+	bucket := mio.Bucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", testenv.MinIOAccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", testenv.MinIOSecretKey)
+	t.Setenv("AWS_REGION", testenv.MinIORegion)
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	spec := registrytest.NewContract("did:example:tokens", bucket, alice)
+	spec.Pricing = contract.Pricing{Unit: contract.UnitToken, PriceUSD: 1e-6, Tokenizer: "whitespace-v1"}
+	c := h.CreateContract(t, spec)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "alice.jwk")
+	verify.SaveKey(keyFile, alice.Key)
+	os.WriteFile(filepath.Join(dir, "a.txt"), []byte("one two  three\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "b.txt"), []byte(strings.Repeat("héllo wörld ", 1000)), 0o644)
+	mustCLI(t, "contribute", "--registry", h.URL, "--contract", c.ContractID, "--key", keyFile, "--s3-endpoint", mio.URL(),
+		"--encoding", "zstd", filepath.Join(dir, "a.txt"), filepath.Join(dir, "b.txt"))
+	client, _ := contract.NewClient(h.URL)
+	live, err := liveObjects(ctx, client, c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if live["a.txt"].Tokens != 3 || live["b.txt"].Tokens != 2000 {
+		t.Errorf("attested token counts: a.txt %d, b.txt %d; want 3 and 2000", live["a.txt"].Tokens, live["b.txt"].Tokens)
+	}
+	bad := filepath.Join(dir, "bad.bin")
+	os.WriteFile(bad, []byte("ok \xff\xfe"), 0o644)
+	code, _, errs := cli(t, "contribute", "--registry", h.URL, "--contract", c.ContractID, "--key", keyFile, "--s3-endpoint", mio.URL(), bad)
+	if code == 0 || !strings.Contains(errs, "invalid UTF-8") {
+		t.Errorf("contributing a non-UTF-8 file to a token contract: exit %d, stderr %q", code, errs)
+	}
+}

@@ -110,11 +110,15 @@ func (m *mount) mount(ctx context.Context) error {
 	// The cache checks the verified manifest before it commits a fetch, so
 	// that a redaction applied meanwhile is never undone by a fetch that
 	// read its claim before.
-	live := cache.WithLiveCheck(func(name, decodedSHA string) bool {
+	mopts := []cache.MountOption{cache.WithLiveCheck(func(name, decodedSHA string) bool {
 		e, err := f.Manifest().Lookup(name)
 		return err == nil && e.DecodedSHA256 == decodedSHA
-	})
-	if err := s.cache.Mount(m.id, origin, c.Usage.Retention(), live); err != nil {
+	})}
+	if c.Pricing.Unit == contract.UnitToken {
+		// The contract bills attested token counts: every fetch checks them.
+		mopts = append(mopts, cache.WithTokenizer(c.Pricing.Tokenizer))
+	}
+	if err := s.cache.Mount(m.id, origin, c.Usage.Retention(), mopts...); err != nil {
 		ts.Stop()
 		return fmt.Errorf("cache: %w", err)
 	}
@@ -298,7 +302,8 @@ func (m *mount) Grant() (proxy.Grant, error) {
 	if err != nil {
 		return proxy.Grant{}, fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
 	}
-	return proxy.Grant{TokenID: claims.ID, Quota: claims.Quota, Expiry: time.Unix(claims.Expiry, 0)}, nil
+	return proxy.Grant{TokenID: claims.ID, LeaseID: claims.Lease, Licensee: claims.Licensee, Quota: claims.Quota,
+		Expiry: time.Unix(claims.Expiry, 0)}, nil
 }
 
 func hostOf(endpoint string) string {
