@@ -121,7 +121,7 @@ type mount struct {
 	origin    Origin
 	retention time.Duration
 	live      func(name, decodedSHA string) bool // nil: everything is
-	tokenizer string // counts each object's tokens against its claim
+	tokenizer string                             // counts each object's tokens against its claim
 }
 
 // WithTokenizer has every fetch of the contract count the decoded bytes'

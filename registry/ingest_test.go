@@ -126,16 +126,13 @@ func TestMeteringTotalsNameTheBill(t *testing.T) {
 		case "range":
 			e.Samples, e.Units, e.CostNanoUSD = 0, 0, 0
 		default:
-			e.Units, e.CostNanoUSD = 0, 0
-			if o != "aborted" {
-				e.Samples = 0
-			}
+			e.Samples, e.Units, e.CostNanoUSD = 0, 0, 0
 		}
 		return e
 	}
 	acmeEvents := []contract.MeteringEvent{
 		outcome("a1", "served", 100), outcome("a2", "served", 100), outcome("a3", "range", 50),
-		outcome("a4", "aborted", 70), outcome("a5", "verification_failed", 0), outcome("a6", "verification_failed", 0),
+		outcome("a4", "refused", 70), outcome("a5", "verification_failed", 0), outcome("a6", "verification_failed", 0),
 		{ID: "a7", Kind: contract.EventEpoch, Samples: 2, Distinct: 2, Bytes: 200, Epoch: 1, Job: "job1"},
 	}
 	if _, err := acme.client.PostMetering(ctx, c.ContractID, acmeTok, "k", signEvents(t, acme, c.ContractID, acmeEvents...)); err != nil {
@@ -158,7 +155,7 @@ func TestMeteringTotalsNameTheBill(t *testing.T) {
 	wantOutcomes := map[string]contract.OutcomeTotals{
 		"served":              {Events: 3, Billed: true, Sums: contract.Sums{Samples: 3, Bytes: 210, Units: 3, CostNanoUSD: 3 * sampleNano}},
 		"range":               {Events: 1, Billed: true, Sums: contract.Sums{Bytes: 50}},
-		"aborted":             {Events: 1, Sums: contract.Sums{Samples: 1, Bytes: 70}},
+		"refused":             {Events: 1, Sums: contract.Sums{Bytes: 70}},
 		"verification_failed": {Events: 2},
 	}
 	if fmt.Sprint(r.Outcomes) != fmt.Sprint(wantOutcomes) {
@@ -256,7 +253,7 @@ func TestMeteringCostMustMatchThePrice(t *testing.T) {
 		"cost above units times price": func(e *contract.MeteringEvent) { e.CostNanoUSD = 2 * sampleNano },
 		"no units for a served sample": func(e *contract.MeteringEvent) { e.Units, e.CostNanoUSD = 0, 0 },
 		"units but no samples":         func(e *contract.MeteringEvent) { e.Samples = 0 },
-		"unbilled outcome with a cost": func(e *contract.MeteringEvent) { e.Outcome = "aborted" },
+		"unbilled outcome with a cost": func(e *contract.MeteringEvent) { e.Outcome = "refused" },
 		"epoch summary with a cost":    func(e *contract.MeteringEvent) { e.Kind = contract.EventEpoch },
 	} {
 		e := served("m-" + strings.ReplaceAll(name, " ", "-"))

@@ -46,7 +46,7 @@ INSERT INTO presigned (token, name, size) VALUES ('tok', 'a', 10);`); err != nil
 	jkt, _ := verify.Thumbprint(key)
 	events := []contract.MeteringEvent{
 		{ID: "L-1", Kind: contract.EventAccess, Bytes: 100, Samples: 1, Units: 1, CostNanoUSD: 500, Epoch: 1, Outcome: contract.OutcomeServed},
-		{ID: "L-2", Kind: contract.EventAccess, Bytes: 40, Epoch: 1, Outcome: contract.OutcomeAborted},
+		{ID: "L-2", Kind: contract.EventAccess, Bytes: 40, Epoch: 1, Outcome: contract.OutcomeRefused},
 	}
 	jws, err := verify.SignMeteringBatch(key, &contract.MeteringBatch{Contract: "c1", BatchID: "b1", Sidecar: jkt, IssuedAt: time.Now().Unix(), Events: events})
 	if err != nil {
