@@ -12,8 +12,9 @@ import (
 // handlePresign returns short-lived presigned GET URLs for live objects of
 // the contract (marketplace mode). The token and its proof authorise the
 // caller; each name must be a live object of the log (a redacted one is
-// 451); the distinct objects presigned under one token, and their stored
-// bytes, are counted against its max_samples and max_bytes quota.
+// 451); the distinct objects presigned under the token's lease, and their
+// stored bytes, are counted against the lease's grant (and so against the
+// licensee's quota), atomically.
 func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	c, err := s.loadContract(ctx, r.PathValue("id"))
@@ -51,16 +52,12 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 		}
 		objects = append(objects, o)
 	}
-	// Tokens carry the contract's limits where none was asked (see
-	// grantQuota); a token from before a limit existed gets the contract's.
-	quota := claims.Quota
-	if quota.MaxSamples == 0 {
-		quota.MaxSamples = c.Usage.MaxSamples
+	// Presigned objects count against the token's quota lease, which the
+	// licensee's other sidecars cannot spend.
+	if claims.Lease == "" {
+		return contract.Errorf(http.StatusUnauthorized, contract.CodeUnauthorized, "the token holds no quota lease; request a new token")
 	}
-	if quota.MaxBytes == 0 {
-		quota.MaxBytes = c.Usage.MaxBytes
-	}
-	if err := s.st.presign(ctx, claims.ID, objects, quota); err != nil {
+	if err := s.st.presign(ctx, claims.Lease, objects); err != nil {
 		return err
 	}
 	now := s.now()

@@ -48,7 +48,13 @@ type store interface {
 	putSidecarKey(ctx context.Context, jkt string, jwk []byte) error
 	useProofID(ctx context.Context, jti string, exp time.Time) error
 	pruneProofIDs(ctx context.Context, before time.Time) error
-	presign(ctx context.Context, tokenID string, objects []*objectRow, quota contract.Quota) error
+	presign(ctx context.Context, leaseID string, objects []*objectRow) error
+
+	putEnrolment(ctx context.Context, contractID, jkt, licensee string, expires time.Time, jws string) error
+	enrolment(ctx context.Context, contractID, jkt string) (licensee string, expires time.Time, err error)
+	grantLease(ctx context.Context, req *leaseRequest) (*leaseRow, error)
+	addLeaseMetered(ctx context.Context, leaseID string, samples, bytes int64) error
+	presignedTotals(ctx context.Context, contractID, licensee string) (samples, bytes int64, err error)
 
 	knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error)
 	idempotent(ctx context.Context, contractID, key string) (bodyHash string, response []byte, err error)
@@ -140,9 +146,18 @@ CREATE TABLE IF NOT EXISTS revoked_keys (
 	PRIMARY KEY (contract, issuer, kid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS presigned (
-	token TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
-	PRIMARY KEY (token, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrolments (
+	contract_id TEXT NOT NULL, jkt TEXT NOT NULL, licensee TEXT NOT NULL, expires INTEGER NOT NULL, jws TEXT NOT NULL,
+	PRIMARY KEY (contract_id, jkt)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+	id TEXT PRIMARY KEY, contract_id TEXT NOT NULL, licensee TEXT NOT NULL, jkt TEXT NOT NULL,
+	max_samples INTEGER NOT NULL, max_bytes INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL,
+	presigned_samples INTEGER NOT NULL DEFAULT 0, presigned_bytes INTEGER NOT NULL DEFAULT 0,
+	metered_samples INTEGER NOT NULL DEFAULT 0, metered_bytes INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS leases_holder ON leases (contract_id, licensee, jkt, expires);
+CREATE TABLE IF NOT EXISTS lease_objects (
+	lease TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+	PRIMARY KEY (lease, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS metering_events (
 	contract TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
 	bytes INTEGER NOT NULL, samples INTEGER NOT NULL, units INTEGER NOT NULL, cost INTEGER NOT NULL,
@@ -488,34 +503,6 @@ func (s *sqliteStore) useProofID(ctx context.Context, jti string, exp time.Time)
 func (s *sqliteStore) pruneProofIDs(ctx context.Context, before time.Time) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM proof_ids WHERE exp < ?`, before.UnixNano())
 	return err
-}
-
-// presign records objects as presigned under a token, refusing (and
-// recording nothing) when the distinct objects presigned under it would
-// exceed the quota's max_samples, or their stored bytes its max_bytes
-// (zero: no limit).
-func (s *sqliteStore) presign(ctx context.Context, tokenID string, objects []*objectRow, quota contract.Quota) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	for _, o := range objects {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO presigned (token, name, size) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, tokenID, o.Name, o.StoredSize); err != nil {
-			return err
-		}
-	}
-	var count, bytes int64
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0) FROM presigned WHERE token = ?`, tokenID).Scan(&count, &bytes); err != nil {
-		return err
-	}
-	if quota.MaxSamples > 0 && count > quota.MaxSamples {
-		return fmt.Errorf("%w: %d objects would exceed the token's max_samples %d", errQuota, count, quota.MaxSamples)
-	}
-	if quota.MaxBytes > 0 && bytes > quota.MaxBytes {
-		return fmt.Errorf("%w: %d bytes would exceed the token's max_bytes %d", errQuota, bytes, quota.MaxBytes)
-	}
-	return tx.Commit()
 }
 
 func (s *sqliteStore) knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error) {
