@@ -28,8 +28,10 @@ func SignEnrolment(key *jose.JSONWebKey, c *contract.EnrolmentClaims) (string, e
 // in it may be trusted.
 type UnverifiedEnrolment struct {
 	Issuer   string
+	Subject  string
 	Contract string
 	KeyID    string
+	Expiry   time.Time
 }
 
 // PeekEnrolment reads the issuer, contract and kid of an enrolment
@@ -42,7 +44,9 @@ func PeekEnrolment(compact string) (*UnverifiedEnrolment, error) {
 	}
 	var c struct {
 		Issuer   string `json:"iss"`
+		Subject  string `json:"sub"`
 		Contract string `json:"contract_id"`
+		Expiry   int64  `json:"exp"`
 	}
 	if err := json.Unmarshal(p.jws.UnsafePayloadWithoutVerification(), &c); err != nil || c.Issuer == "" || c.Contract == "" {
 		return nil, fmt.Errorf("%w: enrolment has no issuer or contract_id", ErrMalformed)
@@ -50,7 +54,8 @@ func PeekEnrolment(compact string) (*UnverifiedEnrolment, error) {
 	if p.sig.Protected.KeyID == "" {
 		return nil, fmt.Errorf("%w: kid is required", ErrMalformed)
 	}
-	return &UnverifiedEnrolment{Issuer: c.Issuer, Contract: c.Contract, KeyID: p.sig.Protected.KeyID}, nil
+	return &UnverifiedEnrolment{Issuer: c.Issuer, Subject: c.Subject, Contract: c.Contract, KeyID: p.sig.Protected.KeyID,
+		Expiry: time.Unix(c.Expiry, 0)}, nil
 }
 
 // VerifyEnrolment checks a licensee's enrolment of the sidecar key whose

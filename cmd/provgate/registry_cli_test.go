@@ -118,7 +118,7 @@ func TestContributeGzipAndAuditAllEntryKinds(t *testing.T) {
 
 	alice.Redact(t, c.ContractID, "v1/single.txt")
 	sc := newCLISidecar(t, h.URL)
-	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
 	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
 	sc := newCLISidecar(t, h.URL)
-	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
 	if err != nil {
 		t.Fatal(err)
 	}

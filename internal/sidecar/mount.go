@@ -81,7 +81,7 @@ func (m *mount) mount(ctx context.Context) error {
 		return err
 	}
 	ts, err := contract.NewTokenSource(contract.TokenSourceConfig{Registry: s.client, Contract: m.id, JWK: s.key.Public(),
-		Purpose: purpose, Usage: s.cfg.Quota, Check: check, Logger: s.log.With("part", "tokens")})
+		Enrolment: s.enrolmentFor(m.id), Purpose: purpose, Usage: s.cfg.Quota, Check: check, Logger: s.log.With("part", "tokens")})
 	if err != nil {
 		return err
 	}
