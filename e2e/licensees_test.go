@@ -3,9 +3,12 @@ package e2e_test
 import (
 	"database/sql"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	_ "github.com/mattn/go-sqlite3"
@@ -88,5 +91,43 @@ func TestLicenseesQuotasAreTheirOwn(t *testing.T) {
 		if n != tc.want {
 			t.Errorf("registry presigned %d objects for %s, its clients received %d", n, tc.licensee, tc.want)
 		}
+	}
+}
+
+// TestUnenrolledSidecarGetsNoToken: a sidecar whose key no licensee
+// enrolled (or with an enrolment of another key) gets no token: it never
+// becomes ready, says why, and serves nothing.
+func TestUnenrolledSidecarGetsNoToken(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	e.put("x.bin", randomBytes(t, 100), false)
+	other, _ := verify.GenerateKey(jose.EdDSA)
+	for _, tc := range []struct {
+		name       string
+		enrolments func() []string
+		want       string
+	}{
+		{"no enrolment", func() []string { return []string{} }, contract.CodeNotEnrolled},
+		{"enrolment of another key", func() []string { return []string{e.reg.Enrol(t, e.c.ContractID, other)} }, "no enrolment of this sidecar's key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := e.sidecarNoWait(func(c *sidecar.Config) { c.S3Endpoint, c.ProxyListen, c.Enrolments = "", "", tc.enrolments() })
+			var last string
+			waitFor(t, "the contract's status to say why it has no token", 15*time.Second, func() bool {
+				resp, err := http.Get(sc.URL() + "/v1/contracts")
+				if err != nil {
+					return false
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				last = string(b)
+				return strings.Contains(last, tc.want)
+			})
+			if resp, err := http.Get(sc.URL() + "/readyz"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("readyz: %v %v, want 503", resp.Status, err)
+			}
+			if code, body := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "x.bin", 1, "j"); code != http.StatusServiceUnavailable {
+				t.Fatalf("GET without a token: %d %s, want 503", code, body)
+			}
+		})
 	}
 }

@@ -224,6 +224,9 @@ func (m *mount) Status() proxy.Status {
 		st.State, st.Error = proxy.StateExpired, ti.LastError
 	case fs.State == verify.StateSyncing || ti.State == contract.TokenPending:
 		st.State = proxy.StateVerifying
+		if ti.LastError != "" {
+			st.Error = ti.LastError // e.g. 403 not_enrolled: say why there is no token
+		}
 	case fs.State == verify.StateStale:
 		// The last trusted checkpoint is older than the freshness window:
 		// a frozen log is refused like an unverified one.

@@ -175,7 +175,11 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 		}
 	}
 	if jkt, err := verify.Thumbprint(s.key); err == nil {
-		s.log.Info("sidecar key", "jkt", jkt, "enrolments", len(cfg.Enrolments)+len(cfg.EnrolmentFiles))
+		if n := len(cfg.Enrolments) + len(cfg.EnrolmentFiles); n == 0 {
+			s.log.Warn("no enrolment given: the registry issues tokens only to a key a licensee enrolled (provgate enroll --sidecar-jkt JKT, then --enrolment FILE)", "jkt", jkt)
+		} else {
+			s.log.Info("sidecar key", "jkt", jkt, "enrolments", n)
+		}
 	}
 	if s.client, err = contract.NewClient(cfg.Registry); err != nil {
 		return nil, err
