@@ -159,18 +159,20 @@ func (s *sqliteStore) presign(ctx context.Context, leaseID string, objects []*ob
 	return tx.Commit()
 }
 
-// addLeaseMetered adds metered samples and bytes to a lease, so that a
-// dead lease counts what its sidecar served from cache too.
-func (s *sqliteStore) addLeaseMetered(ctx context.Context, leaseID string, samples, bytes int64) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE leases SET metered_samples = metered_samples + ?, metered_bytes = metered_bytes + ? WHERE id = ?`,
+// addLeaseMetered adds the samples and bytes of a batch's new access
+// events to the lease's metered use, in the append's transaction, so that
+// a dead lease is charged what its sidecar served from its cache too.
+func addLeaseMetered(ctx context.Context, tx *sql.Tx, leaseID string, events []contract.MeteringEvent) error {
+	var samples, bytes int64
+	for _, e := range events {
+		if e.Kind == contract.EventAccess {
+			samples += e.Samples
+			bytes += e.Bytes
+		}
+	}
+	_, err := tx.ExecContext(ctx, `UPDATE leases SET metered_samples = metered_samples + ?, metered_bytes = metered_bytes + ? WHERE id = ?`,
 		samples, bytes, leaseID)
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return fmt.Errorf("%w: lease %q", errNotFound, leaseID)
-	}
-	return nil
+	return err
 }
 
 // presignedTotals sums the distinct objects presigned, and their stored

@@ -363,3 +363,44 @@ func peekClaims(token string) (*contract.CapabilityClaims, error) {
 	var c contract.CapabilityClaims
 	return &c, json.Unmarshal(b, &c)
 }
+
+// TestDeadLeaseIsChargedWhatItMetered: a lease that presigned nothing (a
+// self-hosted sidecar reads with its own credentials) is charged, once
+// dead, the samples its sidecar metered, so a licensee cannot reset its
+// quota by letting leases expire.
+func TestDeadLeaseIsChargedWhatItMetered(t *testing.T) {
+	ctx := context.Background()
+	var offset atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	h := registrytest.Start(t, registrytest.WithClock(now))
+	acme := registrytest.NewLicensee(t, "did:example:acme", contract.LicenseTerms{MaxSamples: 10})
+	spec := registrytest.NewContract("did:example:metered", "bucket", h.NewContributor(t, "did:example:alice"))
+	spec.Licensees = []contract.Licensee{acme.Entry()}
+	c := h.CreateContract(t, spec)
+	clocked := func() *sidecar {
+		sc := newSidecar(t, h)
+		sc.client.Proof = func(method, url, token string) (string, error) {
+			return verify.NewDPoPProof(sc.key, method, url, token, now())
+		}
+		return sc
+	}
+	request := func(sc *sidecar) (*contract.TokenResponse, error) {
+		return sc.client.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: acme.Enrol(t, c.ContractID, sc.key)})
+	}
+	first, second := clocked(), clocked()
+	tok, err := request(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.client.PostMetering(ctx, c.ContractID, tok.Token, "k1", batch(t, first, c.ContractID, "b1", "e1", "e2", "e3", "e4", "e5", "e6")); err != nil {
+		t.Fatal(err)
+	}
+	offset.Store(int64(10 * time.Minute)) // the first lease's token expired
+	tok, err = request(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl, _ := peekClaims(tok.Token); cl.Quota.MaxSamples != 4 {
+		t.Fatalf("after a lease that metered 6 of 10 died: granted %d, want 4", cl.Quota.MaxSamples)
+	}
+}

@@ -81,7 +81,7 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	rec := &appendRecord{IdemKey: idem, IdemBodyHash: bodyHash}
+	rec := &appendRecord{IdemKey: idem, IdemBodyHash: bodyHash, Lease: claims.Lease}
 	var accepted []string
 	for _, e := range batch.Events {
 		if !known[e.ID] {

@@ -53,7 +53,6 @@ type store interface {
 	putEnrolment(ctx context.Context, contractID, jkt, licensee string, expires time.Time, jws string) error
 	enrolment(ctx context.Context, contractID, jkt string) (licensee string, expires time.Time, err error)
 	grantLease(ctx context.Context, req *leaseRequest) (*leaseRow, error)
-	addLeaseMetered(ctx context.Context, leaseID string, samples, bytes int64) error
 	presignedTotals(ctx context.Context, contractID, licensee string) (samples, bytes int64, err error)
 
 	knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error)
@@ -108,7 +107,11 @@ type appendRecord struct {
 	RevokeKID   string                // revocation
 
 	// Metering side effects.
-	Events       []contract.MeteringEvent // only the new ones
+	Events []contract.MeteringEvent // only the new ones
+	// Lease is the quota lease of the token the batch came with; its
+	// access events' samples and bytes are added to the lease's metered
+	// use (what a dead lease is charged, with what it presigned).
+	Lease        string
 	IdemKey      string
 	IdemBodyHash string
 	IdemResponse []byte
@@ -400,6 +403,11 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 				}
 				return err
 			}
+		}
+	}
+	if rec.Lease != "" && len(rec.Events) > 0 {
+		if err := addLeaseMetered(ctx, tx, rec.Lease, rec.Events); err != nil {
+			return err
 		}
 	}
 	if rec.IdemKey != "" {
