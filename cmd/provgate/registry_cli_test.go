@@ -60,12 +60,15 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"contribute", "--registry", "http://127.0.0.1:1"},
 		{"verify"},
 		{"verify", "log", "--registry", "http://x"},
+		{"enroll"},
+		{"enroll", "--licensee", "did:example:l", "--contract", "did:example:c", "--key", "k.jwk"},
+		{"enroll", "--licensee", "did:example:l", "--contract", "did:example:c", "--key", "k.jwk", "--sidecar-jkt", "x", "--ttl", "-1h"},
 	} {
 		if code, _, errs := cli(t, args...); code != 2 {
 			t.Errorf("provgate %s: exit %d, want 2 (stderr %q)", strings.Join(args, " "), code, errs)
 		}
 	}
-	for _, cmd := range []string{"keygen", "registry", "contract", "contribute", "verify"} {
+	for _, cmd := range []string{"keygen", "registry", "contract", "contribute", "verify", "enroll"} {
 		if code, _, errs := cli(t, cmd, "-h"); code != 0 || !strings.Contains(errs, "Usage: provgate "+cmd) {
 			t.Errorf("provgate %s -h: exit %d, stderr %q", cmd, code, errs)
 		}
