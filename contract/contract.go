@@ -212,25 +212,9 @@ func (c *Contract) Validate() error {
 			errs = append(errs, fmt.Errorf("contributors[%d]: duplicate id %q", i, ct.ID))
 		}
 		seen[ct.ID] = true
-		if (ct.JWKS == nil || len(ct.JWKS.Keys) == 0) && ct.JWKSURI == "" {
-			errs = append(errs, fmt.Errorf("contributors[%d]: jwks or jwks_uri is required", i))
-		}
-		if ct.JWKSURI != "" {
-			if u, err := url.Parse(ct.JWKSURI); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-				errs = append(errs, fmt.Errorf("contributors[%d].jwks_uri %q is not an http(s) URL", i, ct.JWKSURI))
-			}
-		}
-		if ct.JWKS != nil {
-			for _, k := range ct.JWKS.Keys {
-				if k.KeyID == "" {
-					errs = append(errs, fmt.Errorf("contributors[%d]: every key needs a kid", i))
-				}
-				if !k.IsPublic() {
-					errs = append(errs, fmt.Errorf("contributors[%d]: key %q is not a public key", i, k.KeyID))
-				}
-			}
-		}
+		errs = append(errs, validateKeys(fmt.Sprintf("contributors[%d]", i), ct.JWKS, ct.JWKSURI)...)
 	}
+	errs = append(errs, c.validateLicensees()...)
 	if c.Origin.Bucket == "" {
 		errs = append(errs, errors.New("origin.bucket is required"))
 	}
@@ -240,6 +224,31 @@ func (c *Contract) Validate() error {
 		errs = append(errs, fmt.Errorf("origin.mode %q: want marketplace or self-hosted", c.Origin.Mode))
 	}
 	return errors.Join(errs...)
+}
+
+// validateKeys checks a party's keys: inline public keys with a kid, or
+// an http(s) jwks_uri.
+func validateKeys(what string, set *jose.JSONWebKeySet, uri string) []error {
+	var errs []error
+	if (set == nil || len(set.Keys) == 0) && uri == "" {
+		errs = append(errs, fmt.Errorf("%s: jwks or jwks_uri is required", what))
+	}
+	if uri != "" {
+		if u, err := url.Parse(uri); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("%s.jwks_uri %q is not an http(s) URL", what, uri))
+		}
+	}
+	if set != nil {
+		for _, k := range set.Keys {
+			if k.KeyID == "" {
+				errs = append(errs, fmt.Errorf("%s: every key needs a kid", what))
+			}
+			if !k.IsPublic() {
+				errs = append(errs, fmt.Errorf("%s: key %q is not a public key", what, k.KeyID))
+			}
+		}
+	}
+	return errs
 }
 
 // MaxIDLen bounds contract and contributor ids.

@@ -54,6 +54,11 @@ type TokenSourceConfig struct {
 	Usage    Quota
 	// JWK is the sidecar's public key; tokens are bound to it.
 	JWK jose.JSONWebKey
+	// Enrolment returns the licensee's enrolment of JWK under Contract
+	// (JWS compact), sent with every token request; it is called each
+	// time, so that a renewed enrolment is picked up. Nil: none is sent
+	// (a registry that requires one refuses the request).
+	Enrolment func(ctx context.Context) (string, error)
 	// Check verifies each new token and returns its claims: the
 	// registry's signature, the contract and the key binding
 	// (verify.NewCapabilityChecker). A token that fails it is not used.
@@ -212,7 +217,17 @@ func (s *TokenSource) closeFirst() {
 // Refresh asks the registry for a new token now and, if it passes Check,
 // makes it current. On failure the current token stays.
 func (s *TokenSource) Refresh(ctx context.Context) error {
-	resp, err := s.cfg.Registry.RequestToken(ctx, s.cfg.Contract, TokenRequest{Purpose: s.cfg.Purpose, Usage: s.cfg.Usage, JWK: s.cfg.JWK})
+	req := TokenRequest{Purpose: s.cfg.Purpose, Usage: s.cfg.Usage, JWK: s.cfg.JWK}
+	var err error
+	if s.cfg.Enrolment != nil {
+		if req.Enrolment, err = s.cfg.Enrolment(ctx); err != nil {
+			s.mu.Lock()
+			s.lastErr = err
+			s.mu.Unlock()
+			return fmt.Errorf("token for %s: %w", s.cfg.Contract, err)
+		}
+	}
+	resp, err := s.cfg.Registry.RequestToken(ctx, s.cfg.Contract, req)
 	if err == nil && resp.Token == "" {
 		err = errors.New("registry returned no token")
 	}

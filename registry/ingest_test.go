@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net/http"
 	"strings"
@@ -23,12 +24,22 @@ func licensedSetup(t *testing.T) (h *registrytest.Harness, c *contract.Contract,
 	h = registrytest.Start(t)
 	alice := h.NewContributor(t, "did:example:alice")
 	cc := registrytest.NewContract("did:example:licensed", "bucket", alice)
-	cc.Licensees = []contract.Licensee{{ID: "acme"}, {ID: "evil"}}
+	acmeL, evilL := registrytest.NewLicensee(t, "acme", contract.LicenseTerms{}), registrytest.NewLicensee(t, "evil", contract.LicenseTerms{})
+	cc.Licensees = []contract.Licensee{acmeL.Entry(), evilL.Entry()}
 	c = h.CreateContract(t, cc)
 	acme, evil = newSidecar(t, h), newSidecar(t, h)
-	h.Enrol(t, c.ContractID, acme.jkt, "acme", time.Now().Add(time.Hour))
-	h.Enrol(t, c.ContractID, evil.jkt, "evil", time.Now().Add(time.Hour))
-	return h, c, acme, evil, acme.token(t, c.ContractID, contract.Quota{}).Token, evil.token(t, c.ContractID, contract.Quota{}).Token
+	return h, c, acme, evil, acme.tokenFrom(t, c.ContractID, acmeL), evil.tokenFrom(t, c.ContractID, evilL)
+}
+
+// tokenFrom is a token for contractID, enrolled by lic.
+func (s *sidecar) tokenFrom(t *testing.T, contractID string, lic *registrytest.Licensee) string {
+	t.Helper()
+	tok, err := s.client.RequestToken(context.Background(), contractID,
+		contract.TokenRequest{Purpose: "training", JWK: s.key.Public(), Enrolment: lic.Enrol(t, contractID, s.key)})
+	if err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	return tok.Token
 }
 
 // signEvents signs a batch of events from sc.
@@ -275,22 +286,52 @@ func TestMeteringCostMustMatchThePrice(t *testing.T) {
 }
 
 // Only a sidecar its licensee enrolled for the contract, and not expired,
-// may send metering.
+// may send metering: a key never enrolled, enrolled by a licensee for
+// another contract, or whose enrolment expired gets no token to send with;
+// and ingest itself checks the enrolment (a registry that lost it, here
+// deleted from its database, refuses the batch rather than count it
+// unattributed).
 func TestMeteringUnenrolledSenderRefused(t *testing.T) {
 	ctx := context.Background()
-	h, c, _, _, _, _ := licensedSetup(t)
+	h, c, acme, _, acmeTok, _ := licensedSetup(t)
 	other := h.CreateContract(t, registrytest.NewContract("did:example:other", "bucket", h.NewContributor(t, "did:example:bob")))
-	stranger, expired, elsewhere := newSidecar(t, h), newSidecar(t, h), newSidecar(t, h)
-	h.Enrol(t, c.ContractID, expired.jkt, "acme", time.Now().Add(-time.Second))
-	h.Enrol(t, other.ContractID, elsewhere.jkt, "acme", time.Now().Add(time.Hour))
-	for name, sc := range map[string]*sidecar{"never enrolled": stranger, "enrolment expired": expired, "enrolled for another contract": elsewhere} {
-		tok := sc.token(t, c.ContractID, contract.Quota{}).Token
-		_, err := sc.client.PostMetering(ctx, c.ContractID, tok, "k", signEvents(t, sc, c.ContractID, served("e1")))
-		if contract.StatusOf(err) != http.StatusForbidden || !strings.Contains(err.Error(), "enrol") {
-			t.Errorf("%s: got %v, want 403 naming the enrolment", name, err)
+	stranger := newSidecar(t, h)
+	for name, enrolment := range map[string]string{
+		"never enrolled":                "",
+		"enrolled for another contract": h.Enrol(t, other.ContractID, stranger.key),
+		"enrolment expired":             expiredEnrolment(t, c.ContractID, stranger.jkt),
+	} {
+		_, err := stranger.client.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: stranger.key.Public(), Enrolment: enrolment})
+		if contract.StatusOf(err) != http.StatusForbidden {
+			t.Errorf("%s: token request got %v, want 403", name, err)
 		}
+	}
+	db, err := sql.Open("sqlite3", "file:"+h.DBPath+"?_busy_timeout=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`DELETE FROM enrolments WHERE jkt = ?`, acme.jkt); err != nil {
+		t.Fatal(err)
+	}
+	_, err = acme.client.PostMetering(ctx, c.ContractID, acmeTok, "k", signEvents(t, acme, c.ContractID, served("e1")))
+	if contract.StatusOf(err) != http.StatusForbidden || !strings.Contains(err.Error(), "enrol") {
+		t.Errorf("metering from a sidecar with no enrolment on record: got %v, want 403 naming the enrolment", err)
 	}
 	if tot, _ := h.Client.MeteringTotals(ctx, c.ContractID, "", -1); tot.Events != 0 {
 		t.Errorf("registry counted %d events from unenrolled senders", tot.Events)
 	}
+}
+
+// expiredEnrolment is the default licensee's enrolment of jkt that expired
+// an hour ago.
+func expiredEnrolment(t *testing.T, contractID, jkt string) string {
+	t.Helper()
+	then := time.Now().Add(-2 * time.Hour)
+	jws, err := verify.SignEnrolment(registrytest.DefaultLicensee().Key, &contract.EnrolmentClaims{Issuer: registrytest.DefaultLicenseeID,
+		Subject: jkt, Contract: contractID, IssuedAt: then.Unix(), Expiry: then.Add(time.Hour).Unix(), ID: verify.NewID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jws
 }

@@ -108,7 +108,7 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	rec := &appendRecord{Sender: sender, Licensee: licensee, IdemKey: idem, IdemBodyHash: bodyHash}
+	rec := &appendRecord{Sender: sender, Licensee: licensee, IdemKey: idem, IdemBodyHash: bodyHash, Lease: claims.Lease}
 	resp := contract.MeteringResponse{Licensee: licensee}
 	var accepted []string
 	for _, e := range batch.Events {

@@ -51,19 +51,16 @@ type store interface {
 	putSidecarKey(ctx context.Context, jkt string, jwk []byte) error
 	useProofID(ctx context.Context, jti string, exp time.Time) error
 	pruneProofIDs(ctx context.Context, before time.Time) error
-	presign(ctx context.Context, tokenID, contractID, licensee string, objects []*objectRow, quota contract.Quota) error
+	presign(ctx context.Context, leaseID string, objects []*objectRow) error
 
+	putEnrolment(ctx context.Context, contractID, jkt, licensee string, expires time.Time, jws string) error
 	// enrolment is the licensee that enrolled the sidecar key jkt for the
 	// contract, and until when; errNotFound when none did.
-	//
-	// TEMPORARY: the licensee work provides the real one over its
-	// enrolments table; this one reads the minimal table below.
 	enrolment(ctx context.Context, contractID, jkt string) (licensee string, expires time.Time, err error)
-	// presignedTotals counts the objects presigned for the contract (for
-	// one licensee when licensee is not empty) and their stored bytes.
-	//
-	// TEMPORARY: the licensee work provides the real one over its leases
-	// table; this one reads the presigned table.
+	grantLease(ctx context.Context, req *leaseRequest) (*leaseRow, error)
+	// presignedTotals counts the distinct objects presigned for the
+	// contract (for one licensee when licensee is not empty) and their
+	// stored bytes, over every lease.
 	presignedTotals(ctx context.Context, contractID, licensee string) (samples, bytes int64, err error)
 
 	// knownEvents returns which of ids the sender (a sidecar key
@@ -125,9 +122,13 @@ type appendRecord struct {
 
 	// Metering side effects: the new events, from Sender (a sidecar key
 	// thumbprint), attributed to Licensee.
-	Events       []contract.MeteringEvent
-	Sender       string
-	Licensee     string
+	Events   []contract.MeteringEvent
+	Sender   string
+	Licensee string
+	// Lease is the quota lease of the token the batch came with; its
+	// access events' samples and bytes are added to the lease's metered
+	// use (what a dead lease is charged, with what it presigned).
+	Lease        string
 	IdemKey      string
 	IdemBodyHash string
 	IdemResponse []byte
@@ -165,19 +166,22 @@ CREATE TABLE IF NOT EXISTS revoked_keys (
 	PRIMARY KEY (contract, issuer, kid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS presigned (
-	token TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
-	contract TEXT NOT NULL DEFAULT '', licensee TEXT NOT NULL DEFAULT '',
-	PRIMARY KEY (token, name)) WITHOUT ROWID;
 ` + meteringEventsTable + `
 CREATE TABLE IF NOT EXISTS metering_sums (
 	contract TEXT PRIMARY KEY, samples INTEGER NOT NULL, bytes INTEGER NOT NULL,
 	units INTEGER NOT NULL, cost INTEGER NOT NULL) WITHOUT ROWID;
--- TEMPORARY (metering ingest branch): the licensee work owns the real
--- enrolments table; this minimal one lets ingest and its tests run.
 CREATE TABLE IF NOT EXISTS enrolments (
-	contract TEXT NOT NULL, jkt TEXT NOT NULL, licensee TEXT NOT NULL, expires INTEGER NOT NULL,
-	PRIMARY KEY (contract, jkt)) WITHOUT ROWID;
+	contract_id TEXT NOT NULL, jkt TEXT NOT NULL, licensee TEXT NOT NULL, expires INTEGER NOT NULL, jws TEXT NOT NULL,
+	PRIMARY KEY (contract_id, jkt)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+	id TEXT PRIMARY KEY, contract_id TEXT NOT NULL, licensee TEXT NOT NULL, jkt TEXT NOT NULL,
+	max_samples INTEGER NOT NULL, max_bytes INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL,
+	presigned_samples INTEGER NOT NULL DEFAULT 0, presigned_bytes INTEGER NOT NULL DEFAULT 0,
+	metered_samples INTEGER NOT NULL DEFAULT 0, metered_bytes INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS leases_holder ON leases (contract_id, licensee, jkt, expires);
+CREATE TABLE IF NOT EXISTS lease_objects (
+	lease TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+	PRIMARY KEY (lease, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
 	contract TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, response BLOB NOT NULL,
 	PRIMARY KEY (contract, key)) WITHOUT ROWID;
@@ -219,20 +223,9 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 }
 
 // migrate brings a database written by an older registry up to the
-// schema: presigned rows get a contract and licensee (empty for old rows),
-// and metering events are keyed by sender.
+// schema: metering events are keyed by sender. (An old presigned table,
+// counted per token, is left as it is: quota leases count from now on.)
 func migrate(ctx context.Context, db *sql.DB) error {
-	for _, col := range []string{"contract", "licensee"} {
-		has, err := hasColumn(ctx, db, "presigned", col)
-		if err != nil {
-			return err
-		}
-		if !has {
-			if _, err := db.ExecContext(ctx, `ALTER TABLE presigned ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`); err != nil {
-				return err
-			}
-		}
-	}
 	has, err := hasColumn(ctx, db, "metering_events", "sender")
 	if err != nil || has {
 		return err
@@ -555,6 +548,11 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 			return err
 		}
 	}
+	if rec.Lease != "" && len(rec.Events) > 0 {
+		if err := addLeaseMetered(ctx, tx, rec.Lease, rec.Events); err != nil {
+			return err
+		}
+	}
 	if rec.IdemKey != "" {
 		if err := putIdempotent(ctx, tx, contractID, rec.IdemKey, rec.IdemBodyHash, rec.IdemResponse); err != nil {
 			return err
@@ -700,64 +698,6 @@ func (s *sqliteStore) useProofID(ctx context.Context, jti string, exp time.Time)
 func (s *sqliteStore) pruneProofIDs(ctx context.Context, before time.Time) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM proof_ids WHERE exp < ?`, before.UnixNano())
 	return err
-}
-
-// presign records objects as presigned under a token, refusing (and
-// recording nothing) when the distinct objects presigned under it would
-// exceed the quota's max_samples, or their stored bytes its max_bytes
-// (zero: no limit).
-func (s *sqliteStore) presign(ctx context.Context, tokenID, contractID, licensee string, objects []*objectRow, quota contract.Quota) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	for _, o := range objects {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO presigned (token, name, size, contract, licensee) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			tokenID, o.Name, o.StoredSize, contractID, licensee); err != nil {
-			return err
-		}
-	}
-	var count, bytes int64
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0) FROM presigned WHERE token = ?`, tokenID).Scan(&count, &bytes); err != nil {
-		return err
-	}
-	if quota.MaxSamples > 0 && count > quota.MaxSamples {
-		return fmt.Errorf("%w: %d objects would exceed the token's max_samples %d", errQuota, count, quota.MaxSamples)
-	}
-	if quota.MaxBytes > 0 && bytes > quota.MaxBytes {
-		return fmt.Errorf("%w: %d bytes would exceed the token's max_bytes %d", errQuota, bytes, quota.MaxBytes)
-	}
-	return tx.Commit()
-}
-
-// presignedTotals counts presigned objects per token, as today's presign
-// records them.
-//
-// TEMPORARY: replaced by the licensee work's count over its leases.
-func (s *sqliteStore) presignedTotals(ctx context.Context, contractID, licensee string) (int64, int64, error) {
-	q := `SELECT COUNT(*), COALESCE(SUM(size), 0) FROM presigned WHERE contract = ?`
-	args := []any{contractID}
-	if licensee != "" {
-		q += ` AND licensee = ?`
-		args = append(args, licensee)
-	}
-	var n, b int64
-	err := s.db.QueryRowContext(ctx, q, args...).Scan(&n, &b)
-	return n, b, err
-}
-
-// enrolment reads the minimal enrolments table.
-//
-// TEMPORARY: replaced by the licensee work's enrolment lookup.
-func (s *sqliteStore) enrolment(ctx context.Context, contractID, jkt string) (string, time.Time, error) {
-	var licensee string
-	var exp int64
-	err := s.db.QueryRowContext(ctx, `SELECT licensee, expires FROM enrolments WHERE contract = ? AND jkt = ?`, contractID, jkt).Scan(&licensee, &exp)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", time.Time{}, errNotFound
-	}
-	return licensee, time.Unix(0, exp), err
 }
 
 func (s *sqliteStore) knownEvents(ctx context.Context, contractID, sender string, ids []string) (map[string]bool, error) {

@@ -18,6 +18,8 @@ var (
 	ErrKeyWindow      = errors.New("key outside its validity window")
 	ErrSignature      = errors.New("bad signature")
 	ErrNotContributor = errors.New("issuer is not a contributor of the contract")
+	ErrNotLicensee    = errors.New("issuer is not a licensee of the contract")
+	ErrNotEnrolled    = errors.New("enrolment does not bind this key")
 	ErrWrongContract  = errors.New("wrong contract")
 	ErrExpired        = errors.New("expired")
 	ErrNotYetValid    = errors.New("not yet valid")

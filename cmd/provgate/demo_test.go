@@ -22,6 +22,8 @@ func TestDemoOnce(t *testing.T) {
 	}
 	out := stdout.String()
 	for _, want := range []string{
+		"licensee  did:example:licensee-acme: up to 100000 samples",
+		"did:example:licensee-acme enrolled sidecar key",
 		"log verified, 30 entries",
 		"epoch 1   read 30 samples",
 		"epoch 2   read 30 samples",

@@ -60,12 +60,15 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"contribute", "--registry", "http://127.0.0.1:1"},
 		{"verify"},
 		{"verify", "log", "--registry", "http://x"},
+		{"enroll"},
+		{"enroll", "--licensee", "did:example:l", "--contract", "did:example:c", "--key", "k.jwk"},
+		{"enroll", "--licensee", "did:example:l", "--contract", "did:example:c", "--key", "k.jwk", "--sidecar-jkt", "x", "--ttl", "-1h"},
 	} {
 		if code, _, errs := cli(t, args...); code != 2 {
 			t.Errorf("provgate %s: exit %d, want 2 (stderr %q)", strings.Join(args, " "), code, errs)
 		}
 	}
-	for _, cmd := range []string{"keygen", "registry", "contract", "contribute", "verify"} {
+	for _, cmd := range []string{"keygen", "registry", "contract", "contribute", "verify", "enroll"} {
 		if code, _, errs := cli(t, cmd, "-h"); code != 0 || !strings.Contains(errs, "Usage: provgate "+cmd) {
 			t.Errorf("provgate %s -h: exit %d, stderr %q", cmd, code, errs)
 		}
@@ -118,7 +121,7 @@ func TestContributeGzipAndAuditAllEntryKinds(t *testing.T) {
 
 	alice.Redact(t, c.ContractID, "v1/single.txt")
 	sc := newCLISidecar(t, h.URL)
-	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +253,7 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
 	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
 	sc := newCLISidecar(t, h.URL)
-	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
 	if err != nil {
 		t.Fatal(err)
 	}

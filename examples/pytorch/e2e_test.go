@@ -212,7 +212,8 @@ func startStack(tb testing.TB, m stackMode, samples, size int) *stack {
 		"--registry", s.registry, "--admin-token-file", filepath.Join(dir, "admin-token"),
 		"--s3-endpoint", minio.URL(), "--state", pilot, "--contract", s.contractID, "--bucket", bucket,
 		"--mode", m.mode, "--purpose", "e2e-training", "--price-usd", strconv.FormatFloat(pricePerSample, 'g', -1, 64),
-		"--samples", strconv.Itoa(samples), "--size", strconv.Itoa(size), "--encoding", "zstd", "--wait", "30")
+		"--samples", strconv.Itoa(samples), "--size", strconv.Itoa(size), "--encoding", "zstd", "--wait", "30",
+		"--sidecar-key", filepath.Join(dir, "sidecar-state", "sidecar.jwk"), "--enrolment-out", filepath.Join(dir, "enrolment.jws"))
 	setup.Env = append(cleanEnv(), aws...)
 	if out, err := setup.CombinedOutput(); err != nil {
 		tb.Fatalf("pilot_setup.py: %v\n%s", err, tail(out, 8<<10))
@@ -223,7 +224,8 @@ func startStack(tb testing.TB, m stackMode, samples, size int) *stack {
 	s.sidecar = "http://" + sideAddr
 	serveArgs := []string{"serve", "--registry", s.registry, "--contract", s.contractID, "--purpose", "e2e-training",
 		"--state-dir", filepath.Join(dir, "sidecar-state"), "--cache-dir", filepath.Join(dir, "sidecar-cache"),
-		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text"}
+		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text",
+		"--enrolment", filepath.Join(dir, "enrolment.jws")}
 	var serveEnv []string
 	if m.mode == contract.ModeSelfHosted {
 		serveArgs = append(serveArgs, "--s3-endpoint", minio.URL())

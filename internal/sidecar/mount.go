@@ -81,7 +81,7 @@ func (m *mount) mount(ctx context.Context) error {
 		return err
 	}
 	ts, err := contract.NewTokenSource(contract.TokenSourceConfig{Registry: s.client, Contract: m.id, JWK: s.key.Public(),
-		Purpose: purpose, Usage: s.cfg.Quota, Check: check, Logger: s.log.With("part", "tokens")})
+		Enrolment: s.enrolmentFor(m.id), Purpose: purpose, Usage: s.cfg.Quota, Check: check, Logger: s.log.With("part", "tokens")})
 	if err != nil {
 		return err
 	}
@@ -235,6 +235,9 @@ func (m *mount) Status() proxy.Status {
 		st.State, st.Error = proxy.StateExpired, ti.LastError
 	case fs.State == verify.StateSyncing || ti.State == contract.TokenPending:
 		st.State = proxy.StateVerifying
+		if ti.LastError != "" {
+			st.Error = ti.LastError // e.g. 403 not_enrolled: say why there is no token
+		}
 	case fs.State == verify.StateStale:
 		// The last trusted checkpoint is older than the freshness window:
 		// a frozen log is refused like an unverified one.

@@ -76,6 +76,12 @@ type Config struct {
 
 	// Key is the sidecar's identity; nil loads or creates StateDir/sidecar.jwk.
 	Key *jose.JSONWebKey
+	// Enrolments are licensees' enrolments of Key (JWS compact), one per
+	// contract; EnrolmentFiles are files holding one each, re-read at every
+	// token request so that a renewed enrolment needs no restart. A token
+	// request for a contract sends the enrolment for that contract and key.
+	Enrolments     []string
+	EnrolmentFiles []string
 
 	// TrustOnFirstUse accepts the first checkpoint seen; otherwise
 	// PinnedCheckpoint (a signed note) must be given.
@@ -166,6 +172,13 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 	if s.key = cfg.Key; s.key == nil {
 		if s.key, err = LoadOrCreateKey(filepath.Join(cfg.StateDir, KeyFile)); err != nil {
 			return nil, err
+		}
+	}
+	if jkt, err := verify.Thumbprint(s.key); err == nil {
+		if n := len(cfg.Enrolments) + len(cfg.EnrolmentFiles); n == 0 {
+			s.log.Warn("no enrolment given: the registry issues tokens only to a key a licensee enrolled (provgate enroll --sidecar-jkt JKT, then --enrolment FILE)", "jkt", jkt)
+		} else {
+			s.log.Info("sidecar key", "jkt", jkt, "enrolments", n)
 		}
 	}
 	if s.client, err = contract.NewClient(cfg.Registry); err != nil {
