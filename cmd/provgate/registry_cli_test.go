@@ -300,7 +300,8 @@ func TestVerifyLogCountsEventIDsPerSender(t *testing.T) {
 	alice := h.NewContributor(t, "did:example:alice")
 	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
 	for i, sc := range []*cliSidecar{newCLISidecar(t, h.URL), newCLISidecar(t, h.URL)} {
-		tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+		tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", Usage: contract.Quota{MaxSamples: 10},
+			JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
 		if err != nil {
 			t.Fatal(err)
 		}
