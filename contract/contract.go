@@ -40,6 +40,10 @@ type Contract struct {
 	// Licensees are who may use the data; a token needs an enrolment by
 	// one of them.
 	Licensees []Licensee `json:"licensees,omitempty"`
+	// Curators are contributor ids that may replace or redact any name;
+	// any other contributor may only replace or redact the names it
+	// attested first.
+	Curators []string `json:"curators,omitempty"`
 	Origin    Origin     `json:"origin"`
 	// Log is filled in by the registry when the contract is created.
 	Log LogInfo `json:"log"`
@@ -151,6 +155,22 @@ func (c *Contract) Contributor(id string) *Contributor {
 	return nil
 }
 
+// IsCurator reports whether the contract names id as a curator.
+func (c *Contract) IsCurator(id string) bool {
+	for _, cur := range c.Curators {
+		if cur == id {
+			return true
+		}
+	}
+	return false
+}
+
+// MayRewrite reports whether issuer may replace or redact a name owned by
+// owner: its owner, or a curator.
+func (c *Contract) MayRewrite(issuer, owner string) bool {
+	return owner == "" || issuer == owner || c.IsCurator(issuer)
+}
+
 // Validate checks the fields a contract file must carry. It does not check
 // Log, which the registry fills in.
 func (c *Contract) Validate() error {
@@ -209,6 +229,11 @@ func (c *Contract) Validate() error {
 					errs = append(errs, fmt.Errorf("contributors[%d]: key %q is not a public key", i, k.KeyID))
 				}
 			}
+		}
+	}
+	for i, cur := range c.Curators {
+		if c.Contributor(cur) == nil {
+			errs = append(errs, fmt.Errorf("curators[%d]: %q is not a contributor", i, cur))
 		}
 	}
 	if c.Origin.Bucket == "" {

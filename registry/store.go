@@ -3,6 +3,8 @@ package registry
 import (
 	"context"
 	"database/sql"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -41,6 +43,7 @@ type store interface {
 	checkpointAt(ctx context.Context, contractID string, at time.Time) ([]byte, error)
 
 	object(ctx context.Context, contractID, name string) (*objectRow, error)
+	owner(ctx context.Context, contractID, name string) (issuer string, since uint64, err error)
 	revoked(ctx context.Context, contractID, issuer, kid string) (bool, error)
 	attestationSeen(ctx context.Context, contractID, issuer, jti string) (bool, error)
 
@@ -135,6 +138,9 @@ CREATE TABLE IF NOT EXISTS objects (
 	contract TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, redacted INTEGER NOT NULL DEFAULT 0,
 	stored_size INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (contract, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+	contract TEXT NOT NULL, name TEXT NOT NULL, issuer TEXT NOT NULL, seq INTEGER NOT NULL,
+	PRIMARY KEY (contract, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revoked_keys (
 	contract TEXT NOT NULL, issuer TEXT NOT NULL, kid TEXT NOT NULL, seq INTEGER NOT NULL,
 	PRIMARY KEY (contract, issuer, kid)) WITHOUT ROWID;
@@ -167,14 +173,91 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	var hadOwners int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'owners'`).Scan(&hadOwners); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: schema: %w", path, err)
+	}
+	if hadOwners == 0 {
+		if err := backfillOwners(ctx, db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: owners: %w", path, err)
+		}
 	}
 	return &sqliteStore{db: db}, nil
 }
 
 func (s *sqliteStore) close() error { return s.db.Close() }
+
+// backfillOwners fills the owners table of a database made before names
+// had owners: each name belongs to the issuer of its first contribution
+// or transformation in the log. The entries were verified at append.
+func backfillOwners(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, `SELECT contract, seq, body FROM entries ORDER BY contract, seq`)
+	if err != nil {
+		return err
+	}
+	type owned struct {
+		contract, name, issuer string
+		seq                    uint64
+	}
+	var found []owned
+	for rows.Next() {
+		var o owned
+		var body []byte
+		if err := rows.Scan(&o.contract, &o.seq, &body); err != nil {
+			rows.Close()
+			return err
+		}
+		e, err := contract.DecodeEntry(body)
+		if err != nil || e.Kind != contract.EntryAttestation {
+			continue
+		}
+		a, err := unverifiedClaims(e.JWS)
+		if err != nil || a.Object == nil {
+			continue
+		}
+		o.name, o.issuer = a.Object.Name, a.Issuer
+		found = append(found, o)
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, o := range found {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			o.contract, o.name, o.issuer, o.seq); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// unverifiedClaims reads a compact JWS's payload as an attestation,
+// without checking the signature.
+func unverifiedClaims(jws string) (*contract.Attestation, error) {
+	parts := strings.Split(jws, ".")
+	if len(parts) != 3 {
+		return nil, errors.New("not a compact JWS")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, err
+	}
+	var a contract.Attestation
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
 
 func (s *sqliteStore) meta(ctx context.Context, key string) (string, error) {
 	var v string
@@ -344,6 +427,11 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		}
 	}
 	if rec.Object != nil {
+		// The first attester of a name owns it for good.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			contractID, rec.Object.Name, rec.Issuer, rec.Seq); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES (?, ?, ?, 0, ?)
 			ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`,
 			contractID, rec.Object.Name, rec.Seq, rec.Object.StoredSize); err != nil {
@@ -449,6 +537,16 @@ func (s *sqliteStore) object(ctx context.Context, contractID, name string) (*obj
 		return nil, errNotFound
 	}
 	return o, err
+}
+
+func (s *sqliteStore) owner(ctx context.Context, contractID, name string) (string, uint64, error) {
+	var issuer string
+	var seq uint64
+	err := s.db.QueryRowContext(ctx, `SELECT issuer, seq FROM owners WHERE contract = ? AND name = ?`, contractID, name).Scan(&issuer, &seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, errNotFound
+	}
+	return issuer, seq, err
 }
 
 func (s *sqliteStore) revoked(ctx context.Context, contractID, issuer, kid string) (bool, error) {
