@@ -41,6 +41,9 @@ type Client struct {
 	// safe to repeat: capped exponential backoff with full jitter, honouring
 	// Retry-After.
 	MaxAttempts int
+	// MaxResponseBytes bounds every JSON or checkpoint body the client
+	// reads; 0: MaxResponseSize.
+	MaxResponseBytes int64
 	BaseDelay   time.Duration
 	MaxDelay    time.Duration
 	// Proof signs DPoP proofs; required for token, presign and metering.
@@ -250,11 +253,18 @@ func (c *Client) doJSON(ctx context.Context, r request, out any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	return decodeJSON(resp.Body, out)
+	return c.decodeJSON(resp.Body, out)
 }
 
-func decodeJSON(r io.Reader, out any) error {
-	dec := json.NewDecoder(io.LimitReader(r, MaxResponseSize))
+func (c *Client) maxResponse() int64 {
+	if c.MaxResponseBytes > 0 {
+		return c.MaxResponseBytes
+	}
+	return MaxResponseSize
+}
+
+func (c *Client) decodeJSON(r io.Reader, out any) error {
+	dec := json.NewDecoder(io.LimitReader(r, c.maxResponse()))
 	if err := dec.Decode(out); err != nil {
 		return fmt.Errorf("decode response: %w", err)
 	}
@@ -285,7 +295,7 @@ func (c *Client) GetContract(ctx context.Context, id, etag string) (*Contract, s
 		return nil, etag, ErrNotModified
 	}
 	var ct Contract
-	if err := decodeJSON(resp.Body, &ct); err != nil {
+	if err := c.decodeJSON(resp.Body, &ct); err != nil {
 		return nil, "", err
 	}
 	return &ct, resp.Header.Get("ETag"), nil
@@ -383,7 +393,7 @@ func (c *Client) getBytes(ctx context.Context, u string) ([]byte, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseSize))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, c.maxResponse()))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", u, err)
 	}

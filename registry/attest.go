@@ -41,7 +41,7 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(w, r, verify.MaxJWSSize)
+	body, err := readBody(w, r, contract.MaxAttestationSize)
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,9 @@ const (
 	DefaultCheckpointInterval = 30 * time.Second
 	DefaultKeyTransition      = 24 * time.Hour
 	DefaultPresignTTL         = 5 * time.Minute
+	DefaultMaxStreams          = 512
+	DefaultMaxStreamsPerClient = 8
+	DefaultSidecarKeyRetention = 7 * 24 * time.Hour
 	// MaxBodySize bounds every request body the registry reads.
 	MaxBodySize = 1 << 20
 )
@@ -72,6 +75,17 @@ type Config struct {
 	KeyTransition time.Duration
 	// PresignTTL is the lifetime of presigned URLs (capped at the token's).
 	PresignTTL time.Duration
+	// MaxPageBytes bounds the entry bytes of one events page (at least one
+	// entry is always served); 0: contract.MaxEventsPageBytes.
+	MaxPageBytes int
+	// MaxStreams bounds the live-feed connections in all (503 past it),
+	// MaxStreamsPerClient those from one client address (429); 0:
+	// DefaultMaxStreams, DefaultMaxStreamsPerClient.
+	MaxStreams, MaxStreamsPerClient int
+	// SidecarKeyRetention is how long a sidecar key that never signed a
+	// log entry is kept after its last token request; 0:
+	// DefaultSidecarKeyRetention.
+	SidecarKeyRetention time.Duration
 	// HTTPClient fetches contributors' jwks_uri; nil: a 10s-timeout client.
 	HTTPClient *http.Client
 	// Clock is the time source; nil: time.Now.
@@ -102,6 +116,12 @@ type Server struct {
 
 	notifyMu sync.Mutex
 	notify   map[string]chan struct{}
+
+	// streamMu guards the count of open live-feed streams, in all and by
+	// client address.
+	streamMu  sync.Mutex
+	streams   int
+	streamsBy map[string]int
 
 	keyMu    sync.Mutex
 	keyCache map[string]*jose.JSONWebKey
@@ -138,6 +158,18 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.PresignTTL <= 0 {
 		cfg.PresignTTL = DefaultPresignTTL
 	}
+	if cfg.MaxPageBytes <= 0 {
+		cfg.MaxPageBytes = contract.MaxEventsPageBytes
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = DefaultMaxStreams
+	}
+	if cfg.MaxStreamsPerClient <= 0 {
+		cfg.MaxStreamsPerClient = DefaultMaxStreamsPerClient
+	}
+	if cfg.SidecarKeyRetention <= 0 {
+		cfg.SidecarKeyRetention = DefaultSidecarKeyRetention
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
 	}
@@ -159,6 +191,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		now:       cfg.Clock,
 		heads:     map[string]*head{},
 		notify:    map[string]chan struct{}{},
+		streamsBy: map[string]int{},
 		keyCache:  map[string]*jose.JSONWebKey{},
 		jwksCache: map[string]cachedJWKS{},
 		done:      make(chan struct{}),
@@ -380,6 +413,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if ae.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `DPoP algs="ES256 EdDSA"`)
+	}
+	if (ae.Status == http.StatusTooManyRequests || ae.Status == http.StatusServiceUnavailable) && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", "5")
 	}
 	writeJSON(w, ae.Status, contract.ErrorBody{Error: contract.ErrorDetail{Code: ae.Code, Message: ae.Message}})
 }

@@ -34,7 +34,10 @@ type store interface {
 	contracts(ctx context.Context) ([][]byte, error)
 
 	logSize(ctx context.Context, contractID string) (uint64, error)
-	entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error)
+	// entries returns up to limit entries after since, stopping before
+	// the one that would take their bytes past maxBytes (but always
+	// returning at least one when there is one).
+	entries(ctx context.Context, contractID string, since uint64, limit, maxBytes int) ([]contract.WireEntry, error)
 	nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error)
 	appendEntry(ctx context.Context, contractID string, rec *appendRecord) error
 
@@ -356,17 +359,21 @@ func (s *sqliteStore) logSize(ctx context.Context, contractID string) (uint64, e
 	return uint64(n.Int64), nil
 }
 
-func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error) {
+func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint64, limit, maxBytes int) ([]contract.WireEntry, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, body FROM entries WHERE contract = ? AND seq > ? ORDER BY seq LIMIT ?`, contractID, since, limit)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	out := []contract.WireEntry{}
+	total := 0
 	for rows.Next() {
 		var we contract.WireEntry
 		if err := rows.Scan(&we.Seq, &we.Entry); err != nil {
 			return nil, err
+		}
+		if total += len(we.Entry); len(out) > 0 && total > maxBytes {
+			break
 		}
 		out = append(out, we)
 	}
