@@ -44,8 +44,8 @@ type Client struct {
 	// MaxResponseBytes bounds every JSON or checkpoint body the client
 	// reads; 0: MaxResponseSize.
 	MaxResponseBytes int64
-	BaseDelay   time.Duration
-	MaxDelay    time.Duration
+	BaseDelay        time.Duration
+	MaxDelay         time.Duration
 	// Proof signs DPoP proofs; required for token, presign and metering.
 	Proof ProofFunc
 }

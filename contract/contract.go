@@ -44,7 +44,7 @@ type Contract struct {
 	// any other contributor may only replace or redact the names it
 	// attested first.
 	Curators []string `json:"curators,omitempty"`
-	Origin    Origin     `json:"origin"`
+	Origin   Origin   `json:"origin"`
 	// Log is filled in by the registry when the contract is created.
 	Log LogInfo `json:"log"`
 	// CreatedAt is set by the registry.

@@ -21,11 +21,11 @@ import (
 
 // Defaults for Config's tuning fields.
 const (
-	DefaultName               = "provgate-registry"
-	DefaultTokenTTL           = 5 * time.Minute
-	DefaultCheckpointInterval = 30 * time.Second
-	DefaultKeyTransition      = 24 * time.Hour
-	DefaultPresignTTL         = 5 * time.Minute
+	DefaultName                = "provgate-registry"
+	DefaultTokenTTL            = 5 * time.Minute
+	DefaultCheckpointInterval  = 30 * time.Second
+	DefaultKeyTransition       = 24 * time.Hour
+	DefaultPresignTTL          = 5 * time.Minute
 	DefaultMaxStreams          = 512
 	DefaultMaxStreamsPerClient = 8
 	DefaultSidecarKeyRetention = 7 * 24 * time.Hour
