@@ -41,11 +41,11 @@ type Client struct {
 	// safe to repeat: capped exponential backoff with full jitter, honouring
 	// Retry-After.
 	MaxAttempts int
+	BaseDelay   time.Duration
+	MaxDelay    time.Duration
 	// MaxResponseBytes bounds every JSON or checkpoint body the client
 	// reads; 0: MaxResponseSize.
 	MaxResponseBytes int64
-	BaseDelay        time.Duration
-	MaxDelay         time.Duration
 	// Proof signs DPoP proofs; required for token, presign and metering.
 	Proof ProofFunc
 }

@@ -40,15 +40,15 @@ type Contract struct {
 	// Licensees are who may use the data; a token needs an enrolment by
 	// one of them.
 	Licensees []Licensee `json:"licensees,omitempty"`
-	// Curators are contributor ids that may replace or redact any name;
-	// any other contributor may only replace or redact the names it
-	// attested first.
-	Curators []string `json:"curators,omitempty"`
-	Origin   Origin   `json:"origin"`
+	Origin    Origin     `json:"origin"`
 	// Log is filled in by the registry when the contract is created.
 	Log LogInfo `json:"log"`
 	// CreatedAt is set by the registry.
 	CreatedAt time.Time `json:"created_at,omitzero"`
+	// Curators are contributor ids that may replace or redact any name;
+	// any other contributor may only replace or redact the names it
+	// attested first.
+	Curators []string `json:"curators,omitempty"`
 }
 
 // Pricing says what one unit of use costs.
