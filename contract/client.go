@@ -26,6 +26,10 @@ const (
 	DefaultMaxDelay    = 5 * time.Second
 	// MaxResponseSize bounds every JSON or checkpoint body the client reads.
 	MaxResponseSize = 64 << 20
+	// MaxStreamEventSize bounds one live-feed event (its data lines
+	// together, or one line): room for an entry of MaxEntrySize as
+	// WireEntry JSON.
+	MaxStreamEventSize = 2 * MaxEntrySize
 )
 
 // ProofFunc makes a fresh proof of possession (RFC 9449) for one request
@@ -339,6 +343,10 @@ func (c *Client) Events(ctx context.Context, id string, since uint64, limit int)
 	return &out, err
 }
 
+// ErrEventTooLarge: a live-feed event went past MaxStreamEventSize; the
+// stream was dropped (a caller should poll instead).
+var ErrEventTooLarge = errors.New("live feed event too large")
+
 // Stream follows the live feed of entries with seq > since until ctx ends
 // or fn returns an error. The feed's "entry" events carry WireEntry JSON.
 func (c *Client) Stream(ctx context.Context, id string, since uint64, fn func(WireEntry) error) error {
@@ -359,29 +367,37 @@ func (c *Client) Stream(ctx context.Context, id string, since uint64, fn func(Wi
 		return ReadError(resp)
 	}
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 2*MaxEntrySize)
-	var event, data string
+	sc.Buffer(make([]byte, 64<<10), MaxStreamEventSize+64)
+	var event string
+	var data []byte
 	for sc.Scan() {
-		line := sc.Text()
+		line := sc.Bytes()
 		switch {
-		case line == "":
-			if event == "entry" && data != "" {
+		case len(line) == 0:
+			if event == "entry" && len(data) > 0 {
 				var we WireEntry
-				if err := json.Unmarshal([]byte(data), &we); err != nil {
+				if err := json.Unmarshal(data, &we); err != nil {
 					return fmt.Errorf("stream: bad entry event: %w", err)
 				}
 				if err := fn(we); err != nil {
 					return err
 				}
 			}
-			event, data = "", ""
-		case strings.HasPrefix(line, "event:"):
-			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
-		case strings.HasPrefix(line, "data:"):
-			data += strings.TrimSpace(strings.TrimPrefix(line, "data:"))
+			event, data = "", data[:0]
+		case bytes.HasPrefix(line, []byte("event:")):
+			event = strings.TrimSpace(string(line[len("event:"):]))
+		case bytes.HasPrefix(line, []byte("data:")):
+			d := bytes.TrimSpace(line[len("data:"):])
+			if len(data)+len(d) > MaxStreamEventSize {
+				return fmt.Errorf("stream: %w: over %d bytes", ErrEventTooLarge, MaxStreamEventSize)
+			}
+			data = append(data, d...)
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return fmt.Errorf("stream: %w: a line over %d bytes", ErrEventTooLarge, MaxStreamEventSize)
+		}
 		return fmt.Errorf("stream: %w", err)
 	}
 	return io.ErrUnexpectedEOF
