@@ -429,6 +429,11 @@ func (f *Follower) follow(ctx context.Context) {
 			f.log.Info("live feed not available; polling", "err", err)
 			return
 		}
+		if errors.Is(err, contract.ErrEventTooLarge) {
+			// An honest registry never sends one: do not reopen the feed.
+			f.log.Warn("live feed sent an oversized event; dropped it, polling only", "err", err)
+			return
+		}
 		attempt++
 		d := max(contract.Backoff(attempt, f.cfg.BaseBackoff, f.cfg.MaxBackoff), f.cfg.BaseBackoff)
 		f.log.Debug("live feed closed; reconnecting", "retry_in", d, "err", err)
