@@ -91,6 +91,12 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 			"the log entry would be %d bytes, over the limit of %d bytes", len(raw), contract.MaxAppendEntrySize)
 	}
 	rec.Entry = raw
+	if kind == contract.EntryMetering {
+		// The batch's signer: auditors need its key for as long as the log.
+		if rec.Sidecar, err = verify.PeekKeyID(jws, contract.TypeMetering); err != nil {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
+		}
+	}
 	leaf := contract.LeafHash(raw)
 	rng, err := rangeFactory.NewRange(0, h.size(), h.rng.Hashes())
 	if err != nil {

@@ -184,6 +184,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
+	st.now = cfg.Clock
 	s := &Server{
 		cfg:       cfg,
 		st:        st,
@@ -277,11 +278,27 @@ func (s *Server) checkpointLoop(ctx context.Context) {
 			if err := s.ResignCheckpoints(ctx); err != nil && ctx.Err() == nil {
 				s.logger.Error("re-sign checkpoints", logKeyErr, err)
 			}
-			if err := s.st.pruneProofIDs(ctx, s.now()); err != nil && ctx.Err() == nil {
-				s.logger.Error("prune proof ids", logKeyErr, err)
+			if err := s.prune(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("prune", logKeyErr, err)
 			}
 		}
 	}
+}
+
+// prune deletes what grows with traffic and is needed no more: expired
+// DPoP proof ids.
+func (s *Server) prune(ctx context.Context) error {
+	if err := s.st.pruneProofIDs(ctx, s.now()); err != nil {
+		return fmt.Errorf("proof ids: %w", err)
+	}
+	n, err := s.st.pruneSidecarKeys(ctx, s.now().Add(-s.cfg.SidecarKeyRetention))
+	if err != nil {
+		return fmt.Errorf("sidecar keys: %w", err)
+	}
+	if n > 0 {
+		s.logger.Info("pruned sidecar keys that signed nothing", "count", n)
+	}
+	return nil
 }
 
 // ResignCheckpoints signs a fresh checkpoint for every contract's log at

@@ -52,6 +52,7 @@ type store interface {
 
 	sidecarKey(ctx context.Context, jkt string) ([]byte, error)
 	putSidecarKey(ctx context.Context, jkt string, jwk []byte) error
+	pruneSidecarKeys(ctx context.Context, before time.Time) (int64, error)
 	useProofID(ctx context.Context, jti string, exp time.Time) error
 	pruneProofIDs(ctx context.Context, before time.Time) error
 	presign(ctx context.Context, tokenID string, objects []*objectRow, quota contract.Quota) error
@@ -107,6 +108,10 @@ type appendRecord struct {
 	Redact      string                // redaction: object name
 	RevokeKID   string                // revocation
 
+	// Sidecar is the thumbprint of the key that signed a metering entry:
+	// its key is kept for auditors.
+	Sidecar string
+
 	// Metering side effects.
 	Events       []contract.MeteringEvent // only the new ones
 	IdemKey      string
@@ -115,7 +120,8 @@ type appendRecord struct {
 }
 
 type sqliteStore struct {
-	db *sql.DB
+	db  *sql.DB
+	now func() time.Time
 }
 
 const schema = `
@@ -147,7 +153,8 @@ CREATE TABLE IF NOT EXISTS owners (
 CREATE TABLE IF NOT EXISTS revoked_keys (
 	contract TEXT NOT NULL, issuer TEXT NOT NULL, kid TEXT NOT NULL, seq INTEGER NOT NULL,
 	PRIMARY KEY (contract, issuer, kid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL,
+	seen INTEGER NOT NULL DEFAULT 0, signed INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS presigned (
 	token TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
@@ -191,10 +198,33 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 			return nil, fmt.Errorf("open %s: owners: %w", path, err)
 		}
 	}
-	return &sqliteStore{db: db}, nil
+	// Keys stored before pruning existed count as signers: kept.
+	for _, col := range []string{"seen INTEGER NOT NULL DEFAULT 0", "signed INTEGER NOT NULL DEFAULT 1"} {
+		if err := addColumn(ctx, db, "sidecar_keys", col); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
+	return &sqliteStore{db: db, now: time.Now}, nil
 }
 
 func (s *sqliteStore) close() error { return s.db.Close() }
+
+// addColumn adds a column (name and definition) to a table that lacks it.
+func addColumn(ctx context.Context, db *sql.DB, table, def string) error {
+	name, _, _ := strings.Cut(def, " ")
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, name).Scan(&n); err != nil {
+		return fmt.Errorf("%s.%s: %w", table, name, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN `+def); err != nil {
+		return fmt.Errorf("%s.%s: %w", table, name, err)
+	}
+	return nil
+}
 
 // backfillOwners fills the owners table of a database made before names
 // had owners: each name belongs to the issuer of its first contribution
@@ -454,6 +484,11 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 			return fmt.Errorf("%w: object %q is not live", errNotFound, rec.Redact)
 		}
 	}
+	if rec.Sidecar != "" {
+		if _, err := tx.ExecContext(ctx, `UPDATE sidecar_keys SET signed = 1 WHERE jkt = ? AND signed = 0`, rec.Sidecar); err != nil {
+			return err
+		}
+	}
 	if rec.RevokeKID != "" {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO revoked_keys (contract, issuer, kid, seq) VALUES (?, ?, ?, ?)`,
 			contractID, rec.Issuer, rec.RevokeKID, rec.Seq); err != nil {
@@ -578,8 +613,20 @@ func (s *sqliteStore) sidecarKey(ctx context.Context, jkt string) ([]byte, error
 }
 
 func (s *sqliteStore) putSidecarKey(ctx context.Context, jkt string, jwk []byte) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO sidecar_keys (jkt, jwk) VALUES (?, ?) ON CONFLICT (jkt) DO NOTHING`, jkt, jwk)
+	// A new key has signed nothing yet; a known one is seen again now.
+	_, err := s.db.ExecContext(ctx, `INSERT INTO sidecar_keys (jkt, jwk, seen, signed) VALUES (?, ?, ?, 0)
+		ON CONFLICT (jkt) DO UPDATE SET seen = excluded.seen`, jkt, jwk, s.now().UnixNano())
 	return err
+}
+
+// pruneSidecarKeys deletes the keys that signed no log entry and were
+// last seen (registered by a token request) before before.
+func (s *sqliteStore) pruneSidecarKeys(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM sidecar_keys WHERE signed = 0 AND seen < ?`, before.UnixNano())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 func (s *sqliteStore) useProofID(ctx context.Context, jti string, exp time.Time) error {
