@@ -40,4 +40,3 @@ func TestMetricsHonourTheLocalToken(t *testing.T) {
 		t.Fatalf("/healthz: %v %v", resp, err)
 	}
 }
-
