@@ -2,12 +2,15 @@ package registry_test
 
 import (
 	"context"
+	"database/sql"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/registry/registrytest"
 )
 
@@ -100,4 +103,32 @@ func TestAppendAfterKeyWindowRefused(t *testing.T) {
 	jws = alice.Sign(t, id, &contract.Attestation{Type: contract.Contribution, Object: &o,
 		IssuedAt: time.Now().Unix()})
 	mustRefuse(t, h, id, jws, http.StatusForbidden, contract.CodeInvalidAttestation)
+}
+
+// A database from before names had owners gets them from its log when it
+// is opened: the first attester of each name owns it.
+func TestOwnersBackfilledFromTheLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	atPath := registrytest.WithConfig(func(c *registry.Config) { c.DBPath = path })
+	h1 := registrytest.Start(t, atPath)
+	alice := h1.NewContributor(t, "did:example:alice")
+	bob := h1.NewContributor(t, "did:example:bob")
+	id := h1.CreateContract(t, registrytest.NewContract("did:example:old", "bucket", alice, bob)).ContractID
+	alice.Attest(t, id, registrytest.Object("img/0001.txt", []byte("alice")))
+	h1.Server.Close()
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`DROP TABLE owners`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	h2 := registrytest.Start(t, atPath)
+	o := registrytest.Object("img/0001.txt", []byte("poisoned"))
+	_, err = h2.Client.AppendAttestation(context.Background(), id, bob.Sign(t, id, &contract.Attestation{Type: contract.Contribution, Object: &o}))
+	if contract.StatusOf(err) != http.StatusForbidden || !strings.Contains(err.Error(), alice.ID) {
+		t.Fatalf("bob replacing alice's name after the upgrade: %v, want 403 naming alice", err)
+	}
 }
