@@ -722,7 +722,7 @@ func (f *Follower) quarantineWith(ctx context.Context, cause error) error {
 	f.quarantine = q
 	f.mu.Unlock()
 	f.cfg.Metrics.quarantine(f.id)
-	f.log.Error("CONTRACT QUARANTINED: the registry's log forked, rolled back or does not match its signed checkpoint; nothing is served for it",
+	f.log.Error("CONTRACT QUARANTINED: the registry's log forked, rolled back, does not match its signed checkpoint or holds an entry the registry must have refused; nothing is served for it",
 		"reason", Reason(cause), "evidence", cause)
 	// Persist even if the caller's context is ending: a restart must not
 	// forget the evidence.
