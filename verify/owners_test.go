@@ -1,7 +1,9 @@
 package verify_test
 
 import (
+	"database/sql"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -84,5 +86,31 @@ func TestFollowerOwnershipAcrossRestartAndCurator(t *testing.T) {
 	var oe *verify.OwnershipError
 	if err := h.Sync(t.Context()); !errors.As(err, &oe) || oe.Name != "a.txt" || oe.Owner != fx.alice.ID {
 		t.Fatalf("bob taking a redacted name of alice's after a restart: %v", err)
+	}
+}
+
+// A state database from before names had owners takes each live name's
+// current issuer as its owner when it is opened.
+func TestStateFromBeforeOwnersIsSeeded(t *testing.T) {
+	bob := verifytest.NewContributor(t, "did:example:bob", jose.EdDSA)
+	fx := newFixture(t, bob.Info())
+	fx.log.AppendAttestation(t, fx.alice.Contribution(t, cid, verifytest.Object("a.txt", []byte("a"))))
+	mustSync(t, fx.follower(t, verify.WithTrustOnFirstUse()))
+	db, err := sql.Open("sqlite3", filepath.Join(fx.dir, verify.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`DROP TABLE owners`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	cfg := fx.config(fx.log)
+	cfg.Store = mustStore(t, fx.dir)
+	f := mustFollower(t, cfg, verify.WithTrustOnFirstUse())
+	seq := fx.log.AppendAttestation(t, bob.Contribution(t, cid, verifytest.Object("a.txt", []byte("bob"))))
+	var oe *verify.OwnershipError
+	if err := f.Sync(t.Context()); !errors.As(err, &oe) || oe.Seq != seq || oe.Owner != fx.alice.ID {
+		t.Fatalf("after the upgrade: %v, want an OwnershipError for entry %d", err, seq)
 	}
 }
