@@ -22,7 +22,9 @@ var (
 	ErrLocked     = errors.New("cache directory in use by another process")
 	ErrDecode     = errors.New("cannot decode object")
 	ErrOrigin     = errors.New("origin failed")
-	ErrBadClaim   = errors.New("bad object claim")
+	// ErrOriginRedirect: the origin redirected a GET to another host.
+	ErrOriginRedirect = errors.New("origin redirect to another host")
+	ErrBadClaim       = errors.New("bad object claim")
 	// ErrTokenCount: the decoded bytes' token count is not the claim's.
 	ErrTokenCount = errors.New("token count mismatch")
 )

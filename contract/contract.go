@@ -47,6 +47,10 @@ type Contract struct {
 	Log LogInfo `json:"log"`
 	// CreatedAt is set by the registry.
 	CreatedAt time.Time `json:"created_at,omitzero"`
+	// Curators are contributor ids that may replace or redact any name;
+	// any other contributor may only replace or redact the names it
+	// attested first.
+	Curators []string `json:"curators,omitempty"`
 }
 
 // Pricing says what one unit of use costs.
@@ -175,6 +179,22 @@ func (c *Contract) Contributor(id string) *Contributor {
 	return nil
 }
 
+// IsCurator reports whether the contract names id as a curator.
+func (c *Contract) IsCurator(id string) bool {
+	for _, cur := range c.Curators {
+		if cur == id {
+			return true
+		}
+	}
+	return false
+}
+
+// MayRewrite reports whether issuer may replace or redact a name owned by
+// owner: its owner, or a curator.
+func (c *Contract) MayRewrite(issuer, owner string) bool {
+	return owner == "" || issuer == owner || c.IsCurator(issuer)
+}
+
 // Validate checks the fields a contract file must carry. It does not check
 // Log, which the registry fills in.
 func (c *Contract) Validate() error {
@@ -215,6 +235,11 @@ func (c *Contract) Validate() error {
 		errs = append(errs, validateKeys(fmt.Sprintf("contributors[%d]", i), ct.JWKS, ct.JWKSURI)...)
 	}
 	errs = append(errs, c.validateLicensees()...)
+	for i, cur := range c.Curators {
+		if c.Contributor(cur) == nil {
+			errs = append(errs, fmt.Errorf("curators[%d]: %q is not a contributor", i, cur))
+		}
+	}
 	if c.Origin.Bucket == "" {
 		errs = append(errs, errors.New("origin.bucket is required"))
 	}

@@ -41,8 +41,9 @@ type Config struct {
 	Cache   Cache
 	Meter   Meter
 	Logger  *slog.Logger
-	// BearerToken, when set, is required on the data endpoint
-	// (Authorization: Bearer) and, as the access key id, on the S3 facade.
+	// BearerToken, when set, is required on the data endpoint and on
+	// /metrics (Authorization: Bearer) and, as the access key id, on the
+	// S3 facade.
 	BearerToken string
 	// Registerer receives the sidecar's metrics; nil: a private registry.
 	Registerer prometheus.Registerer
@@ -102,7 +103,11 @@ func (s *Server) routes() {
 	m := http.NewServeMux()
 	m.Handle("GET /healthz", s.handle("healthz", s.healthz))
 	m.Handle("GET /readyz", s.handle("readyz", s.readyz))
-	m.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{})
+	m.Handle("GET /metrics", s.data("metrics", func(w http.ResponseWriter, r *http.Request) error {
+		metrics.ServeHTTP(w, r)
+		return nil
+	}))
 	m.Handle("GET /v1/contracts", s.data("contracts", s.listContracts))
 	m.Handle("GET /v1/contracts/{id}", s.data("contract", s.getContract))
 	m.Handle("GET /v1/contracts/{id}/manifest", s.data("manifest", s.manifest))

@@ -35,7 +35,10 @@ type store interface {
 	contracts(ctx context.Context) ([][]byte, error)
 
 	logSize(ctx context.Context, contractID string) (uint64, error)
-	entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error)
+	// entries returns up to limit entries after since, stopping before
+	// the one that would take their bytes past maxBytes (but always
+	// returning at least one when there is one).
+	entries(ctx context.Context, contractID string, since uint64, limit, maxBytes int) ([]contract.WireEntry, error)
 	nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error)
 	appendEntry(ctx context.Context, contractID string, rec *appendRecord) error
 
@@ -44,11 +47,13 @@ type store interface {
 	checkpointAt(ctx context.Context, contractID string, at time.Time) ([]byte, error)
 
 	object(ctx context.Context, contractID, name string) (*objectRow, error)
+	owner(ctx context.Context, contractID, name string) (issuer string, since uint64, err error)
 	revoked(ctx context.Context, contractID, issuer, kid string) (bool, error)
 	attestationSeen(ctx context.Context, contractID, issuer, jti string) (bool, error)
 
 	sidecarKey(ctx context.Context, jkt string) ([]byte, error)
 	putSidecarKey(ctx context.Context, jkt string, jwk []byte) error
+	pruneSidecarKeys(ctx context.Context, before time.Time) (int64, error)
 	useProofID(ctx context.Context, jti string, exp time.Time) error
 	pruneProofIDs(ctx context.Context, before time.Time) error
 	presign(ctx context.Context, leaseID string, objects []*objectRow) error
@@ -135,7 +140,8 @@ type appendRecord struct {
 }
 
 type sqliteStore struct {
-	db *sql.DB
+	db  *sql.DB
+	now func() time.Time
 }
 
 const schema = `
@@ -161,10 +167,14 @@ CREATE TABLE IF NOT EXISTS objects (
 	contract TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, redacted INTEGER NOT NULL DEFAULT 0,
 	stored_size INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (contract, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+	contract TEXT NOT NULL, name TEXT NOT NULL, issuer TEXT NOT NULL, seq INTEGER NOT NULL,
+	PRIMARY KEY (contract, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revoked_keys (
 	contract TEXT NOT NULL, issuer TEXT NOT NULL, kid TEXT NOT NULL, seq INTEGER NOT NULL,
 	PRIMARY KEY (contract, issuer, kid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL,
+	seen INTEGER NOT NULL DEFAULT 0, signed INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
 ` + meteringEventsTable + `
 CREATE TABLE IF NOT EXISTS metering_sums (
@@ -211,6 +221,11 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	var hadOwners int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'owners'`).Scan(&hadOwners); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: schema: %w", path, err)
@@ -219,7 +234,20 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 		db.Close()
 		return nil, fmt.Errorf("open %s: migrate: %w", path, err)
 	}
-	return &sqliteStore{db: db}, nil
+	if hadOwners == 0 {
+		if err := backfillOwners(ctx, db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: owners: %w", path, err)
+		}
+	}
+	// Keys stored before pruning existed count as signers: kept.
+	for _, col := range []string{"seen INTEGER NOT NULL DEFAULT 0", "signed INTEGER NOT NULL DEFAULT 1"} {
+		if err := addColumn(ctx, db, "sidecar_keys", col); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
+	return &sqliteStore{db: db, now: time.Now}, nil
 }
 
 // migrate brings a database written by an older registry up to the
@@ -351,6 +379,88 @@ func entryBatch(body []byte) *contract.MeteringBatch {
 
 func (s *sqliteStore) close() error { return s.db.Close() }
 
+// addColumn adds a column (name and definition) to a table that lacks it.
+func addColumn(ctx context.Context, db *sql.DB, table, def string) error {
+	name, _, _ := strings.Cut(def, " ")
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, name).Scan(&n); err != nil {
+		return fmt.Errorf("%s.%s: %w", table, name, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN `+def); err != nil {
+		return fmt.Errorf("%s.%s: %w", table, name, err)
+	}
+	return nil
+}
+
+// backfillOwners fills the owners table of a database made before names
+// had owners: each name belongs to the issuer of its first contribution
+// or transformation in the log. The entries were verified at append.
+func backfillOwners(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, `SELECT contract, seq, body FROM entries ORDER BY contract, seq`)
+	if err != nil {
+		return err
+	}
+	type owned struct {
+		contract, name, issuer string
+		seq                    uint64
+	}
+	var found []owned
+	for rows.Next() {
+		var o owned
+		var body []byte
+		if err := rows.Scan(&o.contract, &o.seq, &body); err != nil {
+			rows.Close()
+			return err
+		}
+		e, err := contract.DecodeEntry(body)
+		if err != nil || e.Kind != contract.EntryAttestation {
+			continue
+		}
+		a, err := unverifiedClaims(e.JWS)
+		if err != nil || a.Object == nil {
+			continue
+		}
+		o.name, o.issuer = a.Object.Name, a.Issuer
+		found = append(found, o)
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, o := range found {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			o.contract, o.name, o.issuer, o.seq); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// unverifiedClaims reads a compact JWS's payload as an attestation,
+// without checking the signature.
+func unverifiedClaims(jws string) (*contract.Attestation, error) {
+	parts := strings.Split(jws, ".")
+	if len(parts) != 3 {
+		return nil, errors.New("not a compact JWS")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, err
+	}
+	var a contract.Attestation
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
 func (s *sqliteStore) meta(ctx context.Context, key string) (string, error) {
 	var v string
 	err := s.db.QueryRowContext(ctx, `SELECT v FROM meta WHERE k = ?`, key).Scan(&v)
@@ -448,17 +558,21 @@ func (s *sqliteStore) logSize(ctx context.Context, contractID string) (uint64, e
 	return uint64(n.Int64), nil
 }
 
-func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error) {
+func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint64, limit, maxBytes int) ([]contract.WireEntry, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, body FROM entries WHERE contract = ? AND seq > ? ORDER BY seq LIMIT ?`, contractID, since, limit)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	out := []contract.WireEntry{}
+	total := 0
 	for rows.Next() {
 		var we contract.WireEntry
 		if err := rows.Scan(&we.Seq, &we.Entry); err != nil {
 			return nil, err
+		}
+		if total += len(we.Entry); len(out) > 0 && total > maxBytes {
+			break
 		}
 		out = append(out, we)
 	}
@@ -519,6 +633,11 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		}
 	}
 	if rec.Object != nil {
+		// The first attester of a name owns it for good.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			contractID, rec.Object.Name, rec.Issuer, rec.Seq); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES (?, ?, ?, 0, ?)
 			ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`,
 			contractID, rec.Object.Name, rec.Seq, rec.Object.StoredSize); err != nil {
@@ -532,6 +651,12 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
 			return fmt.Errorf("%w: object %q is not live", errNotFound, rec.Redact)
+		}
+	}
+	if rec.Sender != "" {
+		// The batch's signer: auditors need its key for as long as the log.
+		if _, err := tx.ExecContext(ctx, `UPDATE sidecar_keys SET signed = 1 WHERE jkt = ? AND signed = 0`, rec.Sender); err != nil {
+			return err
 		}
 	}
 	if rec.RevokeKID != "" {
@@ -661,6 +786,16 @@ func (s *sqliteStore) object(ctx context.Context, contractID, name string) (*obj
 	return o, err
 }
 
+func (s *sqliteStore) owner(ctx context.Context, contractID, name string) (string, uint64, error) {
+	var issuer string
+	var seq uint64
+	err := s.db.QueryRowContext(ctx, `SELECT issuer, seq FROM owners WHERE contract = ? AND name = ?`, contractID, name).Scan(&issuer, &seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, errNotFound
+	}
+	return issuer, seq, err
+}
+
 func (s *sqliteStore) revoked(ctx context.Context, contractID, issuer, kid string) (bool, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM revoked_keys WHERE contract = ? AND issuer = ? AND kid = ?`, contractID, issuer, kid).Scan(&n)
@@ -683,8 +818,20 @@ func (s *sqliteStore) sidecarKey(ctx context.Context, jkt string) ([]byte, error
 }
 
 func (s *sqliteStore) putSidecarKey(ctx context.Context, jkt string, jwk []byte) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO sidecar_keys (jkt, jwk) VALUES (?, ?) ON CONFLICT (jkt) DO NOTHING`, jkt, jwk)
+	// A new key has signed nothing yet; a known one is seen again now.
+	_, err := s.db.ExecContext(ctx, `INSERT INTO sidecar_keys (jkt, jwk, seen, signed) VALUES (?, ?, ?, 0)
+		ON CONFLICT (jkt) DO UPDATE SET seen = excluded.seen`, jkt, jwk, s.now().UnixNano())
 	return err
+}
+
+// pruneSidecarKeys deletes the keys that signed no log entry and were
+// last seen (registered by a token request) before before.
+func (s *sqliteStore) pruneSidecarKeys(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM sidecar_keys WHERE signed = 0 AND seen < ?`, before.UnixNano())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 func (s *sqliteStore) useProofID(ctx context.Context, jti string, exp time.Time) error {

@@ -355,3 +355,28 @@ func TestContributeAttestsTokenCounts(t *testing.T) {
 		t.Errorf("contributing a non-UTF-8 file to a token contract: exit %d, stderr %q", code, errs)
 	}
 }
+
+// `verify log` completes against a log of maximal entries served in pages
+// bounded in bytes: it follows the pages it gets, not the size it asked.
+func TestVerifyLogOnMaximalEntries(t *testing.T) {
+	h := registrytest.Start(t, registrytest.WithConfig(func(c *registry.Config) {
+		c.MaxPageBytes = 256 << 10
+		c.SyncNormalUnsafe = true
+	}))
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:big", "bucket", alice))
+	const n = 24
+	for i := range n {
+		o := registrytest.Object(fmt.Sprintf("big/%02d.txt", i), []byte("x"))
+		o.License = strings.Repeat("l", contract.MaxAttestationSize*3/4-2048)
+		alice.Append(t, c.ContractID, alice.Sign(t, c.ContractID, &contract.Attestation{Type: contract.Contribution, Object: &o}))
+	}
+	page, err := h.Client.Events(context.Background(), c.ContractID, 0, contract.MaxEventsLimit)
+	if err != nil || len(page.Entries) >= n/2 {
+		t.Fatalf("first page: %d entries, %v; want a page bounded in bytes", len(page.Entries), err)
+	}
+	out := mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID)
+	if !strings.Contains(out, fmt.Sprintf("OK %s: %d entries", c.ContractID, n)) {
+		t.Fatalf("verify log: %s", out)
+	}
+}

@@ -257,7 +257,9 @@ func (s *Sidecar) listen() error {
 		})
 	}
 	if s.cfg.ProxyListen != "" {
-		ca, _, err := proxy.LoadOrCreateCA(s.cfg.StateDir)
+		// The CA is name-constrained to the origin hosts, re-issued when
+		// they change.
+		ca, _, err := proxy.LoadOrCreateCA(s.cfg.StateDir, s.originHosts())
 		if err != nil {
 			return err
 		}
@@ -284,7 +286,7 @@ func (s *Sidecar) listen() error {
 // originHosts are the hosts whose traffic the forward proxy serves from the
 // verified cache: the self-hosted endpoint's and the configured ones.
 func (s *Sidecar) originHosts() []string {
-	hosts := append([]string(nil), s.cfg.OriginHosts...)
+	hosts := append([]string{}, s.cfg.OriginHosts...)
 	if s.cfg.S3Endpoint != "" {
 		hosts = append(hosts, hostOf(s.cfg.S3Endpoint))
 	}
