@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"io"
@@ -47,7 +48,11 @@ func TestLicenseesQuotasAreTheirOwn(t *testing.T) {
 	}
 	// readAll reads every object through each sidecar at once and returns
 	// how many each one served.
-	readAll := func(scs ...*sidecar.Sidecar) []int64 {
+	var all []*sidecar.Sidecar
+	received := map[string]int64{} // bytes per licensee
+	var mu sync.Mutex
+	readAll := func(lic string, scs ...*sidecar.Sidecar) []int64 {
+		all = append(all, scs...)
 		served := make([]int64, len(scs))
 		var wg sync.WaitGroup
 		for i, sc := range scs {
@@ -57,6 +62,9 @@ func TestLicenseesQuotasAreTheirOwn(t *testing.T) {
 					switch {
 					case code == http.StatusOK:
 						served[i]++
+						mu.Lock()
+						received[lic] += int64(len(body))
+						mu.Unlock()
 					case code != http.StatusForbidden || errorCode(body) != contract.CodeQuotaExceeded:
 						t.Errorf("sidecar %d, object %d: %d %s, want 200 or 403 %s", i, j, code, body, contract.CodeQuotaExceeded)
 					}
@@ -66,11 +74,11 @@ func TestLicenseesQuotasAreTheirOwn(t *testing.T) {
 		wg.Wait()
 		return served
 	}
-	a := readAll(start(acme, 3), start(acme, 3))
+	a := readAll(acme.ID, start(acme, 3), start(acme, 3))
 	if a[0] != 3 || a[1] != 3 {
 		t.Fatalf("acme's sidecars served %v objects, want 3 each (their slices of acme's 6)", a)
 	}
-	g := readAll(start(globex, 2), start(globex, 0))
+	g := readAll(globex.ID, start(globex, 2), start(globex, 0))
 	if g[0] != 2 || g[1] != 2 {
 		t.Fatalf("globex's sidecars served %v objects after acme spent its quota, want 2 each (all of globex's 4)", g)
 	}
@@ -91,6 +99,29 @@ func TestLicenseesQuotasAreTheirOwn(t *testing.T) {
 		if n != tc.want {
 			t.Errorf("registry presigned %d objects for %s, its clients received %d", n, tc.licensee, tc.want)
 		}
+	}
+	// What the registry bills each licensee, once every sidecar synced, is
+	// exactly what its clients received: samples, bytes and cost.
+	for _, sc := range all {
+		drain(t, sc, e.c.ContractID)
+	}
+	r, err := e.client.MeteringReport(context.Background(), e.c.ContractID, contract.TotalsFilter{Epoch: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	price := e.c.Pricing.NanoUSD()
+	for _, tc := range []struct {
+		licensee       string
+		samples, bytes int64
+	}{{acme.ID, a[0] + a[1], received[acme.ID]}, {globex.ID, g[0] + g[1], received[globex.ID]}} {
+		got := r.Licensees[tc.licensee]
+		if got.BilledSamples != tc.samples || got.BilledBytes != tc.bytes || got.BilledCostNanoUSD != tc.samples*price {
+			t.Errorf("registry bills %s %d samples, %d bytes, %d nano-USD; its clients received %d samples, %d bytes (%d nano-USD)",
+				tc.licensee, got.BilledSamples, got.BilledBytes, got.BilledCostNanoUSD, tc.samples, tc.bytes, tc.samples*price)
+		}
+	}
+	if len(r.Licensees) != 2 {
+		t.Errorf("registry totals name licensees %v, want only acme and globex", r.Licensees)
 	}
 }
 
