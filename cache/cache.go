@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/tokenize"
 )
 
 // Defaults for Config.
@@ -120,6 +121,15 @@ type mount struct {
 	origin    Origin
 	retention time.Duration
 	live      func(name, decodedSHA string) bool // nil: everything is
+	tokenizer string                             // counts each object's tokens against its claim
+}
+
+// WithTokenizer has every fetch of the contract count the decoded bytes'
+// tokens under the named tokenizer (package tokenize) and fail
+// verification, like a digest mismatch, unless the count is the claim's
+// Tokens: the contract bills that count.
+func WithTokenizer(name string) MountOption {
+	return func(m *mount) { m.tokenizer = name }
 }
 
 type entry struct {
@@ -512,6 +522,9 @@ func (c *Cache) Mount(contractID string, origin Origin, retention time.Duration,
 	m := &mount{origin: origin, retention: retention}
 	for _, o := range opts {
 		o(m)
+	}
+	if m.tokenizer != "" && !tokenize.Known(m.tokenizer) {
+		return fmt.Errorf("cache: mount: %w %q", tokenize.ErrUnknown, m.tokenizer)
 	}
 	c.mounts[contractID] = m
 	for _, e := range c.entries {

@@ -22,7 +22,11 @@ var (
 	ErrLocked     = errors.New("cache directory in use by another process")
 	ErrDecode     = errors.New("cannot decode object")
 	ErrOrigin     = errors.New("origin failed")
-	ErrBadClaim   = errors.New("bad object claim")
+	// ErrOriginRedirect: the origin redirected a GET to another host.
+	ErrOriginRedirect = errors.New("origin redirect to another host")
+	ErrBadClaim       = errors.New("bad object claim")
+	// ErrTokenCount: the decoded bytes' token count is not the claim's.
+	ErrTokenCount = errors.New("token count mismatch")
 )
 
 // SizeError carries the evidence of a size mismatch: What is "stored" or
@@ -43,6 +47,25 @@ func (e *SizeError) Error() string {
 
 // Unwrap makes errors.Is(err, verify.ErrSize) true.
 func (e *SizeError) Unwrap() error { return verify.ErrSize }
+
+// TokenCountError: the decoded bytes do not have the token count their
+// claim attests (or cannot be counted: Err), under the contract's
+// tokenizer. It is a verification failure; the object is not cached.
+type TokenCountError struct {
+	Tokenizer string
+	Want, Got int64
+	Err       error
+}
+
+func (e *TokenCountError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("decoded object has no %s token count (claimed %d): %v", e.Tokenizer, e.Want, e.Err)
+	}
+	return fmt.Sprintf("decoded object has %d %s tokens, its claim %d", e.Got, e.Tokenizer, e.Want)
+}
+
+// Unwrap makes errors.Is(err, ErrTokenCount) true.
+func (e *TokenCountError) Unwrap() error { return ErrTokenCount }
 
 // OriginError is a failed origin request. Status is the HTTP status, zero
 // for a transport error (reset, timeout), which is retried like a 5xx.
@@ -86,6 +109,7 @@ const (
 	FailNotFound      = "not_found"
 	FailScrub         = "scrub"
 	FailOther         = "other"
+	FailTokenCount    = "token_count"
 )
 
 // FailureKind names the kind of a fetch error for metrics.
@@ -105,6 +129,8 @@ func FailureKind(err error) string {
 		return FailStoredSize
 	case errors.Is(err, ErrDecode):
 		return FailDecode
+	case errors.Is(err, ErrTokenCount):
+		return FailTokenCount
 	case errors.Is(err, ErrNotFound):
 		return FailNotFound
 	case errors.Is(err, ErrOrigin):
@@ -115,9 +141,10 @@ func FailureKind(err error) string {
 }
 
 // IsVerification reports whether err means the origin's bytes failed
-// verification (digest, size or decoding): a 502 upstream problem.
+// verification (digest, size, decoding or token count): a 502 upstream
+// problem.
 func IsVerification(err error) bool {
-	return errors.Is(err, verify.ErrDigest) || errors.Is(err, verify.ErrSize) || errors.Is(err, ErrDecode)
+	return errors.Is(err, verify.ErrDigest) || errors.Is(err, verify.ErrSize) || errors.Is(err, ErrDecode) || errors.Is(err, ErrTokenCount)
 }
 
 // parseRetryAfter reads a Retry-After header in seconds or HTTP date.

@@ -18,6 +18,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/tokenize"
 	"github.com/provgate/provgate/verify"
 )
 
@@ -316,7 +317,8 @@ type fetchResult struct {
 // fetchVerified streams obj from the origin through the stored digest,
 // the decoder and the decoded digest into w, which gets at most
 // obj.DecodedSize bytes. It returns an error unless every check passed.
-func fetchVerified(ctx context.Context, origin Origin, obj *contract.ObjectClaim, policy RetryPolicy, onResume func(), w io.Writer) (fetchResult, error) {
+func fetchVerified(ctx context.Context, m *mount, obj *contract.ObjectClaim, policy RetryPolicy, onResume func(), w io.Writer) (fetchResult, error) {
+	origin := m.origin
 	rr := &resumeReader{ctx: ctx, origin: origin, name: obj.Name, size: obj.StoredSize, policy: policy, onResume: onResume}
 	defer rr.close()
 	stored := &hashReader{r: rr, h: sha256.New()}
@@ -327,6 +329,13 @@ func fetchVerified(ctx context.Context, origin Origin, obj *contract.ObjectClaim
 	var decodedHash hash.Hash
 	if !identity {
 		decodedHash = sha256.New()
+	}
+	var tokens tokenize.Counter
+	if m.tokenizer != "" {
+		var err error
+		if tokens, err = tokenize.New(m.tokenizer); err != nil {
+			return res, err
+		}
 	}
 	var decoded int64
 	copyErr := func() error {
@@ -351,6 +360,9 @@ func fetchVerified(ctx context.Context, origin Origin, obj *contract.ObjectClaim
 				crc.Write(buf[:n])
 				if decodedHash != nil {
 					decodedHash.Write(buf[:n])
+				}
+				if tokens != nil {
+					tokens.Write(buf[:n]) // its error is Count's
 				}
 			}
 			if err == io.EOF {
@@ -401,6 +413,12 @@ func fetchVerified(ctx context.Context, origin Origin, obj *contract.ObjectClaim
 		if got := hex.EncodeToString(decodedHash.Sum(nil)); got != obj.DecodedSHA256 {
 			want, _ := hex.DecodeString(obj.DecodedSHA256)
 			return res, &verify.DigestMismatchError{What: "decoded", Want: want, Got: decodedHash.Sum(nil)}
+		}
+	}
+	if tokens != nil {
+		got, err := tokens.Count()
+		if err != nil || got != obj.Tokens {
+			return res, &TokenCountError{Tokenizer: m.tokenizer, Want: obj.Tokens, Got: got, Err: err}
 		}
 	}
 	res.crc = crc.Sum32()

@@ -131,7 +131,7 @@ func (c *Cache) fetchAndCommit(ctx context.Context, f *flight, contractID string
 		c.stats.Resumes++
 		c.mu.Unlock()
 	}
-	res, err := fetchVerified(ctx, m.origin, obj, c.cfg.Retry, onResume, &flightWriter{f: tmp, fl: f})
+	res, err := fetchVerified(ctx, m, obj, c.cfg.Retry, onResume, &flightWriter{f: tmp, fl: f})
 	if err == nil && c.cfg.SyncEachCommit {
 		err = tmp.Sync()
 	}

@@ -71,12 +71,29 @@ type presignBatch struct {
 // PresignTimeout bounds one batched presign request.
 const PresignTimeout = 30 * time.Second
 
-// NewPresignedOrigin makes a presigned-URL origin; client nil is
-// http.DefaultClient.
+// NewPresignedOrigin makes a presigned-URL origin; client nil is a client
+// like http.DefaultClient's. Either way, redirects to another host than
+// the presigned URL's are not followed: a hostile registry or origin must
+// not point the sidecar at internal addresses.
 func NewPresignedOrigin(p Presigner, client *http.Client) *PresignedOrigin {
-	if client == nil {
-		client = http.DefaultClient
+	c := &http.Client{}
+	if client != nil {
+		*c = *client
 	}
+	next := c.CheckRedirect
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if first := via[0].URL; req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+			return fmt.Errorf("%w: refused a redirect from %s to another host, %s", ErrOriginRedirect, first.Host, req.URL.Host)
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	client = c
 	return &PresignedOrigin{presigner: p, client: client, urls: map[string]contract.PresignedURL{}, forgets: map[string]uint64{}}
 }
 

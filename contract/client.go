@@ -26,6 +26,10 @@ const (
 	DefaultMaxDelay    = 5 * time.Second
 	// MaxResponseSize bounds every JSON or checkpoint body the client reads.
 	MaxResponseSize = 64 << 20
+	// MaxStreamEventSize bounds one live-feed event (its data lines
+	// together, or one line): room for an entry of MaxEntrySize as
+	// WireEntry JSON.
+	MaxStreamEventSize = 2 * MaxEntrySize
 )
 
 // ProofFunc makes a fresh proof of possession (RFC 9449) for one request
@@ -43,6 +47,9 @@ type Client struct {
 	MaxAttempts int
 	BaseDelay   time.Duration
 	MaxDelay    time.Duration
+	// MaxResponseBytes bounds every JSON or checkpoint body the client
+	// reads; 0: MaxResponseSize.
+	MaxResponseBytes int64
 	// Proof signs DPoP proofs; required for token, presign and metering.
 	Proof ProofFunc
 }
@@ -250,11 +257,18 @@ func (c *Client) doJSON(ctx context.Context, r request, out any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	return decodeJSON(resp.Body, out)
+	return c.decodeJSON(resp.Body, out)
 }
 
-func decodeJSON(r io.Reader, out any) error {
-	dec := json.NewDecoder(io.LimitReader(r, MaxResponseSize))
+func (c *Client) maxResponse() int64 {
+	if c.MaxResponseBytes > 0 {
+		return c.MaxResponseBytes
+	}
+	return MaxResponseSize
+}
+
+func (c *Client) decodeJSON(r io.Reader, out any) error {
+	dec := json.NewDecoder(io.LimitReader(r, c.maxResponse()))
 	if err := dec.Decode(out); err != nil {
 		return fmt.Errorf("decode response: %w", err)
 	}
@@ -285,7 +299,7 @@ func (c *Client) GetContract(ctx context.Context, id, etag string) (*Contract, s
 		return nil, etag, ErrNotModified
 	}
 	var ct Contract
-	if err := decodeJSON(resp.Body, &ct); err != nil {
+	if err := c.decodeJSON(resp.Body, &ct); err != nil {
 		return nil, "", err
 	}
 	return &ct, resp.Header.Get("ETag"), nil
@@ -329,6 +343,10 @@ func (c *Client) Events(ctx context.Context, id string, since uint64, limit int)
 	return &out, err
 }
 
+// ErrEventTooLarge: a live-feed event went past MaxStreamEventSize; the
+// stream was dropped (a caller should poll instead).
+var ErrEventTooLarge = errors.New("live feed event too large")
+
 // Stream follows the live feed of entries with seq > since until ctx ends
 // or fn returns an error. The feed's "entry" events carry WireEntry JSON.
 func (c *Client) Stream(ctx context.Context, id string, since uint64, fn func(WireEntry) error) error {
@@ -349,29 +367,37 @@ func (c *Client) Stream(ctx context.Context, id string, since uint64, fn func(Wi
 		return ReadError(resp)
 	}
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 2*MaxEntrySize)
-	var event, data string
+	sc.Buffer(make([]byte, 64<<10), MaxStreamEventSize+64)
+	var event string
+	var data []byte
 	for sc.Scan() {
-		line := sc.Text()
+		line := sc.Bytes()
 		switch {
-		case line == "":
-			if event == "entry" && data != "" {
+		case len(line) == 0:
+			if event == "entry" && len(data) > 0 {
 				var we WireEntry
-				if err := json.Unmarshal([]byte(data), &we); err != nil {
+				if err := json.Unmarshal(data, &we); err != nil {
 					return fmt.Errorf("stream: bad entry event: %w", err)
 				}
 				if err := fn(we); err != nil {
 					return err
 				}
 			}
-			event, data = "", ""
-		case strings.HasPrefix(line, "event:"):
-			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
-		case strings.HasPrefix(line, "data:"):
-			data += strings.TrimSpace(strings.TrimPrefix(line, "data:"))
+			event, data = "", data[:0]
+		case bytes.HasPrefix(line, []byte("event:")):
+			event = strings.TrimSpace(string(line[len("event:"):]))
+		case bytes.HasPrefix(line, []byte("data:")):
+			d := bytes.TrimSpace(line[len("data:"):])
+			if len(data)+len(d) > MaxStreamEventSize {
+				return fmt.Errorf("stream: %w: over %d bytes", ErrEventTooLarge, MaxStreamEventSize)
+			}
+			data = append(data, d...)
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return fmt.Errorf("stream: %w: a line over %d bytes", ErrEventTooLarge, MaxStreamEventSize)
+		}
 		return fmt.Errorf("stream: %w", err)
 	}
 	return io.ErrUnexpectedEOF
@@ -383,7 +409,7 @@ func (c *Client) getBytes(ctx context.Context, u string) ([]byte, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseSize))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, c.maxResponse()))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", u, err)
 	}
@@ -435,18 +461,31 @@ func (c *Client) PostMetering(ctx context.Context, id, token, idempotencyKey, jw
 // MeteringTotals reads the registry's metering sums; job and epoch filter
 // when non-empty / non-negative.
 func (c *Client) MeteringTotals(ctx context.Context, id, job string, epoch int64) (*MeteringTotals, error) {
-	q := url.Values{}
-	if job != "" {
-		q.Set("job", job)
+	r, err := c.MeteringReport(ctx, id, TotalsFilter{Job: job, Epoch: epoch})
+	if err != nil {
+		return &MeteringTotals{}, err
 	}
-	if epoch >= 0 {
-		q.Set("epoch", strconv.FormatInt(epoch, 10))
+	return &r.MeteringTotals, nil
+}
+
+// MeteringReport reads the registry's metering totals with their detail
+// by outcome and by licensee.
+func (c *Client) MeteringReport(ctx context.Context, id string, f TotalsFilter) (*MeteringReport, error) {
+	q := url.Values{}
+	if f.Job != "" {
+		q.Set("job", f.Job)
+	}
+	if f.Epoch >= 0 {
+		q.Set("epoch", strconv.FormatInt(f.Epoch, 10))
+	}
+	if f.Licensee != "" {
+		q.Set("licensee", f.Licensee)
 	}
 	u := c.URL("provenance", id, "metering", "totals")
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	var out MeteringTotals
+	var out MeteringReport
 	err := c.doJSON(ctx, request{method: http.MethodGet, url: u, retry: true}, &out)
 	return &out, err
 }

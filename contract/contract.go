@@ -8,6 +8,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/provgate/provgate/tokenize"
 )
 
 // Origin modes.
@@ -45,6 +47,10 @@ type Contract struct {
 	Log LogInfo `json:"log"`
 	// CreatedAt is set by the registry.
 	CreatedAt time.Time `json:"created_at,omitzero"`
+	// Curators are contributor ids that may replace or redact any name;
+	// any other contributor may only replace or redact the names it
+	// attested first.
+	Curators []string `json:"curators,omitempty"`
 }
 
 // Pricing says what one unit of use costs.
@@ -54,6 +60,28 @@ type Pricing struct {
 	// Tokenizer names the deterministic tokenizer whose counts, attested
 	// per object by contributors, a "token" unit bills.
 	Tokenizer string `json:"tokenizer,omitempty"`
+}
+
+// validate refuses a pricing that cannot be billed: an unknown unit, a
+// "token" unit without a tokenizer this build implements, a tokenizer under
+// another unit. A "subscription" is billed outside metering (a flat fee
+// for the license's term); its reads are metered for quotas and audit at
+// units 0, cost 0.
+func (p Pricing) validate() []error {
+	var errs []error
+	switch p.Unit {
+	case UnitSample, UnitByte, UnitSubscription:
+		if p.Tokenizer != "" {
+			errs = append(errs, fmt.Errorf("pricing.tokenizer %q: only a token unit names a tokenizer", p.Tokenizer))
+		}
+	case UnitToken:
+		if !tokenize.Known(p.Tokenizer) {
+			errs = append(errs, fmt.Errorf("pricing.tokenizer %q: a token unit needs a known tokenizer (%s)", p.Tokenizer, strings.Join(tokenize.Names(), ", ")))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("pricing.unit %q: want sample, token, byte or subscription", p.Unit))
+	}
+	return errs
 }
 
 // NanoUSD is the unit price in billionths of a dollar, so that totals can be
@@ -151,6 +179,22 @@ func (c *Contract) Contributor(id string) *Contributor {
 	return nil
 }
 
+// IsCurator reports whether the contract names id as a curator.
+func (c *Contract) IsCurator(id string) bool {
+	for _, cur := range c.Curators {
+		if cur == id {
+			return true
+		}
+	}
+	return false
+}
+
+// MayRewrite reports whether issuer may replace or redact a name owned by
+// owner: its owner, or a curator.
+func (c *Contract) MayRewrite(issuer, owner string) bool {
+	return owner == "" || issuer == owner || c.IsCurator(issuer)
+}
+
 // Validate checks the fields a contract file must carry. It does not check
 // Log, which the registry fills in.
 func (c *Contract) Validate() error {
@@ -166,11 +210,7 @@ func (c *Contract) Validate() error {
 	if c.License == "" {
 		errs = append(errs, errors.New("license is required"))
 	}
-	switch c.Pricing.Unit {
-	case UnitSample, UnitToken, UnitByte, UnitSubscription:
-	default:
-		errs = append(errs, fmt.Errorf("pricing.unit %q: want sample, token, byte or subscription", c.Pricing.Unit))
-	}
+	errs = append(errs, c.Pricing.validate()...)
 	if c.Pricing.PriceUSD < 0 {
 		errs = append(errs, errors.New("pricing.price_usd must not be negative"))
 	}
@@ -192,23 +232,12 @@ func (c *Contract) Validate() error {
 			errs = append(errs, fmt.Errorf("contributors[%d]: duplicate id %q", i, ct.ID))
 		}
 		seen[ct.ID] = true
-		if (ct.JWKS == nil || len(ct.JWKS.Keys) == 0) && ct.JWKSURI == "" {
-			errs = append(errs, fmt.Errorf("contributors[%d]: jwks or jwks_uri is required", i))
-		}
-		if ct.JWKSURI != "" {
-			if u, err := url.Parse(ct.JWKSURI); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-				errs = append(errs, fmt.Errorf("contributors[%d].jwks_uri %q is not an http(s) URL", i, ct.JWKSURI))
-			}
-		}
-		if ct.JWKS != nil {
-			for _, k := range ct.JWKS.Keys {
-				if k.KeyID == "" {
-					errs = append(errs, fmt.Errorf("contributors[%d]: every key needs a kid", i))
-				}
-				if !k.IsPublic() {
-					errs = append(errs, fmt.Errorf("contributors[%d]: key %q is not a public key", i, k.KeyID))
-				}
-			}
+		errs = append(errs, validateKeys(fmt.Sprintf("contributors[%d]", i), ct.JWKS, ct.JWKSURI)...)
+	}
+	errs = append(errs, c.validateLicensees()...)
+	for i, cur := range c.Curators {
+		if c.Contributor(cur) == nil {
+			errs = append(errs, fmt.Errorf("curators[%d]: %q is not a contributor", i, cur))
 		}
 	}
 	if c.Origin.Bucket == "" {
@@ -220,6 +249,31 @@ func (c *Contract) Validate() error {
 		errs = append(errs, fmt.Errorf("origin.mode %q: want marketplace or self-hosted", c.Origin.Mode))
 	}
 	return errors.Join(errs...)
+}
+
+// validateKeys checks a party's keys: inline public keys with a kid, or
+// an http(s) jwks_uri.
+func validateKeys(what string, set *jose.JSONWebKeySet, uri string) []error {
+	var errs []error
+	if (set == nil || len(set.Keys) == 0) && uri == "" {
+		errs = append(errs, fmt.Errorf("%s: jwks or jwks_uri is required", what))
+	}
+	if uri != "" {
+		if u, err := url.Parse(uri); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("%s.jwks_uri %q is not an http(s) URL", what, uri))
+		}
+	}
+	if set != nil {
+		for _, k := range set.Keys {
+			if k.KeyID == "" {
+				errs = append(errs, fmt.Errorf("%s: every key needs a kid", what))
+			}
+			if !k.IsPublic() {
+				errs = append(errs, fmt.Errorf("%s: key %q is not a public key", what, k.KeyID))
+			}
+		}
+	}
+	return errs
 }
 
 // MaxIDLen bounds contract and contributor ids.

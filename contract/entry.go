@@ -18,6 +18,16 @@ const EntryVersion = 1
 // MaxEntrySize bounds an entry's bytes. Every decoder enforces it.
 const MaxEntrySize = 1 << 20
 
+// Append and page bounds. A registry refuses (413) an attestation larger
+// than MaxAttestationSize and any entry larger than MaxAppendEntrySize, and
+// serves pages of entries of at most MaxEventsPageBytes (and at least one
+// entry): clients follow the pages it returns, whatever limit they asked.
+const (
+	MaxAttestationSize = 64 << 10
+	MaxAppendEntrySize = 512 << 10
+	MaxEventsPageBytes = 8 << 20
+)
+
 // EntryKind says what an entry's JWS carries.
 type EntryKind string
 

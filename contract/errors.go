@@ -14,6 +14,7 @@ const (
 	CodeNotFound           = "not_found"
 	CodeConflict           = "conflict"
 	CodeQuotaExceeded      = "quota_exceeded"
+	CodeNotEnrolled        = "not_enrolled"
 	CodeInvalidAttestation = "invalid_attestation"
 	CodeRevokedKey         = "revoked_key"
 	CodeReplay             = "replay"

@@ -63,3 +63,49 @@ func FuzzContractJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestValidateLicensees: licensees need unique ids, keys as contributors
+// do, purposes of the contract and non-negative limits; a contract with
+// none is valid (the registry then issues no token for it).
+func TestValidateLicensees(t *testing.T) {
+	base := func() *contract.Contract {
+		var c contract.Contract
+		if err := json.Unmarshal([]byte(`{"contract_id":"did:example:c","version":"1","license":"l",
+			"pricing":{"unit":"sample","price_usd":0.1},"usage":{"purposes":["training","eval"]},
+			"contributors":[{"id":"a","jwks_uri":"https://a.example/jwks.json"}],
+			"licensees":[{"id":"did:example:acme","jwks_uri":"https://acme.example/jwks.json","terms":{"purposes":["eval"],"max_samples":10}}],
+			"origin":{"bucket":"b"}}`), &c); err != nil {
+			t.Fatal(err)
+		}
+		return &c
+	}
+	if err := base().Validate(); err != nil {
+		t.Fatalf("valid contract: %v", err)
+	}
+	none := base()
+	none.Licensees = nil
+	if err := none.Validate(); err != nil {
+		t.Fatalf("a contract without licensees: %v, want valid", err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*contract.Contract)
+		want string
+	}{
+		{"duplicate id", func(c *contract.Contract) { c.Licensees = append(c.Licensees, c.Licensees[0]) }, "duplicate id"},
+		{"no id", func(c *contract.Contract) { c.Licensees[0].ID = "" }, "id is required"},
+		{"bad id", func(c *contract.Contract) { c.Licensees[0].ID = "a/b" }, "must not contain"},
+		{"no keys", func(c *contract.Contract) { c.Licensees[0].JWKSURI = "" }, "jwks or jwks_uri is required"},
+		{"jwks_uri not http", func(c *contract.Contract) { c.Licensees[0].JWKSURI = "file:///etc/keys" }, "not an http(s) URL"},
+		{"purpose outside the contract", func(c *contract.Contract) { c.Licensees[0].Terms.Purposes = []string{"ads"} }, "not a purpose of the contract"},
+		{"negative limit", func(c *contract.Contract) { c.Licensees[0].Terms.MaxBytes = -1 }, "must not be negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base()
+			tc.edit(c)
+			if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,6 +1,8 @@
 package contract
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -52,4 +54,60 @@ func (c *Contract) Licensee(id string) *Licensee {
 		}
 	}
 	return nil
+}
+
+// AllowsPurpose reports whether the terms let the licensee use the data
+// for purpose under contract c: the contract must allow it, and the
+// terms, when they list purposes, too.
+func (t LicenseTerms) AllowsPurpose(c *Contract, purpose string) bool {
+	if !c.Usage.AllowsPurpose(purpose) {
+		return false
+	}
+	if len(t.Purposes) == 0 {
+		return true
+	}
+	for _, p := range t.Purposes {
+		if p == purpose {
+			return true
+		}
+	}
+	return false
+}
+
+// Expired reports whether the terms have expired at now.
+func (t LicenseTerms) Expired(now time.Time) bool {
+	return !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt)
+}
+
+// validateLicensees checks the licensees: unique valid ids, keys as for
+// contributors, purposes within the contract's, non-negative limits. A
+// contract without licensees is valid, but the registry issues no token
+// for it (nobody is licensed).
+func (c *Contract) validateLicensees() []error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, l := range c.Licensees {
+		what := fmt.Sprintf("licensees[%d]", i)
+		switch {
+		case l.ID == "":
+			errs = append(errs, fmt.Errorf("%s.id is required", what))
+		case seen[l.ID]:
+			errs = append(errs, fmt.Errorf("%s: duplicate id %q", what, l.ID))
+		default:
+			if err := ValidateID(l.ID); err != nil {
+				errs = append(errs, fmt.Errorf("%s.id: %w", what, err))
+			}
+		}
+		seen[l.ID] = true
+		errs = append(errs, validateKeys(what, l.JWKS, l.JWKSURI)...)
+		for _, p := range l.Terms.Purposes {
+			if !c.Usage.AllowsPurpose(p) {
+				errs = append(errs, fmt.Errorf("%s.terms.purposes: %q is not a purpose of the contract", what, p))
+			}
+		}
+		if l.Terms.MaxSamples < 0 || l.Terms.MaxBytes < 0 {
+			errs = append(errs, errors.New(what+".terms: limits must not be negative"))
+		}
+	}
+	return errs
 }

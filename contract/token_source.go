@@ -54,6 +54,11 @@ type TokenSourceConfig struct {
 	Usage    Quota
 	// JWK is the sidecar's public key; tokens are bound to it.
 	JWK jose.JSONWebKey
+	// Enrolment returns the licensee's enrolment of JWK under Contract
+	// (JWS compact), sent with every token request; it is called each
+	// time, so that a renewed enrolment is picked up. Nil: none is sent
+	// (a registry that requires one refuses the request).
+	Enrolment func(ctx context.Context) (string, error)
 	// Check verifies each new token and returns its claims: the
 	// registry's signature, the contract and the key binding
 	// (verify.NewCapabilityChecker). A token that fails it is not used.
@@ -72,6 +77,8 @@ type TokenSourceConfig struct {
 type TokenStatus struct {
 	State     string    `json:"state"`
 	TokenID   string    `json:"token_jti,omitempty"`
+	Licensee  string    `json:"licensee,omitempty"`
+	Lease     string    `json:"lease,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	RefreshAt time.Time `json:"refresh_at,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
@@ -210,7 +217,17 @@ func (s *TokenSource) closeFirst() {
 // Refresh asks the registry for a new token now and, if it passes Check,
 // makes it current. On failure the current token stays.
 func (s *TokenSource) Refresh(ctx context.Context) error {
-	resp, err := s.cfg.Registry.RequestToken(ctx, s.cfg.Contract, TokenRequest{Purpose: s.cfg.Purpose, Usage: s.cfg.Usage, JWK: s.cfg.JWK})
+	req := TokenRequest{Purpose: s.cfg.Purpose, Usage: s.cfg.Usage, JWK: s.cfg.JWK}
+	var err error
+	if s.cfg.Enrolment != nil {
+		if req.Enrolment, err = s.cfg.Enrolment(ctx); err != nil {
+			s.mu.Lock()
+			s.lastErr = err
+			s.mu.Unlock()
+			return fmt.Errorf("token for %s: %w", s.cfg.Contract, err)
+		}
+	}
+	resp, err := s.cfg.Registry.RequestToken(ctx, s.cfg.Contract, req)
 	if err == nil && resp.Token == "" {
 		err = errors.New("registry returned no token")
 	}
@@ -279,6 +296,7 @@ func (s *TokenSource) Status() TokenStatus {
 		return st
 	}
 	st.TokenID, st.ExpiresAt, st.RefreshAt = s.claims.ID, time.Unix(s.claims.Expiry, 0).UTC(), s.refresh.UTC()
+	st.Licensee, st.Lease = s.claims.Licensee, s.claims.Lease
 	switch {
 	case !s.cfg.Now().Before(st.ExpiresAt):
 		st.State = TokenExpired

@@ -86,9 +86,11 @@ func (fx *tokenFixture) source(t *testing.T, req contract.TokenRequester, contra
 	if err != nil {
 		t.Fatal(err)
 	}
+	enrolment := fx.h.Enrol(t, contractID, fx.key)
 	s, err := contract.NewTokenSource(contract.TokenSourceConfig{
 		Registry: req, Contract: contractID, Purpose: "training", JWK: fx.key.Public(), Check: check,
-		MinRetry: 50 * time.Millisecond, MaxRetry: 200 * time.Millisecond,
+		Enrolment: func(context.Context) (string, error) { return enrolment, nil },
+		MinRetry:  50 * time.Millisecond, MaxRetry: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -166,11 +168,13 @@ func TestTokenSourceRefreshAndOutage(t *testing.T) {
 }
 
 // misroute asks the registry for something other than what the source
-// wants: a token for another contract, or bound to another key.
+// wants: a token for another contract, or bound to another key (with the
+// enrolment that fits, so that the registry issues it).
 type misroute struct {
 	*contract.Client
 	contract string
 	jwk      *jose.JSONWebKey
+	enrol    func(contractID string, key *jose.JSONWebKey) string
 }
 
 func (m *misroute) RequestToken(ctx context.Context, id string, req contract.TokenRequest) (*contract.TokenResponse, error) {
@@ -180,6 +184,7 @@ func (m *misroute) RequestToken(ctx context.Context, id string, req contract.Tok
 	if m.jwk != nil {
 		req.JWK = m.jwk.Public()
 	}
+	req.Enrolment = m.enrol(id, &req.JWK)
 	return m.Client.RequestToken(ctx, id, req)
 }
 
@@ -192,14 +197,15 @@ func TestTokenSourceRefusesMisboundTokens(t *testing.T) {
 	otherKey, _ := verify.GenerateKey(jose.EdDSA)
 	otherClient, _ := contract.NewClient(fx.proxy.URL)
 	otherClient.Proof = verify.ProofFunc(otherKey)
+	enrol := func(id string, k *jose.JSONWebKey) string { return fx.h.Enrol(t, id, k) }
 
 	for _, tc := range []struct {
 		name string
 		req  contract.TokenRequester
 		want error
 	}{
-		{"another contract", &misroute{Client: fx.client, contract: other.ContractID}, verify.ErrWrongContract},
-		{"another key", &misroute{Client: otherClient, jwk: otherKey}, verify.ErrWrongKey},
+		{"another contract", &misroute{Client: fx.client, contract: other.ContractID, enrol: enrol}, verify.ErrWrongContract},
+		{"another key", &misroute{Client: otherClient, jwk: otherKey, enrol: enrol}, verify.ErrWrongKey},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := fx.source(t, tc.req, fx.contract.ContractID)
@@ -214,5 +220,39 @@ func TestTokenSourceRefusesMisboundTokens(t *testing.T) {
 				t.Fatalf("status %+v", st)
 			}
 		})
+	}
+}
+
+// TestTokenSourceSendsTheEnrolment: without an enrolment the registry
+// refuses (403 not_enrolled, kept as the status's last error); the source
+// asks for the enrolment at every request, so a renewed one is used
+// without a restart.
+func TestTokenSourceSendsTheEnrolment(t *testing.T) {
+	fx := newTokenFixture(t, time.Minute)
+	check, err := verify.NewCapabilityChecker(verify.NewJWKSCache(fx.h.Client.RegistryJWKSURL(), fx.h.Client), fx.contract.ContractID, fx.key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var current atomic.Value
+	current.Store("")
+	s, err := contract.NewTokenSource(contract.TokenSourceConfig{
+		Registry: fx.client, Contract: fx.contract.ContractID, Purpose: "training", JWK: fx.key.Public(), Check: check,
+		Enrolment: func(context.Context) (string, error) { return current.Load().(string), nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Refresh(context.Background()); contract.CodeOf(err) != contract.CodeNotEnrolled {
+		t.Fatalf("without an enrolment: %v, want not_enrolled", err)
+	}
+	if st := s.Status(); st.LastError == "" {
+		t.Fatalf("status %+v does not say why", st)
+	}
+	current.Store(fx.h.Enrol(t, fx.contract.ContractID, fx.key))
+	if err := s.Refresh(context.Background()); err != nil {
+		t.Fatalf("with the enrolment: %v", err)
+	}
+	if _, claims, err := s.Token(context.Background()); err != nil || claims.Licensee != registrytest.DefaultLicenseeID || claims.Lease == "" {
+		t.Fatalf("token = %+v %v, want one of the default licensee's lease", claims, err)
 	}
 }

@@ -469,6 +469,33 @@ func TestComposeShape(t *testing.T) {
 	if _, ok := flagMap(c.Services["registry"].Command[1:])["s3-endpoint"]; !ok {
 		t.Error("registry lacks --s3-endpoint: it cannot presign")
 	}
+	// The licensee's enrolment: setup writes it, and the sidecar's key it
+	// enrols, on the volume the sidecar reads them from (its key as
+	// STATE_DIR/sidecar.jwk), or the registry gives the sidecar no token.
+	sideVol, sideEnrol := onVolume(c.Services["sidecar"], sidecar["enrolment"])
+	setupVol, setupEnrol := onVolume(c.Services["setup"], setup["enrolment-out"])
+	if sideVol == "" || sideVol != setupVol || sideEnrol != setupEnrol {
+		t.Errorf("sidecar --enrolment=%q (volume %q) is not where setup --enrolment-out=%q (volume %q) writes it",
+			sidecar["enrolment"], sideVol, setup["enrolment-out"], setupVol)
+	}
+	stateVol, stateRel := onVolume(c.Services["sidecar"], sidecar["state-dir"]+"/sidecar.jwk")
+	keyVol, keyRel := onVolume(c.Services["setup"], setup["sidecar-key"])
+	if stateVol == "" || stateVol != keyVol || stateRel != keyRel {
+		t.Errorf("setup --sidecar-key=%q is not the sidecar's STATE_DIR/sidecar.jwk (%s/sidecar.jwk)", setup["sidecar-key"], sidecar["state-dir"])
+	}
+}
+
+// onVolume names the volume a path inside a service's container is on, and
+// the path within that volume.
+func onVolume(s composeService, p string) (volume, rel string) {
+	for _, v := range s.Volumes {
+		src, dst, _ := strings.Cut(v, ":")
+		dst, _, _ = strings.Cut(dst, ":")
+		if r, ok := strings.CutPrefix(p, strings.TrimSuffix(dst, "/")+"/"); ok && p != "" {
+			return src, r
+		}
+	}
+	return "", ""
 }
 
 // TestComposeCommandsAreReal checks every provgate command line in the

@@ -1,16 +1,24 @@
 #!/usr/bin/python3
-"""Set up a provgate pilot: a contributor key, a contract, a sample dataset.
+"""Set up a provgate pilot: contributor and licensee keys, a contract, a sample dataset, an enrolled sidecar key.
 
     pilot_setup.py --registry http://registry:8700 \\
         --admin-token-file /registry/admin-token --s3-endpoint http://minio:9000 \\
-        --state /pilot --contract did:example:pilot --samples 256
+        --state /pilot --contract did:example:pilot --samples 256 \\
+        --sidecar-key /sidecar-state/sidecar.jwk --enrolment-out /sidecar-state/enrolment.jws
 
 Idempotent, so a restarted compose service does nothing twice:
-1. a contributor key (provgate keygen) in STATE/contributor.jwk;
-2. the contract (provgate contract create), unless the registry has it;
+1. a contributor key and a licensee key (provgate keygen) in
+   STATE/contributor.jwk and STATE/licensee.jwk;
+2. the contract (provgate contract create) naming both, unless the
+   registry has it;
 3. a deterministic sample dataset in STATE/data (SAMPLES files of random
    sizes around --size, seeded), contributed with provgate contribute
-   (which skips objects the log already holds).
+   (which skips objects the log already holds);
+4. with --sidecar-key: the sidecar's key (provgate keygen, if missing; the
+   sidecar finds it in its state dir as sidecar.jwk) and the licensee's
+   enrolment of it (provgate enroll) at --enrolment-out, which the sidecar
+   reads with --enrolment. Without an enrolment the registry gives the
+   sidecar no token.
 The bucket must exist (the compose file's createbucket service makes it).
 Used by docker/compose.yaml and by examples/pytorch/e2e_test.go.
 """
@@ -27,6 +35,16 @@ import urllib.parse
 import urllib.request
 
 CONTRIBUTOR = "did:example:contributor-1"
+
+
+def keygen(provgate, key, pub):
+    """Make a key with provgate keygen unless it exists; return its public JWK."""
+    if not os.path.exists(key):
+        out = run([provgate, "keygen", "--out", key], capture_output=True, text=True).stdout
+        with open(pub, "w") as f:
+            f.write(out)
+    with open(pub) as f:
+        return json.load(f)["jwk"]
 
 
 def run(args, **kw):
@@ -90,6 +108,10 @@ def main(argv=None):
     p.add_argument("--encoding", default="zstd", choices=["identity", "gzip", "zstd"])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--wait", type=float, default=120, help="seconds to wait for the registry")
+    p.add_argument("--licensee", default="did:example:licensee-1", help="the licensee the contract names")
+    p.add_argument("--licensee-max-samples", type=int, default=0, help="the licensee's quota in samples (0: the contract's)")
+    p.add_argument("--sidecar-key", help="the sidecar's key file (made with provgate keygen if missing) to enrol")
+    p.add_argument("--enrolment-out", help="where to write the enrolment (default: STATE/enrolment.jws)")
     args = p.parse_args(argv)
 
     if args.prefix is None:
@@ -103,13 +125,9 @@ def main(argv=None):
         time.sleep(0.5)
 
     key = os.path.join(args.state, "contributor.jwk")
-    pub = os.path.join(args.state, "contributor.pub.json")
-    if not os.path.exists(key):
-        out = run([args.provgate, "keygen", "--out", key], capture_output=True, text=True).stdout
-        with open(pub, "w") as f:
-            f.write(out)
-    with open(pub) as f:
-        jwk = json.load(f)["jwk"]
+    jwk = keygen(args.provgate, key, os.path.join(args.state, "contributor.pub.json"))
+    licensee_key = os.path.join(args.state, "licensee.jwk")
+    licensee_jwk = keygen(args.provgate, licensee_key, os.path.join(args.state, "licensee.pub.json"))
 
     if not contract_exists(args.registry, args.contract):
         c = {
@@ -119,6 +137,8 @@ def main(argv=None):
             "pricing": {"unit": "sample", "price_usd": args.price_usd},
             "usage": {"purposes": [args.purpose], "retention_days": 30, "redistribution": False},
             "contributors": [{"id": CONTRIBUTOR, "jwks": {"keys": [jwk]}}],
+            "licensees": [{"id": args.licensee, "jwks": {"keys": [licensee_jwk]},
+                           "terms": {"purposes": [args.purpose], "max_samples": args.licensee_max_samples}}],
             "origin": {"bucket": args.bucket, "prefix": args.prefix, "mode": args.mode},
         }
         path = os.path.join(args.state, "contract.json")
@@ -131,7 +151,15 @@ def main(argv=None):
     make_dataset(data, args.samples, args.size, args.seed)
     run([args.provgate, "contribute", "--registry", args.registry, "--contract", args.contract, "--key", key,
          "--s3-endpoint", args.s3_endpoint, "--bucket", args.bucket, "--encoding", args.encoding, data])
-    print(json.dumps({"contract": args.contract, "data": data, "samples": args.samples}))
+    enrolment = None
+    if args.sidecar_key:
+        sidecar_dir = os.path.dirname(os.path.abspath(args.sidecar_key))
+        os.makedirs(sidecar_dir, mode=0o700, exist_ok=True)
+        keygen(args.provgate, args.sidecar_key, os.path.join(sidecar_dir, "sidecar.pub.json"))
+        enrolment = args.enrolment_out or os.path.join(args.state, "enrolment.jws")
+        run([args.provgate, "enroll", "--licensee", args.licensee, "--contract", args.contract, "--key", licensee_key,
+             "--sidecar-key", args.sidecar_key, "--out", enrolment])
+    print(json.dumps({"contract": args.contract, "data": data, "samples": args.samples, "enrolment": enrolment}))
     return 0
 
 

@@ -13,7 +13,7 @@ import (
 )
 
 // TestSharedPodAccess: with a local token the data endpoint answers 401
-// without it; the unix socket serves the same API; /metrics exposes what
+// without it; the unix socket serves the same API; /metrics (token too) exposes what
 // an operator watches.
 func TestSharedPodAccess(t *testing.T) {
 	e := newEnv(t, envOpt{})
@@ -49,7 +49,13 @@ func TestSharedPodAccess(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || string(b) != "hello" {
 		t.Fatalf("over the unix socket: %d %q", resp.StatusCode, b)
 	}
-	resp, err = http.Get(sc.URL() + "/metrics")
+	// /metrics honours the local token too.
+	if code := status(t, sc.URL()+"/metrics"); code != http.StatusUnauthorized {
+		t.Fatalf("/metrics without the token: %d, want 401", code)
+	}
+	req, _ = http.NewRequest(http.MethodGet, sc.URL()+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer pod-token")
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -135,6 +137,7 @@ func (e *env) sidecarNoWait(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	e.enrol(&cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sc, err := sidecar.Start(ctx, cfg)
@@ -149,6 +152,42 @@ func (e *env) sidecarNoWait(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 	return sc
 }
 
+// enrol gives a sidecar without enrolments the default licensee's
+// enrolment of its key (the one in its state dir, made if missing) for
+// each of its contracts, as an operator does with provgate enroll.
+func (e *env) enrol(cfg *sidecar.Config) {
+	e.t.Helper()
+	if cfg.Key == nil {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			e.t.Fatal(err)
+		}
+		k, err := sidecar.LoadOrCreateKey(filepath.Join(cfg.StateDir, sidecar.KeyFile))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		cfg.Key = k
+	}
+	if cfg.Enrolments != nil || cfg.EnrolmentFiles != nil {
+		return
+	}
+	for _, id := range cfg.Contracts {
+		cfg.Enrolments = append(cfg.Enrolments, e.reg.Enrol(e.t, id, cfg.Key))
+	}
+}
+
+// enrolmentFile writes the default licensee's enrolment of the sidecar key
+// in stateDir (made if missing) under the contract, for --enrolment.
+func (e *env) enrolmentFile(stateDir string) string {
+	e.t.Helper()
+	cfg := sidecar.Config{StateDir: stateDir, Contracts: []string{e.c.ContractID}}
+	e.enrol(&cfg)
+	path := filepath.Join(filepath.Dir(stateDir), "enrolment.jws")
+	if err := os.WriteFile(path, []byte(cfg.Enrolments[0]+"\n"), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return path
+}
+
 // front is a reverse proxy in front of the registry that a test can take
 // down (connections are dropped) or point at another registry (a fork).
 type front struct {
@@ -156,6 +195,8 @@ type front struct {
 	ln     net.Listener
 	target atomic.Pointer[url.URL]
 	down   atomic.Bool
+	// lie, when set, rewrites the registry's answers to metering batches.
+	lie atomic.Pointer[func(*contract.MeteringResponse)]
 }
 
 func newFront(t testing.TB) *front {
@@ -166,6 +207,24 @@ func newFront(t testing.TB) *front {
 			r.SetURL(f.target.Load())
 		},
 		FlushInterval: -1,
+		ModifyResponse: func(r *http.Response) error {
+			lie := f.lie.Load()
+			if lie == nil || r.Request.Method != http.MethodPost || !strings.HasSuffix(r.Request.URL.Path, "/metering") || r.StatusCode != http.StatusOK {
+				return nil
+			}
+			var resp contract.MeteringResponse
+			err := json.NewDecoder(r.Body).Decode(&resp)
+			r.Body.Close()
+			if err != nil {
+				return err
+			}
+			(*lie)(&resp)
+			b, _ := json.Marshal(resp)
+			r.Body = io.NopCloser(bytes.NewReader(b))
+			r.ContentLength = int64(len(b))
+			r.Header.Set("Content-Length", strconv.Itoa(len(b)))
+			return nil
+		},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

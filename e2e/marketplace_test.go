@@ -21,9 +21,10 @@ import (
 func TestMarketplaceMode(t *testing.T) {
 	e := newEnv(t, envOpt{})
 	want := map[string][]byte{}
+	var storedBytes int64
 	for i, name := range []string{"m/1.bin", "m/2.bin", "m/3.bin"} {
 		want[name] = randomBytes(t, 3000+i)
-		e.put(name, want[name], i != 1)
+		storedBytes += e.put(name, want[name], i != 1).StoredSize
 	}
 	sc := e.sidecar(func(c *sidecar.Config) { c.S3Endpoint, c.ProxyListen = "", "" })
 	for name, b := range want {
@@ -31,6 +32,17 @@ func TestMarketplaceMode(t *testing.T) {
 		if code != http.StatusOK || !bytes.Equal(got, b) {
 			t.Errorf("%s through presigned URLs: %d, %d bytes", name, code, len(got))
 		}
+	}
+	// The registry's totals show the presigned objects beside the metered
+	// samples.
+	drain(t, sc, e.c.ContractID)
+	r, err := e.client.MeteringReport(context.Background(), e.c.ContractID, contract.TotalsFilter{Epoch: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.PresignedObjects != 3 || r.PresignedBytes != storedBytes || r.BilledSamples != 3 {
+		t.Errorf("registry totals: %d presigned objects (%d bytes), %d billed samples; want 3 (%d bytes), 3",
+			r.PresignedObjects, r.PresignedBytes, r.BilledSamples, storedBytes)
 	}
 	// The bucket itself is closed to anyone without credentials.
 	resp, err := http.Get(e.minio.URL() + "/" + e.bucket + "/" + e.c.Origin.Key("m/1.bin"))

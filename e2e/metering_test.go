@@ -235,3 +235,64 @@ func TestForwardProxyAllowlist(t *testing.T) {
 		t.Fatal("a sidecar whose allowlist covers the origin host started")
 	}
 }
+
+// TestSidecarAlarmsWhenRegistryCountsLess: a registry that acknowledges
+// the sidecar's metering but counts less than it was sent (here: half the
+// cost) raises the alarm where an operator looks: an error log, the
+// provgate_ledger_sync_disputes_total counter and the contract's detail in
+// /readyz; the reads themselves go on.
+func TestSidecarAlarmsWhenRegistryCountsLess(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	e.put("a.bin", randomBytes(t, 1000), false)
+	sc := e.sidecar(nil)
+	lie := func(r *contract.MeteringResponse) { r.Counted.CostNanoUSD /= 2 }
+	e.front.lie.Store(&lie)
+	if code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "a.bin", 1, "lied"); code != http.StatusOK {
+		t.Fatalf("GET: %d", code)
+	}
+	drain(t, sc, e.c.ContractID)
+
+	resp, err := http.Get(sc.URL() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready struct {
+		Ready     bool
+		Contracts []struct {
+			MeteringDisputes int64  `json:"metering_disputes"`
+			MeteringDispute  string `json:"metering_dispute"`
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ready)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ready.Contracts) != 1 || ready.Contracts[0].MeteringDisputes != 1 || !strings.Contains(ready.Contracts[0].MeteringDispute, "counted") {
+		t.Errorf("/readyz = %+v, want one metering dispute with its detail", ready)
+	}
+	resp, err = http.Get(sc.URL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "provgate_ledger_sync_disputes_total 1\n") {
+		t.Errorf("/metrics has no provgate_ledger_sync_disputes_total 1:\n%s", grepLines(string(metrics), "dispute"))
+	}
+	// The rows are kept: the ledger still holds the disputed read.
+	tot, err := sc.Ledger().Totals(context.Background(), e.c.ContractID, false)
+	if err != nil || tot.AccessEvents != 1 {
+		t.Errorf("ledger totals %+v, %v; want the disputed read kept", tot, err)
+	}
+}
+
+func grepLines(s, word string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, word) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

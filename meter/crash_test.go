@@ -28,6 +28,7 @@ const (
 	envChildRegistry = "METER_TEST_CHILD_REGISTRY"
 	envChildKey      = "METER_TEST_CHILD_KEY"
 	envChildContract = "METER_TEST_CHILD_CONTRACT"
+	envChildEnrol    = "METER_TEST_CHILD_ENROLMENT"
 )
 
 func TestMain(m *testing.M) {
@@ -64,7 +65,8 @@ func writerChild() int {
 	}
 	client.Proof = verify.ProofFunc(key)
 	sy, err := meter.NewSyncer(l, meter.SyncConfig{Client: client, Key: key, BatchSize: 200,
-		Tokens: &meter.RequestedTokens{Client: client, Key: key, Purpose: "training"}, Interval: 5 * time.Millisecond})
+		Tokens: &meter.RequestedTokens{Client: client, Key: key, Purpose: "training",
+			Enrolment: func(string) (string, error) { return os.Getenv(envChildEnrol), nil }}, Interval: 5 * time.Millisecond})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -101,13 +103,17 @@ func TestKilledWriterLosesNoAcknowledgedEvent(t *testing.T) {
 	if err := verify.SaveKey(keyFile, key); err != nil {
 		t.Fatal(err)
 	}
+	enrol, err := enrolment(key, c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ledger := filepath.Join(dir, "ledger.db")
 	acked := map[string]bool{}
 	const kills = 20
 	for run := range kills {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), envChildLedger+"="+ledger, envChildRegistry+"="+h.URL,
-			envChildKey+"="+keyFile, envChildContract+"="+c.ContractID)
+			envChildKey+"="+keyFile, envChildContract+"="+c.ContractID, envChildEnrol+"="+enrol)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

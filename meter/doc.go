@@ -6,11 +6,13 @@
 // # Rows
 //
 // An access row records one served, partial, refused or failed access:
-// time, contract, name, bytes, decoded sha256, epoch, job, token jti and
-// outcome, with the units and the cost (integer nano-USD) that the
-// contract's pricing gives it (per sample, per token, per byte; a
-// subscription bills nothing per use). Only the outcomes served and
-// partial bill. An epoch row summarises one (contract, job, epoch): the
+// time, contract, name, bytes, samples, tokens, decoded sha256, epoch, job,
+// token jti, quota lease and outcome, with the units and the cost (integer
+// nano-USD) that the contract's pricing gives it (per sample, per token, per
+// byte; a subscription bills nothing per use). The outcomes served, partial,
+// range and aborted bill their samples, tokens and bytes (the data path
+// decides them by the pass rule, README "Billing"); refusals and
+// verification failures bill nothing. An epoch row summarises one (contract, job, epoch): the
 // access events, served samples, bytes, distinct objects, units and cost
 // of its access rows. The bill is the sum of access rows; an epoch row is
 // a report and is sent with units and cost zero, so that nothing is ever
@@ -75,7 +77,8 @@
 // # Commits
 //
 // A commit writes the group's rows only (one page for a small group).
-// The quota totals (per token and contract) and the head are written with
+// The quota totals (per lease, or per token without one, and per
+// contract) and the head are written with
 // the first commit after every 100 ms; on open, the rows after that snapshot are
 // replayed into the totals, so they survive a kill too.
 //
@@ -87,7 +90,11 @@
 // derives the batch id from their event ids, signs the batch with the
 // sidecar key and stores the signed batch with the cursor before sending
 // it, so a retry after a crash sends the same bytes with the same
-// Idempotency-Key. An acknowledged batch moves the cursor. A registry
+// Idempotency-Key. The registry's answer must say it counted exactly the
+// batch sent (see checkAnswer); otherwise the batch is recorded as
+// disputed, its rows are kept from pruning, and the dispute is logged,
+// counted and shown per contract (DisputeStatus). An acknowledged batch
+// moves the cursor. A registry
 // outage only grows the outbox; a restart resumes from the cursor. Synced
 // rows are kept for the retention period, then pruned from the front; the
 // chain is anchored at the last pruned row.

@@ -13,9 +13,11 @@ import (
 	"github.com/provgate/provgate/contract"
 )
 
-// Access outcomes. OutcomeServed and OutcomePartial bill a sample (and
-// their bytes); OutcomeRange, a range that continues an object already
-// counted, bills its bytes only; the others bill nothing.
+// Access outcomes. OutcomeServed and OutcomePartial open a pass over an
+// object and bill a sample (and their bytes); OutcomeRange, a range that
+// continues a pass, bills its bytes only; OutcomeAborted bills what the
+// response sent (its bytes, and the sample if it opened the pass); the
+// others bill nothing.
 const (
 	OutcomeServed       = "served"
 	OutcomePartial      = "partial"
@@ -49,14 +51,27 @@ type Event struct {
 	Epoch         int64
 	Job           string
 	TokenID       string
+	// Lease is the quota lease the token draws on; usage and quotas are
+	// counted per lease, or per token id when it has none.
+	Lease string
 	// Outcome is one of the Outcome constants (or another short word for a
 	// refusal); empty means OutcomeServed.
 	Outcome string
 }
 
-// billable reports whether an outcome bills.
+// billable reports whether an outcome bills: the rule the registry
+// checks batches against (contract.BillableOutcome).
 func billable(outcome string) bool {
-	return outcome == OutcomeServed || outcome == OutcomePartial || outcome == OutcomeRange
+	return contract.BillableOutcome(outcome)
+}
+
+// quotaKey is what an event's usage counts against: its lease, or its
+// token when it has none.
+func quotaKey(lease, tokenID string) string {
+	if lease != "" {
+		return "lease:" + lease
+	}
+	return tokenID
 }
 
 // normalize fills defaults and checks bounds.
@@ -75,10 +90,14 @@ func (e *Event) normalize(now time.Time) error {
 		return fmt.Errorf("%w: contract id must be 1 to %d bytes", ErrInvalidEvent, maxContractID)
 	case len(e.Name) > MaxNameLen:
 		return fmt.Errorf("%w: name longer than %d bytes", ErrInvalidEvent, MaxNameLen)
-	case len(e.Job) > MaxFieldLen || len(e.TokenID) > MaxFieldLen || len(e.Outcome) > MaxFieldLen || len(e.DecodedSHA256) > MaxFieldLen:
+	case len(e.Job) > MaxFieldLen || len(e.TokenID) > MaxFieldLen || len(e.Lease) > MaxFieldLen || len(e.Outcome) > MaxFieldLen || len(e.DecodedSHA256) > MaxFieldLen:
 		return fmt.Errorf("%w: job, token id, outcome and sha256 are at most %d bytes", ErrInvalidEvent, MaxFieldLen)
 	case e.Bytes < 0 || e.Samples < 0 || e.Tokens < 0 || e.Epoch < 0:
 		return fmt.Errorf("%w: negative bytes, samples, tokens or epoch", ErrInvalidEvent)
+	case e.Bytes > contract.MaxEventBytes || e.Samples > contract.MaxEventSamples || e.Tokens > contract.MaxEventUnits || e.Epoch > contract.MaxEventEpoch:
+		// The registry refuses such an event; in the outbox it would hold
+		// back every row after it.
+		return fmt.Errorf("%w: bytes, samples, tokens or epoch beyond one event's bounds", ErrInvalidEvent)
 	}
 	return nil
 }
@@ -130,6 +149,7 @@ type Row struct {
 	Epoch       int64
 	Job         string
 	TokenID     string
+	Lease       string
 	DecodedSHA  string
 	Outcome     string
 	// Events is the number of access rows an epoch row summarises.
@@ -144,7 +164,7 @@ func (r *Row) MeteringEvent() contract.MeteringEvent {
 	ev := contract.MeteringEvent{
 		ID: r.ID, Time: r.Time, Kind: r.Kind, Name: r.Name, Bytes: r.Bytes, Samples: r.Samples,
 		Distinct: r.Distinct, Units: r.Units, CostNanoUSD: r.CostNanoUSD, Epoch: r.Epoch,
-		Job: r.Job, TokenID: r.TokenID, DecodedSHA: r.DecodedSHA, Outcome: r.Outcome,
+		Job: r.Job, TokenID: r.TokenID, Lease: r.Lease, DecodedSHA: r.DecodedSHA, Outcome: r.Outcome,
 	}
 	if r.Kind == contract.EventEpoch {
 		ev.Units, ev.CostNanoUSD = 0, 0
@@ -157,8 +177,13 @@ func eventID(ledgerID string, seq int64) string {
 	return ledgerID + "-" + strconv.FormatInt(seq, 10)
 }
 
-// recordVersion is the first byte of every encoded record.
-const recordVersion = 1
+// recordVersion is the first byte of every encoded record: 1 for a row
+// without a lease, 2 for one with a lease (its string follows the others),
+// so that every row has one encoding and old rows keep their hashes.
+const (
+	recordVersion      = 1
+	recordVersionLease = 2
+)
 
 // appendRecord encodes the row's content (everything but seq, id and
 // hash) in the stable binary form that is stored and hashed.
@@ -167,11 +192,19 @@ func appendRecord(b []byte, r *Row) []byte {
 	if r.Kind == contract.EventEpoch {
 		kind = kindEpoch
 	}
-	b = append(b, recordVersion, kind)
+	version := byte(recordVersion)
+	if r.Lease != "" {
+		version = recordVersionLease
+	}
+	b = append(b, version, kind)
 	b = binary.AppendVarint(b, r.Time.UnixNano())
 	for _, s := range [...]string{r.Contract, r.Name, r.Job, r.TokenID, r.DecodedSHA, r.Outcome} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
+	}
+	if r.Lease != "" {
+		b = binary.AppendUvarint(b, uint64(len(r.Lease)))
+		b = append(b, r.Lease...)
 	}
 	for _, n := range [...]int64{r.Bytes, r.Samples, r.Tokens, r.Distinct, r.Units, r.CostNanoUSD, r.Epoch, r.Events} {
 		b = binary.AppendVarint(b, n)
@@ -184,8 +217,13 @@ var errRecord = errors.New("malformed record")
 // decodeRecord fills r from an encoded record.
 func decodeRecord(b []byte, r *Row) error {
 	orig := b
-	if len(b) < 2 || b[0] != recordVersion {
+	if len(b) < 2 || (b[0] != recordVersion && b[0] != recordVersionLease) {
 		return errRecord
+	}
+	strs := []*string{&r.Contract, &r.Name, &r.Job, &r.TokenID, &r.DecodedSHA, &r.Outcome}
+	r.Lease = ""
+	if b[0] == recordVersionLease {
+		strs = append(strs, &r.Lease)
 	}
 	switch b[1] {
 	case kindAccess:
@@ -202,7 +240,7 @@ func decodeRecord(b []byte, r *Row) error {
 	}
 	r.Time = time.Unix(0, t).UTC()
 	b = b[n:]
-	for _, s := range [...]*string{&r.Contract, &r.Name, &r.Job, &r.TokenID, &r.DecodedSHA, &r.Outcome} {
+	for _, s := range strs {
 		l, n := binary.Uvarint(b)
 		if n <= 0 || l > uint64(len(b)-n) {
 			return errRecord

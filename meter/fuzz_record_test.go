@@ -16,10 +16,13 @@ func FuzzDecodeRecord(f *testing.F) {
 		{Kind: contract.EventAccess, Time: time.Unix(1700000000, 5).UTC(), Contract: "did:example:c", Name: "a/b.tar",
 			Bytes: 65536, Samples: 1, Units: 1, CostNanoUSD: 500000, Epoch: 3, Job: "j", TokenID: "t", DecodedSHA: "00ff", Outcome: OutcomeServed},
 		{Kind: contract.EventEpoch, Time: time.Unix(0, 0).UTC(), Contract: "c", Samples: 10, Distinct: 4, Events: 12, Outcome: "closed"},
+		{Kind: contract.EventAccess, Time: time.Unix(1700000000, 0).UTC(), Contract: "c", Name: "x", Bytes: 9, Samples: 1, Tokens: 3,
+			Units: 3, TokenID: "t", Lease: "lease-1", Outcome: OutcomeAborted},
 	} {
 		f.Add(appendRecord(nil, &r))
 	}
 	f.Add([]byte{recordVersion, kindAccess})
+	f.Add([]byte{recordVersionLease, kindAccess, 0, 1, 'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}) // an empty lease: not canonical
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r Row
 		if err := decodeRecord(b, &r); err != nil {

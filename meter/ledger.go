@@ -107,8 +107,10 @@ type Ledger struct {
 	closed    bool
 	contracts map[string]*contractState
 	byID      map[int64]*contractState
-	usage     map[usageKey]*usageTotals // per contract and token
+	usage     map[usageKey]*usageTotals // per contract and lease (or token)
 	cusage    map[int64]*usageTotals    // per contract
+	reserved  map[usageKey]*usageTotals // reserved by responses in flight
+	creserved map[int64]*usageTotals
 
 	wake      chan struct{} // a group has its first event
 	urgent    chan struct{} // a group has a waiter, or is big
@@ -137,6 +139,11 @@ type Ledger struct {
 
 	written, commits, refused, writeErrors atomic.Uint64
 	synced, batches, syncErrors            atomic.Uint64
+	disputed                               atomic.Uint64
+	// disputes by contract id, replaced whole on each (rare) dispute so
+	// that DisputeStatus, read on the data path, takes no lock.
+	disputes  atomic.Pointer[map[string]DisputeInfo]
+	disputeMu sync.Mutex // serialises writers of disputes
 }
 
 type contractState struct {
@@ -167,6 +174,7 @@ type item struct {
 	c            *contractState
 	ev           Event
 	units, cost  int64
+	res          *Reservation  // turned into usage as the item is queued
 	epochSummary *EpochSummary // result, for kindEpoch
 }
 
@@ -241,6 +249,8 @@ func newLedger(path string, cfg Config, db *sql.DB) *Ledger {
 		byID:       map[int64]*contractState{},
 		usage:      map[usageKey]*usageTotals{},
 		cusage:     map[int64]*usageTotals{},
+		reserved:   map[usageKey]*usageTotals{},
+		creserved:  map[int64]*usageTotals{},
 		wake:       make(chan struct{}, 1),
 		urgent:     make(chan struct{}, 1),
 		committed:  make(chan struct{}, 1),
@@ -405,6 +415,10 @@ func (l *Ledger) load(ctx context.Context) error {
 		l.byID[id].outbox.Store(n)
 	}
 
+	if err := l.loadDisputes(ctx); err != nil && !l.readOnly {
+		return fmt.Errorf("open ledger: %w", err)
+	}
+
 	rows, err = l.rdb.QueryContext(ctx, "SELECT contract, token_jti, samples, bytes FROM usage")
 	if err != nil {
 		return fmt.Errorf("open ledger: %w", err)
@@ -435,9 +449,10 @@ func (l *Ledger) load(ctx context.Context) error {
 	}
 	err = l.scanRows(ctx, func(r *Row, cid int64) error {
 		if r.Kind == contract.EventAccess && billable(r.Outcome) {
-			l.addUsage(cid, r.TokenID, r.Samples, r.Bytes)
+			k := quotaKey(r.Lease, r.TokenID)
+			l.addUsage(cid, k, r.Samples, r.Bytes)
 			if !l.readOnly {
-				add(l.usageDelta, usageKey{cid, r.TokenID}, usageTotals{r.Samples, r.Bytes})
+				add(l.usageDelta, usageKey{cid, k}, usageTotals{r.Samples, r.Bytes})
 			}
 		}
 		return nil
@@ -614,13 +629,19 @@ func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
 		room := l.room
 		l.mu.Unlock()
 		l.nudge()
-		if timer == nil {
-			timer = time.NewTimer(l.cfg.FullWait)
-			defer timer.Stop()
+		// A reserved access bills bytes that are leaving: it waits for
+		// room as long as its context lets it, never ErrBusy.
+		var timeout <-chan time.Time
+		if it.res == nil {
+			if timer == nil {
+				timer = time.NewTimer(l.cfg.FullWait)
+				defer timer.Stop()
+			}
+			timeout = timer.C
 		}
 		select {
 		case <-room:
-		case <-timer.C:
+		case <-timeout:
 			l.refused.Add(1)
 			return Pending{}, fmt.Errorf("%w: %d events queued", ErrBusy, l.cfg.BufferSize)
 		case <-ctx.Done():
@@ -645,7 +666,11 @@ func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
 			return Pending{}, err
 		}
 		if billable(it.ev.Outcome) {
-			l.addUsage(c.id, it.ev.TokenID, it.ev.Samples, it.ev.Bytes)
+			l.addUsage(c.id, quotaKey(it.ev.Lease, it.ev.TokenID), it.ev.Samples, it.ev.Bytes)
+		}
+		if it.res != nil {
+			it.res.releaseLocked() // the usage above replaces it
+			it.res = nil
 		}
 	}
 	g := l.cur
@@ -721,41 +746,6 @@ func (l *Ledger) ContractUsage(contractID string) (samples, bytes int64) {
 	return 0, 0
 }
 
-// QuotaError says which quota is spent.
-type QuotaError struct {
-	Scope string // "token" or "contract"
-	What  string // "samples" or "bytes"
-	Used  int64
-	Limit int64
-}
-
-func (e *QuotaError) Error() string {
-	return fmt.Sprintf("meter: %s quota spent: %d of %d %s used", e.Scope, e.Used, e.Limit, e.What)
-}
-
-func (e *QuotaError) Unwrap() error { return ErrQuotaSpent }
-
-// CheckQuota refuses (with a *QuotaError wrapping ErrQuotaSpent) when
-// serving samples more samples of bytes in all would pass the token's
-// quota or the contract's usage limits; a zero limit is no limit.
-// Concurrent requests can overrun a quota by at most the requests in
-// flight.
-func (l *Ledger) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
-	ts, tb := l.Usage(contractID, tokenID)
-	cs, cb := l.ContractUsage(contractID)
-	switch {
-	case q.MaxSamples > 0 && ts+samples > q.MaxSamples:
-		return &QuotaError{"token", "samples", ts, q.MaxSamples}
-	case q.MaxBytes > 0 && tb+bytes > q.MaxBytes:
-		return &QuotaError{"token", "bytes", tb, q.MaxBytes}
-	case u.MaxSamples > 0 && cs+samples > u.MaxSamples:
-		return &QuotaError{"contract", "samples", cs, u.MaxSamples}
-	case u.MaxBytes > 0 && cb+bytes > u.MaxBytes:
-		return &QuotaError{"contract", "bytes", cb, u.MaxBytes}
-	}
-	return nil
-}
-
 // Stats are the ledger's counters, for /metrics.
 type Stats struct {
 	Queued      int    // events waiting for the writer
@@ -767,6 +757,7 @@ type Stats struct {
 	Synced      uint64 // rows the registry acknowledged since Open
 	Batches     uint64 // batches the registry acknowledged since Open
 	SyncErrors  uint64 // failed batch posts
+	Disputed    uint64 // acknowledged batches the registry did not count as sent, since Open
 }
 
 // Stats returns the counters now.
@@ -779,6 +770,7 @@ func (l *Ledger) Stats() Stats {
 	l.mu.Unlock()
 	s.Written, s.Commits, s.Refused, s.WriteErrors = l.written.Load(), l.commits.Load(), l.refused.Load(), l.writeErrors.Load()
 	s.Synced, s.Batches, s.SyncErrors = l.synced.Load(), l.batches.Load(), l.syncErrors.Load()
+	s.Disputed = l.disputed.Load()
 	return s
 }
 

@@ -95,7 +95,8 @@ func TestRecordConcurrentlyAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := contract.MeteringTotals{Contract: testContract, Events: n, AccessEvents: n, AccessBytes: wantBytes, Units: n, CostNanoUSD: n * 500_000}
+	want := contract.MeteringTotals{Contract: testContract, Events: n, AccessEvents: n, AccessBytes: wantBytes, Units: n, CostNanoUSD: n * 500_000,
+		BilledEvents: n, BilledSamples: n, BilledBytes: wantBytes, BilledUnits: n, BilledCostNanoUSD: n * 500_000}
 	if tot != want {
 		t.Errorf("totals after reopen\n got %+v\nwant %+v", tot, want)
 	}
@@ -167,6 +168,12 @@ func TestBadInput(t *testing.T) {
 		"negative bytes":   {Contract: testContract, Name: "a", Bytes: -1},
 		"huge name":        {Contract: testContract, Name: string(bytes.Repeat([]byte("a"), 2000))},
 		"overflowing cost": {Contract: testContract, Name: "a", Samples: 1 << 62},
+		// Beyond what the registry takes in one event: such a row would
+		// block the outbox for good.
+		"absurd epoch":   {Contract: testContract, Name: "a", Epoch: contract.MaxEventEpoch + 1},
+		"absurd bytes":   {Contract: testContract, Name: "a", Bytes: contract.MaxEventBytes + 1},
+		"absurd samples": {Contract: testContract, Name: "a", Samples: contract.MaxEventSamples + 1, Outcome: meter.OutcomeRefused},
+		"absurd tokens":  {Contract: testContract, Name: "a", Tokens: contract.MaxEventUnits + 1},
 	} {
 		if _, err := l.Record(ctx, ev); err == nil {
 			t.Errorf("%s: recorded, want an error", name)
@@ -321,7 +328,7 @@ func TestQuota(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := l.CheckQuota(testContract, "t1", tc.q, tc.u, 1, tc.size)
+			err := l.CheckQuota(testContract, "", "t1", tc.q, tc.u, 1, tc.size)
 			var qe *meter.QuotaError
 			switch {
 			case tc.want == "" && err != nil:

@@ -66,6 +66,7 @@ type Syncer struct {
 	l   *Ledger
 	cfg SyncConfig
 	kid string
+	pub *jose.JSONWebKey
 	log *slog.Logger
 
 	mu        sync.Mutex // one pass at a time
@@ -114,7 +115,8 @@ func NewSyncer(l *Ledger, cfg SyncConfig) (*Syncer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = l.log
 	}
-	return &Syncer{l: l, cfg: cfg, kid: kid, log: cfg.Logger}, nil
+	pub := cfg.Key.Public()
+	return &Syncer{l: l, cfg: cfg, kid: kid, pub: &pub, log: cfg.Logger}, nil
 }
 
 // Start runs the sync loop until ctx ends or Stop is called.
@@ -204,6 +206,10 @@ type batch struct {
 	last  int64
 	count int64
 	jws   string
+	// after is the cursor the batch continues (its rows are in (after,
+	// last]); rows with seq <= mayRepeat may have been counted by an
+	// earlier batch whose answer was lost.
+	after, mayRepeat int64
 }
 
 func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error) {
@@ -239,9 +245,15 @@ func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error
 			}
 			return total, fmt.Errorf("meter: sync %s: batch %s: %w", c.name, b.id, err)
 		}
-		if int64(resp.Accepted+resp.Duplicates) != b.count {
-			s.log.Error("registry counted a batch differently", "contract", c.name, "batch", b.id,
-				"events", b.count, "accepted", resp.Accepted, "duplicates", resp.Duplicates)
+		if err := s.checkAnswer(b, resp); err != nil {
+			// The registry took the batch durably and answers a retry the
+			// same way: sending it again cannot change the count. Keep the
+			// rows, mark them, and raise the alarm.
+			s.log.Error("registry did not count a metering batch as sent", "contract", c.name, "batch", b.id,
+				"events", b.count, "accepted", resp.Accepted, "duplicates", resp.Duplicates, "err", err)
+			if err := s.l.dispute(ctx, c, b, b.after, err); err != nil {
+				return total, err
+			}
 		}
 		if err := s.l.ack(ctx, c, b); err != nil {
 			return total, err
@@ -253,17 +265,17 @@ func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error
 // nextBatch returns the batch in flight for c, or makes, signs and
 // records the next one; nil when the outbox of c is empty.
 func (s *Syncer) nextBatch(ctx context.Context, c *contractState) (*batch, error) {
-	var acked int64
+	var acked, sent int64
 	var pid, pjws sql.NullString
 	var plast, pcount sql.NullInt64
-	err := s.l.rdb.QueryRowContext(ctx, "SELECT acked_seq, pending_batch, pending_last, pending_count, pending_jws FROM contracts WHERE id = ?", c.id).
-		Scan(&acked, &pid, &plast, &pcount, &pjws)
+	err := s.l.rdb.QueryRowContext(ctx, "SELECT acked_seq, sent_seq, pending_batch, pending_last, pending_count, pending_jws FROM contracts WHERE id = ?", c.id).
+		Scan(&acked, &sent, &pid, &plast, &pcount, &pjws)
 	if err != nil {
 		return nil, fmt.Errorf("meter: sync %s: %w", c.name, err)
 	}
 	if pid.Valid {
 		if kid, err := verify.PeekKeyID(pjws.String, contract.TypeMetering); err == nil && kid == s.kid {
-			return &batch{id: pid.String, last: plast.Int64, count: pcount.Int64, jws: pjws.String}, nil
+			return &batch{id: pid.String, last: plast.Int64, count: pcount.Int64, jws: pjws.String, after: acked, mayRepeat: sent}, nil
 		}
 	}
 	// The rows: the batch in flight (signed by another key: re-sign it),
@@ -296,7 +308,7 @@ func (s *Syncer) nextBatch(ctx context.Context, c *contractState) (*batch, error
 	if len(events) == 0 {
 		return nil, nil
 	}
-	b := &batch{id: s.batchID(c.name+s.salt, events), last: last, count: int64(len(events))}
+	b := &batch{id: s.batchID(c.name+s.salt, events), last: last, count: int64(len(events)), after: acked, mayRepeat: sent}
 	mb := &contract.MeteringBatch{Contract: c.name, BatchID: b.id, Sidecar: s.kid, IssuedAt: time.Now().Unix(), Events: events}
 	if b.jws, err = verify.SignMeteringBatch(s.cfg.Key, mb); err != nil {
 		return nil, fmt.Errorf("meter: sync %s: %w", c.name, err)
@@ -321,10 +333,20 @@ func (s *Syncer) batchID(contractID string, events []contract.MeteringEvent) str
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:18])
 }
 
-// dropPending forgets c's batch in flight.
+// checkAnswer checks that the registry counted exactly the batch sent.
+func (s *Syncer) checkAnswer(b *batch, resp *contract.MeteringResponse) error {
+	mb, err := verify.VerifyMeteringBatch(b.jws, s.pub)
+	if err != nil {
+		return fmt.Errorf("%w: batch %s: %v", ErrDisputed, b.id, err)
+	}
+	return checkAnswer(mb.Events, b.mayRepeat, resp)
+}
+
+// dropPending forgets c's batch in flight; the registry may have counted
+// its rows, so a later batch may find them duplicates.
 func (l *Ledger) dropPending(ctx context.Context, c *contractState, id string) error {
-	_, err := l.db.ExecContext(ctx, `UPDATE contracts SET pending_batch = NULL, pending_last = NULL,
-		pending_count = NULL, pending_jws = NULL WHERE id = ? AND pending_batch = ?`, c.id, id)
+	_, err := l.db.ExecContext(ctx, `UPDATE contracts SET sent_seq = max(sent_seq, pending_last), pending_batch = NULL,
+		pending_last = NULL, pending_count = NULL, pending_jws = NULL WHERE id = ? AND pending_batch = ?`, c.id, id)
 	if err != nil {
 		return fmt.Errorf("meter: sync %s: drop batch %s: %w", c.name, id, err)
 	}
@@ -376,6 +398,12 @@ func (l *Ledger) Prune(ctx context.Context, before time.Time) (int64, error) {
 			limit = min(limit, first.Int64-1)
 		}
 	}
+	// Rows of disputed batches are kept.
+	kept, err := l.keptFrom(ctx)
+	if err != nil {
+		return 0, err
+	}
+	limit = min(limit, kept-1)
 	const chunk = 2000
 	var total int64
 	for {
@@ -482,5 +510,11 @@ func (s *Syncer) Resend(ctx context.Context, contractID string) (ResendResult, e
 		res.Events += len(events)
 		res.Accepted += resp.Accepted
 		res.Duplicates += resp.Duplicates
+		// Every row may have been sent before; the answer must still add up.
+		if err := checkAnswer(events, 1<<63-1, resp); err != nil {
+			s.l.disputed.Add(1)
+			s.log.Error("registry did not count a metering batch as sent", "contract", contractID, "batch", id, "err", err)
+			return res, fmt.Errorf("meter: resend %s: batch %s: %w", contractID, id, err)
+		}
 	}
 }

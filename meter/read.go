@@ -103,9 +103,13 @@ func (l *Ledger) Totals(ctx context.Context, contractID string, onlySynced bool)
 	return t, err
 }
 
-// addTotals adds one event to registry-style totals.
+// addTotals adds one event to registry-style totals (see the registry's
+// GET /provenance/{id}/metering/totals). Presigned objects are the
+// registry's alone.
 func addTotals(t *contract.MeteringTotals, e contract.MeteringEvent) {
 	t.Events++
+	t.Units += e.Units
+	t.CostNanoUSD += e.CostNanoUSD
 	switch e.Kind {
 	case contract.EventAccess:
 		t.AccessEvents++
@@ -114,9 +118,18 @@ func addTotals(t *contract.MeteringTotals, e contract.MeteringEvent) {
 		t.EpochEvents++
 		t.EpochSamples += e.Samples
 		t.EpochBytes += e.Bytes
+		return
 	}
-	t.Units += e.Units
-	t.CostNanoUSD += e.CostNanoUSD
+	if billable(e.Outcome) {
+		t.BilledEvents++
+		t.BilledSamples += e.Samples
+		t.BilledBytes += e.Bytes
+		t.BilledUnits += e.Units
+		t.BilledCostNanoUSD += e.CostNanoUSD
+	} else {
+		t.UnbilledEvents++
+		t.UnbilledBytes += e.Bytes
+	}
 }
 
 // VerifyResult describes a chain that verified.
@@ -260,6 +273,7 @@ type ExportRow struct {
 	Epoch       int64     `json:"epoch"`
 	Job         string    `json:"job,omitempty"`
 	TokenID     string    `json:"token_jti,omitempty"`
+	Lease       string    `json:"lease,omitempty"`
 	DecodedSHA  string    `json:"decoded_sha256,omitempty"`
 	Outcome     string    `json:"outcome,omitempty"`
 	Hash        string    `json:"hash"`
@@ -277,7 +291,7 @@ func (l *Ledger) Export(ctx context.Context, after int64, fn func(ExportRow) err
 		return fn(ExportRow{
 			Seq: r.Seq, ID: r.ID, Kind: r.Kind, Time: r.Time, Contract: r.Contract, Name: r.Name, Bytes: r.Bytes,
 			Samples: r.Samples, Tokens: r.Tokens, Distinct: r.Distinct, Events: r.Events, Units: r.Units,
-			CostNanoUSD: r.CostNanoUSD, Epoch: r.Epoch, Job: r.Job, TokenID: r.TokenID, DecodedSHA: r.DecodedSHA,
+			CostNanoUSD: r.CostNanoUSD, Epoch: r.Epoch, Job: r.Job, TokenID: r.TokenID, Lease: r.Lease, DecodedSHA: r.DecodedSHA,
 			Outcome: r.Outcome, Hash: hex.EncodeToString(r.Hash), Synced: r.Seq <= cur[r.Contract].AckedSeq,
 		})
 	})

@@ -50,6 +50,21 @@ var migrations = []string{
 		summary_seq INTEGER,
 		PRIMARY KEY (contract, job, epoch)
 	) WITHOUT ROWID;`,
+	// 2: what the registry may have counted, and what it disputed.
+	`-- rows with seq <= sent_seq may have been counted by a batch whose
+	-- answer was lost: the registry may call them duplicates
+	ALTER TABLE contracts ADD COLUMN sent_seq INTEGER NOT NULL DEFAULT 0;
+	-- batches the registry acknowledged without counting exactly what was
+	-- sent: their rows (after_seq, last_seq] are kept, never pruned
+	CREATE TABLE disputes (
+		contract  INTEGER NOT NULL,
+		batch     TEXT NOT NULL,
+		after_seq INTEGER NOT NULL,
+		last_seq  INTEGER NOT NULL,
+		time      INTEGER NOT NULL,
+		detail    TEXT NOT NULL,
+		PRIMARY KEY (contract, batch)
+	) WITHOUT ROWID;`,
 }
 
 // SchemaVersion is the schema this package writes.

@@ -35,8 +35,20 @@ func newContract(tb testing.TB, id string) *contract.Contract {
 		Pricing:      contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005},
 		Usage:        contract.Usage{Purposes: []string{"training"}, MaxSamples: 10_000_000},
 		Contributors: []contract.Contributor{{ID: "did:example:alice", JWKS: verify.PublicJWKS(k)}},
+		Licensees:    []contract.Licensee{registrytest.DefaultLicensee().Entry()},
 		Origin:       contract.Origin{Bucket: "datasets"},
 	}
+}
+
+// enrolment is the default licensee's enrolment of key under a contract.
+func enrolment(key *jose.JSONWebKey, contractID string) (string, error) {
+	jkt, err := verify.Thumbprint(key)
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	return verify.SignEnrolment(registrytest.DefaultLicensee().Key, &contract.EnrolmentClaims{Issuer: registrytest.DefaultLicenseeID,
+		Subject: jkt, Contract: contractID, IssuedAt: now.Unix(), Expiry: now.Add(time.Hour).Unix(), ID: verify.NewID()})
 }
 
 // sidecar is the sidecar's side of a registry: its key, a client that
@@ -62,7 +74,8 @@ func newSidecar(tb testing.TB, url string, key *jose.JSONWebKey) *sidecar {
 	c.Proof = verify.ProofFunc(key)
 	c.BaseDelay, c.MaxDelay, c.MaxAttempts = 10*time.Millisecond, 50*time.Millisecond, 2
 	c.HTTP.Timeout = 10 * time.Second
-	return &sidecar{key: key, client: c, tokens: &meter.RequestedTokens{Client: c, Key: key, Purpose: "training"}}
+	return &sidecar{key: key, client: c, tokens: &meter.RequestedTokens{Client: c, Key: key, Purpose: "training",
+		Enrolment: func(id string) (string, error) { return enrolment(key, id) }}}
 }
 
 func (s *sidecar) syncer(tb testing.TB, l *meter.Ledger) *meter.Syncer {

@@ -19,6 +19,9 @@ type RequestedTokens struct {
 	Client  *contract.Client
 	Key     *jose.JSONWebKey
 	Purpose string
+	// Enrolment returns the licensee's enrolment of Key under a contract,
+	// sent with its token requests; nil sends none.
+	Enrolment func(contractID string) (string, error)
 
 	mu     sync.Mutex
 	tokens map[string]contract.TokenResponse
@@ -33,7 +36,14 @@ func (t *RequestedTokens) Token(ctx context.Context, contractID string) (string,
 	if tr, ok := t.tokens[contractID]; ok && time.Until(tr.ExpiresAt) > time.Minute {
 		return tr.Token, nil
 	}
-	tr, err := t.Client.RequestToken(ctx, contractID, contract.TokenRequest{Purpose: t.Purpose, JWK: t.Key.Public()})
+	req := contract.TokenRequest{Purpose: t.Purpose, JWK: t.Key.Public()}
+	if t.Enrolment != nil {
+		var err error
+		if req.Enrolment, err = t.Enrolment(contractID); err != nil {
+			return "", fmt.Errorf("request token for %s: %w", contractID, err)
+		}
+	}
+	tr, err := t.Client.RequestToken(ctx, contractID, req)
 	if err != nil {
 		return "", fmt.Errorf("request token for %s: %w", contractID, err)
 	}

@@ -107,7 +107,7 @@ func (l *Ledger) drain() {
 			for i := range g.items {
 				it := &g.items[i]
 				if it.kind == kindAccess && billable(it.ev.Outcome) {
-					l.addUsage(it.c.id, it.ev.TokenID, -it.ev.Samples, -it.ev.Bytes)
+					l.addUsage(it.c.id, quotaKey(it.ev.Lease, it.ev.TokenID), -it.ev.Samples, -it.ev.Bytes)
 				}
 			}
 		}
@@ -215,7 +215,7 @@ func (l *Ledger) write(g *group) (err error) {
 			row := Row{
 				Kind: contract.EventAccess, Time: e.Time, Contract: e.Contract, Name: e.Name,
 				Bytes: e.Bytes, Samples: e.Samples, Tokens: e.Tokens, Units: it.units, CostNanoUSD: it.cost,
-				Epoch: e.Epoch, Job: e.Job, TokenID: e.TokenID, DecodedSHA: e.DecodedSHA256, Outcome: e.Outcome,
+				Epoch: e.Epoch, Job: e.Job, TokenID: e.TokenID, Lease: e.Lease, DecodedSHA: e.DecodedSHA256, Outcome: e.Outcome,
 			}
 			// Records and hashes go into an arena that SQLite copies from
 			// at bind time; it is reused after each flush.
@@ -234,7 +234,7 @@ func (l *Ledger) write(g *group) (err error) {
 			g.seqs[i] = seq
 			outbox[it.c]++
 			if billable(e.Outcome) {
-				add(usage, usageKey{it.c.id, e.TokenID}, usageTotals{e.Samples, e.Bytes})
+				add(usage, usageKey{it.c.id, quotaKey(e.Lease, e.TokenID)}, usageTotals{e.Samples, e.Bytes})
 			}
 			ek := epochKey{it.c.id, e.Job, e.Epoch}
 			if !l.epochsSeen[ek] {
@@ -323,8 +323,8 @@ type EpochSummary struct {
 // Access rows queued before the call are in it. Closing again returns the
 // same summary; later accesses to that epoch still bill, outside it.
 func (l *Ledger) EndEpoch(ctx context.Context, contractID, job string, epoch int64) (*EpochSummary, error) {
-	if epoch < 0 || len(job) > MaxFieldLen {
-		return nil, fmt.Errorf("%w: epoch must not be negative, job at most %d bytes", ErrInvalidEvent, MaxFieldLen)
+	if epoch < 0 || epoch > contract.MaxEventEpoch || len(job) > MaxFieldLen {
+		return nil, fmt.Errorf("%w: epoch must be 0 to %d, job at most %d bytes", ErrInvalidEvent, int64(contract.MaxEventEpoch), MaxFieldLen)
 	}
 	p, err := l.enqueue(ctx, item{kind: kindEpoch, ev: Event{Contract: contractID, Job: job, Epoch: epoch, Time: time.Now().UTC()}})
 	if err != nil {
@@ -388,7 +388,9 @@ func (l *Ledger) closeEpoch(ctx context.Context, tx *sql.Tx, it *item, seq int64
 			row.Tokens += r.Tokens
 			row.Units += r.Units
 			row.CostNanoUSD += r.CostNanoUSD
-			names[r.Name] = true
+			if r.Samples > 0 || r.Bytes > 0 {
+				names[r.Name] = true
+			}
 		}
 	}
 	rows.Close()

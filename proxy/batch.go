@@ -40,6 +40,7 @@ type batchItem struct {
 	status int
 	entry  *ManifestEntry
 	obj    Object
+	rd     *read
 }
 
 // batch answers many small reads in one response, metered per object.
@@ -62,16 +63,31 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "batch takes 1 to %d names", s.cfg.MaxBatchNames)
 	}
 	items := make([]batchItem, len(req.Names))
+	defer func() {
+		for _, it := range items {
+			if it.obj != nil {
+				it.obj.Close()
+			}
+			if it.rd != nil {
+				it.rd.end()
+			}
+		}
+	}()
 	var grant Grant
 	var src Source
-	var total, samples int64
+	var total int64
 	for i, name := range req.Names {
 		items[i].name = name
 		sr, e, g, err := s.resolve(id, name)
 		if err == nil {
-			// The quota is reserved for the whole batch, object by object:
-			// once it is spent, the remaining frames say 403.
-			err = s.checkQuota(sr, g, samples+1, total+e.DecodedSize)
+			total += e.DecodedSize
+			if total > s.cfg.MaxBatchBytes {
+				return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "batch exceeds %d bytes", s.cfg.MaxBatchBytes)
+			}
+			// Each frame is a whole object, one pass; its quota is
+			// reserved now, so once it is spent the remaining frames
+			// say 403.
+			items[i].rd, err = s.beginRead(sr, e, g, epoch, job, 0, e.DecodedSize)
 		}
 		if err != nil {
 			s.countRefusal(err)
@@ -79,20 +95,8 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		src, grant = sr, g
-		samples++
-		total += e.DecodedSize
-		if total > s.cfg.MaxBatchBytes {
-			return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "batch exceeds %d bytes", s.cfg.MaxBatchBytes)
-		}
 		items[i].entry = e
 	}
-	defer func() {
-		for _, it := range items {
-			if it.obj != nil {
-				it.obj.Close()
-			}
-		}
-	}()
 	g, ctx := errgroup.WithContext(r.Context())
 	g.SetLimit(batchFetchConcurrency)
 	for i := range items {
@@ -110,6 +114,7 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 					s.countFetchError(id, it.name, epoch, job, grant, err)
 				}
 				it.status, _ = statusOf(err)
+				it.rd.end() // nothing of it will be sent
 				return nil
 			}
 			it.obj, it.status = obj, http.StatusOK
@@ -126,6 +131,7 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 				items[i].status, _ = statusOf(err)
 				items[i].obj.Close()
 				items[i].obj = nil
+				items[i].rd.end()
 			}
 		}
 	}
@@ -169,8 +175,7 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 		hdr = binary.BigEndian.AppendUint16(hdr, uint16(it.status))
 		hdr = binary.BigEndian.AppendUint64(hdr, uint64(size))
 		meterFrame := func() {
-			wait, err := s.submit(r.Context(), Access{Contract: id, Name: it.name, Bytes: size, DecodedSHA: it.entry.DecodedSHA256,
-				Epoch: epoch, Job: job, TokenID: grant.TokenID, Outcome: OutcomeServed})
+			wait, err := it.rd.submitOnly(r.Context(), OutcomeServed)
 			if err != nil {
 				s.log.Error("metering failed; aborting the batch", "contract", id, "name", it.name, "err", err)
 				panic(http.ErrAbortHandler)
@@ -203,10 +208,10 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 			body = size - 1
 		}
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			panic(http.ErrAbortHandler)
+			it.rd.abort(r.Context(), 0)
 		}
 		if n, err := sw.ReadFrom(io.LimitReader(f, body)); err != nil || n != body {
-			panic(http.ErrAbortHandler)
+			it.rd.abort(r.Context(), n) // bills what this frame sent
 		}
 		meterFrame()
 		if final {

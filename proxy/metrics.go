@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *Metrics {
 			Name: "provgate_refusals_total", Help: "Requests refused, by status and reason.",
 		}, []string{"code", "reason"}),
 		bytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "provgate_bytes_served_total", Help: "Verified, decoded bytes served, by contract.",
+			Name: "provgate_bytes_served_total", Help: "Verified, decoded bytes sent and metered (whole, ranges, cut short), by contract.",
 		}, []string{"contract"}),
 		verifyFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "provgate_verification_failures_total", Help: "Origin objects that failed verification, by kind.",

@@ -39,10 +39,14 @@ func (s *Server) resolve(id, name string) (Source, *ManifestEntry, Grant, error)
 }
 
 // checkQuota refuses when serving samples more samples of bytes in all
-// would pass the token's quota or the contract's. Concurrent requests can
-// overrun it by at most the requests in flight.
+// would pass the grant's quota or the contract's; it reserves nothing (the
+// data path reserves with beginRead).
 func (s *Server) checkQuota(src Source, g Grant, samples, bytes int64) error {
-	return s.cfg.Meter.CheckQuota(src.ID(), g.TokenID, g.Quota, src.Contract().Usage, samples, bytes)
+	res, err := s.cfg.Meter.Reserve(src.ID(), g, src.Contract().Usage, samples, bytes)
+	if err == nil {
+		res.Release()
+	}
+	return err
 }
 
 // recheck looks the name up again after a (possibly long) fetch: a
@@ -83,19 +87,84 @@ func (s *Server) object(w http.ResponseWriter, r *http.Request) error {
 
 // serveObject is the one path by which object bytes leave the sidecar: the
 // data endpoint, the S3 facade and the forward proxy all come through it.
+// The billing rule is in beginRead and read (billing.go).
 func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name string) error {
 	epoch, job, err := meterParams(r)
 	if err != nil {
 		return err
 	}
 	src, e, g, err := s.resolve(id, name)
-	if err == nil {
-		err = s.checkQuota(src, g, 1, e.DecodedSize)
-	}
 	if err != nil {
 		s.countRefusal(err)
 		return err
 	}
+	tag := etag(e.DecodedSHA256)
+	inm := r.Header.Get("If-None-Match")
+	notModified := inm != "" && etagMatch(inm, tag)
+	if r.Method == http.MethodHead || notModified {
+		// No object bytes: nothing is billed, but a spent quota refuses.
+		if err := s.checkQuota(src, g, 1, e.DecodedSize); err != nil {
+			s.countRefusal(err)
+			return err
+		}
+		s.objectHeaders(w, src, e)
+		if notModified {
+			w.WriteHeader(http.StatusNotModified)
+			return nil
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(e.DecodedSize, 10))
+		return nil
+	}
+	start, length, partial, err := singleRange(r, e.DecodedSize, tag)
+	if err != nil {
+		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(e.DecodedSize, 10))
+		return err
+	}
+	rd, err := s.beginRead(src, e, g, epoch, job, start, length)
+	if err != nil {
+		s.countRefusal(err)
+		return err
+	}
+	defer rd.end()
+	if s.cfg.StreamWhileFetching && !partial {
+		rc, err := s.cfg.Cache.Stream(r.Context(), src.ID(), &e.ObjectClaim)
+		if err != nil {
+			if err = s.fetchError(src, e.Name, err); !errors.Is(err, ErrRedacted) {
+				s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+			}
+			return err
+		}
+		defer rc.Close()
+		s.objectHeaders(w, src, e)
+		return s.sendStreamed(r.Context(), w.(*statusWriter), rc, e.DecodedSize, rd, g)
+	}
+	obj, err := s.cfg.Cache.Get(r.Context(), src.ID(), &e.ObjectClaim)
+	if err != nil {
+		if err = s.fetchError(src, e.Name, err); !errors.Is(err, ErrRedacted) {
+			s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
+		}
+		return err
+	}
+	defer obj.Close()
+	if err := s.recheck(src, e.Name); err != nil {
+		s.countRefusal(err)
+		return err
+	}
+	s.objectHeaders(w, src, e)
+	sw := w.(*statusWriter)
+	if partial {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, e.DecodedSize))
+		outcome := OutcomeRange
+		if rd.claim.Opens {
+			outcome = OutcomePartial
+		}
+		return s.sendMetered(r.Context(), sw, obj.File(), start, length, http.StatusPartialContent, rd, outcome)
+	}
+	return s.sendMetered(r.Context(), sw, obj.File(), 0, e.DecodedSize, http.StatusOK, rd, OutcomeServed)
+}
+
+// objectHeaders sets the headers every answer about an object carries.
+func (s *Server) objectHeaders(w http.ResponseWriter, src Source, e *ManifestEntry) {
 	h := w.Header()
 	h.Set("ETag", etag(e.DecodedSHA256))
 	h.Set("Accept-Ranges", "bytes")
@@ -113,57 +182,6 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 		modTime = stableModTime
 	}
 	h.Set("Last-Modified", modTime.UTC().Format(http.TimeFormat))
-	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, etag(e.DecodedSHA256)) {
-		w.WriteHeader(http.StatusNotModified)
-		return nil
-	}
-	if r.Method == http.MethodHead {
-		h.Set("Content-Length", strconv.FormatInt(e.DecodedSize, 10))
-		return nil
-	}
-	if s.cfg.StreamWhileFetching && r.Header.Get("Range") == "" {
-		rc, err := s.cfg.Cache.Stream(r.Context(), src.ID(), &e.ObjectClaim)
-		if err != nil {
-			if err = s.fetchError(src, e.Name, err); !errors.Is(err, ErrRedacted) {
-				s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
-			}
-			return err
-		}
-		defer rc.Close()
-		a := Access{Contract: src.ID(), Name: e.Name, DecodedSHA: e.DecodedSHA256, Epoch: epoch, Job: job, TokenID: g.TokenID, Outcome: OutcomeServed}
-		return s.sendStreamed(r.Context(), w.(*statusWriter), rc, e.DecodedSize, a, g)
-	}
-	obj, err := s.cfg.Cache.Get(r.Context(), src.ID(), &e.ObjectClaim)
-	if err != nil {
-		if err = s.fetchError(src, e.Name, err); !errors.Is(err, ErrRedacted) {
-			s.countFetchError(src.ID(), e.Name, epoch, job, g, err)
-		}
-		return err
-	}
-	defer obj.Close()
-	if err := s.recheck(src, e.Name); err != nil {
-		s.countRefusal(err)
-		return err
-	}
-	sw := w.(*statusWriter)
-	a := Access{Contract: src.ID(), Name: e.Name, DecodedSHA: e.DecodedSHA256, Epoch: epoch, Job: job, TokenID: g.TokenID}
-	start, length, partial, err := singleRange(r, e.DecodedSize, etag(e.DecodedSHA256))
-	if err != nil {
-		h.Set("Content-Range", "bytes */"+strconv.FormatInt(e.DecodedSize, 10))
-		return err
-	}
-	if partial {
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, e.DecodedSize))
-		// A range that starts the object counts as the sample; the ranges
-		// that continue it bill their bytes only.
-		a.Outcome = OutcomePartial
-		if start > 0 {
-			a.Outcome = OutcomeRange
-		}
-		return s.sendMetered(r.Context(), sw, obj.File(), start, length, http.StatusPartialContent, a)
-	}
-	a.Outcome = OutcomeServed
-	return s.sendMetered(r.Context(), sw, obj.File(), 0, e.DecodedSize, http.StatusOK, a)
 }
 
 // singleRange reads a Range header against an object of size bytes. It
@@ -217,29 +235,23 @@ var errUnsatisfiable = contract.Errorf(http.StatusRequestedRangeNotSatisfiable, 
 // ledger: all but the last byte go out (with sendfile), the access is
 // recorded durably, then the last byte. If the ledger cannot take the
 // event, the response is aborted: the client sees a broken body, never a
-// clean, unmetered one. A crash between the commit and the last byte bills
-// bytes the client did not finish reading; nothing is ever served unbilled.
-func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, start, length int64, status int, a Access) error {
+// clean, unmetered one. A response cut short bills what it sent (rd.abort).
+// A crash between the commit and the last byte bills bytes the client did
+// not finish reading; nothing is ever served unbilled.
+func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, start, length int64, status int, rd *read, outcome string) error {
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
 	w.WriteHeader(status)
 	if length > 1 {
 		if _, err := f.Seek(start, io.SeekStart); err != nil {
-			panic(http.ErrAbortHandler)
+			rd.abort(ctx, 0)
 		}
 		n, err := w.ReadFrom(io.LimitReader(f, length-1))
 		if err != nil || n != length-1 {
-			// The client went away (or the file failed): not served, not
-			// billed; kept in the ledger as an aborted access.
-			a.Bytes, a.Outcome = n, OutcomeAborted
-			if rerr := s.record(ctx, a); rerr != nil {
-				s.log.Warn("recording an aborted access failed", "contract", a.Contract, "name", a.Name, "err", rerr)
-			}
-			panic(http.ErrAbortHandler)
+			rd.abort(ctx, n)
 		}
 	}
-	a.Bytes = length
-	if err := s.record(ctx, a); err != nil {
-		s.log.Error("metering failed; aborting the response", "contract", a.Contract, "name", a.Name, "err", err)
+	if err := rd.commit(ctx, outcome); err != nil {
+		s.log.Error("metering failed; aborting the response", "contract", rd.a.Contract, "name", rd.a.Name, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 	if length > 0 {
@@ -255,19 +267,27 @@ func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, s
 // sendStreamed sends an object while it is fetched: all but the last byte
 // as they arrive; then the stream must end cleanly (the cache verified
 // every byte), the access is committed, and the last byte goes out. A
-// verification failure, at any point, aborts the response.
-func (s *Server) sendStreamed(ctx context.Context, w *statusWriter, rc io.Reader, size int64, a Access, g Grant) error {
+// client that goes away is billed what was sent (rd.abort); bytes that
+// fail verification bill nothing (they are not the attested object), and
+// the response is aborted.
+func (s *Server) sendStreamed(ctx context.Context, w *statusWriter, rc io.Reader, size int64, rd *read, g Grant) error {
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	w.WriteHeader(http.StatusOK)
+	cw := &countingWriter{w: w}
 	fail := func(err error) {
-		if isVerification(err) {
-			s.countFetchError(a.Contract, a.Name, a.Epoch, a.Job, g, err)
+		if cw.err != nil {
+			rd.abort(ctx, cw.n) // the client went away
 		}
-		s.log.Warn("stream-while-fetching aborted", "contract", a.Contract, "name", a.Name, "err", err)
+		if isVerification(err) {
+			s.countFetchError(rd.a.Contract, rd.a.Name, rd.a.Epoch, rd.a.Job, g, err)
+		} else {
+			rd.abort(ctx, cw.n) // the origin failed: what was sent still bills
+		}
+		s.log.Warn("stream-while-fetching aborted", "contract", rd.a.Contract, "name", rd.a.Name, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 	if size > 1 {
-		if _, err := io.CopyN(w, rc, size-1); err != nil {
+		if _, err := io.CopyN(cw, rc, size-1); err != nil {
 			fail(err)
 		}
 	}
@@ -280,13 +300,12 @@ func (s *Server) sendStreamed(ctx context.Context, w *statusWriter, rc io.Reader
 	// The end of the stream is where verification is decided.
 	if n, err := rc.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		if err == nil || err == io.EOF {
-			err = fmt.Errorf("object longer than its attested %d bytes", size)
+			err = fmt.Errorf("%w: object longer than its attested %d bytes", ErrVerification, size)
 		}
 		fail(err)
 	}
-	a.Bytes = size
-	if err := s.record(ctx, a); err != nil {
-		s.log.Error("metering failed; aborting the response", "contract", a.Contract, "name", a.Name, "err", err)
+	if err := rd.commit(ctx, OutcomeServed); err != nil {
+		s.log.Error("metering failed; aborting the response", "contract", rd.a.Contract, "name", rd.a.Name, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 	if size > 0 {
@@ -295,13 +314,25 @@ func (s *Server) sendStreamed(ctx context.Context, w *statusWriter, rc io.Reader
 	return nil
 }
 
-// record writes an access to the ledger and waits until it is durable,
-// even if the request's context has ended.
-func (s *Server) record(ctx context.Context, a Access) error {
-	wait, err := s.submit(ctx, a)
-	if err != nil {
-		return err
+// countingWriter counts the bytes written and keeps the first write error.
+type countingWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if err != nil && c.err == nil {
+		c.err = err
 	}
+	return n, err
+}
+
+// wait waits until a submitted access is durable, even if the request's
+// context has ended.
+func (s *Server) wait(ctx context.Context, wait func(context.Context) error) error {
 	if err := wait(context.WithoutCancel(ctx)); err != nil {
 		s.metrics.meterErrors.Inc()
 		return err
@@ -309,17 +340,16 @@ func (s *Server) record(ctx context.Context, a Access) error {
 	return nil
 }
 
-// submit queues an access; the returned wait makes it durable.
-func (s *Server) submit(ctx context.Context, a Access) (func(context.Context) error, error) {
+// submit queues an access under its reservation; the returned wait makes
+// it durable.
+func (s *Server) submit(ctx context.Context, res Reservation, a Access) (func(context.Context) error, error) {
 	a.Time = time.Now().UTC()
-	if a.Outcome == OutcomeServed || a.Outcome == OutcomePartial {
-		s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
-	}
-	wait, err := s.cfg.Meter.Submit(context.WithoutCancel(ctx), a)
+	wait, err := res.Submit(context.WithoutCancel(ctx), a)
 	if err != nil {
 		s.metrics.meterErrors.Inc()
 		return nil, err
 	}
+	s.metrics.bytesServed.WithLabelValues(a.Contract).Add(float64(a.Bytes))
 	return wait, nil
 }
 

@@ -41,8 +41,9 @@ type Config struct {
 	Cache   Cache
 	Meter   Meter
 	Logger  *slog.Logger
-	// BearerToken, when set, is required on the data endpoint
-	// (Authorization: Bearer) and, as the access key id, on the S3 facade.
+	// BearerToken, when set, is required on the data endpoint and on
+	// /metrics (Authorization: Bearer) and, as the access key id, on the
+	// S3 facade.
 	BearerToken string
 	// Registerer receives the sidecar's metrics; nil: a private registry.
 	Registerer prometheus.Registerer
@@ -55,6 +56,10 @@ type Config struct {
 	// MaxBatchNames and MaxBatchBytes bound one batch read.
 	MaxBatchNames int
 	MaxBatchBytes int64
+	// MaxPasses bounds the partial passes over objects the billing rule
+	// remembers (DefaultMaxPasses); a forgotten pass overbills, never
+	// underbills.
+	MaxPasses int
 }
 
 // Server serves the data endpoint, the S3 facade, health and metrics.
@@ -66,6 +71,7 @@ type Server struct {
 	metrics *Metrics
 	mux     *http.ServeMux
 	gather  prometheus.Gatherer
+	passes  *passTracker
 }
 
 // NewServer builds a Server.
@@ -84,7 +90,7 @@ func NewServer(cfg Config) *Server {
 		r := prometheus.NewRegistry()
 		reg, gather = r, r
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather}
+	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather, passes: newPassTracker(cfg.MaxPasses)}
 	for _, src := range cfg.Sources {
 		s.sources[src.ID()] = src
 	}
@@ -97,7 +103,11 @@ func (s *Server) routes() {
 	m := http.NewServeMux()
 	m.Handle("GET /healthz", s.handle("healthz", s.healthz))
 	m.Handle("GET /readyz", s.handle("readyz", s.readyz))
-	m.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{})
+	m.Handle("GET /metrics", s.data("metrics", func(w http.ResponseWriter, r *http.Request) error {
+		metrics.ServeHTTP(w, r)
+		return nil
+	}))
 	m.Handle("GET /v1/contracts", s.data("contracts", s.listContracts))
 	m.Handle("GET /v1/contracts/{id}", s.data("contract", s.getContract))
 	m.Handle("GET /v1/contracts/{id}/manifest", s.data("manifest", s.manifest))
@@ -341,8 +351,8 @@ func (s *Server) endEpoch(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	n, err := strconv.ParseInt(r.PathValue("n"), 10, 64)
-	if err != nil || n < 0 {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not a non-negative integer", r.PathValue("n"))
+	if err != nil || n < 0 || n > contract.MaxEventEpoch {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not an integer from 0 to %d", r.PathValue("n"), int64(contract.MaxEventEpoch))
 	}
 	_, job, err := meterParams(r)
 	if err != nil {
@@ -363,8 +373,8 @@ func meterParams(r *http.Request) (epoch int64, job string, err error) {
 	}
 	if ep != "" {
 		epoch, err = strconv.ParseInt(ep, 10, 64)
-		if err != nil || epoch < 0 {
-			return 0, "", contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not a non-negative integer", ep)
+		if err != nil || epoch < 0 || epoch > contract.MaxEventEpoch {
+			return 0, "", contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch %q is not an integer from 0 to %d", ep, int64(contract.MaxEventEpoch))
 		}
 	}
 	job = r.Header.Get(HeaderJob)

@@ -60,6 +60,12 @@ type Status struct {
 	Objects        int       `json:"objects"`
 	TokenExpiry    time.Time `json:"token_expiry,omitzero"`
 	Error          string    `json:"error,omitempty"`
+	// MeteringDisputes counts metering batches the registry acknowledged
+	// without counting exactly what was sent; MeteringDispute is the
+	// latest one's detail. The contract still serves: the alarm is for an
+	// operator (the rows are kept in the ledger).
+	MeteringDisputes int64  `json:"metering_disputes,omitempty"`
+	MeteringDispute  string `json:"metering_dispute,omitempty"`
 }
 
 // HexBytes is JSON-encoded as lowercase hex, only when it is encoded: the
@@ -87,11 +93,15 @@ type ManifestEntry struct {
 	Seq uint64
 }
 
-// Grant is the capability in force: the token's id and quota.
+// Grant is the capability in force: the token's id, its licensee, and the
+// quota lease it draws on with its quota (cumulative over every token of
+// the lease; a token without a lease has its own).
 type Grant struct {
-	TokenID string
-	Quota   contract.Quota
-	Expiry  time.Time
+	TokenID  string
+	LeaseID  string
+	Licensee string
+	Quota    contract.Quota
+	Expiry   time.Time
 }
 
 // Source is one mounted contract.
@@ -130,36 +140,55 @@ type Object interface {
 
 // Access is one served (or refused) object, for the ledger.
 type Access struct {
-	Time       time.Time
-	Contract   string
-	Name       string
+	Time     time.Time
+	Contract string
+	Name     string
+	// Bytes, Samples and Tokens are what the access bills: its bytes sent,
+	// and, when it opened a pass over the object, one sample and the
+	// object's attested token count.
 	Bytes      int64
+	Samples    int64
+	Tokens     int64
 	DecodedSHA string
 	Epoch      int64
 	Job        string
 	TokenID    string
+	Lease      string
 	Outcome    string
 }
 
 // Access outcomes.
 const (
-	OutcomeServed   = "served"
-	OutcomePartial  = "partial" // a range from the object's start: one sample
-	OutcomeRange    = "range"   // a range that continues an object: its bytes only
-	OutcomeAborted  = "aborted" // the client went away mid-body: not billed
+	OutcomeServed   = "served"  // a whole object
+	OutcomePartial  = "partial" // a range that opens a pass: one sample
+	OutcomeRange    = "range"   // a range that continues a pass: its bytes only
+	OutcomeAborted  = "aborted" // the client went away mid-body: bills what was sent
 	OutcomeVerifyKO = "verification_failed"
 )
 
 // Meter records accesses and closes epochs.
 type Meter interface {
-	// Submit queues one access for the ledger, or fails with an error
-	// wrapping ErrBusy when the ledger cannot take it now. The returned
-	// wait returns once the access is durable.
+	// Submit queues one access that holds no reservation (a verification
+	// failure, which bills nothing), or fails with an error wrapping
+	// ErrBusy when the ledger cannot take it now. The returned wait
+	// returns once the access is durable.
 	Submit(ctx context.Context, a Access) (wait func(context.Context) error, err error)
 	// EndEpoch closes an epoch's summary and returns it (JSON-encodable).
 	EndEpoch(ctx context.Context, contractID, job string, epoch int64) (any, error)
-	// CheckQuota refuses, with an error wrapping ErrQuotaSpent, when samples
-	// more samples of bytes in all would pass the token's quota q or the
-	// contract's usage limits u (all of this sidecar's tokens together).
-	CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error
+	// Reserve refuses, with an error wrapping ErrQuotaSpent, when samples
+	// more samples of bytes in all would pass the grant's quota (counted
+	// over its lease, or its token when it has none) or the contract's
+	// usage limits u, counting what other responses have reserved;
+	// otherwise it reserves them.
+	Reserve(contractID string, g Grant, u contract.Usage, samples, bytes int64) (Reservation, error)
+}
+
+// Reservation is quota held by a response in flight.
+type Reservation interface {
+	// Submit is Meter.Submit for the reserved access: its usage replaces
+	// the reservation in one step. On an error the reservation is held.
+	Submit(ctx context.Context, a Access) (wait func(context.Context) error, err error)
+	// Release gives back what is still reserved; it is idempotent and
+	// does nothing after a successful Submit.
+	Release()
 }

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -40,7 +41,7 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(w, r, verify.MaxJWSSize)
+	body, err := readBody(w, r, contract.MaxAttestationSize)
 	if err != nil {
 		return err
 	}
@@ -72,6 +73,13 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 	if a.Issuer != peek.Issuer || kid != peek.KeyID {
 		return attestationError(fmt.Errorf("%w: issuer or kid changed between reads", verify.ErrMalformed))
 	}
+	// The log's time must lie in the key's window too, as every follower
+	// checks: a key past its window cannot add entries with a backdated
+	// iat.
+	if w, ok := ct.KeyWindows[kid]; ok && !w.NotAfter.IsZero() && s.now().After(w.NotAfter) {
+		return attestationError(fmt.Errorf("%w: key %q appended at %s, after its window closed at %s", verify.ErrKeyWindow, kid,
+			s.now().UTC().Format(time.RFC3339), w.NotAfter.UTC().Format(time.RFC3339)))
+	}
 	if iat := a.Time(); iat.After(s.now().Add(verify.DefaultSkew)) {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "attestation iat %s is in the future", iat.UTC().Format(time.RFC3339))
 	}
@@ -91,12 +99,18 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 				return err
 			}
 		}
+		if err := s.checkOwner(ctx, c, a.Issuer, "replace", a.Object.Name); err != nil {
+			return err
+		}
 		rec.Object = a.Object
 	case contract.Redaction:
 		o, err := s.st.object(ctx, c.ContractID, a.Redaction.Name)
 		if errors.Is(err, errNotFound) {
 			return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "redaction names %q, which is not in the log", a.Redaction.Name)
 		} else if err != nil {
+			return err
+		}
+		if err := s.checkOwner(ctx, c, a.Issuer, "redact", o.Name); err != nil {
 			return err
 		}
 		if o.Redacted != 0 {
@@ -121,4 +135,21 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusCreated, contract.AppendResult{Seq: rec.Seq, LeafHash: contract.LeafHash(rec.Entry)})
 	return nil
+}
+
+// checkOwner refuses (403) an attestation by which issuer would replace or
+// redact a name that another contributor owns, unless issuer is a curator
+// of the contract. Callers hold s.mu.
+func (s *Server) checkOwner(ctx context.Context, c *contract.Contract, issuer, action, name string) error {
+	owner, since, err := s.st.owner(ctx, c.ContractID, name)
+	if errors.Is(err, errNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if c.MayRewrite(issuer, owner) {
+		return nil
+	}
+	return contract.Errorf(http.StatusForbidden, contract.CodeForbidden,
+		"%q may not %s %q: the name belongs to %q, who attested it first (entry %d); only its owner or a curator of the contract may", issuer, action, name, owner, since)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ type sidecar struct {
 	key    *jose.JSONWebKey
 	jkt    string
 	client *contract.Client
+	h      *registrytest.Harness
 }
 
 func newSidecar(t *testing.T, h *registrytest.Harness) *sidecar {
@@ -39,16 +41,23 @@ func newSidecar(t *testing.T, h *registrytest.Harness) *sidecar {
 	c.Proof = func(method, url, token string) (string, error) {
 		return verify.NewDPoPProof(k, method, url, token, time.Now())
 	}
-	return &sidecar{key: k, jkt: jkt, client: c}
+	return &sidecar{key: k, jkt: jkt, client: c, h: h}
 }
 
 func (s *sidecar) token(t *testing.T, contractID string, q contract.Quota) *contract.TokenResponse {
 	t.Helper()
-	tok, err := s.client.RequestToken(context.Background(), contractID, contract.TokenRequest{Purpose: "training", Usage: q, JWK: s.key.Public()})
+	tok, err := s.client.RequestToken(context.Background(), contractID, s.request(t, contractID, q))
 	if err != nil {
 		t.Fatalf("token: %v", err)
 	}
 	return tok
+}
+
+// request is a token request for contractID enrolled by the harness's
+// default licensee.
+func (s *sidecar) request(t *testing.T, contractID string, q contract.Quota) contract.TokenRequest {
+	t.Helper()
+	return contract.TokenRequest{Purpose: "training", Usage: q, JWK: s.key.Public(), Enrolment: s.h.Enrol(t, contractID, s.key)}
 }
 
 func setup(t *testing.T, opts ...registrytest.Option) (*registrytest.Harness, *registrytest.Contributor, *contract.Contract) {
@@ -80,20 +89,27 @@ func TestTokenIsBoundToTheProofKey(t *testing.T) {
 	}
 
 	t.Run("purpose not allowed", func(t *testing.T) {
-		_, err := sc.client.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "ads", JWK: sc.key.Public()})
+		req := sc.request(t, c.ContractID, contract.Quota{})
+		req.Purpose = "ads"
+		_, err := sc.client.RequestToken(ctx, c.ContractID, req)
 		if contract.StatusOf(err) != http.StatusForbidden {
 			t.Fatalf("got %v, want 403", err)
 		}
 	})
-	t.Run("quota above the contract", func(t *testing.T) {
-		_, err := sc.client.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", Usage: contract.Quota{MaxSamples: 1 << 40}, JWK: sc.key.Public()})
-		if contract.CodeOf(err) != contract.CodeQuotaExceeded {
-			t.Fatalf("got %v, want quota_exceeded", err)
+	t.Run("quota above the contract gets what is left", func(t *testing.T) {
+		other := newSidecar(t, h)
+		tok := other.token(t, c.ContractID, contract.Quota{MaxSamples: 1 << 40})
+		claims, err := verify.VerifyCapability(tok.Token, keys, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := c.Usage.MaxSamples - 10; claims.Quota.MaxSamples != want {
+			t.Fatalf("granted %d samples, want the %d left beside the first lease's 10", claims.Quota.MaxSamples, want)
 		}
 	})
 	t.Run("proof by another key", func(t *testing.T) {
 		other := newSidecar(t, h)
-		_, err := other.client.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+		_, err := other.client.RequestToken(ctx, c.ContractID, sc.request(t, c.ContractID, contract.Quota{}))
 		if contract.StatusOf(err) != http.StatusUnauthorized {
 			t.Fatalf("got %v, want 401", err)
 		}
@@ -101,7 +117,7 @@ func TestTokenIsBoundToTheProofKey(t *testing.T) {
 	t.Run("no proof", func(t *testing.T) {
 		cl, _ := contract.NewClient(h.URL)
 		cl.Proof = func(string, string, string) (string, error) { return "", nil }
-		_, err := cl.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+		_, err := cl.RequestToken(ctx, c.ContractID, sc.request(t, c.ContractID, contract.Quota{}))
 		if contract.StatusOf(err) != http.StatusUnauthorized {
 			t.Fatalf("got %v, want 401", err)
 		}
@@ -138,7 +154,7 @@ func TestMeteringSameBatchTwiceCountsOnce(t *testing.T) {
 	// Same key: the stored answer. Another key (a retry after losing the
 	// idempotency record): the events are still counted once.
 	again, err := sc.client.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws)
-	if err != nil || *again != *first {
+	if err != nil || !reflect.DeepEqual(again, first) {
 		t.Fatalf("retry with same key = %+v, %v; want %+v", again, err, first)
 	}
 	other, err := sc.client.PostMetering(ctx, c.ContractID, tok.Token, "k2", jws)

@@ -39,7 +39,7 @@ func bigBatch(t *testing.T, sc *sidecar, contractID string, n int) string {
 	for i := range n {
 		b.Events = append(b.Events, contract.MeteringEvent{ID: fmt.Sprintf("01J%023d", i), Time: time.Now().UTC(), Kind: contract.EventAccess,
 			Name: fmt.Sprintf("train/shard-%04d/sample-%08d.jpg", i/100, i), Bytes: 123456, Samples: 1, Units: 1, CostNanoUSD: 500000,
-			Epoch: 3, Job: "job-7f3a", TokenID: "tok-0123456789abcdef", DecodedSHA: fmt.Sprintf("%064x", i), Outcome: "hit"})
+			Epoch: 3, Job: "job-7f3a", TokenID: "tok-0123456789abcdef", DecodedSHA: fmt.Sprintf("%064x", i), Outcome: "served"})
 	}
 	jws, err := verify.SignMeteringBatch(sc.key, b)
 	if err != nil {

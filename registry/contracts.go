@@ -44,6 +44,16 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 			}
 		}
 	}
+	for _, l := range c.Licensees {
+		if l.JWKS == nil {
+			continue
+		}
+		for i := range l.JWKS.Keys {
+			if err := verify.CheckKey(&l.JWKS.Keys[i], algOf(&l.JWKS.Keys[i])); err != nil {
+				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "licensee %q: %v", l.ID, err)
+			}
+		}
+	}
 	if c.Origin.Mode == "" {
 		c.Origin.Mode = contract.ModeMarketplace
 	}

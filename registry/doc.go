@@ -11,9 +11,14 @@
 // every CheckpointInterval so that a quiet log stays fresh. Proofs are
 // built from the stored nodes (transparency-dev/merkle proof.Nodes).
 //
-// Metering events are counted once each, by a durable unique constraint on
-// (contract, event id); presigned URLs are issued only for live objects of
-// the log and within the token's quota.
+// Metering is taken only from sidecars enrolled for the contract and
+// trusts no amount in it: every event's units and cost are recomputed from
+// the contract's price and bounded, and the contract's sums are kept within
+// int64. Events are counted once each per sender, by a durable unique
+// constraint on (contract, sending key, event id), so that no sender can
+// claim another's ids; the answer to a batch says exactly what was counted.
+// Presigned URLs are issued only for live objects of the log and within the
+// token's quota.
 //
 // Persistence sits behind the unexported store interface; SQLite (WAL,
 // synchronous=FULL) implements it. The wire contract is in package

@@ -29,7 +29,7 @@ func TestPresign(t *testing.T) {
 	h := registrytest.Start(t, registrytest.WithMinIO(mio.Endpoint, testenv.MinIOAccessKey, testenv.MinIOSecretKey))
 	alice := h.NewContributor(t, "did:example:alice")
 	spec := registrytest.NewContract("did:example:c1", bucket, alice)
-	spec.Usage.MaxSamples = 3
+	spec.Usage.MaxSamples = 6
 	c := h.CreateContract(t, spec)
 	for i := range 4 {
 		name := fmt.Sprintf("a/%d.txt", i)
@@ -41,7 +41,7 @@ func TestPresign(t *testing.T) {
 	}
 	alice.Redact(t, c.ContractID, "a/3.txt")
 	sc := newSidecar(t, h)
-	tok := sc.token(t, c.ContractID, contract.Quota{})
+	tok := sc.token(t, c.ContractID, contract.Quota{MaxSamples: 3})
 
 	res, err := sc.client.Presign(ctx, c.ContractID, tok.Token, []string{"a/0.txt", "a/1.txt"})
 	if err != nil {
@@ -117,12 +117,14 @@ func TestPresign(t *testing.T) {
 	if _, err := sc.client.Presign(ctx, c.ContractID, tok.Token, []string{"a/4.txt"}); contract.CodeOf(err) != contract.CodeQuotaExceeded {
 		t.Fatalf("fourth object: got %v, want quota_exceeded", err)
 	}
-	// A byte quota counts the stored bytes of distinct objects.
-	small := sc.token(t, c.ContractID, contract.Quota{MaxBytes: 20})
-	if _, err := sc.client.Presign(ctx, c.ContractID, small.Token, []string{"a/0.txt"}); err != nil {
+	// A byte quota counts the stored bytes of distinct objects (another
+	// sidecar's lease: the first one's grant is fixed while it is live).
+	sc2 := newSidecar(t, h)
+	small := sc2.token(t, c.ContractID, contract.Quota{MaxBytes: 20})
+	if _, err := sc2.client.Presign(ctx, c.ContractID, small.Token, []string{"a/0.txt"}); err != nil {
 		t.Fatalf("14 of 20 bytes: %v", err)
 	}
-	if _, err := sc.client.Presign(ctx, c.ContractID, small.Token, []string{"a/1.txt"}); contract.CodeOf(err) != contract.CodeQuotaExceeded {
+	if _, err := sc2.client.Presign(ctx, c.ContractID, small.Token, []string{"a/1.txt"}); contract.CodeOf(err) != contract.CodeQuotaExceeded {
 		t.Fatalf("28 of 20 bytes: got %v, want quota_exceeded", err)
 	}
 	// Without a token nothing is presigned.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -84,6 +85,10 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	})
 	if err != nil {
 		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "%v", err)
+	}
+	if len(raw) > contract.MaxAppendEntrySize {
+		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge,
+			"the log entry would be %d bytes, over the limit of %d bytes", len(raw), contract.MaxAppendEntrySize)
 	}
 	rec.Entry = raw
 	leaf := contract.LeafHash(raw)
@@ -166,7 +171,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	entries, err := s.st.entries(r.Context(), c.ContractID, since, int(limit))
+	entries, err := s.st.entries(r.Context(), c.ContractID, since, int(limit), s.cfg.MaxPageBytes)
 	if err != nil {
 		return err
 	}
@@ -185,6 +190,11 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	release, err := s.streamSlot(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	// A reconnecting EventSource resumes after the last id it saw.
 	def, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
 	since, err := queryUint(r, "since", def)
@@ -204,7 +214,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	for {
 		wait := s.waiter(c.ContractID)
-		entries, err := s.st.entries(ctx, c.ContractID, since, contract.DefaultEventsLimit)
+		entries, err := s.st.entries(ctx, c.ContractID, since, contract.DefaultEventsLimit, s.cfg.MaxPageBytes)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.logger.Error("stream", logKeyContract, c.ContractID, logKeyErr, err)
@@ -222,9 +232,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 			if err := rc.Flush(); err != nil {
 				return nil
 			}
-			if len(entries) == contract.DefaultEventsLimit {
-				continue
-			}
+			// A page is bounded in bytes as well as count: read on until
+			// one comes back empty.
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -241,6 +251,37 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
+}
+
+// streamSlot takes a place for one live-feed stream, or refuses: 429 when
+// the client's address holds MaxStreamsPerClient streams already, 503 when
+// the registry holds MaxStreams. The caller calls release when the stream
+// ends.
+func (s *Server) streamSlot(r *http.Request) (release func(), err error) {
+	addr := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	s.streamMu.Lock()
+	defer s.streamMu.Unlock()
+	if s.streamsBy[addr] >= s.cfg.MaxStreamsPerClient {
+		return nil, contract.Errorf(http.StatusTooManyRequests, contract.CodeRateLimited,
+			"%s holds %d live feeds already, the limit per client", addr, s.cfg.MaxStreamsPerClient)
+	}
+	if s.streams >= s.cfg.MaxStreams {
+		return nil, contract.Errorf(http.StatusServiceUnavailable, contract.CodeUnavailable,
+			"the registry serves %d live feeds already, its limit; poll the events instead", s.cfg.MaxStreams)
+	}
+	s.streams++
+	s.streamsBy[addr]++
+	return func() {
+		s.streamMu.Lock()
+		defer s.streamMu.Unlock()
+		s.streams--
+		if s.streamsBy[addr]--; s.streamsBy[addr] <= 0 {
+			delete(s.streamsBy, addr)
+		}
+	}, nil
 }
 
 func writeNote(w http.ResponseWriter, note []byte) {

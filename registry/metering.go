@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/verify"
@@ -18,10 +20,15 @@ const MaxIdempotencyKey = 256
 
 // handleMetering ingests a sidecar-signed metering batch. The token and
 // its proof authorise the sidecar; the batch must be signed by the key the
-// token is bound to. Events are counted once each, whatever batch they
-// arrive in (a durable unique constraint on the event id): the new ones go
-// into one metering log entry listing their ids. A repeated
-// Idempotency-Key with the same body answers what it answered before.
+// token is bound to, and that key must be enrolled for the contract by a
+// licensee, to whom the events are attributed. Every event's amounts are
+// checked against the contract's price (contract.CheckEventAmounts), and
+// the contract's sums must stay within int64; a batch that fails either is
+// refused whole. Events are counted once per sender, whatever batch they
+// arrive in (a durable unique constraint on contract, sender and event
+// id), so that no sender can claim another's ids: the new ones go into one
+// metering log entry listing their ids. A repeated Idempotency-Key of the
+// same sender with the same body answers what it answered before.
 func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	c, err := s.loadContract(ctx, r.PathValue("id"))
@@ -32,9 +39,19 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	sender := claims.Confirm.JKT
+	licensee, err := s.meteringLicensee(ctx, c, sender)
+	if err != nil {
+		return err
+	}
 	idem := r.Header.Get(contract.HeaderIdempotencyKey)
 	if len(idem) > MaxIdempotencyKey {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "Idempotency-Key longer than %d bytes", MaxIdempotencyKey)
+	}
+	if idem != "" {
+		// Scoped to the sender: a key another sender used is not this one's.
+		// A thumbprint is base64url, so the space cannot be part of it.
+		idem = sender + " " + idem
 	}
 	body, err := readBody(w, r, MaxBodySize)
 	if err != nil {
@@ -48,7 +65,7 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	key, err := s.sidecarJWK(ctx, claims.Confirm.JKT)
+	key, err := s.sidecarJWK(ctx, sender)
 	if err != nil {
 		return err
 	}
@@ -59,11 +76,21 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 		}
 		return contract.Errorf(http.StatusForbidden, contract.CodeVerification, "metering batch: %v", err)
 	}
-	if batch.Sidecar != claims.Confirm.JKT {
-		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden, "batch is from sidecar %q, token is bound to %q", batch.Sidecar, claims.Confirm.JKT)
+	if batch.Sidecar != sender {
+		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden, "batch is from sidecar %q, token is bound to %q", batch.Sidecar, sender)
 	}
 	if batch.Contract != c.ContractID {
 		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden, "batch is for contract %q, not %q", batch.Contract, c.ContractID)
+	}
+	var batchSums contract.Sums
+	for i := range batch.Events {
+		e := &batch.Events[i]
+		if err := contract.CheckEventAmounts(e, c.Pricing); err != nil {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "metering batch refused: %v", err)
+		}
+		if !batchSums.Add(e.Sums()) {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "metering batch refused: its sums overflow")
+		}
 	}
 
 	s.mu.Lock()
@@ -77,19 +104,23 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	for i, e := range batch.Events {
 		ids[i] = e.ID
 	}
-	known, err := s.st.knownEvents(ctx, c.ContractID, ids)
+	known, err := s.st.knownEvents(ctx, c.ContractID, sender, ids)
 	if err != nil {
 		return err
 	}
-	rec := &appendRecord{IdemKey: idem, IdemBodyHash: bodyHash}
+	rec := &appendRecord{Sender: sender, Licensee: licensee, IdemKey: idem, IdemBodyHash: bodyHash, Lease: claims.Lease}
+	resp := contract.MeteringResponse{Licensee: licensee}
 	var accepted []string
 	for _, e := range batch.Events {
-		if !known[e.ID] {
-			rec.Events = append(rec.Events, e)
-			accepted = append(accepted, e.ID)
+		if known[e.ID] {
+			resp.DuplicateIDs = append(resp.DuplicateIDs, e.ID)
+			continue
 		}
+		rec.Events = append(rec.Events, e)
+		accepted = append(accepted, e.ID)
+		resp.Counted.Add(e.Sums()) // within batchSums, which fit
 	}
-	resp := contract.MeteringResponse{Accepted: len(accepted), Duplicates: len(batch.Events) - len(accepted)}
+	resp.Accepted, resp.Duplicates = len(accepted), len(resp.DuplicateIDs)
 	if len(accepted) == 0 {
 		if idem != "" {
 			b, _ := json.Marshal(resp)
@@ -99,6 +130,14 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 		}
 		writeJSON(w, http.StatusOK, resp)
 		return nil
+	}
+	total, err := s.st.meteringSums(ctx, c.ContractID)
+	if err != nil {
+		return err
+	}
+	if !total.Add(resp.Counted) {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
+			"metering batch refused: it would make the contract's metering totals overflow int64")
 	}
 	h, err := s.head(ctx, c.ContractID)
 	if err != nil {
@@ -111,6 +150,31 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
+}
+
+// meteringLicensee is the licensee whose enrolment lets sender send
+// metering for c: 403 when no unexpired enrolment does. A contract that
+// names no licensees takes metering from any token holder, attributed to
+// no licensee ("").
+func (s *Server) meteringLicensee(ctx context.Context, c *contract.Contract, sender string) (string, error) {
+	licensee, expires, err := s.st.enrolment(ctx, c.ContractID, sender)
+	switch {
+	case errors.Is(err, errNotFound):
+		if len(c.Licensees) == 0 {
+			return "", nil
+		}
+		return "", contract.Errorf(http.StatusForbidden, contract.CodeForbidden,
+			"sidecar %s is not enrolled for contract %q: only a sidecar its licensee enrolled may send metering", sender, c.ContractID)
+	case err != nil:
+		return "", err
+	case !s.now().Before(expires):
+		return "", contract.Errorf(http.StatusForbidden, contract.CodeForbidden,
+			"the enrolment of sidecar %s for contract %q expired at %s", sender, c.ContractID, expires.UTC().Format(time.RFC3339))
+	case len(c.Licensees) > 0 && c.Licensee(licensee) == nil:
+		return "", contract.Errorf(http.StatusForbidden, contract.CodeForbidden,
+			"sidecar %s is enrolled by %q, not a licensee of contract %q", sender, licensee, c.ContractID)
+	}
+	return licensee, nil
 }
 
 // replayIdempotent answers a request whose Idempotency-Key was seen: the
@@ -134,21 +198,37 @@ func (s *Server) replayIdempotent(w http.ResponseWriter, r *http.Request, contra
 }
 
 // handleTotals sums the events the registry counted, optionally for one
-// job and one epoch.
+// job, one epoch and one licensee, with the detail by outcome and by
+// licensee, and the objects presigned beside them.
 func (s *Server) handleTotals(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	ctx := r.Context()
+	c, err := s.loadContract(ctx, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	epoch := int64(-1)
-	if v := r.URL.Query().Get("epoch"); v != "" {
-		if epoch, err = strconv.ParseInt(v, 10, 64); err != nil || epoch < 0 {
+	q := r.URL.Query()
+	f := contract.TotalsFilter{Job: q.Get("job"), Epoch: -1, Licensee: q.Get("licensee")}
+	if v := q.Get("epoch"); v != "" {
+		if f.Epoch, err = strconv.ParseInt(v, 10, 64); err != nil || f.Epoch < 0 {
 			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "epoch=%q: want a non-negative integer", v)
 		}
 	}
-	t, err := s.st.meteringTotals(r.Context(), c.ContractID, r.URL.Query().Get("job"), epoch)
+	t, err := s.st.meteringTotals(ctx, c.ContractID, f)
 	if err != nil {
 		return err
+	}
+	// Presigned fetches are per licensee, not per job or epoch.
+	if t.PresignedObjects, t.PresignedBytes, err = s.st.presignedTotals(ctx, c.ContractID, f.Licensee); err != nil {
+		return err
+	}
+	for id, lt := range t.Licensees {
+		if id == "" {
+			continue // events of senders no licensee enrolled
+		}
+		if lt.PresignedObjects, lt.PresignedBytes, err = s.st.presignedTotals(ctx, c.ContractID, id); err != nil {
+			return err
+		}
+		t.Licensees[id] = lt
 	}
 	writeJSON(w, http.StatusOK, t)
 	return nil

@@ -15,9 +15,10 @@ import (
 // caller. Each name is answered on its own: a live object gets a URL; a
 // redacted one (451), a name that is no object of the contract (404) or an
 // invalid name (400) gets an error in its place, and never fails the other
-// names. The distinct live objects presigned under one token, and their
-// stored bytes, are counted against its max_samples and max_bytes quota;
-// a spent quota refuses the whole request.
+// names. The distinct live objects presigned under the token's lease, and
+// their stored bytes, are counted against the lease's grant (and so against
+// the licensee's quota), atomically; a spent lease refuses the whole
+// request.
 func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	c, err := s.loadContract(ctx, r.PathValue("id"))
@@ -52,17 +53,13 @@ func (s *Server) handlePresign(w http.ResponseWriter, r *http.Request) error {
 		}
 		objects = append(objects, o)
 	}
-	// Tokens carry the contract's limits where none was asked (see
-	// grantQuota); a token from before a limit existed gets the contract's.
-	quota := claims.Quota
-	if quota.MaxSamples == 0 {
-		quota.MaxSamples = c.Usage.MaxSamples
-	}
-	if quota.MaxBytes == 0 {
-		quota.MaxBytes = c.Usage.MaxBytes
+	// Presigned objects count against the token's quota lease, which the
+	// licensee's other sidecars cannot spend.
+	if claims.Lease == "" {
+		return contract.Errorf(http.StatusUnauthorized, contract.CodeUnauthorized, "the token holds no quota lease; request a new token")
 	}
 	if len(objects) > 0 {
-		if err := s.st.presign(ctx, claims.ID, objects, quota); err != nil {
+		if err := s.st.presign(ctx, claims.Lease, objects); err != nil {
 			return err
 		}
 	}

@@ -21,11 +21,14 @@ import (
 
 // Defaults for Config's tuning fields.
 const (
-	DefaultName               = "provgate-registry"
-	DefaultTokenTTL           = 5 * time.Minute
-	DefaultCheckpointInterval = 30 * time.Second
-	DefaultKeyTransition      = 24 * time.Hour
-	DefaultPresignTTL         = 5 * time.Minute
+	DefaultName                = "provgate-registry"
+	DefaultTokenTTL            = 5 * time.Minute
+	DefaultCheckpointInterval  = 30 * time.Second
+	DefaultKeyTransition       = 24 * time.Hour
+	DefaultPresignTTL          = 5 * time.Minute
+	DefaultMaxStreams          = 512
+	DefaultMaxStreamsPerClient = 8
+	DefaultSidecarKeyRetention = 7 * 24 * time.Hour
 	// MaxBodySize bounds every request body the registry reads.
 	MaxBodySize = 1 << 20
 )
@@ -72,6 +75,17 @@ type Config struct {
 	KeyTransition time.Duration
 	// PresignTTL is the lifetime of presigned URLs (capped at the token's).
 	PresignTTL time.Duration
+	// MaxPageBytes bounds the entry bytes of one events page (at least one
+	// entry is always served); 0: contract.MaxEventsPageBytes.
+	MaxPageBytes int
+	// MaxStreams bounds the live-feed connections in all (503 past it),
+	// MaxStreamsPerClient those from one client address (429); 0:
+	// DefaultMaxStreams, DefaultMaxStreamsPerClient.
+	MaxStreams, MaxStreamsPerClient int
+	// SidecarKeyRetention is how long a sidecar key that never signed a
+	// log entry is kept after its last token request; 0:
+	// DefaultSidecarKeyRetention.
+	SidecarKeyRetention time.Duration
 	// HTTPClient fetches contributors' jwks_uri; nil: a 10s-timeout client.
 	HTTPClient *http.Client
 	// Clock is the time source; nil: time.Now.
@@ -109,6 +123,12 @@ type Server struct {
 	notifyMu sync.Mutex
 	notify   map[string]chan struct{}
 
+	// streamMu guards the count of open live-feed streams, in all and by
+	// client address.
+	streamMu  sync.Mutex
+	streams   int
+	streamsBy map[string]int
+
 	keyMu    sync.Mutex
 	keyCache map[string]*jose.JSONWebKey
 
@@ -144,6 +164,18 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.PresignTTL <= 0 {
 		cfg.PresignTTL = DefaultPresignTTL
 	}
+	if cfg.MaxPageBytes <= 0 {
+		cfg.MaxPageBytes = contract.MaxEventsPageBytes
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = DefaultMaxStreams
+	}
+	if cfg.MaxStreamsPerClient <= 0 {
+		cfg.MaxStreamsPerClient = DefaultMaxStreamsPerClient
+	}
+	if cfg.SidecarKeyRetention <= 0 {
+		cfg.SidecarKeyRetention = DefaultSidecarKeyRetention
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
 	}
@@ -158,6 +190,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
+	st.now = cfg.Clock
 	s := &Server{
 		cfg:       cfg,
 		st:        st,
@@ -165,6 +198,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		now:       cfg.Clock,
 		heads:     map[string]*head{},
 		notify:    map[string]chan struct{}{},
+		streamsBy: map[string]int{},
 		keyCache:  map[string]*jose.JSONWebKey{},
 		jwksCache: map[string]cachedJWKS{},
 		done:      make(chan struct{}),
@@ -255,11 +289,27 @@ func (s *Server) checkpointLoop(ctx context.Context) {
 			if err := s.ResignCheckpoints(ctx); err != nil && ctx.Err() == nil {
 				s.logger.Error("re-sign checkpoints", logKeyErr, err)
 			}
-			if err := s.st.pruneProofIDs(ctx, s.now()); err != nil && ctx.Err() == nil {
-				s.logger.Error("prune proof ids", logKeyErr, err)
+			if err := s.prune(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("prune", logKeyErr, err)
 			}
 		}
 	}
+}
+
+// prune deletes what grows with traffic and is needed no more: expired
+// DPoP proof ids.
+func (s *Server) prune(ctx context.Context) error {
+	if err := s.st.pruneProofIDs(ctx, s.now()); err != nil {
+		return fmt.Errorf("proof ids: %w", err)
+	}
+	n, err := s.st.pruneSidecarKeys(ctx, s.now().Add(-s.cfg.SidecarKeyRetention))
+	if err != nil {
+		return fmt.Errorf("sidecar keys: %w", err)
+	}
+	if n > 0 {
+		s.logger.Info("pruned sidecar keys that signed nothing", "count", n)
+	}
+	return nil
 }
 
 // ResignCheckpoints signs a fresh checkpoint for every contract's log at
@@ -385,6 +435,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = contract.Errorf(http.StatusConflict, contract.CodeConflict, "%v", err)
 	case errors.Is(err, errReplay):
 		ae = contract.Errorf(http.StatusUnauthorized, contract.CodeReplay, "proof of possession already used")
+	case errors.Is(err, errOverflow):
+		ae = contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "%v", err)
 	case errors.Is(err, errQuota):
 		ae = contract.Errorf(http.StatusForbidden, contract.CodeQuotaExceeded, "%v", err)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
@@ -395,6 +447,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if ae.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `DPoP algs="ES256 EdDSA"`)
+	}
+	if (ae.Status == http.StatusTooManyRequests || ae.Status == http.StatusServiceUnavailable) && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", "5")
 	}
 	writeJSON(w, ae.Status, contract.ErrorBody{Error: contract.ErrorDetail{Code: ae.Code, Message: ae.Message}})
 }

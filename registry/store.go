@@ -3,8 +3,11 @@ package registry
 import (
 	"context"
 	"database/sql"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"strings"
 	"time"
@@ -32,7 +35,10 @@ type store interface {
 	contracts(ctx context.Context) ([][]byte, error)
 
 	logSize(ctx context.Context, contractID string) (uint64, error)
-	entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error)
+	// entries returns up to limit entries after since, stopping before
+	// the one that would take their bytes past maxBytes (but always
+	// returning at least one when there is one).
+	entries(ctx context.Context, contractID string, since uint64, limit, maxBytes int) ([]contract.WireEntry, error)
 	nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error)
 	appendEntry(ctx context.Context, contractID string, rec *appendRecord) error
 
@@ -41,19 +47,36 @@ type store interface {
 	checkpointAt(ctx context.Context, contractID string, at time.Time) ([]byte, error)
 
 	object(ctx context.Context, contractID, name string) (*objectRow, error)
+	owner(ctx context.Context, contractID, name string) (issuer string, since uint64, err error)
 	revoked(ctx context.Context, contractID, issuer, kid string) (bool, error)
 	attestationSeen(ctx context.Context, contractID, issuer, jti string) (bool, error)
 
 	sidecarKey(ctx context.Context, jkt string) ([]byte, error)
 	putSidecarKey(ctx context.Context, jkt string, jwk []byte) error
+	pruneSidecarKeys(ctx context.Context, before time.Time) (int64, error)
 	useProofID(ctx context.Context, jti string, exp time.Time) error
 	pruneProofIDs(ctx context.Context, before time.Time) error
-	presign(ctx context.Context, tokenID string, objects []*objectRow, quota contract.Quota) error
+	presign(ctx context.Context, leaseID string, objects []*objectRow) error
 
-	knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error)
+	putEnrolment(ctx context.Context, contractID, jkt, licensee string, expires time.Time, jws string) error
+	// enrolment is the licensee that enrolled the sidecar key jkt for the
+	// contract, and until when; errNotFound when none did.
+	enrolment(ctx context.Context, contractID, jkt string) (licensee string, expires time.Time, err error)
+	grantLease(ctx context.Context, req *leaseRequest) (*leaseRow, error)
+	// presignedTotals counts the distinct objects presigned for the
+	// contract (for one licensee when licensee is not empty) and their
+	// stored bytes, over every lease.
+	presignedTotals(ctx context.Context, contractID, licensee string) (samples, bytes int64, err error)
+
+	// knownEvents returns which of ids the sender (a sidecar key
+	// thumbprint) already sent for the contract.
+	knownEvents(ctx context.Context, contractID, sender string, ids []string) (map[string]bool, error)
+	// meteringSums are the sums of every event counted for the contract;
+	// appendEntry refuses events that would make them overflow.
+	meteringSums(ctx context.Context, contractID string) (contract.Sums, error)
 	idempotent(ctx context.Context, contractID, key string) (bodyHash string, response []byte, err error)
 	putIdempotent(ctx context.Context, contractID, key, bodyHash string, response []byte) error
-	meteringTotals(ctx context.Context, contractID, job string, epoch int64) (*contract.MeteringTotals, error)
+	meteringTotals(ctx context.Context, contractID string, f contract.TotalsFilter) (*contract.MeteringReport, error)
 
 	close() error
 }
@@ -68,6 +91,7 @@ var (
 	errQuota     = errors.New("quota exceeded")
 	errConflict  = errors.New("conflict")
 	errCorrupted = errors.New("storage corrupted")
+	errOverflow  = errors.New("amount out of range")
 )
 
 type signingKey struct {
@@ -101,15 +125,23 @@ type appendRecord struct {
 	Redact      string                // redaction: object name
 	RevokeKID   string                // revocation
 
-	// Metering side effects.
-	Events       []contract.MeteringEvent // only the new ones
+	// Metering side effects: the new events, from Sender (a sidecar key
+	// thumbprint), attributed to Licensee.
+	Events   []contract.MeteringEvent
+	Sender   string
+	Licensee string
+	// Lease is the quota lease of the token the batch came with; its
+	// access events' samples and bytes are added to the lease's metered
+	// use (what a dead lease is charged, with what it presigned).
+	Lease        string
 	IdemKey      string
 	IdemBodyHash string
 	IdemResponse []byte
 }
 
 type sqliteStore struct {
-	db *sql.DB
+	db  *sql.DB
+	now func() time.Time
 }
 
 const schema = `
@@ -135,23 +167,45 @@ CREATE TABLE IF NOT EXISTS objects (
 	contract TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, redacted INTEGER NOT NULL DEFAULT 0,
 	stored_size INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (contract, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+	contract TEXT NOT NULL, name TEXT NOT NULL, issuer TEXT NOT NULL, seq INTEGER NOT NULL,
+	PRIMARY KEY (contract, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revoked_keys (
 	contract TEXT NOT NULL, issuer TEXT NOT NULL, kid TEXT NOT NULL, seq INTEGER NOT NULL,
 	PRIMARY KEY (contract, issuer, kid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL,
+	seen INTEGER NOT NULL DEFAULT 0, signed INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS presigned (
-	token TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
-	PRIMARY KEY (token, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS metering_events (
-	contract TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
-	bytes INTEGER NOT NULL, samples INTEGER NOT NULL, units INTEGER NOT NULL, cost INTEGER NOT NULL,
-	epoch INTEGER NOT NULL, job TEXT NOT NULL,
-	PRIMARY KEY (contract, id)) WITHOUT ROWID;
+` + meteringEventsTable + `
+CREATE TABLE IF NOT EXISTS metering_sums (
+	contract TEXT PRIMARY KEY, samples INTEGER NOT NULL, bytes INTEGER NOT NULL,
+	units INTEGER NOT NULL, cost INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrolments (
+	contract_id TEXT NOT NULL, jkt TEXT NOT NULL, licensee TEXT NOT NULL, expires INTEGER NOT NULL, jws TEXT NOT NULL,
+	PRIMARY KEY (contract_id, jkt)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+	id TEXT PRIMARY KEY, contract_id TEXT NOT NULL, licensee TEXT NOT NULL, jkt TEXT NOT NULL,
+	max_samples INTEGER NOT NULL, max_bytes INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL,
+	presigned_samples INTEGER NOT NULL DEFAULT 0, presigned_bytes INTEGER NOT NULL DEFAULT 0,
+	metered_samples INTEGER NOT NULL DEFAULT 0, metered_bytes INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS leases_holder ON leases (contract_id, licensee, jkt, expires);
+CREATE TABLE IF NOT EXISTS lease_objects (
+	lease TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+	PRIMARY KEY (lease, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
 	contract TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, response BLOB NOT NULL,
 	PRIMARY KEY (contract, key)) WITHOUT ROWID;
 `
+
+// meteringEventsTable holds the counted events. An event id is unique per
+// sender (the sidecar key that signed its batch), not per contract: a
+// sender cannot claim the ids of another.
+const meteringEventsTable = `CREATE TABLE IF NOT EXISTS metering_events (
+	contract TEXT NOT NULL, sender TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+	outcome TEXT NOT NULL, licensee TEXT NOT NULL,
+	bytes INTEGER NOT NULL, samples INTEGER NOT NULL, units INTEGER NOT NULL, cost INTEGER NOT NULL,
+	epoch INTEGER NOT NULL, job TEXT NOT NULL,
+	PRIMARY KEY (contract, sender, id)) WITHOUT ROWID;`
 
 func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, error) {
 	q := url.Values{}
@@ -167,14 +221,245 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	var hadOwners int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'owners'`).Scan(&hadOwners); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: schema: %w", path, err)
 	}
-	return &sqliteStore{db: db}, nil
+	if err := migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: migrate: %w", path, err)
+	}
+	if hadOwners == 0 {
+		if err := backfillOwners(ctx, db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: owners: %w", path, err)
+		}
+	}
+	// Keys stored before pruning existed count as signers: kept.
+	for _, col := range []string{"seen INTEGER NOT NULL DEFAULT 0", "signed INTEGER NOT NULL DEFAULT 1"} {
+		if err := addColumn(ctx, db, "sidecar_keys", col); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
+	return &sqliteStore{db: db, now: time.Now}, nil
+}
+
+// migrate brings a database written by an older registry up to the
+// schema: metering events are keyed by sender. (An old presigned table,
+// counted per token, is left as it is: quota leases count from now on.)
+func migrate(ctx context.Context, db *sql.DB) error {
+	has, err := hasColumn(ctx, db, "metering_events", "sender")
+	if err != nil || has {
+		return err
+	}
+	return migrateMeteringEvents(ctx, db)
+}
+
+func hasColumn(ctx context.Context, db *sql.DB, table, col string) (bool, error) {
+	var n int
+	err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, col).Scan(&n)
+	return n > 0, err
+}
+
+// migrateMeteringEvents rebuilds metering_events keyed by (contract,
+// sender, id). An old row's sender and outcome are read from the batch of
+// the log entry that counted it (the registry verified its signature when
+// it appended it); its licensee is unknown (""). The contract's sums are
+// recomputed; sums that overflow (amounts forged before the registry
+// checked them) are pinned at the maximum, so that the contract takes no
+// more metering until an operator looks.
+func migrateMeteringEvents(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `ALTER TABLE metering_events RENAME TO metering_events_v1`); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, meteringEventsTable); err != nil {
+		return err
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT m.contract, m.id, m.kind, m.bytes, m.samples, m.units, m.cost, m.epoch, m.job, m.seq, e.body
+		FROM metering_events_v1 m LEFT JOIN entries e ON e.contract = m.contract AND e.seq = m.seq ORDER BY m.contract, m.seq`)
+	if err != nil {
+		return err
+	}
+	type row struct {
+		contract, id, kind, job, sender, outcome string
+		bytes, samples, units, cost, epoch       int64
+		seq                                      uint64
+	}
+	var all []row
+	batches := map[string]*contract.MeteringBatch{} // by contract and seq
+	for rows.Next() {
+		var r row
+		var body []byte
+		if err := rows.Scan(&r.contract, &r.id, &r.kind, &r.bytes, &r.samples, &r.units, &r.cost, &r.epoch, &r.job, &r.seq, &body); err != nil {
+			rows.Close()
+			return err
+		}
+		k := fmt.Sprint(r.contract, "\n", r.seq)
+		if _, ok := batches[k]; !ok {
+			batches[k] = entryBatch(body)
+		}
+		if b := batches[k]; b != nil {
+			r.sender = b.Sidecar
+			for _, e := range b.Events {
+				if e.ID == r.id && e.Kind == contract.EventAccess {
+					r.outcome = e.Outcome
+					if r.outcome == "" {
+						r.outcome = contract.OutcomeServed
+					}
+				}
+			}
+		}
+		all = append(all, r)
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	sums := map[string]*contract.Sums{}
+	pinned := map[string]bool{}
+	for _, r := range all {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO metering_events (contract, sender, id, seq, kind, outcome, licensee,
+			bytes, samples, units, cost, epoch, job) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?)`,
+			r.contract, r.sender, r.id, r.seq, r.kind, r.outcome, r.bytes, r.samples, r.units, r.cost, r.epoch, r.job); err != nil {
+			return err
+		}
+		if sums[r.contract] == nil {
+			sums[r.contract] = &contract.Sums{}
+		}
+		if !sums[r.contract].Add(contract.Sums{Samples: r.samples, Bytes: r.bytes, Units: r.units, CostNanoUSD: r.cost}) {
+			pinned[r.contract] = true
+		}
+	}
+	for id, s := range sums {
+		if pinned[id] {
+			*s = contract.Sums{Samples: math.MaxInt64, Bytes: math.MaxInt64, Units: math.MaxInt64, CostNanoUSD: math.MaxInt64}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO metering_sums (contract, samples, bytes, units, cost) VALUES (?, ?, ?, ?, ?)`,
+			id, s.Samples, s.Bytes, s.Units, s.CostNanoUSD); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DROP TABLE metering_events_v1`); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// entryBatch is the metering batch of a stored log entry, nil if the entry
+// is not one.
+func entryBatch(body []byte) *contract.MeteringBatch {
+	var e contract.Entry
+	if json.Unmarshal(body, &e) != nil || e.Kind != contract.EntryMetering {
+		return nil
+	}
+	parts := strings.Split(e.JWS, ".")
+	if len(parts) != 3 {
+		return nil
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil
+	}
+	var b contract.MeteringBatch
+	if json.Unmarshal(payload, &b) != nil {
+		return nil
+	}
+	return &b
 }
 
 func (s *sqliteStore) close() error { return s.db.Close() }
+
+// addColumn adds a column (name and definition) to a table that lacks it.
+func addColumn(ctx context.Context, db *sql.DB, table, def string) error {
+	name, _, _ := strings.Cut(def, " ")
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, name).Scan(&n); err != nil {
+		return fmt.Errorf("%s.%s: %w", table, name, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN `+def); err != nil {
+		return fmt.Errorf("%s.%s: %w", table, name, err)
+	}
+	return nil
+}
+
+// backfillOwners fills the owners table of a database made before names
+// had owners: each name belongs to the issuer of its first contribution
+// or transformation in the log. The entries were verified at append.
+func backfillOwners(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, `SELECT contract, seq, body FROM entries ORDER BY contract, seq`)
+	if err != nil {
+		return err
+	}
+	type owned struct {
+		contract, name, issuer string
+		seq                    uint64
+	}
+	var found []owned
+	for rows.Next() {
+		var o owned
+		var body []byte
+		if err := rows.Scan(&o.contract, &o.seq, &body); err != nil {
+			rows.Close()
+			return err
+		}
+		e, err := contract.DecodeEntry(body)
+		if err != nil || e.Kind != contract.EntryAttestation {
+			continue
+		}
+		a, err := unverifiedClaims(e.JWS)
+		if err != nil || a.Object == nil {
+			continue
+		}
+		o.name, o.issuer = a.Object.Name, a.Issuer
+		found = append(found, o)
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, o := range found {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			o.contract, o.name, o.issuer, o.seq); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// unverifiedClaims reads a compact JWS's payload as an attestation,
+// without checking the signature.
+func unverifiedClaims(jws string) (*contract.Attestation, error) {
+	parts := strings.Split(jws, ".")
+	if len(parts) != 3 {
+		return nil, errors.New("not a compact JWS")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, err
+	}
+	var a contract.Attestation
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
 
 func (s *sqliteStore) meta(ctx context.Context, key string) (string, error) {
 	var v string
@@ -273,17 +558,21 @@ func (s *sqliteStore) logSize(ctx context.Context, contractID string) (uint64, e
 	return uint64(n.Int64), nil
 }
 
-func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint64, limit int) ([]contract.WireEntry, error) {
+func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint64, limit, maxBytes int) ([]contract.WireEntry, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, body FROM entries WHERE contract = ? AND seq > ? ORDER BY seq LIMIT ?`, contractID, since, limit)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	out := []contract.WireEntry{}
+	total := 0
 	for rows.Next() {
 		var we contract.WireEntry
 		if err := rows.Scan(&we.Seq, &we.Entry); err != nil {
 			return nil, err
+		}
+		if total += len(we.Entry); len(out) > 0 && total > maxBytes {
+			break
 		}
 		out = append(out, we)
 	}
@@ -344,6 +633,11 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		}
 	}
 	if rec.Object != nil {
+		// The first attester of a name owns it for good.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			contractID, rec.Object.Name, rec.Issuer, rec.Seq); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES (?, ?, ?, 0, ?)
 			ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`,
 			contractID, rec.Object.Name, rec.Seq, rec.Object.StoredSize); err != nil {
@@ -359,6 +653,12 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 			return fmt.Errorf("%w: object %q is not live", errNotFound, rec.Redact)
 		}
 	}
+	if rec.Sender != "" {
+		// The batch's signer: auditors need its key for as long as the log.
+		if _, err := tx.ExecContext(ctx, `UPDATE sidecar_keys SET signed = 1 WHERE jkt = ? AND signed = 0`, rec.Sender); err != nil {
+			return err
+		}
+	}
 	if rec.RevokeKID != "" {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO revoked_keys (contract, issuer, kid, seq) VALUES (?, ?, ?, ?)`,
 			contractID, rec.Issuer, rec.RevokeKID, rec.Seq); err != nil {
@@ -369,22 +669,13 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		}
 	}
 	if len(rec.Events) > 0 {
-		// One prepared statement for the batch's events.
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO metering_events (contract, id, seq, kind, bytes, samples, units, cost, epoch, job)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-		if err != nil {
+		if err := insertEvents(ctx, tx, contractID, rec); err != nil {
 			return err
 		}
-		defer ins.Close()
-		for _, e := range rec.Events {
-			// The primary key (contract, id) is the durable guarantee that an
-			// event is counted once, whatever the batch it arrives in.
-			if _, err := ins.ExecContext(ctx, contractID, e.ID, rec.Seq, e.Kind, e.Bytes, e.Samples, e.Units, e.CostNanoUSD, e.Epoch, e.Job); err != nil {
-				if isUnique(err) {
-					return fmt.Errorf("%w: metering event %q already counted", errConflict, e.ID)
-				}
-				return err
-			}
+	}
+	if rec.Lease != "" && len(rec.Events) > 0 {
+		if err := addLeaseMetered(ctx, tx, rec.Lease, rec.Events); err != nil {
+			return err
 		}
 	}
 	if rec.IdemKey != "" {
@@ -393,6 +684,50 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		}
 	}
 	return tx.Commit()
+}
+
+// insertEvents counts rec's new events and adds them to the contract's
+// sums, refusing (errOverflow) events that would make a sum overflow: then
+// every total, whatever its filter, fits in int64.
+func insertEvents(ctx context.Context, tx *sql.Tx, contractID string, rec *appendRecord) error {
+	var sums contract.Sums
+	err := tx.QueryRowContext(ctx, `SELECT samples, bytes, units, cost FROM metering_sums WHERE contract = ?`, contractID).
+		Scan(&sums.Samples, &sums.Bytes, &sums.Units, &sums.CostNanoUSD)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO metering_events (contract, sender, id, seq, kind, outcome, licensee,
+		bytes, samples, units, cost, epoch, job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer ins.Close()
+	for _, e := range rec.Events {
+		if !sums.Add(e.Sums()) {
+			return fmt.Errorf("%w: event %q would make the contract's metering totals overflow", errOverflow, e.ID)
+		}
+		outcome := ""
+		if e.Kind == contract.EventAccess {
+			outcome = e.Outcome
+			if outcome == "" {
+				outcome = contract.OutcomeServed
+			}
+		}
+		// The primary key (contract, sender, id) is the durable guarantee
+		// that a sender's event is counted once, whatever the batch it
+		// arrives in.
+		if _, err := ins.ExecContext(ctx, contractID, rec.Sender, e.ID, rec.Seq, e.Kind, outcome, rec.Licensee,
+			e.Bytes, e.Samples, e.Units, e.CostNanoUSD, e.Epoch, e.Job); err != nil {
+			if isUnique(err) {
+				return fmt.Errorf("%w: metering event %q of %s already counted", errConflict, e.ID, rec.Sender)
+			}
+			return err
+		}
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO metering_sums (contract, samples, bytes, units, cost) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (contract) DO UPDATE SET samples = excluded.samples, bytes = excluded.bytes, units = excluded.units, cost = excluded.cost`,
+		contractID, sums.Samples, sums.Bytes, sums.Units, sums.CostNanoUSD)
+	return err
 }
 
 func putIdempotent(ctx context.Context, tx *sql.Tx, contractID, key, bodyHash string, response []byte) error {
@@ -451,6 +786,16 @@ func (s *sqliteStore) object(ctx context.Context, contractID, name string) (*obj
 	return o, err
 }
 
+func (s *sqliteStore) owner(ctx context.Context, contractID, name string) (string, uint64, error) {
+	var issuer string
+	var seq uint64
+	err := s.db.QueryRowContext(ctx, `SELECT issuer, seq FROM owners WHERE contract = ? AND name = ?`, contractID, name).Scan(&issuer, &seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, errNotFound
+	}
+	return issuer, seq, err
+}
+
 func (s *sqliteStore) revoked(ctx context.Context, contractID, issuer, kid string) (bool, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM revoked_keys WHERE contract = ? AND issuer = ? AND kid = ?`, contractID, issuer, kid).Scan(&n)
@@ -473,8 +818,20 @@ func (s *sqliteStore) sidecarKey(ctx context.Context, jkt string) ([]byte, error
 }
 
 func (s *sqliteStore) putSidecarKey(ctx context.Context, jkt string, jwk []byte) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO sidecar_keys (jkt, jwk) VALUES (?, ?) ON CONFLICT (jkt) DO NOTHING`, jkt, jwk)
+	// A new key has signed nothing yet; a known one is seen again now.
+	_, err := s.db.ExecContext(ctx, `INSERT INTO sidecar_keys (jkt, jwk, seen, signed) VALUES (?, ?, ?, 0)
+		ON CONFLICT (jkt) DO UPDATE SET seen = excluded.seen`, jkt, jwk, s.now().UnixNano())
 	return err
+}
+
+// pruneSidecarKeys deletes the keys that signed no log entry and were
+// last seen (registered by a token request) before before.
+func (s *sqliteStore) pruneSidecarKeys(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM sidecar_keys WHERE signed = 0 AND seen < ?`, before.UnixNano())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 func (s *sqliteStore) useProofID(ctx context.Context, jti string, exp time.Time) error {
@@ -490,44 +847,16 @@ func (s *sqliteStore) pruneProofIDs(ctx context.Context, before time.Time) error
 	return err
 }
 
-// presign records objects as presigned under a token, refusing (and
-// recording nothing) when the distinct objects presigned under it would
-// exceed the quota's max_samples, or their stored bytes its max_bytes
-// (zero: no limit).
-func (s *sqliteStore) presign(ctx context.Context, tokenID string, objects []*objectRow, quota contract.Quota) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	for _, o := range objects {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO presigned (token, name, size) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, tokenID, o.Name, o.StoredSize); err != nil {
-			return err
-		}
-	}
-	var count, bytes int64
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0) FROM presigned WHERE token = ?`, tokenID).Scan(&count, &bytes); err != nil {
-		return err
-	}
-	if quota.MaxSamples > 0 && count > quota.MaxSamples {
-		return fmt.Errorf("%w: %d objects would exceed the token's max_samples %d", errQuota, count, quota.MaxSamples)
-	}
-	if quota.MaxBytes > 0 && bytes > quota.MaxBytes {
-		return fmt.Errorf("%w: %d bytes would exceed the token's max_bytes %d", errQuota, bytes, quota.MaxBytes)
-	}
-	return tx.Commit()
-}
-
-func (s *sqliteStore) knownEvents(ctx context.Context, contractID string, ids []string) (map[string]bool, error) {
+func (s *sqliteStore) knownEvents(ctx context.Context, contractID, sender string, ids []string) (map[string]bool, error) {
 	known := map[string]bool{}
 	for start := 0; start < len(ids); start += 500 {
 		chunk := ids[start:min(start+500, len(ids))]
-		args := make([]any, 0, len(chunk)+1)
-		args = append(args, contractID)
+		args := make([]any, 0, len(chunk)+2)
+		args = append(args, contractID, sender)
 		for _, id := range chunk {
 			args = append(args, id)
 		}
-		rows, err := s.db.QueryContext(ctx, `SELECT id FROM metering_events WHERE contract = ? AND id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, args...)
+		rows, err := s.db.QueryContext(ctx, `SELECT id FROM metering_events WHERE contract = ? AND sender = ? AND id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -546,6 +875,16 @@ func (s *sqliteStore) knownEvents(ctx context.Context, contractID string, ids []
 	return known, nil
 }
 
+func (s *sqliteStore) meteringSums(ctx context.Context, contractID string) (contract.Sums, error) {
+	var sums contract.Sums
+	err := s.db.QueryRowContext(ctx, `SELECT samples, bytes, units, cost FROM metering_sums WHERE contract = ?`, contractID).
+		Scan(&sums.Samples, &sums.Bytes, &sums.Units, &sums.CostNanoUSD)
+	if errors.Is(err, sql.ErrNoRows) {
+		return contract.Sums{}, nil
+	}
+	return sums, err
+}
+
 func (s *sqliteStore) idempotent(ctx context.Context, contractID, key string) (string, []byte, error) {
 	var h string
 	var resp []byte
@@ -556,25 +895,87 @@ func (s *sqliteStore) idempotent(ctx context.Context, contractID, key string) (s
 	return h, resp, err
 }
 
-func (s *sqliteStore) meteringTotals(ctx context.Context, contractID, job string, epoch int64) (*contract.MeteringTotals, error) {
-	q := `SELECT COUNT(*),
-		COALESCE(SUM(kind = 'access'), 0), COALESCE(SUM(CASE WHEN kind = 'access' THEN bytes END), 0),
-		COALESCE(SUM(kind = 'epoch'), 0), COALESCE(SUM(CASE WHEN kind = 'epoch' THEN samples END), 0),
-		COALESCE(SUM(CASE WHEN kind = 'epoch' THEN bytes END), 0),
-		COALESCE(SUM(units), 0), COALESCE(SUM(cost), 0)
+// meteringTotals sums the counted events matching f, by outcome and by
+// licensee. No sum can overflow: every one is at most the contract's
+// metering_sums, which insertEvents keeps within int64.
+func (s *sqliteStore) meteringTotals(ctx context.Context, contractID string, f contract.TotalsFilter) (*contract.MeteringReport, error) {
+	q := `SELECT licensee, kind, outcome, COUNT(*), SUM(samples), SUM(bytes), SUM(units), SUM(cost)
 		FROM metering_events WHERE contract = ?`
 	args := []any{contractID}
-	if job != "" {
+	if f.Job != "" {
 		q += ` AND job = ?`
-		args = append(args, job)
+		args = append(args, f.Job)
 	}
-	if epoch >= 0 {
+	if f.Epoch >= 0 {
 		q += ` AND epoch = ?`
-		args = append(args, epoch)
+		args = append(args, f.Epoch)
 	}
-	t := &contract.MeteringTotals{Contract: contractID}
-	err := s.db.QueryRowContext(ctx, q, args...).Scan(&t.Events, &t.AccessEvents, &t.AccessBytes, &t.EpochEvents, &t.EpochSamples, &t.EpochBytes, &t.Units, &t.CostNanoUSD)
-	return t, err
+	if f.Licensee != "" {
+		q += ` AND licensee = ?`
+		args = append(args, f.Licensee)
+	}
+	q += ` GROUP BY licensee, kind, outcome ORDER BY licensee, kind, outcome`
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	r := &contract.MeteringReport{
+		MeteringTotals: contract.MeteringTotals{Contract: contractID, Licensee: f.Licensee},
+		Outcomes:       map[string]contract.OutcomeTotals{},
+		Licensees:      map[string]contract.MeteringTotals{},
+	}
+	for rows.Next() {
+		var licensee, kind, outcome string
+		var n int64
+		var sums contract.Sums
+		if err := rows.Scan(&licensee, &kind, &outcome, &n, &sums.Samples, &sums.Bytes, &sums.Units, &sums.CostNanoUSD); err != nil {
+			return nil, err
+		}
+		lt := r.Licensees[licensee]
+		lt.Contract, lt.Licensee = contractID, licensee
+		addTotals(&r.MeteringTotals, kind, outcome, n, sums)
+		addTotals(&lt, kind, outcome, n, sums)
+		r.Licensees[licensee] = lt
+		if kind == contract.EventAccess {
+			o := r.Outcomes[outcome]
+			o.Events += n
+			o.Billed = contract.BillableOutcome(outcome)
+			o.Sums.Add(sums)
+			r.Outcomes[outcome] = o
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// addTotals adds n events of one kind and outcome, with their sums, to t.
+func addTotals(t *contract.MeteringTotals, kind, outcome string, n int64, sums contract.Sums) {
+	t.Events += n
+	t.Units += sums.Units
+	t.CostNanoUSD += sums.CostNanoUSD
+	switch kind {
+	case contract.EventEpoch:
+		t.EpochEvents += n
+		t.EpochSamples += sums.Samples
+		t.EpochBytes += sums.Bytes
+		return
+	case contract.EventAccess:
+		t.AccessEvents += n
+		t.AccessBytes += sums.Bytes
+	}
+	if contract.BillableOutcome(outcome) {
+		t.BilledEvents += n
+		t.BilledSamples += sums.Samples
+		t.BilledBytes += sums.Bytes
+		t.BilledUnits += sums.Units
+		t.BilledCostNanoUSD += sums.CostNanoUSD
+	} else {
+		t.UnbilledEvents += n
+		t.UnbilledBytes += sums.Bytes
+	}
 }
 
 func isUnique(err error) bool {

@@ -14,10 +14,12 @@ import (
 	"github.com/provgate/provgate/verify"
 )
 
-// handleTokenRequest issues a capability token: the purpose must be one
-// the contract allows, the quota within the contract's limits, and the
-// request must carry a DPoP proof signed by the key in the body, to which
-// the token is then bound (cnf.jkt).
+// handleTokenRequest issues a capability token: the request must carry a
+// DPoP proof signed by the key in the body, to which the token is then
+// bound (cnf.jkt), and a licensee's enrolment of that key under the
+// contract; the purpose must be one the contract and the licensee's terms
+// allow. The token's quota is the key's lease of the licensee's quota
+// (see lease), and it expires no later than the enrolment and the terms.
 func (s *Server) handleTokenRequest(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	c, err := s.loadContract(ctx, r.PathValue("id"))
@@ -49,9 +51,15 @@ func (s *Server) handleTokenRequest(w http.ResponseWriter, r *http.Request) erro
 	if !c.Usage.AllowsPurpose(req.Purpose) {
 		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden, "purpose %q is not allowed by contract %q", req.Purpose, c.ContractID)
 	}
-	quota, err := grantQuota(req.Usage, c.Usage)
+	enrol, lic, err := s.checkEnrolment(ctx, c, req.Enrolment, jkt, req.Purpose, now)
 	if err != nil {
 		return err
+	}
+	// The token lives no longer than the enrolment and the terms.
+	exp := now.Add(s.cfg.TokenTTL)
+	exp = minTime(exp, time.Unix(enrol.Expiry, 0))
+	if !lic.Terms.ExpiresAt.IsZero() {
+		exp = minTime(exp, lic.Terms.ExpiresAt)
 	}
 	key, err := s.activeKey(ctx)
 	if err != nil {
@@ -64,9 +72,16 @@ func (s *Server) handleTokenRequest(w http.ResponseWriter, r *http.Request) erro
 	if err := s.st.putSidecarKey(ctx, jkt, pub); err != nil {
 		return err
 	}
-	exp := now.Add(s.cfg.TokenTTL)
+	if err := s.st.putEnrolment(ctx, c.ContractID, jkt, lic.ID, time.Unix(enrol.Expiry, 0), req.Enrolment); err != nil {
+		return err
+	}
+	lease, err := s.lease(ctx, c, lic, jkt, req.Usage, now, exp)
+	if err != nil {
+		return err
+	}
 	claims := &contract.CapabilityClaims{
-		Issuer: s.cfg.Name, Subject: jkt, Contract: c.ContractID, Purpose: req.Purpose, Quota: quota,
+		Issuer: s.cfg.Name, Subject: jkt, Contract: c.ContractID, Purpose: req.Purpose,
+		Licensee: lic.ID, Lease: lease.ID, Quota: lease.Grant,
 		Confirm: contract.Confirmation{JKT: jkt}, IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: exp.Unix(),
 		ID: verify.NewID(),
 	}
@@ -74,7 +89,8 @@ func (s *Server) handleTokenRequest(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
-	s.logger.Info("token issued", logKeyContract, c.ContractID, "jkt", jkt, "purpose", req.Purpose, logKeyKID, key.KeyID)
+	s.logger.Info("token issued", logKeyContract, c.ContractID, "jkt", jkt, "purpose", req.Purpose, logKeyKID, key.KeyID,
+		"licensee", lic.ID, "lease", lease.ID, "lease_reused", lease.Reused, "max_samples", lease.Grant.MaxSamples, "max_bytes", lease.Grant.MaxBytes)
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, contract.TokenResponse{
 		Token: tok, TokenType: contract.AuthSchemeDPoP, ExpiresAt: time.Unix(claims.Expiry, 0).UTC(),
@@ -83,31 +99,11 @@ func (s *Server) handleTokenRequest(w http.ResponseWriter, r *http.Request) erro
 	return nil
 }
 
-// grantQuota is the quota a token gets: what was asked, or the contract's
-// limit where nothing was asked; asking for more than the contract allows
-// is refused.
-func grantQuota(asked contract.Quota, u contract.Usage) (contract.Quota, error) {
-	q := asked
-	if q.MaxSamples < 0 || q.MaxBytes < 0 {
-		return q, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "usage limits must not be negative")
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
 	}
-	if u.MaxSamples > 0 {
-		if q.MaxSamples > u.MaxSamples {
-			return q, contract.Errorf(http.StatusForbidden, contract.CodeQuotaExceeded, "max_samples %d exceeds the contract's %d", q.MaxSamples, u.MaxSamples)
-		}
-		if q.MaxSamples == 0 {
-			q.MaxSamples = u.MaxSamples
-		}
-	}
-	if u.MaxBytes > 0 {
-		if q.MaxBytes > u.MaxBytes {
-			return q, contract.Errorf(http.StatusForbidden, contract.CodeQuotaExceeded, "max_bytes %d exceeds the contract's %d", q.MaxBytes, u.MaxBytes)
-		}
-		if q.MaxBytes == 0 {
-			q.MaxBytes = u.MaxBytes
-		}
-	}
-	return q, nil
+	return a
 }
 
 // checkProof verifies the request's DPoP proof (for token, or a token

@@ -18,6 +18,8 @@ var (
 	ErrKeyWindow      = errors.New("key outside its validity window")
 	ErrSignature      = errors.New("bad signature")
 	ErrNotContributor = errors.New("issuer is not a contributor of the contract")
+	ErrNotLicensee    = errors.New("issuer is not a licensee of the contract")
+	ErrNotEnrolled    = errors.New("enrolment does not bind this key")
 	ErrWrongContract  = errors.New("wrong contract")
 	ErrExpired        = errors.New("expired")
 	ErrNotYetValid    = errors.New("not yet valid")
@@ -33,6 +35,7 @@ var (
 	ErrDigest         = errors.New("digest mismatch")
 	ErrSize           = errors.New("size mismatch")
 	ErrDuplicate      = errors.New("duplicate")
+	ErrNotOwner       = errors.New("name owned by another contributor")
 	// ErrQuarantined: the contract's log forked or rolled back; nothing
 	// from it is served until an operator clears the state.
 	ErrQuarantined = errors.New("contract quarantined")
@@ -127,6 +130,7 @@ var reasons = []struct {
 	{ErrProof, "proof"},
 	{ErrReplay, "replay"},
 	{ErrDuplicate, "duplicate"},
+	{ErrNotOwner, "not_owner"},
 	{ErrDigest, "digest"},
 	{ErrSize, "size"},
 	{ErrKeysUnavailable, "keys_unavailable"},
@@ -160,3 +164,24 @@ func (e *EntryError) Error() string { return fmt.Sprintf("entry %d: %v", e.Seq, 
 
 // Unwrap returns the cause.
 func (e *EntryError) Unwrap() error { return e.Err }
+
+// OwnershipError is the evidence that a log holds an entry by which a
+// contributor replaced or redacted a name another one owns (attested
+// first), without being a curator of the contract: entry Seq, by Issuer,
+// of Name, owned by Owner since entry OwnedSince.
+type OwnershipError struct {
+	Seq        uint64
+	Issuer     string
+	Action     string // "replaces" or "redacts"
+	Name       string
+	Owner      string
+	OwnedSince uint64
+}
+
+func (e *OwnershipError) Error() string {
+	return fmt.Sprintf("entry %d: %q %s %q, owned by %q since entry %d, and is not a curator of the contract",
+		e.Seq, e.Issuer, e.Action, e.Name, e.Owner, e.OwnedSince)
+}
+
+// Unwrap makes errors.Is(err, ErrNotOwner) true.
+func (e *OwnershipError) Unwrap() error { return ErrNotOwner }

@@ -441,6 +441,11 @@ func (f *Follower) follow(ctx context.Context) {
 			f.log.Info("live feed not available; polling", "err", err)
 			return
 		}
+		if errors.Is(err, contract.ErrEventTooLarge) {
+			// An honest registry never sends one: do not reopen the feed.
+			f.log.Warn("live feed sent an oversized event; dropped it, polling only", "err", err)
+			return
+		}
 		attempt++
 		d := max(contract.Backoff(attempt, f.cfg.BaseBackoff, f.cfg.MaxBackoff), f.cfg.BaseBackoff)
 		f.log.Debug("live feed closed; reconnecting", "retry_in", d, "err", err)
@@ -628,7 +633,10 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 				// The registry serves entries that are not the log it signs.
 				return f.quarantineWith(ctx, err)
 			}
-			f.apply(d, c)
+			if err := f.apply(d, c); err != nil {
+				// The registry accepted what it must refuse.
+				return f.quarantineWith(ctx, err)
+			}
 		}
 		verified += len(checked)
 	}
@@ -734,7 +742,7 @@ func (f *Follower) quarantineWith(ctx context.Context, cause error) error {
 	f.quarantine = q
 	f.mu.Unlock()
 	f.cfg.Metrics.quarantine(f.id)
-	f.log.Error("CONTRACT QUARANTINED: the registry's log forked, rolled back or does not match its signed checkpoint; nothing is served for it",
+	f.log.Error("CONTRACT QUARANTINED: the registry's log forked, rolled back, does not match its signed checkpoint or holds an entry the registry must have refused; nothing is served for it",
 		"reason", Reason(cause), "evidence", cause)
 	// Persist even if the caller's context is ending: a restart must not
 	// forget the evidence.
@@ -828,26 +836,42 @@ func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
 	return nil
 }
 
-// apply adds one verified entry to the delta, in log order.
-func (f *Follower) apply(d *delta, c *checked) {
+// apply adds one verified entry to the delta, in log order. It returns an
+// *OwnershipError when the entry replaces or redacts a name that another
+// contributor owns: the registry must have refused it, so the log is not
+// one to serve from.
+func (f *Follower) apply(d *delta, c *checked) error {
 	e := c.entry
 	if e.Kind != contract.EntryAttestation {
-		return
+		return nil
 	}
 	if c.err != nil {
 		d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &EntryError{Seq: e.Seq, Err: c.err}})
-		return
+		return nil
 	}
 	a := c.att
 	if r, ok := d.revocation(revKey{a.Issuer, c.kid}); ok && e.Seq > r.Seq {
 		d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &RevokedKeyError{Contributor: a.Issuer, KeyID: c.kid, RevokedAt: r.Seq, Seq: e.Seq, Retroactive: r.Retroactive}})
-		return
+		return nil
+	}
+	owned := func(action, name string) error {
+		o, ok := d.owner(name)
+		if !ok || f.cfg.Contract.MayRewrite(a.Issuer, o.Issuer) {
+			return nil
+		}
+		return &OwnershipError{Seq: e.Seq, Issuer: a.Issuer, Action: action, Name: name, Owner: o.Issuer, OwnedSince: o.Seq}
 	}
 	switch a.Type {
 	case contract.Contribution, contract.Transformation:
 		// A later contribution of a live name is a new version of it (as
 		// the registry records it): the old bytes must leave the cache.
 		name := a.Object.Name
+		if err := owned("replaces", name); err != nil {
+			return err
+		}
+		if _, ok := d.owner(name); !ok {
+			d.owners[name] = owner{Issuer: a.Issuer, Seq: e.Seq}
+		}
 		if cur := d.object(name); cur != nil {
 			d.purged = append(d.purged, name)
 		}
@@ -857,6 +881,9 @@ func (f *Follower) apply(d *delta, c *checked) {
 		}
 	case contract.Redaction:
 		name := a.Redaction.Name
+		if err := owned("redacts", name); err != nil {
+			return err
+		}
 		cur := d.object(name)
 		switch {
 		case cur == nil:
@@ -873,7 +900,7 @@ func (f *Follower) apply(d *delta, c *checked) {
 		r := revocation{Seq: e.Seq, Retroactive: retro}
 		if old, ok := d.revocation(k); ok {
 			if old.Retroactive || !retro {
-				return
+				return nil
 			}
 			r.Seq = old.Seq
 		}
@@ -882,6 +909,7 @@ func (f *Follower) apply(d *delta, c *checked) {
 			d.dropSignedBy(k)
 		}
 	}
+	return nil
 }
 
 func (d *delta) isRedacted(name string) bool {

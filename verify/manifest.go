@@ -24,10 +24,18 @@ type Manifest struct {
 	mu       sync.RWMutex
 	objects  map[string]*ManifestEntry
 	redacted map[string]uint64 // name -> seq of the redaction
+	owners   map[string]owner  // name -> who attested it first
+}
+
+// owner is who owns a name: the issuer of its first verified contribution
+// or transformation, and that entry's seq. It outlives redactions.
+type owner struct {
+	Issuer string
+	Seq    uint64
 }
 
 func newManifest() *Manifest {
-	return &Manifest{objects: map[string]*ManifestEntry{}, redacted: map[string]uint64{}}
+	return &Manifest{objects: map[string]*ManifestEntry{}, redacted: map[string]uint64{}, owners: map[string]owner{}}
 }
 
 // Lookup returns the entry for name, or an error wrapping ErrRedacted or
@@ -78,7 +86,8 @@ type delta struct {
 	objects  map[string]*ManifestEntry
 	redacted map[string]uint64 // 0: cleared
 	newRevs  map[revKey]revocation
-	purged   []string // names removed: the cache must drop them
+	owners   map[string]owner // names first attested in this delta
+	purged   []string         // names removed: the cache must drop them
 	rejected []rejection
 }
 
@@ -96,7 +105,16 @@ type rejection struct {
 
 func newDelta(base *Manifest, revs map[revKey]revocation) *delta {
 	return &delta{base: base, revs: revs, objects: map[string]*ManifestEntry{},
-		redacted: map[string]uint64{}, newRevs: map[revKey]revocation{}}
+		redacted: map[string]uint64{}, newRevs: map[revKey]revocation{}, owners: map[string]owner{}}
+}
+
+// owner returns who owns name, seen through the delta.
+func (d *delta) owner(name string) (owner, bool) {
+	if o, ok := d.owners[name]; ok {
+		return o, true
+	}
+	o, ok := d.base.owners[name]
+	return o, ok
 }
 
 // object returns the current entry for name, seen through the delta.
@@ -137,5 +155,8 @@ func (m *Manifest) apply(d *delta) {
 		} else {
 			m.redacted[name] = seq
 		}
+	}
+	for name, o := range d.owners {
+		m.owners[name] = o
 	}
 }

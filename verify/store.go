@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS redactions (
 	seq      INTEGER NOT NULL,
 	PRIMARY KEY (contract, name)
 );
+CREATE TABLE IF NOT EXISTS owners (
+	contract TEXT NOT NULL,
+	name     TEXT NOT NULL,
+	issuer   TEXT NOT NULL,
+	seq      INTEGER NOT NULL,
+	PRIMARY KEY (contract, name)
+);
 CREATE TABLE IF NOT EXISTS revocations (
 	contract    TEXT NOT NULL,
 	issuer      TEXT NOT NULL,
@@ -71,9 +78,22 @@ func OpenStore(path string) (*Store, error) {
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
+	var hadOwners int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'owners'`).Scan(&hadOwners); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
 	if _, err := db.Exec(schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	if hadOwners == 0 {
+		// A state from before names had owners: each live name is taken to
+		// belong to the issuer of its current version.
+		if _, err := db.Exec(`INSERT OR IGNORE INTO owners (contract, name, issuer, seq) SELECT contract, name, issuer, seq FROM manifest`); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open state %s: owners: %w", path, err)
+		}
 	}
 	return &Store{db: db}, nil
 }
@@ -90,7 +110,7 @@ func (s *Store) Reset(ctx context.Context, contractID string) error {
 		return fmt.Errorf("reset state: %w", err)
 	}
 	defer tx.Rollback()
-	for _, t := range []string{"logs", "manifest", "redactions", "revocations"} {
+	for _, t := range []string{"logs", "manifest", "redactions", "owners", "revocations"} {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t+" WHERE contract = ?", contractID); err != nil {
 			return fmt.Errorf("reset state: %w", err)
 		}
@@ -156,6 +176,23 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	if err := rrows.Err(); err != nil {
 		return nil, fmt.Errorf("load redactions: %w", err)
 	}
+	orows, err := s.db.QueryContext(ctx, "SELECT name, issuer, seq FROM owners WHERE contract = ?", contractID)
+	if err != nil {
+		return nil, fmt.Errorf("load owners: %w", err)
+	}
+	defer orows.Close()
+	for orows.Next() {
+		var name string
+		var o owner
+		if err := orows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
+			return nil, fmt.Errorf("load owners: %w", err)
+		}
+		t.manifest.owners[name] = o
+	}
+	if err := orows.Err(); err != nil {
+		return nil, fmt.Errorf("load owners: %w", err)
+	}
+	orows.Close()
 	vrows, err := s.db.QueryContext(ctx, "SELECT issuer, kid, seq, retroactive FROM revocations WHERE contract = ?", contractID)
 	if err != nil {
 		return nil, fmt.Errorf("load revocations: %w", err)
@@ -230,6 +267,12 @@ func commitDelta(ctx context.Context, tx *sql.Tx, contractID string, d *delta) e
 			_, err = tx.ExecContext(ctx, "INSERT OR REPLACE INTO redactions (contract, name, seq) VALUES (?, ?, ?)", contractID, name, seq)
 		}
 		if err != nil {
+			return err
+		}
+	}
+	for name, o := range d.owners {
+		if _, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?)",
+			contractID, name, o.Issuer, o.Seq); err != nil {
 			return err
 		}
 	}

@@ -28,7 +28,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *stateDir == "" {
 		return &usageError{msg: "--state-dir is required"}
 	}
-	_, pem, err := proxy.LoadOrCreateCA(*stateDir)
+	_, pem, err := proxy.LoadOrCreateCA(*stateDir, nil)
 	if err != nil {
 		return err
 	}

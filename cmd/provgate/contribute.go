@@ -27,6 +27,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/tokenize"
 	"github.com/provgate/provgate/verify"
 )
 
@@ -155,15 +156,21 @@ feed:
 // one uploads one file and appends its attestation, unless the log already
 // holds a live object of that name with the same content and encoding.
 func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool, n int64, err error) {
-	decSHA, decSize, err := hashFile(it.path)
+	// A contract priced per token gets each object's count under its
+	// tokenizer, which the sidecar checks again and bills.
+	var tokenizer string
+	if o.c.Pricing.Unit == contract.UnitToken {
+		tokenizer = o.c.Pricing.Tokenizer
+	}
+	decSHA, decSize, tokens, err := hashFile(it.path, tokenizer)
 	if err != nil {
 		return false, 0, err
 	}
-	if prev, ok := o.existing[it.name]; ok && prev.DecodedSHA256 == decSHA && prev.Encoding == o.encoding {
+	if prev, ok := o.existing[it.name]; ok && prev.DecodedSHA256 == decSHA && prev.Encoding == o.encoding && prev.Tokens == tokens {
 		return false, decSize, nil
 	}
 	obj := contract.ObjectClaim{Name: it.name, Encoding: o.encoding, DecodedSHA256: decSHA, DecodedSize: decSize,
-		MediaType: mime.TypeByExtension(path.Ext(it.name))}
+		MediaType: mime.TypeByExtension(path.Ext(it.name)), Tokens: tokens}
 	upload := it.path
 	if o.encoding == contract.EncodingIdentity {
 		obj.StoredSHA256, obj.StoredSize = decSHA, decSize
@@ -338,18 +345,33 @@ func collectFiles(paths []string, prefix string) ([]contributeItem, error) {
 	return items, nil
 }
 
-func hashFile(path string) (string, int64, error) {
+// hashFile returns a file's sha256 and size, and its token count under
+// tokenizer when one is named.
+func hashFile(path, tokenizer string) (sum string, size, tokens int64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", 0, err
+		return "", 0, 0, err
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, err
+	var w io.Writer = h
+	var tc tokenize.Counter
+	if tokenizer != "" {
+		if tc, err = tokenize.New(tokenizer); err != nil {
+			return "", 0, 0, err
+		}
+		w = io.MultiWriter(h, tc)
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	n, err := io.Copy(w, f)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("%s: %w", path, err)
+	}
+	if tc != nil {
+		if tokens, err = tc.Count(); err != nil {
+			return "", 0, 0, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, tokens, nil
 }
 
 // encodeFile compresses path into a temp file, hashing what it writes.

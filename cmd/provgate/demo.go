@@ -46,6 +46,7 @@ const (
 	demoBucket      = "datasets"
 	demoJob         = "demo-job"
 	demoPurpose     = "training-for-sentiment-model"
+	demoLicensee    = "did:example:licensee-acme"
 )
 
 // demoEnv is everything the demo starts; close stops it in reverse order.
@@ -114,8 +115,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("registry  %s (SQLite %s)", env.regURL, filepath.Join(env.dir, "registry.db"))
 
-	// 3. A contributor and the contract.
+	// 3. A contributor, a licensee and the contract.
 	ckey, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		return err
+	}
+	lkey, err := verify.GenerateKey(jose.EdDSA)
 	if err != nil {
 		return err
 	}
@@ -123,11 +128,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	c, err := createDemoContract(ctx, client, ckey)
+	c, err := createDemoContract(ctx, client, ckey, lkey)
 	if err != nil {
 		return err
 	}
 	say("contract  %s: %s, $%.4f per %s, purposes %v", c.ContractID, c.License, c.Pricing.PriceUSD, c.Pricing.Unit, c.Usage.Purposes)
+	l := c.Licensee(demoLicensee)
+	say("licensee  %s: up to %d samples, across all its sidecars", l.ID, l.Terms.MaxSamples)
 
 	// 4. The dataset: uploaded and attested, one signed entry per sample.
 	names, err := env.contribute(ctx, client, s3c, c, ckey, *samples)
@@ -136,7 +143,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("contribute %d samples (identity, gzip and zstd), each with a signed attestation in the log", len(names))
 
-	// 5. The sidecar, in marketplace mode: no bucket credentials; it
+	// 5. The licensee enrols the sidecar's key (as provgate enroll does);
+	// without that enrolment the registry gives the sidecar no token.
+	stateDir := filepath.Join(env.dir, "sidecar-state")
+	enrolment, jkt, exp, err := demoEnrol(stateDir, lkey, c.ContractID)
+	if err != nil {
+		return err
+	}
+	say("enrol     %s enrolled sidecar key %s until %s (%s)", demoLicensee, jkt, exp.Format(time.RFC3339), enrolment)
+
+	// 6. The sidecar, in marketplace mode: no bucket credentials; it
 	// trusts no checkpoint the witness has not cosigned.
 	witnesses, err := verify.NewWitnessPolicy([]string{env.witVKey}, 1)
 	if err != nil {
@@ -144,8 +160,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	env.sc, err = sidecar.Start(ctx, sidecar.Config{
 		Witnesses: witnesses,
-		Registry:  env.regURL, Contracts: []string{c.ContractID}, Purpose: demoPurpose,
-		StateDir: filepath.Join(env.dir, "sidecar-state"), CacheDir: filepath.Join(env.dir, "sidecar-cache"),
+		Registry:  env.regURL, Contracts: []string{c.ContractID}, Purpose: demoPurpose, EnrolmentFiles: []string{enrolment},
+		StateDir: stateDir, CacheDir: filepath.Join(env.dir, "sidecar-cache"),
 		CacheSize: 256 << 20, Listen: *listen, TrustOnFirstUse: true, Logger: logger.With("part", "sidecar"),
 		SyncInterval: 200 * time.Millisecond,
 	})
@@ -169,7 +185,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		env.sc.URL(), status.TreeSize, root, status.CheckpointTime.Format(time.RFC3339), status.TokenExpiry.Format(time.RFC3339))
 	say("witness   cosigned that checkpoint (cosignature/v1); the sidecar requires 1 of 1 witness cosignatures")
 
-	// 6. Two epochs of reading, as a training loop would.
+	// 7. Two epochs of reading, as a training loop would.
 	hc := &http.Client{Timeout: 30 * time.Second}
 	manifest, err := demoManifest(ctx, hc, env.sc.URL(), c.ContractID)
 	if err != nil {
@@ -197,27 +213,28 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cs := env.sc.Cache().Stats()
 	say("cache     %d hits, %d misses (origin fetches), %d bytes on disk", cs.Hits, cs.Misses, cs.Bytes)
 
-	// 7. The ledger syncs to the registry; the report is what the registry
+	// 8. The ledger syncs to the registry; the report is what the registry
 	// recorded.
 	if err := env.drainOutbox(ctx, c.ContractID); err != nil {
 		return err
 	}
 	say("\nmetering, as the registry recorded it (job %q):", demoJob)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "epoch\taccess events\tbytes\tsamples billed\tcost USD\t")
+	fmt.Fprintln(tw, "epoch\tbilled reads\tbilled bytes\tbilled samples\tcost USD\t")
 	for epoch := int64(1); epoch <= 2; epoch++ {
 		t, err := client.MeteringTotals(ctx, c.ContractID, demoJob, epoch)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t\n", epoch, t.AccessEvents, t.AccessBytes, t.EpochSamples, meter.FormatUSD(t.CostNanoUSD))
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t\n", epoch, t.BilledEvents, t.BilledBytes, t.BilledSamples, meter.FormatUSD(t.BilledCostNanoUSD))
 	}
 	tw.Flush()
 	all, err := client.MeteringTotals(ctx, c.ContractID, "", -1)
 	if err != nil {
 		return err
 	}
-	say("total: %d access events, %d bytes, %s", all.AccessEvents, all.AccessBytes, meter.FormatUSD(all.CostNanoUSD))
+	say("total billed: %d reads, %d samples, %d bytes, %s; unbilled: %d reads", all.BilledEvents, all.BilledSamples, all.BilledBytes,
+		meter.FormatUSD(all.BilledCostNanoUSD), all.UnbilledEvents)
 
 	if *once {
 		return nil
@@ -304,8 +321,33 @@ func (env *demoEnv) startWitness(ctx context.Context) error {
 	return nil
 }
 
-func createDemoContract(ctx context.Context, client *contract.Client, ckey *jose.JSONWebKey) (*contract.Contract, error) {
+// demoEnrol makes the sidecar key in stateDir (as the sidecar would on
+// first start) and writes the licensee's enrolment of it next to it.
+func demoEnrol(stateDir string, lkey *jose.JSONWebKey, contractID string) (path, jkt string, exp time.Time, err error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return "", "", exp, err
+	}
+	sk, err := sidecar.LoadOrCreateKey(filepath.Join(stateDir, sidecar.KeyFile))
+	if err != nil {
+		return "", "", exp, err
+	}
+	if jkt, err = verify.Thumbprint(sk); err != nil {
+		return "", "", exp, err
+	}
+	now := time.Now()
+	exp = now.Add(DefaultEnrolmentTTL).UTC().Truncate(time.Second)
+	jws, err := verify.SignEnrolment(lkey, &contract.EnrolmentClaims{Issuer: demoLicensee, Subject: jkt, Contract: contractID,
+		IssuedAt: now.Unix(), Expiry: exp.Unix(), ID: verify.NewID()})
+	if err != nil {
+		return "", "", exp, err
+	}
+	path = filepath.Join(filepath.Dir(stateDir), "enrolment.jws")
+	return path, jkt, exp, verify.WriteFileAtomic(path, []byte(jws+"\n"), 0o600)
+}
+
+func createDemoContract(ctx context.Context, client *contract.Client, ckey, lkey *jose.JSONWebKey) (*contract.Contract, error) {
 	return client.CreateContract(ctx, "demo-admin", &contract.Contract{
+		Licensees:  []contract.Licensee{{ID: demoLicensee, JWKS: verify.PublicJWKS(lkey), Terms: contract.LicenseTerms{MaxSamples: 100_000}}},
 		ContractID: demoContract, Version: "2026-01-15", SchemaURL: "https://example.com/schemas/v1/dataset",
 		License: "cc-by-4.0", Pricing: contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005},
 		Usage:        contract.Usage{Purposes: []string{demoPurpose}, RetentionDays: 30, MaxSamples: 1_000_000},

@@ -22,6 +22,8 @@ func TestDemoOnce(t *testing.T) {
 	}
 	out := stdout.String()
 	for _, want := range []string{
+		"licensee  did:example:licensee-acme: up to 100000 samples",
+		"did:example:licensee-acme enrolled sidecar key",
 		"log verified, 30 entries",
 		"witness   cosigned that checkpoint",
 		"epoch 1   read 30 samples",
@@ -37,7 +39,7 @@ func TestDemoOnce(t *testing.T) {
 	if m := regexp.MustCompile(`cache\s+(\d+) hits, (\d+) misses`).FindStringSubmatch(out); m == nil || m[1] != "30" || m[2] != "30" {
 		t.Errorf("cache line: got %v, want 30 hits and 30 misses:\n%s", m, out)
 	}
-	// Per-epoch rows: epoch, access events, bytes, samples billed, cost.
+	// Per-epoch rows: epoch, billed reads, billed bytes, billed samples, cost.
 	rows := regexp.MustCompile(`(?m)^\s+([12])\s+(\d+)\s+(\d+)\s+(\d+)\s+\$(\S+)$`).FindAllStringSubmatch(out, -1)
 	if len(rows) != 2 {
 		t.Fatalf("want 2 epoch rows in the metering report, got %d:\n%s", len(rows), out)
@@ -48,7 +50,7 @@ func TestDemoOnce(t *testing.T) {
 	}
 	for _, r := range rows {
 		if r[2] != "30" || r[4] != "30" {
-			t.Errorf("epoch %s: registry recorded %s access events and %s samples, want 30 and 30", r[1], r[2], r[4])
+			t.Errorf("epoch %s: registry billed %s reads and %s samples, want 30 and 30", r[1], r[2], r[4])
 		}
 		if r[3] != read[1] {
 			t.Errorf("epoch %s: registry recorded %s bytes, the client read %s", r[1], r[3], read[1])

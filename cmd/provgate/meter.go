@@ -24,7 +24,8 @@ const meterSynopsis = `meter report|export|replay|verify --ledger FILE [flags]
 
   report   per contract, epoch and job: events, samples, bytes, units, cost, unsynced (--json for JSON)
   export   every row as JSON lines (schema provgate.meter.export/v1; see meter.ExportRow)
-  replay   send the unsynced rows to the registry (--all: every row; the registry counts each event once)
+  replay   send the unsynced rows to the registry (--all: every row; the registry counts each event once
+           per sending key, so sign with the sidecar's own --key)
            --to URL --key FILE and --purpose P (a token is requested with the key) or --token-file FILE
   verify   check the hash chain; exits 1 naming the first edited, deleted or inserted row`
 
@@ -44,6 +45,8 @@ func runMeter(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	keyFile := fs.String("key", "", "replay: the sidecar's private JWK (signs batches and proofs)")
 	purpose := fs.String("purpose", "", "replay: request a token for this purpose")
 	tokenFile := fs.String("token-file", "", "replay: a capability token bound to --key, instead of --purpose")
+	var enrolments stringList
+	fs.Var(&enrolments, "enrolment", "replay: a licensee's enrolment of --key (file, from provgate enroll; repeatable, one per contract), sent with --purpose's token requests")
 	all := fs.Bool("all", false, "replay: re-send every row, synced or not")
 	after := fs.Int64("after", 0, "export: only rows with seq > AFTER")
 	if err := parseFlags(fs, args); err != nil {
@@ -63,7 +66,7 @@ func runMeter(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if *to == "" || *keyFile == "" || (*purpose == "") == (*tokenFile == "") {
 			return &usageError{msg: "meter replay: --to URL, --key FILE and one of --purpose P or --token-file FILE are required"}
 		}
-		return meterReplay(ctx, *ledger, *to, *keyFile, *purpose, *tokenFile, *all, stdout)
+		return meterReplay(ctx, *ledger, *to, *keyFile, *purpose, *tokenFile, enrolments, *all, stdout)
 	default:
 		return &usageError{msg: fmt.Sprintf("meter: unknown subcommand %q: want report, export, replay or verify", sub)}
 	}
@@ -151,7 +154,7 @@ type fileToken string
 
 func (t fileToken) Token(context.Context, string) (string, error) { return string(t), nil }
 
-func meterReplay(ctx context.Context, path, to, keyFile, purpose, tokenFile string, all bool, stdout io.Writer) error {
+func meterReplay(ctx context.Context, path, to, keyFile, purpose, tokenFile string, enrolments []string, all bool, stdout io.Writer) error {
 	key, err := verify.LoadKey(keyFile)
 	if err != nil {
 		return fmt.Errorf("meter replay: %w", err)
@@ -164,7 +167,7 @@ func meterReplay(ctx context.Context, path, to, keyFile, purpose, tokenFile stri
 		return &usageError{msg: "meter replay: " + err.Error()}
 	}
 	client.Proof = verify.ProofFunc(key)
-	var tokens meter.Tokens = &meter.RequestedTokens{Client: client, Key: key, Purpose: purpose}
+	var tokens meter.Tokens = &meter.RequestedTokens{Client: client, Key: key, Purpose: purpose, Enrolment: enrolmentFiles(enrolments)}
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {

@@ -89,7 +89,18 @@ func TestMeterCLI(t *testing.T) {
 		t.Errorf("verify: %q", out)
 	}
 
-	out = mustCLI(t, "meter", "replay", "--ledger", ledger, "--to", h.URL, "--key", keyFile, "--purpose", "training")
+	// The licensee enrols the sidecar key with provgate enroll; replay
+	// sends that enrolment with its token requests.
+	licFile, enrolment := filepath.Join(dir, "licensee.jwk"), filepath.Join(dir, "enrolment.jws")
+	if err := verify.SaveKey(licFile, registrytest.DefaultLicensee().Key); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, "enroll", "--licensee", registrytest.DefaultLicenseeID, "--contract", c.ContractID, "--key", licFile,
+		"--sidecar-key", keyFile, "--ttl", "1h", "--out", enrolment)
+	if code, _, errs := cli(t, "meter", "replay", "--ledger", ledger, "--to", h.URL, "--key", keyFile, "--purpose", "training"); code == 0 || !strings.Contains(errs, "not_enrolled") {
+		t.Errorf("replay without an enrolment: exit %d, stderr %q; want refused, not_enrolled", code, errs)
+	}
+	out = mustCLI(t, "meter", "replay", "--ledger", ledger, "--to", h.URL, "--key", keyFile, "--purpose", "training", "--enrolment", enrolment)
 	if !strings.Contains(out, "synced 301 unsynced rows") {
 		t.Errorf("replay: %q", out)
 	}
@@ -100,7 +111,7 @@ func TestMeterCLI(t *testing.T) {
 	if got.AccessEvents != 300 || got.Units != 294 || got.CostNanoUSD != 294*500_000 || got.EpochEvents != 1 {
 		t.Errorf("registry totals after replay: %+v", got)
 	}
-	out = mustCLI(t, "meter", "replay", "--ledger", ledger, "--to", h.URL, "--key", keyFile, "--purpose", "training", "--all")
+	out = mustCLI(t, "meter", "replay", "--ledger", ledger, "--to", h.URL, "--key", keyFile, "--purpose", "training", "--all", "--enrolment", enrolment)
 	if !strings.Contains(out, "re-sent 301 events: 0 new, 301 already counted") {
 		t.Errorf("replay --all: %q", out)
 	}

@@ -42,7 +42,15 @@ func TestPrefetchThenCacheVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := createDemoContract(ctx, client, ckey)
+	lkey, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := createDemoContract(ctx, client, ckey, lkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrolment, _, _, err := demoEnrol(filepath.Join(dir, "state"), lkey, c.ContractID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +62,7 @@ func TestPrefetchThenCacheVerify(t *testing.T) {
 	cacheDir := filepath.Join(dir, "cache")
 	var stdout, stderr bytes.Buffer
 	code := run(ctx, []string{"prefetch", "--registry", env.regURL, "--contract", c.ContractID, "--purpose", demoPurpose,
-		"--state-dir", filepath.Join(dir, "state"), "--cache-dir", cacheDir, "--cache-size", "64MiB", "--concurrency", "4",
+		"--state-dir", filepath.Join(dir, "state"), "--cache-dir", cacheDir, "--cache-size", "64MiB", "--concurrency", "4", "--enrolment", enrolment,
 		"--log-level", "error"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("prefetch exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())

@@ -16,6 +16,8 @@ import (
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/internal/sidecar"
 	"github.com/provgate/provgate/internal/testenv"
+	"github.com/provgate/provgate/registry/registrytest"
+	"github.com/provgate/provgate/verify"
 )
 
 // TestRedactAndRevokeKeyCLI is the contributor's erasure workflow with the
@@ -51,6 +53,7 @@ func TestRedactAndRevokeKeyCLI(t *testing.T) {
 		Pricing:      contract.Pricing{Unit: contract.UnitSample, PriceUSD: 0.0005},
 		Usage:        contract.Usage{Purposes: []string{"training"}},
 		Contributors: []contract.Contributor{{ID: who, JWKS: &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{keys["old"], keys["new"]}}}},
+		Licensees:    []contract.Licensee{registrytest.DefaultLicensee().Entry()},
 		Origin:       contract.Origin{Bucket: bucket, Prefix: "store/"},
 	}
 	b, _ := json.Marshal(spec)
@@ -133,7 +136,12 @@ func startSidecar(t *testing.T, registry, id, s3 string) *sidecar.Sidecar {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	key, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
 	sc, err := sidecar.Start(ctx, sidecar.Config{Registry: registry, Contracts: []string{id}, Purpose: "training",
+		Key: key, Enrolments: []string{registrytest.DefaultLicensee().Enrol(t, id, key)},
 		StateDir: filepath.Join(dir, "state"), CacheDir: filepath.Join(dir, "cache"), CacheSize: 1 << 30,
 		Listen: "127.0.0.1:0", TrustOnFirstUse: true, S3Endpoint: s3, S3Region: testenv.MinIORegion,
 		PollInterval: 100 * time.Millisecond, SyncInterval: 100 * time.Millisecond})

@@ -60,12 +60,15 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"contribute", "--registry", "http://127.0.0.1:1"},
 		{"verify"},
 		{"verify", "log", "--registry", "http://x"},
+		{"enroll"},
+		{"enroll", "--licensee", "did:example:l", "--contract", "did:example:c", "--key", "k.jwk"},
+		{"enroll", "--licensee", "did:example:l", "--contract", "did:example:c", "--key", "k.jwk", "--sidecar-jkt", "x", "--ttl", "-1h"},
 	} {
 		if code, _, errs := cli(t, args...); code != 2 {
 			t.Errorf("provgate %s: exit %d, want 2 (stderr %q)", strings.Join(args, " "), code, errs)
 		}
 	}
-	for _, cmd := range []string{"keygen", "registry", "contract", "contribute", "verify"} {
+	for _, cmd := range []string{"keygen", "registry", "contract", "contribute", "verify", "enroll"} {
 		if code, _, errs := cli(t, cmd, "-h"); code != 0 || !strings.Contains(errs, "Usage: provgate "+cmd) {
 			t.Errorf("provgate %s -h: exit %d, stderr %q", cmd, code, errs)
 		}
@@ -118,12 +121,12 @@ func TestContributeGzipAndAuditAllEntryKinds(t *testing.T) {
 
 	alice.Redact(t, c.ContractID, "v1/single.txt")
 	sc := newCLISidecar(t, h.URL)
-	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
-		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 5000, Samples: 1, Units: 1}}}
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 5000, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
 	jws, _ := verify.SignMeteringBatch(sc.key, b)
 	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
 		t.Fatal(err)
@@ -250,12 +253,12 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
 	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
 	sc := newCLISidecar(t, h.URL)
-	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public()})
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
-		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1}}}
+		Events: []contract.MeteringEvent{{ID: "e1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
 	jws, _ := verify.SignMeteringBatch(sc.key, b)
 	if _, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil {
 		t.Fatal(err)
@@ -285,5 +288,95 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 	code, _, errs := cli(t, "verify", "log", "--registry", front.URL, "--contract", c.ContractID)
 	if code != 1 || !strings.Contains(errs, "entry 2:") || !strings.Contains(errs, "thumbprint") {
 		t.Fatalf("substituted sidecar key: exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestVerifyLogCountsEventIDsPerSender: two sidecars whose event ids
+// collide (one pre-claimed the other's) are both counted by the registry,
+// each under its own key; verify log agrees and finds no duplicate.
+func TestVerifyLogCountsEventIDsPerSender(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
+	for i, sc := range []*cliSidecar{newCLISidecar(t, h.URL), newCLISidecar(t, h.URL)} {
+		tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", Usage: contract.Quota{MaxSamples: 10},
+			JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: "b1", Sidecar: sc.jkt, IssuedAt: time.Now().Unix(),
+			Events: []contract.MeteringEvent{{ID: "L-1", Time: time.Now(), Kind: contract.EventAccess, Bytes: 1, Samples: 1, Units: 1, CostNanoUSD: 500_000}}}
+		jws, _ := verify.SignMeteringBatch(sc.key, b)
+		if resp, err := sc.PostMetering(ctx, c.ContractID, tok.Token, "k1", jws); err != nil || resp.Accepted != 1 {
+			t.Fatalf("sidecar %d: %+v, %v", i, resp, err)
+		}
+	}
+	if code, out, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--checkpoint-key", c.Log.CheckpointKey); code != 0 || !strings.Contains(out, "2 metering") {
+		t.Fatalf("verify log: exit %d\n%s\n%s", code, out, errs)
+	}
+}
+
+// TestContributeAttestsTokenCounts: under a contract priced per token,
+// contribute attests each object's whitespace-v1 count of its decoded
+// bytes, whatever its stored encoding, and refuses a file that is not
+// UTF-8 (it has no count).
+func TestContributeAttestsTokenCounts(t *testing.T) {
+	ctx := context.Background()
+	mio := testenv.MinIO(t)
+	bucket := mio.Bucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", testenv.MinIOAccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", testenv.MinIOSecretKey)
+	t.Setenv("AWS_REGION", testenv.MinIORegion)
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	spec := registrytest.NewContract("did:example:tokens", bucket, alice)
+	spec.Pricing = contract.Pricing{Unit: contract.UnitToken, PriceUSD: 1e-6, Tokenizer: "whitespace-v1"}
+	c := h.CreateContract(t, spec)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "alice.jwk")
+	verify.SaveKey(keyFile, alice.Key)
+	os.WriteFile(filepath.Join(dir, "a.txt"), []byte("one two  three\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "b.txt"), []byte(strings.Repeat("héllo wörld ", 1000)), 0o644)
+	mustCLI(t, "contribute", "--registry", h.URL, "--contract", c.ContractID, "--key", keyFile, "--s3-endpoint", mio.URL(),
+		"--encoding", "zstd", filepath.Join(dir, "a.txt"), filepath.Join(dir, "b.txt"))
+	client, _ := contract.NewClient(h.URL)
+	live, err := liveObjects(ctx, client, c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if live["a.txt"].Tokens != 3 || live["b.txt"].Tokens != 2000 {
+		t.Errorf("attested token counts: a.txt %d, b.txt %d; want 3 and 2000", live["a.txt"].Tokens, live["b.txt"].Tokens)
+	}
+	bad := filepath.Join(dir, "bad.bin")
+	os.WriteFile(bad, []byte("ok \xff\xfe"), 0o644)
+	code, _, errs := cli(t, "contribute", "--registry", h.URL, "--contract", c.ContractID, "--key", keyFile, "--s3-endpoint", mio.URL(), bad)
+	if code == 0 || !strings.Contains(errs, "invalid UTF-8") {
+		t.Errorf("contributing a non-UTF-8 file to a token contract: exit %d, stderr %q", code, errs)
+	}
+}
+
+// `verify log` completes against a log of maximal entries served in pages
+// bounded in bytes: it follows the pages it gets, not the size it asked.
+func TestVerifyLogOnMaximalEntries(t *testing.T) {
+	h := registrytest.Start(t, registrytest.WithConfig(func(c *registry.Config) {
+		c.MaxPageBytes = 256 << 10
+		c.SyncNormalUnsafe = true
+	}))
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:big", "bucket", alice))
+	const n = 24
+	for i := range n {
+		o := registrytest.Object(fmt.Sprintf("big/%02d.txt", i), []byte("x"))
+		o.License = strings.Repeat("l", contract.MaxAttestationSize*3/4-2048)
+		alice.Append(t, c.ContractID, alice.Sign(t, c.ContractID, &contract.Attestation{Type: contract.Contribution, Object: &o}))
+	}
+	page, err := h.Client.Events(context.Background(), c.ContractID, 0, contract.MaxEventsLimit)
+	if err != nil || len(page.Entries) >= n/2 {
+		t.Fatalf("first page: %d entries, %v; want a page bounded in bytes", len(page.Entries), err)
+	}
+	out := mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID)
+	if !strings.Contains(out, fmt.Sprintf("OK %s: %d entries", c.ContractID, n)) {
+		t.Fatalf("verify log: %s", out)
 	}
 }

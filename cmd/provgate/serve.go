@@ -24,6 +24,7 @@ func init() {
 }
 
 const serveSynopsis = `serve --registry URL --contract ID [--contract ID...] [--s3-endpoint URL]
+                --enrolment FILE [--enrolment FILE...]
                 --purpose P --state-dir DIR --cache-dir DIR --cache-size SIZE --listen ADDR
                 [--proxy-listen ADDR] [--config FILE]`
 
@@ -32,7 +33,7 @@ type serveFlags struct {
 	registry, purpose, stateDir, cacheDir, listen, unixSocket, proxyListen  string
 	s3Endpoint, s3Region, s3Lookup, localTokenFile, trust, pinned, logLevel string
 	logFormat, ledgerSync, debugListen                                      string
-	contracts, allowHosts, originHosts, witnesses                           stringList
+	contracts, allowHosts, originHosts, enrolments, witnesses               stringList
 	cacheSize                                                               byteSize
 	maxSamples, maxBytes                                                    int64
 	maxCheckpointAge, pollInterval, syncInterval, shutdownTimeout           time.Duration
@@ -44,6 +45,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	f := &serveFlags{cacheSize: 10 << 30}
 	fs.StringVar(&f.registry, "registry", "", "registry base URL (required)")
 	fs.Var(&f.contracts, "contract", "contract id to mount (repeatable; comma-separated in the environment)")
+	fs.Var(&f.enrolments, "enrolment", "file holding a licensee's enrolment of this sidecar's key under a contract (provgate enroll; repeatable, one per contract; re-read at every token request)")
 	fs.StringVar(&f.purpose, "purpose", "", "purpose asked for in token requests (default: the contract's first purpose)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "state directory: sidecar key, trusted log state, ledger, local CA (required)")
 	fs.StringVar(&f.cacheDir, "cache-dir", "", "verified object cache directory (required)")
@@ -97,7 +99,7 @@ func (f *serveFlags) sidecarConfig(stderr io.Writer) (sidecar.Config, error) {
 		return sidecar.Config{}, err
 	}
 	cfg := sidecar.Config{
-		Registry: f.registry, Contracts: f.contracts, Purpose: f.purpose,
+		Registry: f.registry, Contracts: f.contracts, Purpose: f.purpose, EnrolmentFiles: f.enrolments,
 		Quota:    contract.Quota{MaxSamples: f.maxSamples, MaxBytes: f.maxBytes},
 		StateDir: f.stateDir, CacheDir: f.cacheDir, CacheSize: int64(f.cacheSize),
 		Listen: f.listen, UnixSocket: f.unixSocket, ProxyListen: f.proxyListen, AllowHosts: f.allowHosts, OriginHosts: f.originHosts,

@@ -87,8 +87,15 @@ type auditor struct {
 	sidecars map[string]*jose.JSONWebKeySet // thumbprint -> its key
 	revoked  map[string]uint64              // issuer/kid -> seq of the revocation
 	live     map[string]uint64              // object name -> seq
-	counted  map[string]uint64              // metering event id -> seq
+	owners   map[string]owner               // object name -> who attested it first
+	counted  map[string]uint64              // sender thumbprint + " " + metering event id -> seq
 	leaves   [][]byte
+}
+
+// owner is who attested a name first, and in which entry.
+type owner struct {
+	issuer string
+	seq    uint64
 }
 
 type auditReport struct {
@@ -102,7 +109,7 @@ func newAuditor(client *contract.Client, c *contract.Contract) (*auditor, error)
 		return nil, err
 	}
 	return &auditor{client: client, c: c, cpv: cpv, keys: map[string]*jose.JSONWebKeySet{}, sidecars: map[string]*jose.JSONWebKeySet{},
-		revoked: map[string]uint64{}, live: map[string]uint64{}, counted: map[string]uint64{}}, nil
+		revoked: map[string]uint64{}, live: map[string]uint64{}, owners: map[string]owner{}, counted: map[string]uint64{}}, nil
 }
 
 func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Duration) (*auditReport, error) {
@@ -280,8 +287,10 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 
 // check verifies what an entry says, in log order: its signature (already
 // checked, in sig); for an attestation the revocations in force and
-// redactions of live objects; for a metering batch that every accepted
-// event is in it and none is counted twice.
+// redactions of live objects, and that only a name's owner (its first
+// attester) or a curator replaces or redacts it; for a metering batch that
+// every accepted event is in it, priced as the contract says, and counted
+// once per sender.
 func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) error {
 	switch e.Kind {
 	case contract.EntryMetering:
@@ -301,11 +310,26 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 	if r, ok := a.revoked[at.Issuer+"/"+kid]; ok {
 		return fmt.Errorf("%w: key %q of %q was revoked by entry %d", verify.ErrRevokedKey, kid, at.Issuer, r)
 	}
+	owned := func(action, name string) error {
+		if o, ok := a.owners[name]; ok && !a.c.MayRewrite(at.Issuer, o.issuer) {
+			return &verify.OwnershipError{Seq: e.Seq, Issuer: at.Issuer, Action: action, Name: name, Owner: o.issuer, OwnedSince: o.seq}
+		}
+		return nil
+	}
 	switch at.Type {
 	case contract.Contribution, contract.Transformation:
+		if err := owned("replaces", at.Object.Name); err != nil {
+			return err
+		}
+		if _, ok := a.owners[at.Object.Name]; !ok {
+			a.owners[at.Object.Name] = owner{at.Issuer, e.Seq}
+		}
 		a.live[at.Object.Name] = e.Seq
 	case contract.Redaction:
 		rep.redactions++
+		if err := owned("redacts", at.Redaction.Name); err != nil {
+			return err
+		}
 		if _, ok := a.live[at.Redaction.Name]; !ok {
 			return fmt.Errorf("redaction of %q, which is not a live object", at.Redaction.Name)
 		}
@@ -324,21 +348,30 @@ func (a *auditor) checkMetering(e *contract.Entry, kid string, b *contract.Meter
 	if b.Contract != a.c.ContractID {
 		return fmt.Errorf("%w: metering batch for %q", verify.ErrWrongContract, b.Contract)
 	}
-	inBatch := map[string]bool{}
-	for _, ev := range b.Events {
-		inBatch[ev.ID] = true
+	inBatch := map[string]*contract.MeteringEvent{}
+	for i := range b.Events {
+		inBatch[b.Events[i].ID] = &b.Events[i]
 	}
 	if len(e.Accepted) == 0 {
 		return errors.New("metering entry accepts no event")
 	}
 	for _, id := range e.Accepted {
-		if !inBatch[id] {
+		ev := inBatch[id]
+		if ev == nil {
 			return fmt.Errorf("accepted event %q is not in the batch", id)
 		}
-		if prev, ok := a.counted[id]; ok {
-			return fmt.Errorf("%w: event %q was already counted by entry %d", verify.ErrDuplicate, id, prev)
+		// The registry prices every event it counts; one it should have
+		// refused is a finding.
+		if err := contract.CheckEventAmounts(ev, a.c.Pricing); err != nil {
+			return fmt.Errorf("accepted %w", err)
 		}
-		a.counted[id] = e.Seq
+		// Event ids are the sender's own: another sender's equal id is
+		// another event.
+		key := kid + " " + id
+		if prev, ok := a.counted[key]; ok {
+			return fmt.Errorf("%w: event %q of sidecar %s was already counted by entry %d", verify.ErrDuplicate, id, kid, prev)
+		}
+		a.counted[key] = e.Seq
 	}
 	return nil
 }

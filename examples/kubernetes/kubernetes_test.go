@@ -141,6 +141,15 @@ func TestPodSidecarShape(t *testing.T) {
 	if m, ok := mounts[keyPath]; !ok || !m.ReadOnly || m.SubPath != "sidecar.jwk" || vols[m.Name].Secret == nil {
 		t.Errorf("want the sidecar key secret mounted read-only at %s (subPath sidecar.jwk)", keyPath)
 	}
+	// The licensee's enrolment: a file in a read-only secret volume (not a
+	// subPath mount, so that a renewed secret reaches the running sidecar,
+	// which re-reads the file at every token request).
+	enrolment := args["enrolment"]
+	if i := strings.LastIndexByte(enrolment, '/'); i <= 0 {
+		t.Errorf("--enrolment=%q: want a file from a secret", enrolment)
+	} else if m, ok := mounts[enrolment[:i]]; !ok || !m.ReadOnly || m.SubPath != "" || vols[m.Name].Secret == nil {
+		t.Errorf("--enrolment=%s: want it in a read-only secret volume mounted without subPath", enrolment)
+	}
 	// The local bearer token: a file from a secret for the sidecar, the
 	// same secret as env for the trainer.
 	tokenFile := args["local-token-file"]
@@ -198,7 +207,7 @@ func TestPodUsesRealFlags(t *testing.T) {
 	bin := clicheck.Build(t, t.TempDir())
 	sc := pod.Spec.InitContainers[0]
 	used := clicheck.CheckArgs(t, bin, sc.Args)
-	for _, f := range []string{"registry", "contract", "purpose", "state-dir", "cache-dir", "cache-size", "listen", "local-token-file"} {
+	for _, f := range []string{"registry", "contract", "purpose", "state-dir", "cache-dir", "cache-size", "listen", "local-token-file", "enrolment"} {
 		if !used[f] {
 			t.Errorf("sidecar args lack --%s", f)
 		}

@@ -212,7 +212,8 @@ func startStack(tb testing.TB, m stackMode, samples, size int) *stack {
 		"--registry", s.registry, "--admin-token-file", filepath.Join(dir, "admin-token"),
 		"--s3-endpoint", minio.URL(), "--state", pilot, "--contract", s.contractID, "--bucket", bucket,
 		"--mode", m.mode, "--purpose", "e2e-training", "--price-usd", strconv.FormatFloat(pricePerSample, 'g', -1, 64),
-		"--samples", strconv.Itoa(samples), "--size", strconv.Itoa(size), "--encoding", "zstd", "--wait", "30")
+		"--samples", strconv.Itoa(samples), "--size", strconv.Itoa(size), "--encoding", "zstd", "--wait", "30",
+		"--sidecar-key", filepath.Join(dir, "sidecar-state", "sidecar.jwk"), "--enrolment-out", filepath.Join(dir, "enrolment.jws"))
 	setup.Env = append(cleanEnv(), aws...)
 	if out, err := setup.CombinedOutput(); err != nil {
 		tb.Fatalf("pilot_setup.py: %v\n%s", err, tail(out, 8<<10))
@@ -223,7 +224,8 @@ func startStack(tb testing.TB, m stackMode, samples, size int) *stack {
 	s.sidecar = "http://" + sideAddr
 	serveArgs := []string{"serve", "--registry", s.registry, "--contract", s.contractID, "--purpose", "e2e-training",
 		"--state-dir", filepath.Join(dir, "sidecar-state"), "--cache-dir", filepath.Join(dir, "sidecar-cache"),
-		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text"}
+		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text",
+		"--enrolment", filepath.Join(dir, "enrolment.jws")}
 	var serveEnv []string
 	if m.mode == contract.ModeSelfHosted {
 		serveArgs = append(serveArgs, "--s3-endpoint", minio.URL())
@@ -357,15 +359,18 @@ func testEndToEnd(t *testing.T, py string, m stackMode) {
 	nano := contract.Pricing{Unit: contract.UnitSample, PriceUSD: pricePerSample}.NanoUSD()
 	want := func(epochs int64) contract.MeteringTotals {
 		return contract.MeteringTotals{Contract: s.contractID, AccessBytes: epochs * total, EpochEvents: epochs,
-			EpochSamples: epochs * n, EpochBytes: epochs * total, Units: epochs * n, CostNanoUSD: epochs * n * nano}
+			EpochSamples: epochs * n, EpochBytes: epochs * total, Units: epochs * n, CostNanoUSD: epochs * n * nano,
+			BilledSamples: epochs * n, BilledBytes: epochs * total, BilledUnits: epochs * n, BilledCostNanoUSD: epochs * n * nano}
 	}
 	got := func(epoch int64) contract.MeteringTotals {
 		tot, err := client.MeteringTotals(ctx, s.contractID, job, epoch)
 		if err != nil {
 			t.Fatalf("metering totals: %v", err)
 		}
-		// Access events may be aggregated rows; compare the sums.
-		tot.Events, tot.AccessEvents = 0, 0
+		// Access events may be aggregated rows; compare the sums. Presigned
+		// objects (marketplace mode) are per licensee, not per job or epoch.
+		tot.Events, tot.AccessEvents, tot.BilledEvents = 0, 0, 0
+		tot.PresignedObjects, tot.PresignedBytes = 0, 0
 		return *tot
 	}
 	settled := func(d time.Duration) bool {

@@ -85,8 +85,17 @@ type meterAdapter struct{ l *meter.Ledger }
 var _ proxy.Meter = meterAdapter{}
 
 func (a meterAdapter) Submit(ctx context.Context, x proxy.Access) (func(context.Context) error, error) {
-	p, err := a.l.Submit(ctx, meter.Event{Time: x.Time, Contract: x.Contract, Name: x.Name, Bytes: x.Bytes,
-		DecodedSHA256: x.DecodedSHA, Epoch: x.Epoch, Job: x.Job, TokenID: x.TokenID, Outcome: x.Outcome})
+	return submitted(a.l.Submit(ctx, event(x)))
+}
+
+// event is the ledger's form of an access.
+func event(x proxy.Access) meter.Event {
+	return meter.Event{Time: x.Time, Contract: x.Contract, Name: x.Name, Bytes: x.Bytes,
+		Samples: x.Samples, Tokens: x.Tokens, DecodedSHA256: x.DecodedSHA, Epoch: x.Epoch, Job: x.Job,
+		TokenID: x.TokenID, Lease: x.Lease, Outcome: x.Outcome}
+}
+
+func submitted(p meter.Pending, err error) (func(context.Context) error, error) {
 	if errors.Is(err, meter.ErrBusy) {
 		return nil, fmt.Errorf("%w: %v", proxy.ErrBusy, err)
 	}
@@ -103,12 +112,25 @@ func (a meterAdapter) EndEpoch(ctx context.Context, contractID, job string, epoc
 	return a.l.EndEpoch(ctx, contractID, job, epoch)
 }
 
-func (a meterAdapter) CheckQuota(contractID, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
-	if err := a.l.CheckQuota(contractID, tokenID, q, u, samples, bytes); err != nil {
-		return fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
+func (a meterAdapter) Reserve(contractID string, g proxy.Grant, u contract.Usage, samples, bytes int64) (proxy.Reservation, error) {
+	r, err := a.l.Reserve(contractID, g.LeaseID, g.TokenID, g.Quota, u, samples, bytes)
+	if errors.Is(err, meter.ErrQuotaSpent) {
+		return nil, fmt.Errorf("%w: %v", proxy.ErrQuotaSpent, err)
 	}
-	return nil
+	if err != nil {
+		return nil, err
+	}
+	return reservation{r}, nil
 }
+
+// reservation makes *meter.Reservation a proxy.Reservation.
+type reservation struct{ r *meter.Reservation }
+
+func (r reservation) Submit(ctx context.Context, x proxy.Access) (func(context.Context) error, error) {
+	return submitted(r.r.Submit(ctx, event(x)))
+}
+
+func (r reservation) Release() { r.r.Release() }
 
 // registerMetrics exports the cache's and ledger's counters.
 func (s *Sidecar) registerMetrics(reg prometheus.Registerer) {
@@ -130,6 +152,8 @@ func (s *Sidecar) registerMetrics(reg prometheus.Registerer) {
 		gauge("provgate_ledger_queued", "Metering events waiting for the ledger writer.", func() float64 { return float64(s.ledger.Stats().Queued) }),
 		counter("provgate_ledger_refused_total", "Metering events refused because the ledger was full (503).", func() float64 { return float64(s.ledger.Stats().Refused) }),
 		counter("provgate_ledger_sync_errors_total", "Failed metering batch posts.", func() float64 { return float64(s.ledger.Stats().SyncErrors) }),
+		counter("provgate_ledger_sync_disputes_total", "Metering batches the registry acknowledged without counting exactly what was sent.",
+			func() float64 { return float64(s.ledger.Stats().Disputed) }),
 		gauge("provgate_outbox_depth", "Metering events not yet acknowledged by the registry.", func() float64 {
 			var n int64
 			for _, id := range s.cfg.Contracts {

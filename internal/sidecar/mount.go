@@ -81,7 +81,7 @@ func (m *mount) mount(ctx context.Context) error {
 		return err
 	}
 	ts, err := contract.NewTokenSource(contract.TokenSourceConfig{Registry: s.client, Contract: m.id, JWK: s.key.Public(),
-		Purpose: purpose, Usage: s.cfg.Quota, Check: check, Logger: s.log.With("part", "tokens")})
+		Enrolment: s.enrolmentFor(m.id), Purpose: purpose, Usage: s.cfg.Quota, Check: check, Logger: s.log.With("part", "tokens")})
 	if err != nil {
 		return err
 	}
@@ -111,11 +111,15 @@ func (m *mount) mount(ctx context.Context) error {
 	// The cache checks the verified manifest before it commits a fetch, so
 	// that a redaction applied meanwhile is never undone by a fetch that
 	// read its claim before.
-	live := cache.WithLiveCheck(func(name, decodedSHA string) bool {
+	mopts := []cache.MountOption{cache.WithLiveCheck(func(name, decodedSHA string) bool {
 		e, err := f.Manifest().Lookup(name)
 		return err == nil && e.DecodedSHA256 == decodedSHA
-	})
-	if err := s.cache.Mount(m.id, origin, c.Usage.Retention(), live); err != nil {
+	})}
+	if c.Pricing.Unit == contract.UnitToken {
+		// The contract bills attested token counts: every fetch checks them.
+		mopts = append(mopts, cache.WithTokenizer(c.Pricing.Tokenizer))
+	}
+	if err := s.cache.Mount(m.id, origin, c.Usage.Retention(), mopts...); err != nil {
 		ts.Stop()
 		return fmt.Errorf("cache: %w", err)
 	}
@@ -232,6 +236,9 @@ func (m *mount) Status() proxy.Status {
 		st.State, st.Error = proxy.StateExpired, ti.LastError
 	case fs.State == verify.StateSyncing || ti.State == contract.TokenPending:
 		st.State = proxy.StateVerifying
+		if ti.LastError != "" {
+			st.Error = ti.LastError // e.g. 403 not_enrolled: say why there is no token
+		}
 	case fs.State == verify.StateStale:
 		// The last trusted checkpoint is older than the freshness window:
 		// a frozen log is refused like an unverified one.
@@ -247,6 +254,8 @@ func (m *mount) Status() proxy.Status {
 	default:
 		st.State = proxy.StateReady
 	}
+	d := m.s.ledger.DisputeStatus(m.id)
+	st.MeteringDisputes, st.MeteringDispute = d.Batches, d.Detail
 	return st
 }
 
@@ -297,7 +306,8 @@ func (m *mount) Grant() (proxy.Grant, error) {
 	if err != nil {
 		return proxy.Grant{}, fmt.Errorf("%w: %v", proxy.ErrTokenExpired, err)
 	}
-	return proxy.Grant{TokenID: claims.ID, Quota: claims.Quota, Expiry: time.Unix(claims.Expiry, 0)}, nil
+	return proxy.Grant{TokenID: claims.ID, LeaseID: claims.Lease, Licensee: claims.Licensee, Quota: claims.Quota,
+		Expiry: time.Unix(claims.Expiry, 0)}, nil
 }
 
 func hostOf(endpoint string) string {

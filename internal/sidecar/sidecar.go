@@ -76,6 +76,12 @@ type Config struct {
 
 	// Key is the sidecar's identity; nil loads or creates StateDir/sidecar.jwk.
 	Key *jose.JSONWebKey
+	// Enrolments are licensees' enrolments of Key (JWS compact), one per
+	// contract; EnrolmentFiles are files holding one each, re-read at every
+	// token request so that a renewed enrolment needs no restart. A token
+	// request for a contract sends the enrolment for that contract and key.
+	Enrolments     []string
+	EnrolmentFiles []string
 
 	// TrustOnFirstUse accepts the first checkpoint seen; otherwise
 	// PinnedCheckpoint (a signed note) must be given.
@@ -171,6 +177,13 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 			return nil, err
 		}
 	}
+	if jkt, err := verify.Thumbprint(s.key); err == nil {
+		if n := len(cfg.Enrolments) + len(cfg.EnrolmentFiles); n == 0 {
+			s.log.Warn("no enrolment given: the registry issues tokens only to a key a licensee enrolled (provgate enroll --sidecar-jkt JKT, then --enrolment FILE)", "jkt", jkt)
+		} else {
+			s.log.Info("sidecar key", "jkt", jkt, "enrolments", n)
+		}
+	}
 	if s.client, err = contract.NewClient(cfg.Registry); err != nil {
 		return nil, err
 	}
@@ -247,7 +260,9 @@ func (s *Sidecar) listen() error {
 		})
 	}
 	if s.cfg.ProxyListen != "" {
-		ca, _, err := proxy.LoadOrCreateCA(s.cfg.StateDir)
+		// The CA is name-constrained to the origin hosts, re-issued when
+		// they change.
+		ca, _, err := proxy.LoadOrCreateCA(s.cfg.StateDir, s.originHosts())
 		if err != nil {
 			return err
 		}
@@ -274,7 +289,7 @@ func (s *Sidecar) listen() error {
 // originHosts are the hosts whose traffic the forward proxy serves from the
 // verified cache: the self-hosted endpoint's and the configured ones.
 func (s *Sidecar) originHosts() []string {
-	hosts := append([]string(nil), s.cfg.OriginHosts...)
+	hosts := append([]string{}, s.cfg.OriginHosts...)
 	if s.cfg.S3Endpoint != "" {
 		hosts = append(hosts, hostOf(s.cfg.S3Endpoint))
 	}

@@ -13,6 +13,14 @@
 // Contributor has ID and Key (the private JWK) and can Sign, Append,
 // Attest (a contribution) and Redact.
 //
+// Licensees: NewContract names DefaultLicensee (no limits of its own), so
+// that a test that just wants a token enrols its key with h.Enrol and puts
+// the enrolment in its token request:
+//
+//	req := contract.TokenRequest{Purpose: "training", JWK: key.Public(), Enrolment: h.Enrol(t, c.ContractID, key)}
+//
+// NewLicensee makes others (with terms) for tests of the licensee model.
+//
 // Options: WithMinIO gives the registry S3 credentials, so that it
 // presigns (marketplace mode); WithClock injects the registry's clock;
 // WithConfig edits the registry.Config before the server starts.
@@ -28,10 +36,12 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	_ "github.com/mattn/go-sqlite3" // Enrol writes the registry database
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
@@ -180,7 +190,77 @@ func NewContract(id, bucket string, contributors ...*Contributor) *contract.Cont
 	for _, ct := range contributors {
 		c.Contributors = append(c.Contributors, ct.Entry())
 	}
+	c.Licensees = []contract.Licensee{DefaultLicensee().Entry()}
 	return c
+}
+
+// Licensee is a party with an EdDSA key that enrols sidecar keys under
+// contracts that name it.
+type Licensee struct {
+	ID    string
+	Key   *jose.JSONWebKey
+	Terms contract.LicenseTerms
+}
+
+// DefaultLicenseeID is the id of DefaultLicensee.
+const DefaultLicenseeID = "did:example:licensee"
+
+var defaultLicensee = sync.OnceValue(func() *Licensee {
+	k, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		panic(err)
+	}
+	return &Licensee{ID: DefaultLicenseeID, Key: k}
+})
+
+// DefaultLicensee is the licensee that NewContract names: one key per test
+// process, no terms of its own (the contract's limits apply).
+func DefaultLicensee() *Licensee { return defaultLicensee() }
+
+// NewLicensee makes a licensee with a fresh EdDSA key and the given terms.
+func NewLicensee(tb testing.TB, id string, terms contract.LicenseTerms) *Licensee {
+	tb.Helper()
+	k, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Licensee{ID: id, Key: k, Terms: terms}
+}
+
+// Entry is the licensee as a contract lists it (inline public JWKS).
+func (l *Licensee) Entry() contract.Licensee {
+	return contract.Licensee{ID: l.ID, JWKS: verify.PublicJWKS(l.Key), Terms: l.Terms}
+}
+
+// EnrolJKT signs an enrolment of the sidecar key with thumbprint jkt under
+// contractID, valid for ttl.
+func (l *Licensee) EnrolJKT(tb testing.TB, contractID, jkt string, ttl time.Duration) string {
+	tb.Helper()
+	now := time.Now()
+	jws, err := verify.SignEnrolment(l.Key, &contract.EnrolmentClaims{Issuer: l.ID, Subject: jkt, Contract: contractID,
+		IssuedAt: now.Unix(), Expiry: now.Add(ttl).Unix(), ID: verify.NewID()})
+	if err != nil {
+		tb.Fatalf("registrytest: enrol: %v", err)
+	}
+	return jws
+}
+
+// Enrol signs an enrolment of the sidecar key (public or private) under
+// contractID, valid for a day.
+func (l *Licensee) Enrol(tb testing.TB, contractID string, sidecar *jose.JSONWebKey) string {
+	tb.Helper()
+	jkt, err := verify.Thumbprint(sidecar)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l.EnrolJKT(tb, contractID, jkt, 24*time.Hour)
+}
+
+// Enrol is DefaultLicensee's enrolment of the sidecar key under
+// contractID, valid for a day.
+func (h *Harness) Enrol(tb testing.TB, contractID string, sidecar *jose.JSONWebKey) string {
+	tb.Helper()
+	return DefaultLicensee().Enrol(tb, contractID, sidecar)
 }
 
 // CreateContract creates c with the admin token and returns it as the
