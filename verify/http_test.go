@@ -165,6 +165,8 @@ func TestFollowerLiveFeed(t *testing.T) {
 	if _, err := f.Lookup("a-1"); !errors.Is(err, verify.ErrRedacted) {
 		t.Fatalf("a-1 after redaction: %v", err)
 	}
+	// The purge callback runs right after the manifest changes.
+	waitFor(t, "the purge", func() bool { return len(fx.purged()) > 0 })
 	if got := fx.purged(); len(got) != 1 || got[0] != "a-1" {
 		t.Fatalf("purged %v", got)
 	}
