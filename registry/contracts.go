@@ -2,8 +2,6 @@ package registry
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -39,7 +37,7 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 			continue
 		}
 		for i := range ct.JWKS.Keys {
-			if err := verify.CheckKey(&ct.JWKS.Keys[i], algOf(&ct.JWKS.Keys[i])); err != nil {
+			if err := verify.CheckKey(&ct.JWKS.Keys[i], verify.KeyAlgorithm(&ct.JWKS.Keys[i])); err != nil {
 				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "contributor %q: %v", ct.ID, err)
 			}
 		}
@@ -49,7 +47,7 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 			continue
 		}
 		for i := range l.JWKS.Keys {
-			if err := verify.CheckKey(&l.JWKS.Keys[i], algOf(&l.JWKS.Keys[i])); err != nil {
+			if err := verify.CheckKey(&l.JWKS.Keys[i], verify.KeyAlgorithm(&l.JWKS.Keys[i])); err != nil {
 				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "licensee %q: %v", l.ID, err)
 			}
 		}
@@ -139,21 +137,6 @@ func etagMatch(header, etag string) bool {
 		}
 	}
 	return false
-}
-
-// algOf is the signature algorithm a public key is for: its alg, or the
-// one its type implies.
-func algOf(k *jose.JSONWebKey) jose.SignatureAlgorithm {
-	if k.Algorithm != "" {
-		return jose.SignatureAlgorithm(k.Algorithm)
-	}
-	switch k.Key.(type) {
-	case ed25519.PublicKey, ed25519.PrivateKey:
-		return jose.EdDSA
-	case *ecdsa.PublicKey, *ecdsa.PrivateKey:
-		return jose.ES256
-	}
-	return ""
 }
 
 // contributorKeys returns a contributor's key set: inline, or fetched from

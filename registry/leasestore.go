@@ -16,9 +16,8 @@ type leaseRequest struct {
 	Contract, Licensee, JKT string
 	// Asked is what the sidecar asked for; zero: all that is available.
 	Asked contract.Quota
-	// LicenseeMax and ContractMax bound the sum of the licensee's leases
-	// and of all leases of the contract; zero: no bound.
-	LicenseeMax, ContractMax contract.Quota
+	// LicenseeMax bounds the sum of the licensee's leases; zero: no bound.
+	LicenseeMax contract.Quota
 	// NewID names the lease if a new one is made.
 	NewID        string
 	Now, Expires time.Time
@@ -72,18 +71,15 @@ func (s *sqliteStore) grantLease(ctx context.Context, req *leaseRequest) (*lease
 	case !errors.Is(err, sql.ErrNoRows):
 		return nil, err
 	}
-	var licS, licB, allS, allB int64
+	var licS, licB int64
 	if err := tx.QueryRowContext(ctx, `SELECT `+leaseUsage+` AND licensee = ?3`, now, req.Contract, req.Licensee).Scan(&licS, &licB); err != nil {
 		return nil, err
 	}
-	if err := tx.QueryRowContext(ctx, `SELECT `+leaseUsage, now, req.Contract).Scan(&allS, &allB); err != nil {
-		return nil, err
-	}
-	l.Grant.MaxSamples, err = grantOf("samples", req.Asked.MaxSamples, req.LicenseeMax.MaxSamples, licS, req.ContractMax.MaxSamples, allS)
+	l.Grant.MaxSamples, err = grantOf("samples", req.Asked.MaxSamples, req.LicenseeMax.MaxSamples, licS)
 	if err != nil {
 		return nil, err
 	}
-	l.Grant.MaxBytes, err = grantOf("bytes", req.Asked.MaxBytes, req.LicenseeMax.MaxBytes, licB, req.ContractMax.MaxBytes, allB)
+	l.Grant.MaxBytes, err = grantOf("bytes", req.Asked.MaxBytes, req.LicenseeMax.MaxBytes, licB)
 	if err != nil {
 		return nil, err
 	}
@@ -96,19 +92,14 @@ func (s *sqliteStore) grantLease(ctx context.Context, req *leaseRequest) (*lease
 }
 
 // grantOf is one dimension of a grant: what is left under the licensee's
-// and the contract's limits (zero: none), capped at asked (zero: all).
-// With no limit at all the grant is asked (zero: unlimited).
-func grantOf(what string, asked, licMax, licUsed, allMax, allUsed int64) (int64, error) {
-	avail := int64(-1)
-	if licMax > 0 {
-		avail = licMax - licUsed
-	}
-	if allMax > 0 && (avail < 0 || allMax-allUsed < avail) {
-		avail = allMax - allUsed
-	}
-	switch {
-	case avail < 0 && licMax == 0 && allMax == 0:
+// limit, capped at asked (zero: all). With no limit the grant is asked
+// (zero: unlimited).
+func grantOf(what string, asked, licMax, licUsed int64) (int64, error) {
+	if licMax == 0 {
 		return asked, nil
+	}
+	avail := licMax - licUsed
+	switch {
 	case avail <= 0:
 		return 0, fmt.Errorf("%w: no %s left to lease (the licensee's other sidecars hold or used them all)", errQuota, what)
 	case asked == 0 || asked > avail:

@@ -16,6 +16,7 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
 )
 
 // store is the registry's persistence: contracts, signing keys, and one
@@ -419,7 +420,7 @@ func backfillOwners(ctx context.Context, db *sql.DB) error {
 		if err != nil || e.Kind != contract.EntryAttestation {
 			continue
 		}
-		a, err := unverifiedClaims(e.JWS)
+		a, err := verify.AttestationUnverified(e.JWS)
 		if err != nil || a.Object == nil {
 			continue
 		}
@@ -441,24 +442,6 @@ func backfillOwners(ctx context.Context, db *sql.DB) error {
 		}
 	}
 	return tx.Commit()
-}
-
-// unverifiedClaims reads a compact JWS's payload as an attestation,
-// without checking the signature.
-func unverifiedClaims(jws string) (*contract.Attestation, error) {
-	parts := strings.Split(jws, ".")
-	if len(parts) != 3 {
-		return nil, errors.New("not a compact JWS")
-	}
-	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return nil, err
-	}
-	var a contract.Attestation
-	if err := json.Unmarshal(b, &a); err != nil {
-		return nil, err
-	}
-	return &a, nil
 }
 
 func (s *sqliteStore) meta(ctx context.Context, key string) (string, error) {

@@ -33,7 +33,7 @@ func (s *Server) handleTokenRequest(w http.ResponseWriter, r *http.Request) erro
 	if req.JWK.Key == nil || !req.JWK.IsPublic() {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "jwk must be a public key")
 	}
-	if err := verify.CheckKey(&req.JWK, algOf(&req.JWK)); err != nil {
+	if err := verify.CheckKey(&req.JWK, verify.KeyAlgorithm(&req.JWK)); err != nil {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "jwk: %v", err)
 	}
 	jkt, err := verify.Thumbprint(&req.JWK)

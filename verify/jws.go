@@ -2,6 +2,8 @@ package verify
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -385,4 +387,38 @@ func SignAttestation(key *jose.JSONWebKey, a *contract.Attestation) (string, err
 		return "", err
 	}
 	return Sign(key, contract.TypeAttestation, a, false)
+}
+
+// AttestationUnverified decodes an attestation's payload without checking
+// its signature: for entries a log already verified at append (backfills,
+// idempotent re-runs), never to decide trust.
+func AttestationUnverified(compact string) (*contract.Attestation, error) {
+	parts := strings.Split(compact, ".")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("%w: not a compact JWS", ErrMalformed)
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, fmt.Errorf("%w: payload: %v", ErrMalformed, err)
+	}
+	var a contract.Attestation
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, fmt.Errorf("%w: payload: %v", ErrMalformed, err)
+	}
+	return &a, nil
+}
+
+// KeyAlgorithm is the signature algorithm a key is for: its alg, or the one
+// its type implies (empty when neither says).
+func KeyAlgorithm(k *jose.JSONWebKey) jose.SignatureAlgorithm {
+	if k.Algorithm != "" {
+		return jose.SignatureAlgorithm(k.Algorithm)
+	}
+	switch k.Key.(type) {
+	case ed25519.PublicKey, ed25519.PrivateKey:
+		return jose.EdDSA
+	case *ecdsa.PublicKey, *ecdsa.PrivateKey:
+		return jose.ES256
+	}
+	return ""
 }

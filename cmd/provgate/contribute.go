@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -443,7 +441,7 @@ func liveObjects(ctx context.Context, client *contract.Client, contractID string
 			if err != nil || e.Kind != contract.EntryAttestation {
 				continue
 			}
-			a, err := unverifiedAttestation(e.JWS)
+			a, err := verify.AttestationUnverified(e.JWS)
 			if err != nil {
 				continue
 			}
@@ -458,24 +456,6 @@ func liveObjects(ctx context.Context, client *contract.Client, contractID string
 			return live, nil
 		}
 	}
-}
-
-// unverifiedAttestation decodes an attestation's payload without checking
-// its signature.
-func unverifiedAttestation(jws string) (*contract.Attestation, error) {
-	parts := strings.Split(jws, ".")
-	if len(parts) != 3 {
-		return nil, errors.New("not a compact JWS")
-	}
-	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return nil, err
-	}
-	var a contract.Attestation
-	if err := json.Unmarshal(b, &a); err != nil {
-		return nil, err
-	}
-	return &a, nil
 }
 
 // newS3Client makes a minio-go client for an endpoint URL, with the

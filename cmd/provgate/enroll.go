@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -98,24 +96,10 @@ func thumbprintOfFile(path string) (string, error) {
 	} else if err := json.Unmarshal(b, &k); err != nil {
 		return "", fmt.Errorf("sidecar key %s: %w", path, err)
 	}
-	if err := verify.CheckKey(&k, algOfKey(&k)); err != nil {
+	if err := verify.CheckKey(&k, verify.KeyAlgorithm(&k)); err != nil {
 		return "", fmt.Errorf("sidecar key %s: %w", path, err)
 	}
 	return verify.Thumbprint(&k)
-}
-
-// algOfKey is the algorithm a key is for: its alg, or its type's.
-func algOfKey(k *jose.JSONWebKey) jose.SignatureAlgorithm {
-	if k.Algorithm != "" {
-		return jose.SignatureAlgorithm(k.Algorithm)
-	}
-	switch k.Key.(type) {
-	case ed25519.PublicKey, ed25519.PrivateKey:
-		return jose.EdDSA
-	case *ecdsa.PublicKey, *ecdsa.PrivateKey:
-		return jose.ES256
-	}
-	return ""
 }
 
 // enrolmentFiles returns the enrolment for a contract from files (read
