@@ -45,7 +45,7 @@ func BenchmarkWarmHit(b *testing.B) {
 			// the sidecar's two cores, so it ships once a minute instead of
 			// stealing them mid-measurement. Every access is still written
 			// to the ledger before its last byte goes out.
-			args := []string{"--sync-interval", "1m"}
+			args := []string{"--sync-interval", "1m", "--quota-samples", "0"} // an unlimited contract: an unlimited lease
 			if d := os.Getenv("PROVGATE_BENCH_DEBUG_LISTEN"); d != "" {
 				args = append(args, "--debug-listen", d) // to profile the sidecar during the run
 			}

@@ -121,6 +121,13 @@ func (e *env) sidecar(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 	return sc
 }
 
+// sidecarSlice is the quota lease every test sidecar asks for unless the
+// test sets its own, as an operator running several sidecars of one
+// licensee does: a sidecar that asks for nothing leases all its licensee
+// has left, and the licensee's next sidecar would get no token. A contract
+// with a smaller limit grants what it has.
+const sidecarSlice = 100_000
+
 // sidecarNoWait starts a sidecar without waiting for readiness.
 func (e *env) sidecarNoWait(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 	e.t.Helper()
@@ -131,6 +138,7 @@ func (e *env) sidecarNoWait(mutate func(*sidecar.Config)) *sidecar.Sidecar {
 		Listen: "127.0.0.1:0", ProxyListen: "127.0.0.1:0", TrustOnFirstUse: true,
 		S3Endpoint: e.minio.URL(), S3Region: testenv.MinIORegion,
 		PollInterval: 100 * time.Millisecond, SyncInterval: 100 * time.Millisecond,
+		Quota: contract.Quota{MaxSamples: sidecarSlice},
 	}
 	e.t.Setenv("AWS_ACCESS_KEY_ID", testenv.MinIOAccessKey)
 	e.t.Setenv("AWS_SECRET_ACCESS_KEY", testenv.MinIOSecretKey)
