@@ -104,6 +104,11 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	if rec.CheckpointNote, err = s.cpSigner.Sign(c.Log.Origin, next.size(), next.root()); err != nil {
 		return err
 	}
+	if rec.Metering != nil {
+		if err := meteringReceipt(rec, h, leaf, next.root()); err != nil {
+			return err
+		}
+	}
 	if err := s.st.appendEntry(ctx, c.ContractID, rec); err != nil {
 		// Reload the head next time, in case another writer moved the log.
 		delete(s.heads, c.ContractID)
@@ -114,6 +119,28 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	s.cosign(c.ContractID)
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
 	return nil
+}
+
+// meteringReceipt puts the receipt of the metering entry rec appends into
+// its answer (and the answer into the stored idempotent response): the
+// entry, its leaf, the checkpoint just signed and the inclusion proof at
+// that size. The new leaf is the last one, so its audit path is the
+// compact range of the leaves before it, smallest subtree first.
+func meteringReceipt(rec *appendRecord, before *head, leaf, root []byte) error {
+	left := before.rng.Hashes()
+	path := make([][]byte, 0, len(left))
+	for i := len(left) - 1; i >= 0; i-- {
+		path = append(path, bytes.Clone(left[i]))
+	}
+	index := before.size()
+	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, index, index+1, leaf, path, root); err != nil {
+		return fmt.Errorf("%w: receipt of entry %d: %v", errCorrupted, rec.Seq, err)
+	}
+	rec.Metering.Receipt = &contract.MeteringReceipt{Entry: rec.Entry, Leaf: leaf, Index: index,
+		Checkpoint: string(rec.CheckpointNote), Inclusion: path}
+	var err error
+	rec.IdemResponse, err = json.Marshal(rec.Metering)
+	return err
 }
 
 // wake tells live streams of a log that it grew.
