@@ -92,7 +92,10 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	}
 	rec.Entry = raw
 	leaf := contract.LeafHash(raw)
-	rng, err := rangeFactory.NewRange(0, h.size(), h.rng.Hashes())
+	// The new leaf's audit path: the compact range before it, taken before
+	// Append reuses the range's storage.
+	left := cloneHashes(h.rng.Hashes())
+	rng, err := rangeFactory.NewRange(0, h.size(), cloneHashes(h.rng.Hashes()))
 	if err != nil {
 		return err
 	}
@@ -105,7 +108,7 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 		return err
 	}
 	if rec.Metering != nil {
-		if err := meteringReceipt(rec, h, leaf, next.root()); err != nil {
+		if err := meteringReceipt(rec, h.size(), left, leaf, next.root()); err != nil {
 			return err
 		}
 	}
@@ -126,13 +129,11 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 // entry, its leaf, the checkpoint just signed and the inclusion proof at
 // that size. The new leaf is the last one, so its audit path is the
 // compact range of the leaves before it, smallest subtree first.
-func meteringReceipt(rec *appendRecord, before *head, leaf, root []byte) error {
-	left := before.rng.Hashes()
+func meteringReceipt(rec *appendRecord, index uint64, left [][]byte, leaf, root []byte) error {
 	path := make([][]byte, 0, len(left))
 	for i := len(left) - 1; i >= 0; i-- {
-		path = append(path, bytes.Clone(left[i]))
+		path = append(path, left[i])
 	}
-	index := before.size()
 	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, index, index+1, leaf, path, root); err != nil {
 		return fmt.Errorf("%w: receipt of entry %d: %v", errCorrupted, rec.Seq, err)
 	}
@@ -141,6 +142,14 @@ func meteringReceipt(rec *appendRecord, before *head, leaf, root []byte) error {
 	var err error
 	rec.IdemResponse, err = json.Marshal(rec.Metering)
 	return err
+}
+
+func cloneHashes(hs [][]byte) [][]byte {
+	out := make([][]byte, len(hs))
+	for i, h := range hs {
+		out[i] = bytes.Clone(h)
+	}
+	return out
 }
 
 // wake tells live streams of a log that it grew.
