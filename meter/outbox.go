@@ -80,10 +80,10 @@ type Syncer struct {
 	salt      string // set after a batch id conflict
 	lastCheck time.Time
 
-	logMu sync.Mutex
-	logs  map[string]*verify.CheckpointVerifier
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	logMu  sync.Mutex
+	logs   map[string]*verify.CheckpointVerifier
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // NewSyncer makes a Syncer for l.

@@ -144,7 +144,7 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	resp.Seq = h.size() + 1 // appendLocked assigns exactly this seq
-	rec.Metering = &resp // appendLocked adds the receipt and stores the answer
+	rec.Metering = &resp    // appendLocked adds the receipt and stores the answer
 	if err := s.appendLocked(ctx, c, h, contract.EntryMetering, jws, accepted, rec); err != nil {
 		return err
 	}
