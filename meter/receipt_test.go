@@ -439,3 +439,49 @@ func mustVerifier(t *testing.T, vkey string) note.Verifier {
 	}
 	return v
 }
+
+// Reconcile agrees with an honest registry, and names the batch a
+// registry dropped from its log (with the later ones its rewrite moved).
+func TestReconcileNamesDroppedBatch(t *testing.T) {
+	ctx := context.Background()
+	tr := startTamperingRegistry(t)
+	c := tr.h.CreateContract(t, newContract(t, "did:example:reconciled"))
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	var logs syncedLog
+	sy := receiptSyncer(t, tr, l, &logs)
+	for i := range 3 {
+		syncRows(t, l, sy, c.ContractID, i*10, 10)
+	}
+	client, err := contract.NewClient(tr.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := meter.Reconcile(ctx, l, client, c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Findings) != 0 || res.Receipts != 3 || res.LedgerEvents != 30 || res.RegistryEvents != 30 || res.Ledger != res.Registry {
+		t.Fatalf("honest registry: %+v", res)
+	}
+	rs, _ := l.Receipts(ctx, c.ContractID)
+	dropped := rs[1]
+	tr.dropEntry(t, c, dropped.Seq())
+	res, err = meter.Reconcile(ctx, l, client, c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log, missing bool
+	for _, f := range res.Findings {
+		switch {
+		case f.Kind == meter.FindingLog:
+			log = true
+		case f.Batch == dropped.Batch && f.Kind == meter.FindingMissing:
+			missing = true
+		case f.Batch == rs[0].Batch:
+			t.Errorf("batch %s, which the rewritten log still holds, named: %+v", rs[0].Batch, f)
+		}
+	}
+	if !log || !missing {
+		t.Errorf("after the log dropped batch %s: findings %+v; want the log and the batch named", dropped.Batch, res.Findings)
+	}
+}
