@@ -39,7 +39,7 @@ type tamperingRegistry struct {
 	skey string
 	h    *registrytest.Harness
 
-	mu         sync.Mutex
+	mu       sync.Mutex
 	metering func(*contract.MeteringResponse)
 	// fork, when set, is the log the proxy serves instead of the real one:
 	// its checkpoint and its proofs.

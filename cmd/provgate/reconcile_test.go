@@ -68,7 +68,7 @@ func TestMeterReconcileCLI(t *testing.T) {
 		t.Errorf("reconcile of a clean ledger:\n%s", out)
 	}
 	var res struct {
-		OK        bool                    `json:"ok"`
+		OK        bool                     `json:"ok"`
 		Contracts []*meter.ReconcileResult `json:"contracts"`
 	}
 	if err := json.Unmarshal([]byte(mustCLI(t, "meter", "reconcile", "--ledger", ledger, "--registry", h.URL, "--json")), &res); err != nil {
