@@ -137,11 +137,16 @@ func meteringReceipt(rec *appendRecord, index uint64, left [][]byte, leaf, root 
 	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, index, index+1, leaf, path, root); err != nil {
 		return fmt.Errorf("%w: receipt of entry %d: %v", errCorrupted, rec.Seq, err)
 	}
-	rec.Metering.Receipt = &contract.MeteringReceipt{Entry: rec.Entry, Leaf: leaf, Index: index,
+	// The stored answer leaves the entry out (it is in the log already);
+	// a replay puts it back.
+	rec.Metering.Receipt = &contract.MeteringReceipt{Leaf: leaf, Index: index,
 		Checkpoint: string(rec.CheckpointNote), Inclusion: path}
 	var err error
-	rec.IdemResponse, err = json.Marshal(rec.Metering)
-	return err
+	if rec.IdemResponse, err = json.Marshal(rec.Metering); err != nil {
+		return err
+	}
+	rec.Metering.Receipt.Entry = rec.Entry
+	return nil
 }
 
 func cloneHashes(hs [][]byte) [][]byte {
