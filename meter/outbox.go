@@ -499,6 +499,7 @@ func (s *Syncer) Resend(ctx context.Context, contractID string) (ResendResult, e
 		var events []contract.MeteringEvent
 		size := 0
 		full := errors.New("full")
+		first := after
 		err := s.l.scanRows(ctx, func(r *Row, _ int64) error {
 			ev := r.MeteringEvent()
 			b, err := json.Marshal(ev)
@@ -540,6 +541,13 @@ func (s *Syncer) Resend(ctx context.Context, contractID string) (ResendResult, e
 			s.l.disputed.Add(1)
 			s.log.Error("registry did not count a metering batch as sent", "contract", contractID, "batch", id, "err", err)
 			return res, fmt.Errorf("meter: resend %s: batch %s: %w", contractID, id, err)
+		}
+		if resp.Accepted > 0 {
+			// Events new to the registry made an entry: keep its receipt.
+			b := &batch{id: id, jws: jws, after: first, last: after, count: int64(len(events))}
+			if err := s.takeReceipt(ctx, c, b, resp); err != nil {
+				return res, fmt.Errorf("meter: resend %s: batch %s: %w", contractID, id, err)
+			}
 		}
 	}
 }

@@ -250,6 +250,8 @@ func (s *Syncer) extends(ctx context.Context, contractID string, a, b *verify.Ch
 // (a rewritten or rolled-back log) raises the alarm, naming the receipted
 // batches the new checkpoint no longer includes.
 func (s *Syncer) CheckLog(ctx context.Context) error {
+	s.mu.Lock() // one pass at a time: a sync moves the checked checkpoint too
+	defer s.mu.Unlock()
 	s.l.mu.Lock()
 	cs := make([]*contractState, 0, len(s.l.contracts))
 	for _, c := range s.l.contracts {

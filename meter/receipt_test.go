@@ -431,14 +431,6 @@ func TestLogDroppingReceiptedBatchAlarms(t *testing.T) {
 	}
 }
 
-func mustVerifier(t *testing.T, vkey string) note.Verifier {
-	t.Helper()
-	v, err := note.NewVerifier(vkey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
 
 // Reconcile agrees with an honest registry, and names the batch a
 // registry dropped from its log (with the later ones its rewrite moved).
