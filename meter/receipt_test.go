@@ -431,7 +431,6 @@ func TestLogDroppingReceiptedBatchAlarms(t *testing.T) {
 	}
 }
 
-
 // Reconcile agrees with an honest registry, and names the batch a
 // registry dropped from its log (with the later ones its rewrite moved).
 func TestReconcileNamesDroppedBatch(t *testing.T) {
