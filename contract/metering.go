@@ -91,6 +91,8 @@ type MeteringResponse struct {
 	Licensee     string   `json:"licensee,omitempty"`
 	DuplicateIDs []string `json:"duplicate_ids,omitempty"`
 	Counted      Sums     `json:"counted"`
+	// Receipt proves the log entry Seq is committed, when there is one.
+	Receipt *MeteringReceipt `json:"receipt,omitempty"`
 }
 
 // Sums are the amounts of a set of metering events.

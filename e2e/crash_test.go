@@ -81,4 +81,11 @@ func TestKillNineWhileServing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("provgate meter verify: %v\n%s", err, out)
 	}
+	// Every batch acknowledged across the kills has its receipt, and the
+	// registry's log agrees with them.
+	out, err = exec.Command(provgateBinary(t), "meter", "reconcile", "--ledger", filepath.Join(dir, "state", "ledger.db"),
+		"--registry", e.reg.URL).CombinedOutput()
+	if err != nil {
+		t.Fatalf("provgate meter reconcile: %v\n%s", err, out)
+	}
 }

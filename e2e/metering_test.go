@@ -287,6 +287,46 @@ func TestSidecarAlarmsWhenRegistryCountsLess(t *testing.T) {
 	}
 }
 
+// A registry (here a front rewriting its answers) whose receipt does not
+// prove the batch has it refused: the sidecar raises the dispute alarm on
+// /readyz and /metrics.
+func TestSidecarRefusesBadReceipt(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	e.put("a.bin", randomBytes(t, 1000), false)
+	sc := e.sidecar(nil)
+	lie := func(r *contract.MeteringResponse) {
+		if r.Receipt != nil {
+			r.Receipt.Leaf = bytes.Repeat([]byte{7}, 32)
+		}
+	}
+	e.front.lie.Store(&lie)
+	if code, _ := get(t, http.DefaultClient, sc.URL(), e.c.ContractID, "a.bin", 1, "lied"); code != http.StatusOK {
+		t.Fatalf("GET: %d", code)
+	}
+	drain(t, sc, e.c.ContractID)
+	resp, err := http.Get(sc.URL() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready struct {
+		Contracts []struct {
+			MeteringDisputes int64  `json:"metering_disputes"`
+			MeteringDispute  string `json:"metering_dispute"`
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ready)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ready.Contracts) != 1 || ready.Contracts[0].MeteringDisputes != 1 || !strings.Contains(ready.Contracts[0].MeteringDispute, "metering receipt refused") {
+		t.Errorf("/readyz = %+v, want one dispute: the receipt refused", ready)
+	}
+	if rs, err := sc.Ledger().Receipts(context.Background(), e.c.ContractID); err != nil || len(rs) != 0 {
+		t.Errorf("%d receipts stored (%v), want none", len(rs), err)
+	}
+}
+
 func grepLines(s, word string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {

@@ -76,13 +76,19 @@ type DisputeInfo struct {
 // Recording the same batch twice (a retry after a crash answered the
 // same) counts once.
 func (l *Ledger) dispute(ctx context.Context, c *contractState, b *batch, afterSeq int64, cause error) error {
+	return l.recordDispute(ctx, c, b.id, afterSeq, b.last, cause)
+}
+
+// recordDispute records a dispute named id over the rows (afterSeq,
+// lastSeq] of c, once.
+func (l *Ledger) recordDispute(ctx context.Context, c *contractState, id string, afterSeq, lastSeq int64, cause error) error {
 	res, err := l.db.ExecContext(ctx, `INSERT OR IGNORE INTO disputes (contract, batch, after_seq, last_seq, time, detail)
-		VALUES (?, ?, ?, ?, ?, ?)`, c.id, b.id, afterSeq, b.last, time.Now().UnixNano(), cause.Error())
+		VALUES (?, ?, ?, ?, ?, ?)`, c.id, id, afterSeq, lastSeq, time.Now().UnixNano(), cause.Error())
 	if err != nil {
-		return fmt.Errorf("meter: sync %s: record dispute of batch %s: %w", c.name, b.id, err)
+		return fmt.Errorf("meter: sync %s: record dispute of %s: %w", c.name, id, err)
 	}
 	if n, _ := res.RowsAffected(); n == 1 {
-		l.addDispute(c.name, b.id, cause.Error())
+		l.addDispute(c.name, id, cause.Error())
 		l.disputed.Add(1)
 	}
 	return nil

@@ -99,6 +99,20 @@
 // rows are kept for the retention period, then pruned from the front; the
 // chain is anchored at the last pruned row.
 //
+// # Receipts
+//
+// A batch the registry counted is an entry of the contract's log, and the
+// answer carries its receipt (contract.MeteringReceipt). Before the batch
+// is acknowledged the Syncer checks the receipt (verify.VerifyMeteringReceipt:
+// signature, leaf, inclusion; then that the entry is the batch sent with
+// the events counted, and that its checkpoint and the checked one are one
+// log) and stores it in the receipts table; the contract's log_checkpoint
+// is the latest checkpoint every receipt was checked consistent with.
+// CheckLog moves that checkpoint forward along the log. A refused receipt
+// or a checkpoint that does not extend the checked one is a dispute, like
+// a batch not counted as sent. Reconcile compares the receipts with the
+// registry's log.
+//
 // # Export schema (provgate.meter.export/v1)
 //
 // `provgate meter export` writes one JSON object per row, in seq order,

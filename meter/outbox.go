@@ -58,7 +58,13 @@ type SyncConfig struct {
 	// often they are pruned. A negative Retention keeps them for ever.
 	Retention     time.Duration
 	PruneInterval time.Duration
-	Logger        *slog.Logger
+	// Log gives the log (origin and checkpoint key) of a contract, against
+	// which receipts are checked; nil fetches the contract from Client.
+	Log func(ctx context.Context, contractID string) (contract.LogInfo, error)
+	// LogCheckInterval is how often the log is checked to still hold every
+	// receipted batch (DefaultLogCheckInterval when 0).
+	LogCheckInterval time.Duration
+	Logger           *slog.Logger
 }
 
 // Syncer ships the outbox to the registry.
@@ -72,8 +78,12 @@ type Syncer struct {
 	mu        sync.Mutex // one pass at a time
 	lastPrune time.Time
 	salt      string // set after a batch id conflict
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	lastCheck time.Time
+
+	logMu  sync.Mutex
+	logs   map[string]*verify.CheckpointVerifier
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // NewSyncer makes a Syncer for l.
@@ -112,11 +122,14 @@ func NewSyncer(l *Ledger, cfg SyncConfig) (*Syncer, error) {
 	if cfg.PruneInterval <= 0 {
 		cfg.PruneInterval = DefaultPruneInterval
 	}
+	if cfg.LogCheckInterval <= 0 {
+		cfg.LogCheckInterval = DefaultLogCheckInterval
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = l.log
 	}
 	pub := cfg.Key.Public()
-	return &Syncer{l: l, cfg: cfg, kid: kid, pub: &pub, log: cfg.Logger}, nil
+	return &Syncer{l: l, cfg: cfg, kid: kid, pub: &pub, log: cfg.Logger, logs: map[string]*verify.CheckpointVerifier{}}, nil
 }
 
 // Start runs the sync loop until ctx ends or Stop is called.
@@ -160,6 +173,12 @@ func (s *Syncer) run(ctx context.Context) {
 					s.log.Info("ledger pruned", "rows", n)
 				}
 				s.lastPrune = time.Now()
+			}
+			if time.Since(s.lastCheck) >= s.cfg.LogCheckInterval {
+				if err := s.CheckLog(ctx); err != nil && ctx.Err() == nil {
+					s.log.Warn("metering log check failed", "err", err)
+				}
+				s.lastCheck = time.Now()
 			}
 			wait = t.C
 		}
@@ -252,6 +271,12 @@ func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error
 			s.log.Error("registry did not count a metering batch as sent", "contract", c.name, "batch", b.id,
 				"events", b.count, "accepted", resp.Accepted, "duplicates", resp.Duplicates, "err", err)
 			if err := s.l.dispute(ctx, c, b, b.after, err); err != nil {
+				return total, err
+			}
+		}
+		if resp.Accepted > 0 {
+			// The batch made a log entry: check its receipt and keep it.
+			if err := s.takeReceipt(ctx, c, b, resp); err != nil {
 				return total, err
 			}
 		}
@@ -474,6 +499,7 @@ func (s *Syncer) Resend(ctx context.Context, contractID string) (ResendResult, e
 		var events []contract.MeteringEvent
 		size := 0
 		full := errors.New("full")
+		first := after
 		err := s.l.scanRows(ctx, func(r *Row, _ int64) error {
 			ev := r.MeteringEvent()
 			b, err := json.Marshal(ev)
@@ -515,6 +541,13 @@ func (s *Syncer) Resend(ctx context.Context, contractID string) (ResendResult, e
 			s.l.disputed.Add(1)
 			s.log.Error("registry did not count a metering batch as sent", "contract", contractID, "batch", id, "err", err)
 			return res, fmt.Errorf("meter: resend %s: batch %s: %w", contractID, id, err)
+		}
+		if resp.Accepted > 0 {
+			// Events new to the registry made an entry: keep its receipt.
+			b := &batch{id: id, jws: jws, after: first, last: after, count: int64(len(events))}
+			if err := s.takeReceipt(ctx, c, b, resp); err != nil {
+				return res, fmt.Errorf("meter: resend %s: batch %s: %w", contractID, id, err)
+			}
 		}
 	}
 }

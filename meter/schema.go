@@ -65,6 +65,29 @@ var migrations = []string{
 		detail    TEXT NOT NULL,
 		PRIMARY KEY (contract, batch)
 	) WITHOUT ROWID;`,
+	// 3: the registry's receipts, and the log checkpoint they were
+	// checked against.
+	`-- the receipt of each acknowledged batch that the registry committed
+	-- to the contract's log: its rows (after_seq, last_seq], the log entry
+	-- (seq, its exact bytes and leaf hash), the signed checkpoint and the
+	-- inclusion proof (a JSON array of base64 hashes) it came with
+	CREATE TABLE receipts (
+		contract   INTEGER NOT NULL,
+		batch      TEXT NOT NULL,
+		seq        INTEGER NOT NULL,
+		after_seq  INTEGER NOT NULL,
+		last_seq   INTEGER NOT NULL,
+		leaf       BLOB NOT NULL,
+		entry      BLOB NOT NULL,
+		checkpoint TEXT NOT NULL,
+		inclusion  BLOB NOT NULL,
+		time       INTEGER NOT NULL,
+		PRIMARY KEY (contract, batch)
+	) WITHOUT ROWID;
+	CREATE INDEX receipts_seq ON receipts (contract, seq);
+	-- the latest signed checkpoint of the contract's log that every
+	-- receipt was checked consistent with
+	ALTER TABLE contracts ADD COLUMN log_checkpoint TEXT;`,
 }
 
 // SchemaVersion is the schema this package writes.

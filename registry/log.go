@@ -92,7 +92,10 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	}
 	rec.Entry = raw
 	leaf := contract.LeafHash(raw)
-	rng, err := rangeFactory.NewRange(0, h.size(), h.rng.Hashes())
+	// The new leaf's audit path: the compact range before it, taken before
+	// Append reuses the range's storage.
+	left := cloneHashes(h.rng.Hashes())
+	rng, err := rangeFactory.NewRange(0, h.size(), cloneHashes(h.rng.Hashes()))
 	if err != nil {
 		return err
 	}
@@ -104,6 +107,11 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	if rec.CheckpointNote, err = s.cpSigner.Sign(c.Log.Origin, next.size(), next.root()); err != nil {
 		return err
 	}
+	if rec.Metering != nil {
+		if err := meteringReceipt(rec, h.size(), left, leaf, next.root()); err != nil {
+			return err
+		}
+	}
 	if err := s.st.appendEntry(ctx, c.ContractID, rec); err != nil {
 		// Reload the head next time, in case another writer moved the log.
 		delete(s.heads, c.ContractID)
@@ -114,6 +122,39 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 	s.cosign(c.ContractID)
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
 	return nil
+}
+
+// meteringReceipt puts the receipt of the metering entry rec appends into
+// its answer (and the answer into the stored idempotent response): the
+// entry, its leaf, the checkpoint just signed and the inclusion proof at
+// that size. The new leaf is the last one, so its audit path is the
+// compact range of the leaves before it, smallest subtree first.
+func meteringReceipt(rec *appendRecord, index uint64, left [][]byte, leaf, root []byte) error {
+	path := make([][]byte, 0, len(left))
+	for i := len(left) - 1; i >= 0; i-- {
+		path = append(path, left[i])
+	}
+	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, index, index+1, leaf, path, root); err != nil {
+		return fmt.Errorf("%w: receipt of entry %d: %v", errCorrupted, rec.Seq, err)
+	}
+	// The stored answer leaves the entry out (it is in the log already);
+	// a replay puts it back.
+	rec.Metering.Receipt = &contract.MeteringReceipt{Leaf: leaf, Index: index,
+		Checkpoint: string(rec.CheckpointNote), Inclusion: path}
+	var err error
+	if rec.IdemResponse, err = json.Marshal(rec.Metering); err != nil {
+		return err
+	}
+	rec.Metering.Receipt.Entry = rec.Entry
+	return nil
+}
+
+func cloneHashes(hs [][]byte) [][]byte {
+	out := make([][]byte, len(hs))
+	for i, h := range hs {
+		out[i] = bytes.Clone(h)
+	}
+	return out
 }
 
 // wake tells live streams of a log that it grew.

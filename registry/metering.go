@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -144,7 +145,7 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	resp.Seq = h.size() + 1 // appendLocked assigns exactly this seq
-	rec.IdemResponse, _ = json.Marshal(resp)
+	rec.Metering = &resp    // appendLocked adds the receipt and stores the answer
 	if err := s.appendLocked(ctx, c, h, contract.EntryMetering, jws, accepted, rec); err != nil {
 		return err
 	}
@@ -190,11 +191,35 @@ func (s *Server) replayIdempotent(w http.ResponseWriter, r *http.Request, contra
 	if h != bodyHash {
 		return true, contract.Errorf(http.StatusConflict, contract.CodeConflict, "Idempotency-Key %q was used with another batch", key)
 	}
+	if resp, err = s.withReceiptEntry(r.Context(), contractID, resp); err != nil {
+		return true, err
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Idempotent-Replayed", "true")
 	w.WriteHeader(http.StatusOK)
 	w.Write(append(resp, '\n'))
 	return true, nil
+}
+
+// withReceiptEntry puts the log entry back into a stored answer's
+// receipt (stored without it).
+func (s *Server) withReceiptEntry(ctx context.Context, contractID string, stored []byte) ([]byte, error) {
+	var resp contract.MeteringResponse
+	if err := json.Unmarshal(stored, &resp); err != nil {
+		return nil, fmt.Errorf("%w: stored answer: %v", errCorrupted, err)
+	}
+	if resp.Receipt == nil || resp.Receipt.Entry != nil {
+		return stored, nil
+	}
+	es, err := s.st.entries(ctx, contractID, resp.Seq-1, 1, s.cfg.MaxPageBytes)
+	if err != nil {
+		return nil, err
+	}
+	if len(es) != 1 || es[0].Seq != resp.Seq {
+		return nil, fmt.Errorf("%w: entry %d of a stored answer is gone", errCorrupted, resp.Seq)
+	}
+	resp.Receipt.Entry = es[0].Entry
+	return json.Marshal(resp)
 }
 
 // handleTotals sums the events the registry counted, optionally for one

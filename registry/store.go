@@ -138,6 +138,9 @@ type appendRecord struct {
 	IdemKey      string
 	IdemBodyHash string
 	IdemResponse []byte
+	// Metering is the answer to the batch; appendLocked adds its receipt
+	// and stores it as IdemResponse.
+	Metering *contract.MeteringResponse
 }
 
 type sqliteStore struct {

@@ -17,17 +17,21 @@ import (
 )
 
 func init() {
-	commands["meter"] = command{summary: "read, check and re-send a metering ledger offline: report | export | replay | verify", run: runMeter}
+	commands["meter"] = command{summary: "read, check and re-send a metering ledger offline: report | export | replay | verify | reconcile", run: runMeter}
 }
 
-const meterSynopsis = `meter report|export|replay|verify --ledger FILE [flags]
+const meterSynopsis = `meter report|export|replay|verify|reconcile --ledger FILE [flags]
 
   report   per contract, epoch and job: events, samples, bytes, units, cost, unsynced (--json for JSON)
   export   every row as JSON lines (schema provgate.meter.export/v1; see meter.ExportRow)
   replay   send the unsynced rows to the registry (--all: every row; the registry counts each event once
            per sending key, so sign with the sidecar's own --key)
            --to URL --key FILE and --purpose P (a token is requested with the key) or --token-file FILE
-  verify   check the hash chain; exits 1 naming the first edited, deleted or inserted row`
+  verify   check the hash chain; exits 1 naming the first edited, deleted or inserted row
+  reconcile --registry URL [--contract ID] [--json]
+           the ledger's metering receipts against the registry's log: names every batch missing from it,
+           different in it, or in it without a receipt, and a log that does not extend the receipted
+           checkpoint; exits 1 on any difference, 0 when they agree`
 
 func runMeter(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -35,7 +39,7 @@ func runMeter(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := parseFlags(fs, args); err != nil {
 			return err
 		}
-		return &usageError{msg: "meter: want a subcommand: report, export, replay or verify"}
+		return &usageError{msg: "meter: want a subcommand: report, export, replay, verify or reconcile"}
 	}
 	sub, args := args[0], args[1:]
 	fs := newFlagSet("meter "+sub, meterSynopsis, stderr)
@@ -49,6 +53,8 @@ func runMeter(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Var(&enrolments, "enrolment", "replay: a licensee's enrolment of --key (file, from provgate enroll; repeatable, one per contract), sent with --purpose's token requests")
 	all := fs.Bool("all", false, "replay: re-send every row, synced or not")
 	after := fs.Int64("after", 0, "export: only rows with seq > AFTER")
+	registryURL := fs.String("registry", "", "reconcile: the registry's base URL")
+	contractID := fs.String("contract", "", "reconcile: only this contract (default: every contract in the ledger)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -67,8 +73,13 @@ func runMeter(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return &usageError{msg: "meter replay: --to URL, --key FILE and one of --purpose P or --token-file FILE are required"}
 		}
 		return meterReplay(ctx, *ledger, *to, *keyFile, *purpose, *tokenFile, enrolments, *all, stdout)
+	case "reconcile":
+		if *registryURL == "" {
+			return &usageError{msg: "meter reconcile: --registry URL is required"}
+		}
+		return meterReconcile(ctx, *ledger, *registryURL, *contractID, *asJSON, stdout)
 	default:
-		return &usageError{msg: fmt.Sprintf("meter: unknown subcommand %q: want report, export, replay or verify", sub)}
+		return &usageError{msg: fmt.Sprintf("meter: unknown subcommand %q: want report, export, replay, verify or reconcile", sub)}
 	}
 }
 
@@ -211,6 +222,75 @@ func meterReplay(ctx context.Context, path, to, keyFile, purpose, tokenFile stri
 	}
 	if err != nil {
 		return fmt.Errorf("meter replay: %w", err)
+	}
+	return nil
+}
+
+func meterReconcile(ctx context.Context, path, registryURL, contractID string, asJSON bool, stdout io.Writer) error {
+	l, err := meter.OpenReadOnly(ctx, path)
+	if err != nil {
+		return fmt.Errorf("meter reconcile: %w", err)
+	}
+	defer l.Close()
+	client, err := contract.NewClient(registryURL)
+	if err != nil {
+		return fmt.Errorf("meter reconcile: %w", err)
+	}
+	ids := []string{contractID}
+	if contractID == "" {
+		cursors, err := l.Cursors(ctx)
+		if err != nil {
+			return fmt.Errorf("meter reconcile: %w", err)
+		}
+		ids = ids[:0]
+		for id := range cursors {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+	}
+	results := []*meter.ReconcileResult{}
+	differences := 0
+	for _, id := range ids {
+		res, err := meter.Reconcile(ctx, l, client, id)
+		if err != nil {
+			return fmt.Errorf("meter reconcile: %w", err)
+		}
+		results = append(results, res)
+		differences += len(res.Findings)
+	}
+	if asJSON {
+		b, _ := json.MarshalIndent(map[string]any{"ok": differences == 0, "contracts": results}, "", "  ")
+		fmt.Fprintf(stdout, "%s\n", b)
+	} else {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "CONTRACT\tRECEIPTS\tLOG SIZE\tLEDGER EVENTS\tLEDGER COST USD\tREGISTRY EVENTS\tREGISTRY COST USD")
+		for _, r := range results {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.9f\t%d\t%.9f\n", r.Contract, r.Receipts, r.TreeSize, r.LedgerEvents,
+				float64(r.Ledger.CostNanoUSD)/1e9, r.RegistryEvents, float64(r.Registry.CostNanoUSD)/1e9)
+		}
+		tw.Flush()
+		if differences > 0 {
+			fmt.Fprintln(stdout)
+			tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CONTRACT\tKIND\tBATCH\tENTRY\tDETAIL")
+			for _, r := range results {
+				for _, f := range r.Findings {
+					entry := "-"
+					if f.Seq > 0 {
+						entry = fmt.Sprint(f.Seq)
+					}
+					batch := f.Batch
+					if batch == "" {
+						batch = "-"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Contract, f.Kind, batch, entry, f.Detail)
+				}
+			}
+			tw.Flush()
+		}
+	}
+	if differences > 0 {
+		return fmt.Errorf("meter reconcile: %d difference(s) between the ledger and the registry", differences)
 	}
 	return nil
 }

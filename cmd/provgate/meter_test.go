@@ -118,6 +118,11 @@ func TestMeterCLI(t *testing.T) {
 	if again, _ := h.Client.MeteringTotals(ctx, c.ContractID, "", -1); *again != *got {
 		t.Errorf("totals changed after replay --all: %+v, was %+v", again, got)
 	}
+	// The batches replay sent have their receipts, which the registry's log
+	// agrees with.
+	if out := mustCLI(t, "meter", "reconcile", "--ledger", ledger, "--registry", h.URL, "--json"); !strings.Contains(out, `"ok": true`) {
+		t.Errorf("reconcile after replay: %s", out)
+	}
 
 	// Someone lowers a row's bytes in the file: verify names that row.
 	db, err := sql.Open("sqlite3", "file:"+ledger)

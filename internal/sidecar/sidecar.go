@@ -205,7 +205,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 		return nil, err
 	}
 	s.ledger.Start(s.ctx)
-	if s.syncer, err = meter.NewSyncer(s.ledger, meter.SyncConfig{Client: s.client, Key: s.key, Tokens: tokensFunc(s.token),
+	if s.syncer, err = meter.NewSyncer(s.ledger, meter.SyncConfig{Client: s.client, Key: s.key, Tokens: tokensFunc(s.token), Log: s.logInfo,
 		Interval: cfg.SyncInterval, Logger: cfg.Logger.With("part", "outbox")}); err != nil {
 		return nil, err
 	}
@@ -443,6 +443,25 @@ func (s *Sidecar) token(ctx context.Context, contractID string) (string, error) 
 		return "", fmt.Errorf("contract %q is not mounted", contractID)
 	}
 	return m.token(ctx)
+}
+
+// logInfo is the log of a mounted contract, as the follower trusts it:
+// metering receipts are checked against the same key and origin.
+func (s *Sidecar) logInfo(_ context.Context, contractID string) (contract.LogInfo, error) {
+	s.mu.Lock()
+	m := s.mounts[contractID]
+	s.mu.Unlock()
+	if m == nil {
+		return contract.LogInfo{}, fmt.Errorf("contract %q is not mounted", contractID)
+	}
+	c, _, _, err := m.parts()
+	if c == nil {
+		if err == nil {
+			err = proxy.ErrNotReady
+		}
+		return contract.LogInfo{}, err
+	}
+	return c.Log, nil
 }
 
 type tokensFunc func(ctx context.Context, contractID string) (string, error)
