@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 
@@ -69,6 +70,12 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "verify log: OK %s: %d entries (%d attestations, %d metering, %d redactions, %d revocations) match checkpoint size %d root %x signed %s\n",
 		c.ContractID, rep.size, rep.attestations, rep.metering, rep.redactions, rep.revocations, rep.cp.Size, rep.cp.Hash, rep.cp.Time.UTC().Format(time.RFC3339))
+	for _, v := range rep.versions {
+		t := v.v.Terms
+		fmt.Fprintf(stdout, "verify log: terms at entry %d (logged %s), in force from %s for the entries after it: version %q, %s at %g USD, %d contributors, %d licensees, %d curators\n",
+			v.seq, v.time.UTC().Format(time.RFC3339), v.v.EffectiveFrom.UTC().Format(time.RFC3339), t.Version, t.Pricing.Unit, t.Pricing.PriceUSD,
+			len(t.Contributors), len(t.Licensees), len(t.Curators))
+	}
 	if rep.trusted != nil {
 		fmt.Fprintf(stdout, "verify log: consistent with the trusted checkpoint of size %d; %s now holds size %d\n", rep.trusted.Size, *trusted, rep.cp.Size)
 	} else if *trusted != "" {
@@ -81,9 +88,10 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // trusts only the contract's checkpoint key and contributor keys.
 type auditor struct {
 	client   *contract.Client
-	c        *contract.Contract
+	c        *contract.Contract // as the registry serves it: its terms must be a logged version
 	cpv      *verify.CheckpointVerifier
-	keys     map[string]*jose.JSONWebKeySet // contributor id -> keys
+	versions []termsVersion                 // the log's terms, in seq order
+	keys     map[string]*jose.JSONWebKeySet // terms seq + " " + contributor id -> keys
 	sidecars map[string]*jose.JSONWebKeySet // thumbprint -> its key
 	revoked  map[string]uint64              // issuer/kid -> seq of the revocation
 	live     map[string]uint64              // object name -> seq
@@ -101,6 +109,45 @@ type owner struct {
 type auditReport struct {
 	cp, trusted                                           *verify.Checkpoint
 	size, attestations, metering, redactions, revocations uint64
+	versions                                              []termsVersion
+}
+
+// termsVersion is a verified version of the terms and the entry that
+// holds it.
+type termsVersion struct {
+	seq  uint64
+	time time.Time
+	v    *contract.TermsVersion
+}
+
+// termsAt is the version that governs entry seq made at t: the latest
+// before seq in force at t (or the first).
+func (a *auditor) termsAt(seq uint64, t time.Time) *termsVersion {
+	var out *termsVersion
+	for i := range a.versions {
+		v := &a.versions[i]
+		if v.seq >= seq {
+			break
+		}
+		if out == nil || !v.v.EffectiveFrom.After(t) {
+			out = v
+		}
+	}
+	return out
+}
+
+// takeTerms verifies a terms entry (signed by the log's key, naming this
+// log) and adds it to the versions.
+func (a *auditor) takeTerms(e *contract.Entry) error {
+	tv, err := a.cpv.OpenTerms(e.Note)
+	if err != nil {
+		return err
+	}
+	if tv.Contract != a.c.ContractID {
+		return fmt.Errorf("%w: terms of contract %q", verify.ErrTerms, tv.Contract)
+	}
+	a.versions = append(a.versions, termsVersion{seq: e.Seq, time: e.Time, v: tv})
+	return nil
 }
 
 func newAuditor(client *contract.Client, c *contract.Contract) (*auditor, error) {
@@ -179,7 +226,10 @@ func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Durat
 	if err := chain.CheckCheckpoint(cp); err != nil {
 		return nil, a.locate(ctx, cp, chain.Size(), nil, err)
 	}
-	rep.size = chain.Size()
+	rep.size, rep.versions = chain.Size(), a.versions
+	if err := a.checkServed(); err != nil {
+		return nil, err
+	}
 	if trustedPath != "" {
 		if err := verify.WriteFileAtomic(trustedPath, cp.Raw, 0o644); err != nil {
 			return nil, fmt.Errorf("save trusted checkpoint: %w", err)
@@ -234,6 +284,7 @@ func (a *auditor) fetch(ctx context.Context, since uint64) <-chan pageResult {
 // sigResult is an entry's signature check: an attestation's claims and
 // kid, or a metering batch.
 type sigResult struct {
+	terms *contract.Contract // the terms in force at the entry
 	at    *contract.Attestation
 	kid   string
 	batch *contract.MeteringBatch
@@ -247,11 +298,21 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 	keys := make([]*jose.JSONWebKeySet, len(entries))
 	for i, e := range entries {
 		var err error
+		if e.Kind == contract.EntryContract {
+			out[i].err = a.takeTerms(e)
+			continue
+		}
+		tv := a.termsAt(e.Seq, e.Time)
+		if tv == nil {
+			out[i].err = fmt.Errorf("%w: entry %d comes before any terms (entry 1 must hold them)", verify.ErrTerms, e.Seq)
+			continue
+		}
+		out[i].terms = &tv.v.Terms
 		switch e.Kind {
 		case contract.EntryAttestation:
 			var peek *verify.UnverifiedAttestation
 			if peek, err = verify.PeekAttestation(e.JWS); err == nil {
-				keys[i], err = a.contributorKeys(ctx, peek.Issuer)
+				keys[i], err = a.contributorKeys(ctx, tv, peek.Issuer)
 			}
 		case contract.EntryMetering:
 			if out[i].kid, err = verify.PeekKeyID(e.JWS, contract.TypeMetering); err == nil {
@@ -271,7 +332,7 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 					out[i].batch, out[i].err = verify.VerifyMeteringBatch(entries[i].JWS, &keys[i].Keys[0])
 					continue
 				}
-				out[i].at, out[i].kid, out[i].err = verify.VerifyAttestation(entries[i].JWS, a.c, keys[i])
+				out[i].at, out[i].kid, out[i].err = verify.VerifyAttestation(entries[i].JWS, out[i].terms, keys[i])
 			}
 		}()
 	}
@@ -297,6 +358,8 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 		rep.metering++
 	case contract.EntryAttestation:
 		rep.attestations++
+	case contract.EntryContract:
+		return sig.err
 	default:
 		return fmt.Errorf("%w: unknown kind %q", verify.ErrMalformed, e.Kind)
 	}
@@ -304,14 +367,14 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 		return sig.err
 	}
 	if e.Kind == contract.EntryMetering {
-		return a.checkMetering(e, sig.kid, sig.batch)
+		return a.checkMetering(e, sig.terms, sig.kid, sig.batch)
 	}
 	at, kid := sig.at, sig.kid
 	if r, ok := a.revoked[at.Issuer+"/"+kid]; ok {
 		return fmt.Errorf("%w: key %q of %q was revoked by entry %d", verify.ErrRevokedKey, kid, at.Issuer, r)
 	}
 	owned := func(action, name string) error {
-		if o, ok := a.owners[name]; ok && !a.c.MayRewrite(at.Issuer, o.issuer) {
+		if o, ok := a.owners[name]; ok && !sig.terms.MayRewrite(at.Issuer, o.issuer) {
 			return &verify.OwnershipError{Seq: e.Seq, Issuer: at.Issuer, Action: action, Name: name, Owner: o.issuer, OwnedSince: o.seq}
 		}
 		return nil
@@ -341,7 +404,7 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 	return nil
 }
 
-func (a *auditor) checkMetering(e *contract.Entry, kid string, b *contract.MeteringBatch) error {
+func (a *auditor) checkMetering(e *contract.Entry, terms *contract.Contract, kid string, b *contract.MeteringBatch) error {
 	if b.Sidecar != kid {
 		return fmt.Errorf("%w: batch names sidecar %q, signed by %q", verify.ErrWrongKey, b.Sidecar, kid)
 	}
@@ -362,7 +425,7 @@ func (a *auditor) checkMetering(e *contract.Entry, kid string, b *contract.Meter
 		}
 		// The registry prices every event it counts; one it should have
 		// refused is a finding.
-		if err := contract.CheckEventAmounts(ev, a.c.Pricing); err != nil {
+		if err := contract.CheckEventAmounts(ev, terms.Pricing); err != nil {
 			return fmt.Errorf("accepted %w", err)
 		}
 		// Event ids are the sender's own: another sender's equal id is
@@ -397,11 +460,29 @@ func (a *auditor) sidecarKey(ctx context.Context, jkt string) (*jose.JSONWebKeyS
 	return set, nil
 }
 
-func (a *auditor) contributorKeys(ctx context.Context, id string) (*jose.JSONWebKeySet, error) {
-	if k, ok := a.keys[id]; ok {
+// checkServed checks that the contract the registry serves is the logged
+// version it names.
+func (a *auditor) checkServed() error {
+	if a.c.TermsSeq == 0 {
+		return fmt.Errorf("%w: the registry serves terms that name no log entry", verify.ErrTerms)
+	}
+	for _, v := range a.versions {
+		if v.seq == a.c.TermsSeq {
+			if !contract.SameTerms(a.c, &v.v.Terms) {
+				return &verify.TermsError{Seq: v.seq, Err: fmt.Errorf("%w: the registry serves a contract document that differs from the terms its log holds at entry %d", verify.ErrTerms, v.seq)}
+			}
+			return nil
+		}
+	}
+	return &verify.TermsError{Seq: a.c.TermsSeq, Err: fmt.Errorf("%w: the registry serves terms of entry %d, which holds none", verify.ErrTerms, a.c.TermsSeq)}
+}
+
+func (a *auditor) contributorKeys(ctx context.Context, tv *termsVersion, id string) (*jose.JSONWebKeySet, error) {
+	ck := strconv.FormatUint(tv.seq, 10) + " " + id
+	if k, ok := a.keys[ck]; ok {
 		return k, nil
 	}
-	ct := a.c.Contributor(id)
+	ct := tv.v.Terms.Contributor(id)
 	if ct == nil {
 		return nil, fmt.Errorf("%w: %q", verify.ErrNotContributor, id)
 	}
@@ -412,7 +493,7 @@ func (a *auditor) contributorKeys(ctx context.Context, id string) (*jose.JSONWeb
 			return nil, fmt.Errorf("keys of %q: %w", id, err)
 		}
 	}
-	a.keys[id] = set
+	a.keys[ck] = set
 	return set, nil
 }
 
