@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/internal/sidecar"
+	"github.com/provgate/provgate/meter"
 	"github.com/provgate/provgate/registry/registrytest"
 	"github.com/provgate/provgate/verify"
 )
@@ -97,5 +99,59 @@ func TestRewrittenContractRefused(t *testing.T) {
 	}
 	if code := status(t, sc.URL()+obj); code != 503 {
 		t.Fatalf("object of a quarantined contract: %d, want 503", code)
+	}
+}
+
+// TestContractUpdateReachesRunningSidecar: the provider appends new terms
+// (a new price); the running sidecar takes them from the live feed, bills
+// the reads after it at the new price, and each ledger row names the terms
+// (their log entry) it was billed under; the ledger still verifies.
+func TestContractUpdateReachesRunningSidecar(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	e.put("a.txt", []byte("some text"), false)
+	sc := e.sidecar(nil)
+	hc := &http.Client{}
+	if code, _ := get(t, hc, sc.URL(), e.c.ContractID, "a.txt", 1, "job"); code != http.StatusOK {
+		t.Fatalf("read before the update: %d", code)
+	}
+	// The registry checks a batch's amounts against the terms it holds
+	// now: rows billed under the old terms are synced before the update.
+	drain(t, sc, e.c.ContractID)
+	next := *e.c
+	next.Version, next.Pricing.PriceUSD = "2026-02-01", e.c.Pricing.PriceUSD*4
+	updated, err := e.reg.Client.UpdateContract(context.Background(), e.reg.AdminToken, &next, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if updated.TermsSeq <= e.c.TermsSeq || updated.Pricing.PriceUSD != next.Pricing.PriceUSD {
+		t.Fatalf("updated contract %+v", updated)
+	}
+	waitFor(t, "the sidecar to take the new terms", 10*time.Second, func() bool {
+		return strings.Contains(body(t, sc.URL()+"/v1/contracts/"+e.c.ContractID), `"version":"2026-02-01"`)
+	})
+	if code, _ := get(t, hc, sc.URL(), e.c.ContractID, "a.txt", 2, "job"); code != http.StatusOK {
+		t.Fatalf("read after the update: %d", code)
+	}
+	drain(t, sc, e.c.ContractID)
+	var rows []meter.ExportRow
+	if err := sc.Ledger().Export(context.Background(), 0, func(r meter.ExportRow) error {
+		if r.Kind == contract.EventAccess {
+			rows = append(rows, r)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 {
+		t.Fatalf("access rows %+v, want 2", rows)
+	}
+	if rows[0].TermsSeq != e.c.TermsSeq || rows[1].TermsSeq != updated.TermsSeq {
+		t.Fatalf("rows billed under terms %d and %d, want %d and %d", rows[0].TermsSeq, rows[1].TermsSeq, e.c.TermsSeq, updated.TermsSeq)
+	}
+	if rows[1].CostNanoUSD != 4*rows[0].CostNanoUSD || rows[0].CostNanoUSD == 0 {
+		t.Fatalf("costs %d then %d, want the second 4 times the first", rows[0].CostNanoUSD, rows[1].CostNanoUSD)
+	}
+	if _, err := sc.Ledger().Verify(context.Background()); err != nil {
+		t.Fatalf("ledger verify: %v", err)
 	}
 }
