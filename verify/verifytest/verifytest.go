@@ -172,6 +172,16 @@ func (l *Log) SetTerms(tb testing.TB, c *contract.Contract) {
 	l.AppendTerms(tb, c, time.Now())
 }
 
+// ReplaceFirst makes a log's first entry one of kind carrying jws (a log
+// from before terms were logged), for tests.
+func (l *Log) ReplaceFirst(tb testing.TB, kind contract.EntryKind, jws string) {
+	tb.Helper()
+	l.mu.Lock()
+	l.raws, l.tree = nil, testonly.New(rfc6962.DefaultHasher)
+	l.mu.Unlock()
+	l.Append(tb, kind, jws)
+}
+
 // Fork returns a log with the same contract and key holding the first n
 // entries of l: appending to it rewrites history.
 func (l *Log) Fork(n uint64) *Log {
