@@ -88,6 +88,10 @@ func (m *mount) mount(ctx context.Context) error {
 	}
 	if f.Terms() == nil && !errors.Is(f.Ready(), verify.ErrQuarantined) {
 		if err := f.Sync(ctx); err != nil && !errors.Is(err, verify.ErrQuarantined) {
+			// Not verified yet: the status says why; mount retries.
+			m.mu.Lock()
+			m.follower = f
+			m.mu.Unlock()
 			return fmt.Errorf("verify the log before taking its terms: %w", err)
 		}
 	}
@@ -270,8 +274,16 @@ func (m *mount) Status() proxy.Status {
 	st.TreeSize, st.CheckpointTime, st.Objects = fs.Size, fs.CheckpointTime, fs.Objects
 	st.Root = fs.Root
 	st.Error = fs.LastError
-	if fs.State == verify.StateQuarantined || ts == nil {
+	switch {
+	case fs.State == verify.StateQuarantined:
 		st.State, st.Error = proxy.StateQuarantined, fs.Quarantine
+		return st
+	case ts == nil:
+		// The log is not verified yet, so no terms are taken.
+		st.State = proxy.StateVerifying
+		if st.Error == "" && startErr != nil {
+			st.Error = startErr.Error()
+		}
 		return st
 	}
 	ti := ts.Status()
