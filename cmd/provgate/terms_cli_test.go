@@ -1,14 +1,23 @@
 package main
 
 import (
+	"context"
+	"crypto/rand"
 	"encoding/json"
+	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/registry/registrytest"
+	"github.com/provgate/provgate/witness"
 )
 
 // TestContractUpdateVersionsAndAudit: the provider updates a contract's
@@ -52,5 +61,49 @@ func TestContractUpdateVersionsAndAudit(t *testing.T) {
 	os.WriteFile(file, b, 0o644)
 	if code, _, errs := cli(t, "contract", "update", "--registry", h.URL, "--admin-token-file", adminFile, "--file", file); code != 1 || !strings.Contains(errs, "cannot change") {
 		t.Fatalf("update moving the log: exit %d, %s", code, errs)
+	}
+}
+
+// TestVerifyLogWitnessQuorum: verify log --witness refuses a checkpoint
+// without the witness's cosignature and accepts the cosigned one.
+func TestVerifyLogWitnessQuorum(t *testing.T) {
+	ctx := context.Background()
+	skey, vkey, err := note.GenerateKey(rand.Reader, "registrytest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wskey, wvkey, err := note.GenerateKey(rand.Reader, "witness.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := witness.New(ctx, witness.Config{Key: wskey, DBPath: filepath.Join(t.TempDir(), "witness.db"),
+		Logs: map[string]string{"registrytest/log/*": vkey}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := httptest.NewServer(w.Handler())
+	t.Cleanup(func() { ws.Close(); w.Close() })
+	h := registrytest.Start(t, registrytest.WithConfig(func(c *registry.Config) {
+		c.CheckpointKey = skey
+		c.Witnesses = []registry.Witness{{URL: ws.URL, VKey: wvkey}}
+	}))
+	_, otherW, _ := note.GenerateKey(rand.Reader, "other-witness.test")
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:witnessed", "bucket", alice))
+	alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a")))
+	code, _, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--witness", otherW)
+	if code != 1 || !strings.Contains(errs, "quorum") {
+		t.Fatalf("verify log with a witness that never cosigned: exit %d, %s", code, errs)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		code, out, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--witness", wvkey)
+		if code == 0 && strings.Contains(out, "OK") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("verify log with the cosigning witness: exit %d, %s", code, errs)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -25,7 +25,7 @@ func init() {
 	commands["verify"] = command{summary: "audit a contract's provenance log: 'verify log' replays and checks it independently; 'verify reset' clears a sidecar's quarantine", run: runVerify}
 }
 
-const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION]"
+const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION] [--witness VKEY]... [--witness-quorum N]"
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "reset" {
@@ -43,6 +43,9 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	trusted := fs.String("trusted-checkpoint", "", "a checkpoint you trust: the log must be consistent with it; it is advanced on success (created on first use)")
 	maxAge := fs.Duration("max-age", 0, "refuse a checkpoint signed longer ago than this (0: no freshness check)")
 	pinKey := fs.String("checkpoint-key", "", "the log's checkpoint verifier key as you know it; the contract the registry serves must name it")
+	var witnesses stringList
+	fs.Var(&witnesses, "witness", "verifier key (vkey) of a witness whose cosignature the checkpoint needs (repeatable)")
+	quorum := fs.Int("witness-quorum", 0, "how many of the --witness keys must have cosigned (0: all of them)")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
@@ -63,6 +66,9 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	a, err := newAuditor(client, c)
 	if err != nil {
 		return fmt.Errorf("verify log: %w", err)
+	}
+	if a.witnesses, err = verify.NewWitnessPolicy(witnesses, *quorum); err != nil {
+		return &usageError{msg: fmt.Sprintf("verify log: --witness: %v", err)}
 	}
 	rep, err := a.run(ctx, *trusted, *maxAge)
 	if err != nil {
@@ -87,17 +93,18 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // auditor replays a log independently of the registry's own claims: it
 // trusts only the contract's checkpoint key and contributor keys.
 type auditor struct {
-	client   *contract.Client
-	c        *contract.Contract // as the registry serves it: its terms must be a logged version
-	cpv      *verify.CheckpointVerifier
-	versions []termsVersion                 // the log's terms, in seq order
-	keys     map[string]*jose.JSONWebKeySet // terms seq + " " + contributor id -> keys
-	sidecars map[string]*jose.JSONWebKeySet // thumbprint -> its key
-	revoked  map[string]uint64              // issuer/kid -> seq of the revocation
-	live     map[string]uint64              // object name -> seq
-	owners   map[string]owner               // object name -> who attested it first
-	counted  map[string]uint64              // sender thumbprint + " " + metering event id -> seq
-	leaves   [][]byte
+	client    *contract.Client
+	c         *contract.Contract // as the registry serves it: its terms must be a logged version
+	witnesses *verify.WitnessPolicy
+	cpv       *verify.CheckpointVerifier
+	versions  []termsVersion                 // the log's terms, in seq order
+	keys      map[string]*jose.JSONWebKeySet // terms seq + " " + contributor id -> keys
+	sidecars  map[string]*jose.JSONWebKeySet // thumbprint -> its key
+	revoked   map[string]uint64              // issuer/kid -> seq of the revocation
+	live      map[string]uint64              // object name -> seq
+	owners    map[string]owner               // object name -> who attested it first
+	counted   map[string]uint64              // sender thumbprint + " " + metering event id -> seq
+	leaves    [][]byte
 }
 
 // owner is who attested a name first, and in which entry.
@@ -169,6 +176,9 @@ func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Durat
 		return nil, err
 	}
 	if err := verify.CheckFresh(cp, time.Now(), maxAge); err != nil {
+		return nil, err
+	}
+	if err := a.witnesses.Check(cp, time.Now(), maxAge); err != nil {
 		return nil, err
 	}
 	rep := &auditReport{cp: cp}
