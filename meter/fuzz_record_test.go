@@ -25,7 +25,7 @@ func FuzzDecodeRecord(f *testing.F) {
 		f.Add(appendRecord(nil, &r))
 	}
 	f.Add([]byte{recordVersion, kindAccess})
-	f.Add([]byte{recordVersionLease, kindAccess, 0, 1, 'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}) // an empty lease: not canonical
+	f.Add([]byte{recordVersionLease, kindAccess, 0, 1, 'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})    // an empty lease: not canonical
 	f.Add([]byte{recordVersionTerms, kindAccess, 0, 1, 'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}) // terms seq 0: not canonical
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r Row

@@ -167,6 +167,10 @@ func (s *Server) handleUpdateContract(w http.ResponseWriter, r *http.Request) er
 		eff = now
 	case eff.Before(now.Add(-time.Minute)):
 		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the past: terms cannot change what was billed", eff.Format(time.RFC3339))
+	case eff.After(now.Add(time.Minute)):
+		// Tokens, presigning and metering checks here use the latest
+		// terms; scheduled terms would make them disagree with sidecars.
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the future: this registry applies new terms at once", eff.Format(time.RFC3339))
 	}
 	h, err := s.head(r.Context(), id)
 	if err != nil {

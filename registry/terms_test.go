@@ -41,6 +41,7 @@ func TestContractVersionsAreLogEntries(t *testing.T) {
 		{"an unknown contract", h.AdminToken, func(c *contract.Contract) { c.ContractID = "did:example:other" }, time.Time{}, http.StatusNotFound},
 		{"another log", h.AdminToken, func(c *contract.Contract) { c.Log.CheckpointKey = "x+01234567+AQID" }, time.Time{}, http.StatusBadRequest},
 		{"effective in the past", h.AdminToken, nil, time.Now().Add(-time.Hour), http.StatusBadRequest},
+		{"effective in the future", h.AdminToken, nil, time.Now().Add(time.Hour), http.StatusBadRequest},
 		{"invalid terms", h.AdminToken, func(c *contract.Contract) { c.Usage.Purposes = nil }, time.Time{}, http.StatusBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

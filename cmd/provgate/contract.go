@@ -17,7 +17,7 @@ func init() {
 	commands["contract"] = command{summary: "manage contracts on a registry: 'contract create|update|versions'", run: runContract}
 }
 
-const contractUsage = "usage: provgate contract create|update --registry URL --admin-token-file FILE --file contract.json [--effective-from RFC3339]\n" +
+const contractUsage = "usage: provgate contract create|update --registry URL --admin-token-file FILE --file contract.json\n" +
 	"       provgate contract versions --registry URL --contract ID [--json]"
 
 func runContract(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -43,22 +43,11 @@ func runContractWrite(ctx context.Context, verb string, args []string, stdout, s
 	reg := fs.String("registry", "", "registry base URL")
 	tokenFile := fs.String("admin-token-file", "", "file holding the registry's admin token")
 	file := fs.String("file", "", "contract JSON file ('-' for stdin)")
-	effective := fs.String("effective-from", "", "update: when the new terms come into force (RFC 3339; default at once)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *reg == "" || *tokenFile == "" || *file == "" {
 		return &usageError{msg: name + ": --registry, --admin-token-file and --file are required"}
-	}
-	var eff time.Time
-	if *effective != "" {
-		if verb != "update" {
-			return &usageError{msg: name + ": --effective-from is for contract update"}
-		}
-		var err error
-		if eff, err = time.Parse(time.RFC3339, *effective); err != nil {
-			return &usageError{msg: name + ": --effective-from: " + err.Error()}
-		}
 	}
 	token, err := readSecretFile(*tokenFile)
 	if err != nil {
@@ -89,7 +78,7 @@ func runContractWrite(ctx context.Context, verb string, args []string, stdout, s
 	var out *contract.Contract
 	if verb == "update" {
 		c.TermsSeq = 0
-		out, err = client.UpdateContract(ctx, token, &c, eff)
+		out, err = client.UpdateContract(ctx, token, &c, time.Time{})
 	} else {
 		out, err = client.CreateContract(ctx, token, &c)
 	}
