@@ -512,3 +512,22 @@ func (c *Client) RegistryJWKSURL() string { return c.URL(".well-known", "jwks.js
 func (c *Client) ContributorJWKSURL(contributor string) string {
 	return c.URL("contributors", contributor, "jwks.json")
 }
+
+// UpdateContract appends a new version of a contract's terms (admin) and
+// returns the document the registry now serves, with its terms_seq. A
+// zero effective is "at once".
+func (c *Client) UpdateContract(ctx context.Context, adminToken string, ct *Contract, effective time.Time) (*Contract, error) {
+	h := http.Header{"Authorization": {"Bearer " + adminToken}}
+	var out Contract
+	err := c.doJSON(ctx, request{method: http.MethodPost, url: c.URL("contracts", ct.ContractID, "versions"),
+		body: jsonBody(&ContractUpdate{Terms: *ct, EffectiveFrom: effective}), ctype: "application/json", header: h}, &out)
+	return &out, err
+}
+
+// ContractVersions lists the log entries that hold a contract's terms,
+// oldest first (unverified: check them with verify).
+func (c *Client) ContractVersions(ctx context.Context, id string) ([]WireEntry, error) {
+	var out []WireEntry
+	err := c.doJSON(ctx, request{method: http.MethodGet, url: c.URL("contracts", id, "versions"), retry: true}, &out)
+	return out, err
+}

@@ -51,6 +51,10 @@ type Contract struct {
 	// any other contributor may only replace or redact the names it
 	// attested first.
 	Curators []string `json:"curators,omitempty"`
+	// TermsSeq is the seq of the log entry that holds these terms
+	// (EntryContract), set by the registry when it serves the contract.
+	// Sidecars take terms only from that entry, verified in the log.
+	TermsSeq uint64 `json:"terms_seq,omitempty"`
 }
 
 // Pricing says what one unit of use costs.

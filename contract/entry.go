@@ -57,6 +57,9 @@ type Entry struct {
 	JWS string `json:"jws"`
 	// Accepted lists, for a metering entry, the event ids counted by it.
 	Accepted []string `json:"accepted,omitempty"`
+	// Note is, for a contract entry (EntryContract), the signed note of a
+	// version of the terms; JWS is then empty.
+	Note string `json:"note,omitempty"`
 }
 
 // ZeroHash is the prev_hash of the first entry.
@@ -130,8 +133,16 @@ func (e *Entry) check() error {
 			return fmt.Errorf("entry %d: accepted is only for metering entries", e.Seq)
 		}
 	case EntryMetering:
+	case EntryContract:
+		if e.JWS != "" || len(e.Accepted) != 0 || e.Note == "" {
+			return fmt.Errorf("entry %d: a contract entry carries a note only", e.Seq)
+		}
+		return nil
 	default:
 		return fmt.Errorf("entry %d: unknown kind %q", e.Seq, e.Kind)
+	}
+	if e.Note != "" {
+		return fmt.Errorf("entry %d: note is only for contract entries", e.Seq)
 	}
 	if e.JWS == "" {
 		return fmt.Errorf("entry %d: jws is required", e.Seq)

@@ -25,6 +25,13 @@ func FuzzDecodeEntry(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(b)
+	tv := m
+	tv.Seq, tv.Kind, tv.JWS, tv.Accepted, tv.Note = 1, contract.EntryContract, "", nil, "provgate-contract-terms/v1\n{}\n\n— log.example abc=\n"
+	tv.PrevHash = hex.EncodeToString(contract.ZeroHash)
+	if b, err = contract.EncodeEntry(&tv); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
 	f.Add([]byte(`{"v":1,"seq":1,"seq":2}`))
 	f.Add([]byte(`{"v":1,"seq":0,"prev_hash":"","time":"2026-01-15T10:00:00Z","contract":"c","kind":"attestation","jws":"a.b.c","extra":1}`))
 	f.Add([]byte(`{}{}`))
@@ -37,7 +44,8 @@ func FuzzDecodeEntry(f *testing.F) {
 		if len(b) > contract.MaxEntrySize {
 			t.Fatalf("accepted %d bytes", len(b))
 		}
-		if e.Seq == 0 || e.V != contract.EntryVersion || (e.Kind != contract.EntryAttestation && e.Kind != contract.EntryMetering) {
+		if e.Seq == 0 || e.V != contract.EntryVersion || (e.Kind != contract.EntryAttestation && e.Kind != contract.EntryMetering && e.Kind != contract.EntryContract) ||
+			(e.Kind == contract.EntryContract) != (e.Note != "") {
 			t.Fatalf("accepted an invalid entry %+v", e)
 		}
 		enc, err := contract.EncodeEntry(e)

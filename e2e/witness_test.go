@@ -83,7 +83,7 @@ func TestSplitViewRefusedBySidecar(t *testing.T) {
 		_, err = note.Open(raw, note.VerifierList(v))
 		return err == nil
 	}
-	waitFor(t, "A's checkpoint cosigned", 20*time.Second, func() bool { return cosigned(e.c.ContractID, "1") })
+	waitFor(t, "A's checkpoint cosigned", 20*time.Second, func() bool { return cosigned(e.c.ContractID, "2") }) // the terms and one object
 
 	// Registry B: same key, same contract, another entry 1.
 	var logsB lockedBuffer

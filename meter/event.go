@@ -150,8 +150,11 @@ type Row struct {
 	Job         string
 	TokenID     string
 	Lease       string
-	DecodedSHA  string
-	Outcome     string
+	// TermsSeq is the log entry of the terms the row was priced under
+	// (0 for rows from before terms were logged).
+	TermsSeq   uint64
+	DecodedSHA string
+	Outcome    string
 	// Events is the number of access rows an epoch row summarises.
 	Events int64
 	// Hash is the row's chain hash.
@@ -179,10 +182,13 @@ func eventID(ledgerID string, seq int64) string {
 
 // recordVersion is the first byte of every encoded record: 1 for a row
 // without a lease, 2 for one with a lease (its string follows the others),
-// so that every row has one encoding and old rows keep their hashes.
+// 3 for one with a terms seq (the lease string, maybe empty, then the seq
+// as a uvarint), so that every row has one encoding and old rows keep
+// their hashes.
 const (
 	recordVersion      = 1
 	recordVersionLease = 2
+	recordVersionTerms = 3
 )
 
 // appendRecord encodes the row's content (everything but seq, id and
@@ -193,7 +199,10 @@ func appendRecord(b []byte, r *Row) []byte {
 		kind = kindEpoch
 	}
 	version := byte(recordVersion)
-	if r.Lease != "" {
+	switch {
+	case r.TermsSeq != 0:
+		version = recordVersionTerms
+	case r.Lease != "":
 		version = recordVersionLease
 	}
 	b = append(b, version, kind)
@@ -202,9 +211,12 @@ func appendRecord(b []byte, r *Row) []byte {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	if r.Lease != "" {
+	if version != recordVersion {
 		b = binary.AppendUvarint(b, uint64(len(r.Lease)))
 		b = append(b, r.Lease...)
+	}
+	if version == recordVersionTerms {
+		b = binary.AppendUvarint(b, r.TermsSeq)
 	}
 	for _, n := range [...]int64{r.Bytes, r.Samples, r.Tokens, r.Distinct, r.Units, r.CostNanoUSD, r.Epoch, r.Events} {
 		b = binary.AppendVarint(b, n)
@@ -217,12 +229,13 @@ var errRecord = errors.New("malformed record")
 // decodeRecord fills r from an encoded record.
 func decodeRecord(b []byte, r *Row) error {
 	orig := b
-	if len(b) < 2 || (b[0] != recordVersion && b[0] != recordVersionLease) {
+	if len(b) < 2 || (b[0] != recordVersion && b[0] != recordVersionLease && b[0] != recordVersionTerms) {
 		return errRecord
 	}
+	version := b[0]
 	strs := []*string{&r.Contract, &r.Name, &r.Job, &r.TokenID, &r.DecodedSHA, &r.Outcome}
-	r.Lease = ""
-	if b[0] == recordVersionLease {
+	r.Lease, r.TermsSeq = "", 0
+	if version != recordVersion {
 		strs = append(strs, &r.Lease)
 	}
 	switch b[1] {
@@ -247,6 +260,14 @@ func decodeRecord(b []byte, r *Row) error {
 		}
 		*s = string(b[n : n+int(l)])
 		b = b[n+int(l):]
+	}
+	if version == recordVersionTerms {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return errRecord
+		}
+		r.TermsSeq = v
+		b = b[n:]
 	}
 	for _, p := range [...]*int64{&r.Bytes, &r.Samples, &r.Tokens, &r.Distinct, &r.Units, &r.CostNanoUSD, &r.Epoch, &r.Events} {
 		v, n := binary.Varint(b)

@@ -152,7 +152,10 @@ type contractState struct {
 	pricing contract.Pricing
 	nano    int64
 	priced  bool
-	outbox  atomic.Int64 // rows not yet acknowledged by the registry
+	// terms is the seq of the contract's terms version in force (the log
+	// entry its pricing comes from); rows priced under it record it.
+	terms  uint64
+	outbox atomic.Int64 // rows not yet acknowledged by the registry
 }
 
 type usageKey struct {
@@ -174,6 +177,7 @@ type item struct {
 	c            *contractState
 	ev           Event
 	units, cost  int64
+	terms        uint64
 	res          *Reservation  // turned into usage as the item is queued
 	epochSummary *EpochSummary // result, for kindEpoch
 }
@@ -472,6 +476,12 @@ func (l *Ledger) Path() string { return l.path }
 // SetPricing registers a contract and the pricing its new events are
 // billed at. Rows already written keep their price.
 func (l *Ledger) SetPricing(ctx context.Context, contractID string, p contract.Pricing) error {
+	return l.SetTerms(ctx, contractID, p, 0)
+}
+
+// SetTerms is SetPricing for the terms version at log entry termsSeq:
+// every access row priced from now on records that seq (0: none).
+func (l *Ledger) SetTerms(ctx context.Context, contractID string, p contract.Pricing, termsSeq uint64) error {
 	if l.readOnly {
 		return ErrClosed
 	}
@@ -501,7 +511,7 @@ func (l *Ledger) SetPricing(ctx context.Context, contractID string, p contract.P
 		c = &contractState{id: id, name: contractID}
 		l.contracts[contractID], l.byID[id] = c, c
 	}
-	c.pricing, c.nano, c.priced = p, nano, true
+	c.pricing, c.nano, c.priced, c.terms = p, nano, true, termsSeq
 	return nil
 }
 
@@ -661,6 +671,7 @@ func (l *Ledger) enqueue(ctx context.Context, it item) (Pending, error) {
 	it.c = c
 	if it.kind == kindAccess {
 		var err error
+		it.terms = c.terms
 		if it.units, it.cost, err = price(c.pricing, c.nano, &it.ev); err != nil {
 			l.mu.Unlock()
 			return Pending{}, err

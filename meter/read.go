@@ -274,6 +274,7 @@ type ExportRow struct {
 	Job         string    `json:"job,omitempty"`
 	TokenID     string    `json:"token_jti,omitempty"`
 	Lease       string    `json:"lease,omitempty"`
+	TermsSeq    uint64    `json:"terms_seq,omitempty"`
 	DecodedSHA  string    `json:"decoded_sha256,omitempty"`
 	Outcome     string    `json:"outcome,omitempty"`
 	Hash        string    `json:"hash"`
@@ -291,7 +292,7 @@ func (l *Ledger) Export(ctx context.Context, after int64, fn func(ExportRow) err
 		return fn(ExportRow{
 			Seq: r.Seq, ID: r.ID, Kind: r.Kind, Time: r.Time, Contract: r.Contract, Name: r.Name, Bytes: r.Bytes,
 			Samples: r.Samples, Tokens: r.Tokens, Distinct: r.Distinct, Events: r.Events, Units: r.Units,
-			CostNanoUSD: r.CostNanoUSD, Epoch: r.Epoch, Job: r.Job, TokenID: r.TokenID, Lease: r.Lease, DecodedSHA: r.DecodedSHA,
+			CostNanoUSD: r.CostNanoUSD, Epoch: r.Epoch, Job: r.Job, TokenID: r.TokenID, Lease: r.Lease, TermsSeq: r.TermsSeq, DecodedSHA: r.DecodedSHA,
 			Outcome: r.Outcome, Hash: hex.EncodeToString(r.Hash), Synced: r.Seq <= cur[r.Contract].AckedSeq,
 		})
 	})

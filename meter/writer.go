@@ -216,6 +216,7 @@ func (l *Ledger) write(g *group) (err error) {
 				Kind: contract.EventAccess, Time: e.Time, Contract: e.Contract, Name: e.Name,
 				Bytes: e.Bytes, Samples: e.Samples, Tokens: e.Tokens, Units: it.units, CostNanoUSD: it.cost,
 				Epoch: e.Epoch, Job: e.Job, TokenID: e.TokenID, Lease: e.Lease, DecodedSHA: e.DecodedSHA256, Outcome: e.Outcome,
+				TermsSeq: it.terms,
 			}
 			// Records and hashes go into an arena that SQLite copies from
 			// at bind time; it is reused after each flush.

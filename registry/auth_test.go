@@ -148,7 +148,7 @@ func TestMeteringSameBatchTwiceCountsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.Accepted != 3 || first.Duplicates != 0 || first.Seq != 1 {
+	if first.Accepted != 3 || first.Duplicates != 0 || first.Seq != 2 {
 		t.Fatalf("first = %+v", first)
 	}
 	// Same key: the stored answer. Another key (a retry after losing the
@@ -168,9 +168,9 @@ func TestMeteringSameBatchTwiceCountsOnce(t *testing.T) {
 	if tot.Events != 3 || tot.AccessBytes != 300 || tot.CostNanoUSD != 1500000 {
 		t.Fatalf("totals = %+v, want 3 events, 300 bytes", tot)
 	}
-	page, _ := h.Client.Events(ctx, c.ContractID, 0, 10)
+	page, _ := h.Client.Events(ctx, c.ContractID, 1, 10)
 	if len(page.Entries) != 1 {
-		t.Fatalf("log has %d entries, want 1 metering entry", len(page.Entries))
+		t.Fatalf("log has %d entries after its terms, want 1 metering entry", len(page.Entries))
 	}
 	// Reusing a key for another batch is a conflict.
 	_, err = sc.client.PostMetering(ctx, c.ContractID, tok.Token, "k1", batch(t, sc, c.ContractID, "b9", "e9"))
@@ -191,8 +191,8 @@ func TestMeteringOverlappingBatchCountsEachEventOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Accepted != 2 || resp.Duplicates != 2 || resp.Seq != 2 {
-		t.Fatalf("overlap = %+v, want 2 accepted, 2 duplicates, seq 2", resp)
+	if resp.Accepted != 2 || resp.Duplicates != 2 || resp.Seq != 3 {
+		t.Fatalf("overlap = %+v, want 2 accepted, 2 duplicates, seq 3", resp)
 	}
 	tot, err := h.Client.MeteringTotals(ctx, c.ContractID, "job1", 1)
 	if err != nil {
@@ -201,13 +201,13 @@ func TestMeteringOverlappingBatchCountsEachEventOnce(t *testing.T) {
 	if tot.Events != 5 || tot.AccessEvents != 5 || tot.Units != 5 {
 		t.Fatalf("totals = %+v, want 5 events", tot)
 	}
-	page, _ := h.Client.Events(ctx, c.ContractID, 1, 10)
+	page, _ := h.Client.Events(ctx, c.ContractID, 2, 10)
 	e, err := contract.DecodeEntry(page.Entries[0].Entry)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e.Kind != contract.EntryMetering || fmt.Sprint(e.Accepted) != "[e4 e5]" {
-		t.Fatalf("entry 2 = %s %v, want metering [e4 e5]", e.Kind, e.Accepted)
+		t.Fatalf("entry 3 = %s %v, want metering [e4 e5]", e.Kind, e.Accepted)
 	}
 	if tot, _ := h.Client.MeteringTotals(ctx, c.ContractID, "other-job", -1); tot.Events != 0 {
 		t.Fatalf("other job totals = %+v", tot)

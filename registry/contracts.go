@@ -29,28 +29,8 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 	if err := decodeBody(w, r, MaxBodySize, &c); err != nil {
 		return err
 	}
-	if err := c.Validate(); err != nil {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "invalid contract: %v", err)
-	}
-	for _, ct := range c.Contributors {
-		if ct.JWKS == nil {
-			continue
-		}
-		for i := range ct.JWKS.Keys {
-			if err := verify.CheckKey(&ct.JWKS.Keys[i], verify.KeyAlgorithm(&ct.JWKS.Keys[i])); err != nil {
-				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "contributor %q: %v", ct.ID, err)
-			}
-		}
-	}
-	for _, l := range c.Licensees {
-		if l.JWKS == nil {
-			continue
-		}
-		for i := range l.JWKS.Keys {
-			if err := verify.CheckKey(&l.JWKS.Keys[i], verify.KeyAlgorithm(&l.JWKS.Keys[i])); err != nil {
-				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "licensee %q: %v", l.ID, err)
-			}
-		}
+	if err := checkTerms(&c); err != nil {
+		return err
 	}
 	if c.Origin.Mode == "" {
 		c.Origin.Mode = contract.ModeMarketplace
@@ -58,6 +38,7 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 	c.ProvenanceEndpoint = s.baseURL(r) + "/provenance/" + c.ContractID
 	c.Log = contract.LogInfo{Origin: Origin(s.cfg.Name, c.ContractID), CheckpointKey: s.cpVKey}
 	c.CreatedAt = s.now().UTC().Truncate(time.Second)
+	c.TermsSeq = 0
 	body, err := json.Marshal(&c)
 	if err != nil {
 		return err
@@ -82,11 +63,150 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 	if err := s.st.addCheckpoint(r.Context(), c.ContractID, 0, s.now(), note); err != nil {
 		return err
 	}
+	// Entry 1: the first version of the terms.
+	if body, etag, err = s.appendTermsLocked(r.Context(), &c, h, c.CreatedAt); err != nil {
+		return err
+	}
 	s.logger.Info("contract created", logKeyContract, c.ContractID)
 	w.Header().Set("ETag", etag)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
 	w.Write(body)
+	return nil
+}
+
+// checkTerms validates a contract's terms as given by its provider.
+func checkTerms(c *contract.Contract) error {
+	if err := c.Validate(); err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "invalid contract: %v", err)
+	}
+	for _, ct := range c.Contributors {
+		if ct.JWKS == nil {
+			continue
+		}
+		for i := range ct.JWKS.Keys {
+			if err := verify.CheckKey(&ct.JWKS.Keys[i], verify.KeyAlgorithm(&ct.JWKS.Keys[i])); err != nil {
+				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "contributor %q: %v", ct.ID, err)
+			}
+		}
+	}
+	for _, l := range c.Licensees {
+		if l.JWKS == nil {
+			continue
+		}
+		for i := range l.JWKS.Keys {
+			if err := verify.CheckKey(&l.JWKS.Keys[i], verify.KeyAlgorithm(&l.JWKS.Keys[i])); err != nil {
+				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "licensee %q: %v", l.ID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// appendTermsLocked appends a version of c's terms (signed by the log's
+// key) to its log, and makes it the document GET /contracts/{id} serves.
+// The caller holds s.mu; h is the log's head.
+func (s *Server) appendTermsLocked(ctx context.Context, c *contract.Contract, h *head, effective time.Time) ([]byte, string, error) {
+	terms := *c
+	terms.TermsSeq = 0
+	signed, err := s.cpSigner.SignTerms(&contract.TermsVersion{Contract: c.ContractID, EffectiveFrom: effective.UTC(), Terms: terms})
+	if err != nil {
+		return nil, "", err
+	}
+	served := terms
+	served.TermsSeq = h.size() + 1
+	body, err := json.Marshal(&served)
+	if err != nil {
+		return nil, "", err
+	}
+	rec := &appendRecord{ContractBody: body, ContractETag: etagOf(body)}
+	if err := s.appendLocked(ctx, c, h, contract.EntryContract, signed, nil, rec); err != nil {
+		return nil, "", err
+	}
+	return body, rec.ContractETag, nil
+}
+
+// handleUpdateContract appends a new version of a contract's terms (admin).
+// The log (origin, checkpoint key), the provenance endpoint and the
+// creation time are the registry's and do not change.
+func (s *Server) handleUpdateContract(w http.ResponseWriter, r *http.Request) error {
+	if err := s.checkAdmin(r); err != nil {
+		return err
+	}
+	var u contract.ContractUpdate
+	if err := decodeBody(w, r, MaxBodySize, &u); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, err := s.loadContract(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	c := u.Terms
+	if c.ContractID != id {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "the terms are of contract %q, not %q", c.ContractID, id)
+	}
+	if (c.Log != contract.LogInfo{}) && c.Log != cur.Log {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "a contract's log (origin and checkpoint key) cannot change")
+	}
+	if err := checkTerms(&c); err != nil {
+		return err
+	}
+	if c.Origin.Mode == "" {
+		c.Origin.Mode = contract.ModeMarketplace
+	}
+	c.Log, c.ProvenanceEndpoint, c.CreatedAt = cur.Log, cur.ProvenanceEndpoint, cur.CreatedAt
+	now := s.now().UTC()
+	eff := u.EffectiveFrom
+	switch {
+	case eff.IsZero():
+		eff = now
+	case eff.Before(now.Add(-time.Minute)):
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the past: terms cannot change what was billed", eff.Format(time.RFC3339))
+	case eff.After(now.Add(time.Minute)):
+		// Tokens, presigning and metering checks here use the latest
+		// terms; scheduled terms would make them disagree with sidecars.
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the future: this registry applies new terms at once", eff.Format(time.RFC3339))
+	}
+	h, err := s.head(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	body, etag, err := s.appendTermsLocked(r.Context(), &c, h, eff)
+	if err != nil {
+		return err
+	}
+	s.logger.Info("contract terms updated", logKeyContract, id, logKeySeq, h.size())
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	w.Write(body)
+	return nil
+}
+
+// handleContractVersions lists the log entries that hold a contract's
+// terms, oldest first. Each verifies offline with the contract's
+// checkpoint key; the entries verify against the log's checkpoints.
+func (s *Server) handleContractVersions(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	bodies, err := s.st.termsEntries(r.Context(), c.ContractID)
+	if err != nil {
+		return err
+	}
+	out := []contract.WireEntry{}
+	for _, b := range bodies {
+		e, err := contract.DecodeEntry(b)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errCorrupted, err)
+		}
+		out = append(out, contract.WireEntry{Seq: e.Seq, Entry: b})
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

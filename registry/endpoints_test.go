@@ -178,7 +178,13 @@ func TestProofsAndVerifyEndpoint(t *testing.T) {
 	v, _ := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
 	var cps []*verify.Checkpoint
 	var leaves [][]byte
-	for i := 1; i <= 13; i++ {
+	raw, _ := h.Client.Checkpoint(ctx, c.ContractID)
+	first, err := v.Parse(raw)
+	if err != nil || first.Size != 1 {
+		t.Fatalf("a new contract's checkpoint: %+v %v, want size 1 (its terms)", first, err)
+	}
+	cps = append(cps, first)
+	for i := 2; i <= 13; i++ {
 		alice.Attest(t, c.ContractID, registrytest.Object(fmt.Sprint(i), []byte{byte(i)}))
 		raw, _ := h.Client.Checkpoint(ctx, c.ContractID)
 		cp, err := v.Parse(raw)
@@ -248,7 +254,7 @@ func TestSnapshotAndResign(t *testing.T) {
 	for _, tc := range []struct {
 		at   time.Time
 		size uint64
-	}{{t1, 1}, {t1.Add(90 * time.Minute), 2}, {clock(), 2}} {
+	}{{t1, 2}, {t1.Add(90 * time.Minute), 3}, {clock(), 3}} {
 		raw, err := h.Client.Snapshot(ctx, c.ContractID, tc.at)
 		if err != nil {
 			t.Fatal(err)
@@ -364,7 +370,7 @@ func TestRestartContinuesTheLog(t *testing.T) {
 
 	h2 := registrytest.Start(t, opt)
 	res, err := h2.Client.AppendAttestation(ctx, c.ContractID, alice.Sign(t, c.ContractID, attestation(alice.ID, c.ContractID, "after-restart")))
-	if err != nil || res.Seq != 6 {
+	if err != nil || res.Seq != 7 {
 		t.Fatalf("append after restart: %+v %v", res, err)
 	}
 	page, _ := h2.Client.Events(ctx, c.ContractID, 0, 100)
@@ -380,7 +386,7 @@ func TestRestartContinuesTheLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := chain.CheckCheckpoint(cp); err != nil || cp.Size != 6 {
+	if err := chain.CheckCheckpoint(cp); err != nil || cp.Size != 7 {
 		t.Fatalf("after restart: size %d, %v", cp.Size, err)
 	}
 }
@@ -404,7 +410,7 @@ func TestCheckpointLoopKeepsAQuietLogFresh(t *testing.T) {
 			t.Fatal(err)
 		}
 		if cp.Time.After(first.Time) { // signed times have one-second resolution
-			if err := verify.CheckFresh(cp, time.Now(), 2*time.Second); err != nil || cp.Size != 0 {
+			if err := verify.CheckFresh(cp, time.Now(), 2*time.Second); err != nil || cp.Size != 1 {
 				t.Fatalf("re-signed checkpoint %+v: %v", cp, err)
 			}
 			return

@@ -135,7 +135,7 @@ func TestForgedAttestationRevokedKid(t *testing.T) {
 	}
 	mustRefuse(t, h, c.ContractID, sign(old, attestation(ct.ID, c.ContractID, "after")), http.StatusForbidden, contract.CodeRevokedKey)
 	// The other key still works.
-	if res, err := h.Client.AppendAttestation(ctx, c.ContractID, sign(cur, attestation(ct.ID, c.ContractID, "after"))); err != nil || res.Seq != 3 {
+	if res, err := h.Client.AppendAttestation(ctx, c.ContractID, sign(cur, attestation(ct.ID, c.ContractID, "after"))); err != nil || res.Seq != 4 {
 		t.Fatalf("current key after revocation: %+v, %v", res, err)
 	}
 }

@@ -26,7 +26,7 @@ func TestContributorByJWKSURI(t *testing.T) {
 	spec := registrytest.NewContract("did:example:c1", "bucket")
 	spec.Contributors = []contract.Contributor{{ID: alice.ID, JWKSURI: keys.URL + "/jwks.json"}}
 	c := h.CreateContract(t, spec)
-	if seq := alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a"))); seq != 1 {
+	if seq := alice.Attest(t, c.ContractID, registrytest.Object("a", []byte("a"))); seq != 2 {
 		t.Fatalf("seq = %d", seq)
 	}
 	mallory := h.NewContributor(t, alice.ID)

@@ -79,10 +79,15 @@ func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
 func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head, kind contract.EntryKind, jws string, accepted []string, rec *appendRecord) error {
 	rec.Seq = h.size() + 1
 	rec.Time = s.now().UTC()
-	raw, err := contract.EncodeEntry(&contract.Entry{
+	e := &contract.Entry{
 		V: contract.EntryVersion, Seq: rec.Seq, PrevHash: hex.EncodeToString(h.last), Time: rec.Time,
 		Contract: c.ContractID, Kind: kind, JWS: jws, Accepted: accepted,
-	})
+	}
+	if kind == contract.EntryContract {
+		// jws is the signed terms note.
+		e.JWS, e.Note = "", jws
+	}
+	raw, err := contract.EncodeEntry(e)
 	if err != nil {
 		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "%v", err)
 	}

@@ -22,15 +22,15 @@ func TestAppendReplayAndCheckpoint(t *testing.T) {
 	}
 	for i := 1; i <= 5; i++ {
 		seq := alice.Attest(t, c.ContractID, registrytest.Object(fmt.Sprintf("a/%d.txt", i), []byte(fmt.Sprint(i))))
-		if seq != uint64(i) {
-			t.Fatalf("seq = %d, want %d", seq, i)
+		if seq != uint64(i)+1 { // entry 1 holds the terms
+			t.Fatalf("seq = %d, want %d", seq, i+1)
 		}
 	}
 	page, err := h.Client.Events(ctx, c.ContractID, 0, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(page.Entries) != 5 || page.TreeSize != 5 {
+	if len(page.Entries) != 6 || page.TreeSize != 6 {
 		t.Fatalf("got %d entries, tree size %d", len(page.Entries), page.TreeSize)
 	}
 	chain, _ := verify.NewChain(c.ContractID, nil)
@@ -54,7 +54,7 @@ func TestAppendReplayAndCheckpoint(t *testing.T) {
 	if err := chain.CheckCheckpoint(cp); err != nil {
 		t.Fatal(err)
 	}
-	ip, err := h.Client.InclusionProof(ctx, c.ContractID, 3, 5)
+	ip, err := h.Client.InclusionProof(ctx, c.ContractID, 3, 6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestAppendReplayAndCheckpoint(t *testing.T) {
 	if contract.StatusOf(err) != http.StatusNotFound {
 		t.Fatalf("redact unknown: got %v, want 404", err)
 	}
-	if seq := alice.Redact(t, c.ContractID, "a/2.txt"); seq != 6 {
+	if seq := alice.Redact(t, c.ContractID, "a/2.txt"); seq != 7 {
 		t.Fatalf("redaction seq = %d", seq)
 	}
 	var ae *contract.APIError

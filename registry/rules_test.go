@@ -16,12 +16,12 @@ import (
 func TestAppendLogRules(t *testing.T) {
 	ctx := context.Background()
 	h, alice, c := setup(t)
-	alice.Attest(t, c.ContractID, registrytest.Object("src/a", []byte("a"))) // seq 1
-	alice.Attest(t, c.ContractID, registrytest.Object("src/b", []byte("b"))) // seq 2
-	alice.Redact(t, c.ContractID, "src/b")                                   // seq 3
+	alice.Attest(t, c.ContractID, registrytest.Object("src/a", []byte("a"))) // seq 2 (1 holds the terms)
+	alice.Attest(t, c.ContractID, registrytest.Object("src/b", []byte("b"))) // seq 3
+	alice.Redact(t, c.ContractID, "src/b")                                   // seq 4
 	obj := registrytest.Object("derived/x", []byte("x"))
 	replayed := alice.Sign(t, c.ContractID, &contract.Attestation{Type: contract.Contribution, Object: ptr(registrytest.Object("dup", []byte("d")))})
-	alice.Append(t, c.ContractID, replayed) // seq 4
+	alice.Append(t, c.ContractID, replayed) // seq 5
 
 	for _, tc := range []struct {
 		name   string
@@ -32,9 +32,9 @@ func TestAppendLogRules(t *testing.T) {
 		{"transformation of a live source", &contract.Attestation{Type: contract.Transformation, Object: &obj, Sources: []string{"src/a"}}, "", http.StatusCreated},
 		{"transformation of a redacted source", &contract.Attestation{Type: contract.Transformation, Object: &obj, Sources: []string{"src/b"}}, "", http.StatusConflict},
 		{"transformation of an unknown source", &contract.Attestation{Type: contract.Transformation, Object: &obj, Sources: []string{"nope"}}, "", http.StatusConflict},
-		{"redaction naming the wrong entry", &contract.Attestation{Type: contract.Redaction, Redaction: &contract.RedactionClaim{Name: "src/a", Seq: 2}}, "", http.StatusConflict},
+		{"redaction naming the wrong entry", &contract.Attestation{Type: contract.Redaction, Redaction: &contract.RedactionClaim{Name: "src/a", Seq: 3}}, "", http.StatusConflict},
 		{"redaction of a redacted object", &contract.Attestation{Type: contract.Redaction, Redaction: &contract.RedactionClaim{Name: "src/b"}}, "", http.StatusConflict},
-		{"redaction naming the right entry", &contract.Attestation{Type: contract.Redaction, Redaction: &contract.RedactionClaim{Name: "src/a", Seq: 1}}, "", http.StatusCreated},
+		{"redaction naming the right entry", &contract.Attestation{Type: contract.Redaction, Redaction: &contract.RedactionClaim{Name: "src/a", Seq: 2}}, "", http.StatusCreated},
 		{"revocation of a key the issuer lacks", &contract.Attestation{Type: contract.Revocation, Revocation: &contract.RevocationClaim{KeyID: "someone-else"}}, "", http.StatusBadRequest},
 		{"iat in the future", &contract.Attestation{Type: contract.Contribution, Object: ptr(registrytest.Object("f", []byte("f"))), IssuedAt: time.Now().Add(time.Hour).Unix()}, "", http.StatusBadRequest},
 		{"the same attestation twice", nil, replayed, http.StatusConflict},
@@ -59,8 +59,8 @@ func TestAppendLogRules(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if chain.Size() != 6 {
-		t.Fatalf("log size %d, want 6", chain.Size())
+	if chain.Size() != 7 {
+		t.Fatalf("log size %d, want 7", chain.Size())
 	}
 }
 

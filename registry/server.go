@@ -365,6 +365,8 @@ func (s *Server) routes() http.Handler {
 	h("GET /.well-known/jwks.json", s.handleJWKS)
 	h("POST /contracts", s.handleCreateContract)
 	h("GET /contracts/{id}", s.handleGetContract)
+	h("POST /contracts/{id}/versions", s.handleUpdateContract)
+	h("GET /contracts/{id}/versions", s.handleContractVersions)
 	h("POST /contracts/{id}/request", s.handleTokenRequest)
 	h("POST /contracts/{id}/objects/presign", s.handlePresign)
 	h("POST /provenance/{id}/events", s.handleAppend)

@@ -33,6 +33,7 @@ type store interface {
 
 	createContract(ctx context.Context, id string, body []byte, etag string, created time.Time) error
 	contract(ctx context.Context, id string) (body []byte, etag string, err error)
+	termsEntries(ctx context.Context, contractID string) ([][]byte, error)
 	contracts(ctx context.Context) ([][]byte, error)
 
 	logSize(ctx context.Context, contractID string) (uint64, error)
@@ -141,6 +142,11 @@ type appendRecord struct {
 	// Metering is the answer to the batch; appendLocked adds its receipt
 	// and stores it as IdemResponse.
 	Metering *contract.MeteringResponse
+
+	// Terms side effect: the contract document (with its terms_seq) that
+	// GET /contracts/{id} serves from now on.
+	ContractBody []byte
+	ContractETag string
 }
 
 type sqliteStore struct {
@@ -154,6 +160,8 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 	kid TEXT PRIMARY KEY, jwk BLOB NOT NULL, created INTEGER NOT NULL, retired INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS contracts (
 	id TEXT PRIMARY KEY, body BLOB NOT NULL, etag TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS terms_versions (
+	contract TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (contract, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entries (
 	contract TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, time INTEGER NOT NULL,
 	PRIMARY KEY (contract, seq)) WITHOUT ROWID;
@@ -519,6 +527,26 @@ func (s *sqliteStore) contract(ctx context.Context, id string) ([]byte, string, 
 	return body, etag, err
 }
 
+// termsEntries returns the log entries that hold the contract's terms
+// versions, oldest first.
+func (s *sqliteStore) termsEntries(ctx context.Context, contractID string) ([][]byte, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT e.body FROM terms_versions t JOIN entries e ON e.contract = t.contract AND e.seq = t.seq
+		WHERE t.contract = ? ORDER BY t.seq`, contractID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]byte
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
 func (s *sqliteStore) contracts(ctx context.Context) ([][]byte, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT body FROM contracts ORDER BY id`)
 	if err != nil {
@@ -666,6 +694,14 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 	}
 	if rec.IdemKey != "" {
 		if err := putIdempotent(ctx, tx, contractID, rec.IdemKey, rec.IdemBodyHash, rec.IdemResponse); err != nil {
+			return err
+		}
+	}
+	if rec.ContractBody != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE contracts SET body = ?, etag = ? WHERE id = ?`, rec.ContractBody, rec.ContractETag, contractID); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO terms_versions (contract, seq) VALUES (?, ?)`, contractID, rec.Seq); err != nil {
 			return err
 		}
 	}

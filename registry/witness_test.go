@@ -112,12 +112,12 @@ func TestWitnessDownDoesNotBlockAppends(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("3 appends with the witness down took %s", d)
 	}
-	if cosignedAt(t, h, c.ContractID, tw.vkey, "3") {
+	if cosignedAt(t, h, c.ContractID, tw.vkey, "4") {
 		t.Fatal("cosigned with the witness down")
 	}
 	tw.start(t)
 	eventually(t, "the checkpoint to be cosigned once the witness is up", func() bool {
-		return cosignedAt(t, h, c.ContractID, tw.vkey, "3")
+		return cosignedAt(t, h, c.ContractID, tw.vkey, "4") // and the terms
 	})
 }
 
@@ -142,7 +142,7 @@ func TestWitnessConflictGetsProofFromItsSize(t *testing.T) {
 	c := h.CreateContract(t, registrytest.NewContract("did:example:w2", "bucket", alice))
 	alice.Attest(t, c.ContractID, registrytest.Object("a/1", []byte("1")))
 	alice.Attest(t, c.ContractID, registrytest.Object("a/2", []byte("2")))
-	eventually(t, "size 2 cosigned", func() bool { return cosignedAt(t, h, c.ContractID, tw.vkey, "2") })
+	eventually(t, "size 3 cosigned", func() bool { return cosignedAt(t, h, c.ContractID, tw.vkey, "3") })
 	h.Server.Close()
 
 	sdb, err := sql.Open("sqlite3", db)
@@ -158,7 +158,7 @@ func TestWitnessConflictGetsProofFromItsSize(t *testing.T) {
 	alice2 := h2.NewContributor(t, alice.ID)
 	alice2.Key = alice.Key
 	alice2.Attest(t, c.ContractID, registrytest.Object("a/3", []byte("3")))
-	eventually(t, "size 3 cosigned after a 409", func() bool { return cosignedAt(t, h2, c.ContractID, tw.vkey, "3") })
+	eventually(t, "size 4 cosigned after a 409", func() bool { return cosignedAt(t, h2, c.ContractID, tw.vkey, "4") })
 }
 
 // TestCheckpointRightAfterAppendIsCosigned: a reader asking right after
@@ -178,12 +178,12 @@ func TestCheckpointRightAfterAppendIsCosigned(t *testing.T) {
 	}))
 	alice := h.NewContributor(t, "did:example:alice")
 	c := h.CreateContract(t, registrytest.NewContract("did:example:w3", "bucket", alice))
-	if !cosignedAt(t, h, c.ContractID, tw.vkey, "0") {
+	if !cosignedAt(t, h, c.ContractID, tw.vkey, "1") { // entry 1: the terms
 		t.Fatal("a new log's checkpoint is not cosigned when first read")
 	}
 	for i := 1; i <= 5; i++ {
 		alice.Attest(t, c.ContractID, registrytest.Object(fmt.Sprintf("a/%d", i), []byte{byte(i)}))
-		if !cosignedAt(t, h, c.ContractID, tw.vkey, fmt.Sprint(i)) {
+		if !cosignedAt(t, h, c.ContractID, tw.vkey, fmt.Sprint(i+1)) {
 			t.Fatalf("checkpoint %d read right after its append is not cosigned", i)
 		}
 	}

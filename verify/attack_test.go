@@ -44,7 +44,7 @@ func TestFollowerRefusesAttestations(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		jws    func(t *testing.T, fx *fixture) string
-		setup  func(fx *fixture)
+		setup  func(t *testing.T, fx *fixture)
 		reason string
 		// alone: every alice entry would be refused (her key is unusable).
 		alone bool
@@ -104,22 +104,26 @@ func TestFollowerRefusesAttestations(t *testing.T) {
 			a := claims(fx, "x")
 			a.IssuedAt = time.Now().Add(-48 * time.Hour).Unix()
 			return fx.alice.Sign(t, a)
-		}, func(fx *fixture) {
-			fx.log.Contract.Contributors[0].KeyWindows = map[string]contract.KeyWindow{
-				fx.alice.Key.KeyID: {NotBefore: time.Now().Add(-24 * time.Hour)}}
+		}, func(t *testing.T, fx *fixture) {
+			newTerms(t, fx, func(c *contract.Contract) {
+				c.Contributors[0].KeyWindows = map[string]contract.KeyWindow{
+					fx.alice.Key.KeyID: {NotBefore: time.Now().Add(-24 * time.Hour)}}
+			})
 		}, "key_window", false},
 		{"backdated into a closed window", func(t *testing.T, fx *fixture) string {
 			a := claims(fx, "x")
 			a.IssuedAt = time.Now().Add(-48 * time.Hour).Unix() // inside the window, but the log says now
 			return fx.alice.Sign(t, a)
-		}, func(fx *fixture) {
-			fx.log.Contract.Contributors[0].KeyWindows = map[string]contract.KeyWindow{
-				fx.alice.Key.KeyID: {NotAfter: time.Now().Add(-24 * time.Hour)}}
+		}, func(t *testing.T, fx *fixture) {
+			newTerms(t, fx, func(c *contract.Contract) {
+				c.Contributors[0].KeyWindows = map[string]contract.KeyWindow{
+					fx.alice.Key.KeyID: {NotAfter: time.Now().Add(-24 * time.Hour)}}
+			})
 		}, "key_window", true},
 		{"key published for encryption", func(t *testing.T, fx *fixture) string {
 			return fx.alice.Sign(t, claims(fx, "x"))
-		}, func(fx *fixture) {
-			fx.log.Contract.Contributors[0].JWKS.Keys[0].Use = "enc"
+		}, func(t *testing.T, fx *fixture) {
+			newTerms(t, fx, func(c *contract.Contract) { c.Contributors[0].JWKS.Keys[0].Use = "enc" })
 		}, "key_mismatch", true},
 		{"ES256 header on an Ed25519 key", func(t *testing.T, fx *fixture) string {
 			return rawJWS(t, map[string]any{"alg": "ES256", "kid": fx.alice.Key.KeyID, "typ": contract.TypeAttestation}, claims(fx, "x"), make([]byte, 64))
@@ -132,7 +136,7 @@ func TestFollowerRefusesAttestations(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fx := newFixture(t)
 			if tc.setup != nil {
-				tc.setup(fx)
+				tc.setup(t, fx)
 			}
 			if !tc.alone {
 				contribute(t, fx.log, fx.alice, "before", 1)

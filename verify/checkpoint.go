@@ -64,6 +64,7 @@ func (s *CheckpointSigner) Sign(origin string, size uint64, root []byte) ([]byte
 // CheckpointVerifier checks checkpoints of one log.
 type CheckpointVerifier struct {
 	origin string
+	vkey   string
 	log    note.Verifier
 	cosig  note.Verifier
 }
@@ -83,7 +84,7 @@ func NewCheckpointVerifier(origin, vkey string) (*CheckpointVerifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: checkpoint key: %v", ErrCheckpoint, err)
 	}
-	return &CheckpointVerifier{origin: origin, log: l, cosig: c}, nil
+	return &CheckpointVerifier{origin: origin, vkey: vkey, log: l, cosig: c}, nil
 }
 
 // Parse verifies a signed checkpoint: both signatures present and valid,

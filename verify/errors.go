@@ -36,6 +36,7 @@ var (
 	ErrSize           = errors.New("size mismatch")
 	ErrDuplicate      = errors.New("duplicate")
 	ErrNotOwner       = errors.New("name owned by another contributor")
+	ErrTerms          = errors.New("bad contract terms")
 	// ErrQuarantined: the contract's log forked or rolled back; nothing
 	// from it is served until an operator clears the state.
 	ErrQuarantined = errors.New("contract quarantined")

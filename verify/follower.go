@@ -3,6 +3,7 @@ package verify
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +54,10 @@ const (
 // FollowerConfig configures a Follower. Contract, Source and Store are
 // required; the rest have defaults.
 type FollowerConfig struct {
+	// Contract is the contract document as the registry served it: the
+	// follower takes the log (origin, checkpoint key) from it, and checks
+	// that its terms are those of the log entry it names (TermsSeq); the
+	// terms it verifies with, and that Terms returns, come from the log.
 	Contract *contract.Contract
 	Source   LogSource
 	// Stream is the live feed; nil polls only.
@@ -68,6 +73,9 @@ type FollowerConfig struct {
 	// was redacted, replaced by a new version, or dropped by a retroactive
 	// revocation. The cache purges it.
 	OnRedact func(contractID, name string)
+	// OnTerms is called (outside any lock) after a sync that changed the
+	// terms in force, with the new version.
+	OnTerms func(contractID string, v *TermsVersion)
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
 
@@ -156,7 +164,6 @@ type Follower struct {
 	id       string
 	log      *slog.Logger
 	cpv      *CheckpointVerifier
-	keys     *KeyStore
 	manifest *Manifest
 	notify   chan struct{}
 
@@ -167,6 +174,8 @@ type Follower struct {
 	trusted    *Checkpoint // last trusted checkpoint; pinned before first sync
 	verified   bool        // chain and trusted are a committed, verified state
 	revs       map[revKey]revocation
+	terms      *TermsHistory
+	inForce    uint64 // seq of the terms in force at the last sync
 	quarantine *QuarantineError
 	lastSync   time.Time
 	lastErr    error
@@ -224,18 +233,6 @@ func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Foll
 	if cfg.Witnesses.has(f.cpv.cosig.Name(), f.cpv.cosig.KeyHash()) {
 		return nil, fmt.Errorf("follower %s: the log's own checkpoint key cannot be one of its witnesses", f.id)
 	}
-	if f.keys, err = NewKeyStore(c, cfg.Fetcher); err != nil {
-		return nil, fmt.Errorf("follower %s: %w", f.id, err)
-	}
-	for _, cache := range f.keys.remote {
-		if cfg.JWKSMaxAge > 0 {
-			cache.MaxAge = cfg.JWKSMaxAge
-		}
-		if cfg.JWKSMinRefresh > 0 {
-			cache.MinRefresh = cfg.JWKSMinRefresh
-		}
-		cache.Now = cfg.Now
-	}
 	if f.chain, err = NewChain(f.id, nil); err != nil {
 		return nil, err
 	}
@@ -273,8 +270,27 @@ func (f *Follower) load(ctx context.Context) error {
 	if err := chain.CheckCheckpoint(cp); err != nil {
 		return fmt.Errorf("%w: persisted log state does not match its checkpoint: %v", ErrState, err)
 	}
+	var hist *TermsHistory
+	for _, v := range t.terms {
+		tv, err := f.cpv.OpenTerms(v.Note)
+		if err != nil {
+			return fmt.Errorf("%w: persisted terms at entry %d: %v", ErrState, v.Seq, err)
+		}
+		if hist, err = hist.add(v.Seq, v.Time, v.Note, tv, f.id, f.keyStore); err != nil {
+			return fmt.Errorf("%w: %v", ErrState, err)
+		}
+	}
+	if chain.Size() > 0 && hist.Len() == 0 {
+		return fmt.Errorf("%w: the state predates contract terms in the log; reset it (provgate verify reset) to verify the log again", ErrState)
+	}
 	f.chain, f.trusted, f.verified = chain, cp, true
-	f.manifest, f.revs = t.manifest, t.revs
+	f.manifest, f.revs, f.terms = t.manifest, t.revs, hist
+	if v := hist.InForce(f.cfg.Now()); v != nil {
+		f.inForce = v.Seq
+	}
+	if err := f.checkClaimed(hist); err != nil {
+		return f.quarantineWith(ctx, err)
+	}
 	if err := f.cfg.Witnesses.Check(cp, f.cfg.Now(), 0); err != nil {
 		// Trusted before witnesses were required: a base to extend, not
 		// to serve from, until a cosigned checkpoint is verified.
@@ -284,8 +300,66 @@ func (f *Follower) load(ctx context.Context) error {
 	return nil
 }
 
-// Contract is the followed contract.
+// Contract is the contract document the follower was given (as the
+// registry served it). Use Terms for the verified terms.
 func (f *Follower) Contract() *contract.Contract { return f.cfg.Contract }
+
+// Terms is the verified version of the terms in force now, or nil before
+// any is verified.
+func (f *Follower) Terms() *TermsVersion {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.terms.InForce(f.cfg.Now())
+}
+
+// TermsHistory is every verified version of the terms.
+func (f *Follower) TermsHistory() *TermsHistory {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.terms
+}
+
+// keyStore makes the contributor key store of one version of the terms.
+func (f *Follower) keyStore(c *contract.Contract) (*KeyStore, error) {
+	ks, err := NewKeyStore(c, f.cfg.Fetcher)
+	if err != nil {
+		return nil, err
+	}
+	for _, cache := range ks.remote {
+		if f.cfg.JWKSMaxAge > 0 {
+			cache.MaxAge = f.cfg.JWKSMaxAge
+		}
+		if f.cfg.JWKSMinRefresh > 0 {
+			cache.MinRefresh = f.cfg.JWKSMinRefresh
+		}
+		cache.Now = f.cfg.Now
+	}
+	return ks, nil
+}
+
+// checkClaimed compares the served contract document with the verified
+// version it names: a registry that serves other terms than its log holds
+// is caught (the evidence is both).
+func (f *Follower) checkClaimed(h *TermsHistory) error {
+	c := f.cfg.Contract
+	if c.TermsSeq == 0 {
+		return nil
+	}
+	v := h.At(c.TermsSeq)
+	if v == nil {
+		if h.Len() > 0 && c.TermsSeq <= f.chain.Size() {
+			return &TermsError{Seq: c.TermsSeq, Err: fmt.Errorf("%w: the registry serves terms at entry %d, which holds no terms", ErrTerms, c.TermsSeq)}
+		}
+		return nil // beyond what is verified yet
+	}
+	if !contract.SameTerms(c, &v.Terms) {
+		served, _ := json.Marshal(c)
+		logged, _ := json.Marshal(&v.Terms)
+		return &TermsError{Seq: c.TermsSeq, Err: fmt.Errorf("%w: the registry serves a contract document that differs from the terms its log holds at entry %d: served %s; logged %s",
+			ErrTerms, c.TermsSeq, served, logged)}
+	}
+	return nil
+}
 
 // Manifest is the verified manifest. Prefer Lookup, which also refuses
 // while the contract is not servable.
@@ -508,6 +582,9 @@ func (f *Follower) Sync(ctx context.Context) (err error) {
 			f.lastSync = f.cfg.Now()
 		}
 		f.mu.Unlock()
+		if err == nil {
+			f.noteTerms()
+		}
 	}()
 	f.mu.RLock()
 	q, trusted, verified := f.quarantine, f.trusted, f.verified
@@ -601,7 +678,9 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 	work := f.chainClone()
 	f.mu.RLock()
 	d := newDelta(f.manifest, f.revs)
+	d.terms = f.terms
 	f.mu.RUnlock()
+	baseTerms := d.terms.Len()
 
 	fctx, cancel := context.WithCancel(ctx)
 	pages := make(chan pageResult, 1)
@@ -623,7 +702,7 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 		if pr.err != nil {
 			return pr.err
 		}
-		checked, err := f.verifyEntries(ctx, pr.entries)
+		checked, hist, err := f.verifyEntries(ctx, pr.entries, d.terms)
 		if err != nil {
 			return err
 		}
@@ -633,14 +712,26 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 				// The registry serves entries that are not the log it signs.
 				return f.quarantineWith(ctx, err)
 			}
+			if errors.Is(c.termsErr, errNoTermsYet) {
+				return fmt.Errorf("contract %q: %w", f.id, c.termsErr)
+			}
+			if c.termsErr != nil {
+				// The registry logged terms no registry may.
+				return f.quarantineWith(ctx, &TermsError{Seq: c.entry.Seq, Err: c.termsErr})
+			}
 			if err := f.apply(d, c); err != nil {
 				// The registry accepted what it must refuse.
 				return f.quarantineWith(ctx, err)
 			}
 		}
+		d.terms = hist
 		verified += len(checked)
 	}
 	if err := work.CheckCheckpoint(cp); err != nil {
+		return f.quarantineWith(ctx, err)
+	}
+	d.newTerms = d.terms.Versions()[baseTerms:]
+	if err := f.checkClaimed(d.terms); err != nil {
 		return f.quarantineWith(ctx, err)
 	}
 	if err := f.commit(ctx, cp, work, d); err != nil {
@@ -657,6 +748,24 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 		}
 	}
 	return nil
+}
+
+// noteTerms records the terms in force after a sync and tells OnTerms
+// when they changed (a new version, or one whose effective_from came).
+func (f *Follower) noteTerms() {
+	f.mu.Lock()
+	v := f.terms.InForce(f.cfg.Now())
+	changed := v != nil && v.Seq != f.inForce
+	if changed {
+		f.inForce = v.Seq
+	}
+	f.mu.Unlock()
+	if changed {
+		f.log.Info("contract terms in force", "terms_seq", v.Seq, "effective_from", v.EffectiveFrom)
+		if f.cfg.OnTerms != nil {
+			f.cfg.OnTerms(f.id, v)
+		}
+	}
 }
 
 type pageResult struct {
@@ -720,6 +829,7 @@ func (f *Follower) commit(ctx context.Context, cp *Checkpoint, work *Chain, d *d
 	defer f.mu.Unlock()
 	f.chain, f.trusted, f.verified = work, cp, true
 	if d != nil {
+		f.terms = d.terms
 		f.manifest.apply(d)
 		if len(d.newRevs) > 0 {
 			revs := make(map[revKey]revocation, len(f.revs)+len(d.newRevs))
@@ -760,30 +870,81 @@ type checked struct {
 	att       *contract.Attestation
 	kid       string
 	err       error
+	// terms governs the attestation (the version in force at its seq).
+	terms    *termsVersion
+	termsErr error // a contract entry that does not verify
 }
 
-// verifyEntries decodes entries and verifies their attestations in
-// parallel. It fails only when keys could not be fetched (the entries are
+// verifyEntries decodes entries and verifies them: decoding in parallel,
+// then the terms entries in order (each governs the entries after it),
+// then the attestations in parallel, each against the contributors of the
+// terms in force at its seq. It returns the terms history after the
+// entries. It fails only when keys could not be fetched (the entries are
 // retried later); a refused attestation is reported in its checked.err, an
-// entry that does not decode in checked.decodeErr (the chain refuses it).
-func (f *Follower) verifyEntries(ctx context.Context, entries []contract.WireEntry) ([]checked, error) {
+// entry that does not decode in checked.decodeErr (the chain refuses it),
+// bad terms in checked.termsErr.
+func (f *Follower) verifyEntries(ctx context.Context, entries []contract.WireEntry, hist *TermsHistory) ([]checked, *TermsHistory, error) {
 	out := make([]checked, len(entries))
+	f.parallel(len(entries), func(i int) error {
+		out[i].entry, out[i].decodeErr = contract.DecodeEntry(entries[i].Entry)
+		return nil
+	})
+	for i := range out {
+		c := &out[i]
+		if c.decodeErr != nil || c.entry.Contract != f.id {
+			continue // the chain refuses it
+		}
+		if hist.Len() == 0 && c.entry.Kind != contract.EntryContract {
+			c.termsErr = errNoTermsYet
+			break
+		}
+		if c.entry.Kind != contract.EntryContract {
+			continue
+		}
+		tv, err := f.cpv.OpenTerms(c.entry.Note)
+		if err == nil {
+			var next *TermsHistory
+			if next, err = hist.add(c.entry.Seq, c.entry.Time, c.entry.Note, tv, f.id, f.keyStore); err == nil {
+				hist = next
+			}
+		}
+		if err != nil {
+			c.termsErr = err
+			break // nothing after bad terms is verified: the log is quarantined
+		}
+	}
+	err := f.parallel(len(entries), func(i int) error {
+		c := &out[i]
+		if c.decodeErr != nil || c.entry.Kind != contract.EntryAttestation || c.entry.Contract != f.id {
+			return nil // metering: chain and Merkle only
+		}
+		c.terms = hist.inForce(c.entry.Seq, c.entry.Time)
+		if c.terms == nil {
+			c.err = fmt.Errorf("%w: no terms govern entry %d", ErrTerms, c.entry.Seq)
+			return nil
+		}
+		return f.verifyOne(ctx, c)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, hist, nil
+}
+
+// parallel runs fn(0..n-1) on the follower's workers and stops at the
+// first error, which it returns.
+func (f *Follower) parallel(n int, fn func(i int) error) error {
 	var next atomic.Int64
 	var fatal atomic.Pointer[error]
 	var wg sync.WaitGroup
-	for range min(f.cfg.Workers, len(entries)) {
+	for range min(f.cfg.Workers, n) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(entries) || fatal.Load() != nil {
+				if i >= n || fatal.Load() != nil {
 					return
 				}
-				c := &out[i]
-				c.entry, c.decodeErr = contract.DecodeEntry(entries[i].Entry)
-				if c.decodeErr != nil || c.entry.Kind != contract.EntryAttestation || c.entry.Contract != f.id {
-					continue // metering: chain and Merkle only
-				}
-				if err := f.verifyOne(ctx, c); err != nil {
+				if err := fn(i); err != nil {
 					fatal.CompareAndSwap(nil, &err)
 					return
 				}
@@ -792,9 +953,9 @@ func (f *Follower) verifyEntries(ctx context.Context, entries []contract.WireEnt
 	}
 	wg.Wait()
 	if p := fatal.Load(); p != nil {
-		return nil, *p
+		return *p
 	}
-	return out, nil
+	return nil
 }
 
 func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
@@ -812,7 +973,8 @@ func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
 		c.err = err
 		return nil
 	}
-	keys, err := f.keys.KeysAt(ctx, iss, c.kid, c.entry.Time)
+	terms := &c.terms.Terms
+	keys, err := c.terms.keys.KeysAt(ctx, iss, c.kid, c.entry.Time)
 	if err != nil {
 		if errors.Is(err, ErrKeysUnavailable) || ctx.Err() != nil {
 			return fmt.Errorf("entry %d: %w", c.entry.Seq, err)
@@ -820,14 +982,14 @@ func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
 		c.err = err
 		return nil
 	}
-	c.att, c.kid, c.err = p.verifyAttestation(f.cfg.Contract, keys)
+	c.att, c.kid, c.err = p.verifyAttestation(terms, keys)
 	if c.err == nil && c.att.Issuer != iss {
 		c.att, c.err = nil, fmt.Errorf("%w: issuer changed under verification", ErrMalformed)
 	}
 	if c.err == nil {
 		// iat is the signer's word; the entry's time is the log's. A key
 		// past its window cannot add entries by backdating iat.
-		w, ok := f.cfg.Contract.Contributor(iss).KeyWindows[c.kid]
+		w, ok := terms.Contributor(iss).KeyWindows[c.kid]
 		if ok && !w.NotAfter.IsZero() && c.entry.Time.After(w.NotAfter.Add(DefaultSkew)) {
 			c.att, c.err = nil, fmt.Errorf("%w: key %q appended at %s, after its window closed at %s", ErrKeyWindow, c.kid,
 				c.entry.Time.UTC().Format(time.RFC3339), w.NotAfter.UTC().Format(time.RFC3339))
@@ -856,7 +1018,7 @@ func (f *Follower) apply(d *delta, c *checked) error {
 	}
 	owned := func(action, name string) error {
 		o, ok := d.owner(name)
-		if !ok || f.cfg.Contract.MayRewrite(a.Issuer, o.Issuer) {
+		if !ok || c.terms.Terms.MayRewrite(a.Issuer, o.Issuer) {
 			return nil
 		}
 		return &OwnershipError{Seq: e.Seq, Issuer: a.Issuer, Action: action, Name: name, Owner: o.Issuer, OwnedSince: o.Seq}

@@ -37,8 +37,8 @@ func TestFollowerManifest(t *testing.T) {
 		t.Fatalf("Lookup(a-0): %v", err)
 	}
 	want := verifytest.Object("a-0", []byte("a-0"))
-	if got.ObjectClaim != *want || got.Seq != 1 || got.Issuer != fx.alice.ID || got.KeyID != fx.alice.Key.KeyID {
-		t.Fatalf("Lookup(a-0) = %+v, want %+v seq 1", got, want)
+	if got.ObjectClaim != *want || got.Seq != 2 || got.Issuer != fx.alice.ID || got.KeyID != fx.alice.Key.KeyID {
+		t.Fatalf("Lookup(a-0) = %+v, want %+v seq 2 (entry 1 holds the terms)", got, want)
 	}
 	for _, tc := range []struct {
 		name string
@@ -63,11 +63,11 @@ func TestFollowerManifest(t *testing.T) {
 		t.Errorf("manifest %v, want [a-0 a-2]", names)
 	}
 	st := f.Status()
-	if st.State != verify.StateReady || st.Size != 6 || st.Objects != 2 || st.Redacted != 2 || st.Rejected != 0 {
+	if st.State != verify.StateReady || st.Size != 7 || st.Objects != 2 || st.Redacted != 2 || st.Rejected != 0 {
 		t.Errorf("status %+v", st)
 	}
-	if n := counter(t, fx, "provgate_log_entries_verified_total"); n != 6 {
-		t.Errorf("entries verified metric %v, want 6", n)
+	if n := counter(t, fx, "provgate_log_entries_verified_total"); n != 7 {
+		t.Errorf("entries verified metric %v, want 7", n)
 	}
 
 	// A name may come back after its redaction, as a new contribution.
@@ -77,10 +77,10 @@ func TestFollowerManifest(t *testing.T) {
 	v2 := verifytest.Object("a-0", []byte("other"))
 	fx.log.AppendAttestation(t, fx.alice.Contribution(t, cid, v2))
 	mustSync(t, f)
-	if e, err := f.Lookup("a-1"); err != nil || e.Seq != 7 {
+	if e, err := f.Lookup("a-1"); err != nil || e.Seq != 8 {
 		t.Fatalf("re-added a-1: %+v, %v", e, err)
 	}
-	if e, _ := f.Lookup("a-0"); e.Seq != 8 || e.DecodedSHA256 != v2.DecodedSHA256 {
+	if e, _ := f.Lookup("a-0"); e.Seq != 9 || e.DecodedSHA256 != v2.DecodedSHA256 {
 		t.Fatalf("new version of a-0: %+v", e)
 	}
 	if got := fx.purged(); !slices.Equal(got, []string{"a-1", "a-0"}) {
@@ -106,7 +106,7 @@ func TestFollowerFirstContact(t *testing.T) {
 		f := mustFollower(t, verify.FollowerConfig{Contract: fx.log.Contract, Source: fx.log, Store: mustStore(t, t.TempDir())},
 			verify.WithPinnedCheckpoint(pin))
 		mustSync(t, f)
-		if st := f.Status(); st.State != verify.StateReady || st.Size != 4 {
+		if st := f.Status(); st.State != verify.StateReady || st.Size != 5 {
 			t.Fatalf("status %+v", st)
 		}
 	})
@@ -232,7 +232,7 @@ func TestFollowerQuarantine(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fx := newFixture(t)
-			contribute(t, fx.log, fx.alice, "a", 6)
+			contribute(t, fx.log, fx.alice, "a", 5) // and the terms: 6 entries
 			f := fx.follower(t, verify.WithTrustOnFirstUse())
 			mustSync(t, f)
 
@@ -327,7 +327,7 @@ func TestFollowerBadCheckpoint(t *testing.T) {
 		note []byte
 	}{
 		{"signed by another key", other.SignCheckpoint(t, 2)},
-		{"tampered size", bytes.Replace(good, []byte("\n2\n"), []byte("\n3\n"), 1)},
+		{"tampered size", bytes.Replace(good, []byte("\n3\n"), []byte("\n4\n"), 1)},
 		{"garbage", []byte("not a checkpoint")},
 		{"empty", nil},
 	} {
@@ -420,7 +420,7 @@ func TestFollowerRegistryDown(t *testing.T) {
 	if _, err := f.Lookup("a-1"); err != nil {
 		t.Fatalf("verified state not served during the outage: %v", err)
 	}
-	if st := f.Status(); st.State != verify.StateReady || st.LastError == "" || st.Size != 2 {
+	if st := f.Status(); st.State != verify.StateReady || st.LastError == "" || st.Size != 3 {
 		t.Fatalf("status %+v", st)
 	}
 }

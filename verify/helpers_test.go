@@ -2,6 +2,7 @@ package verify_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -131,4 +132,20 @@ func counter(t testing.TB, fx *fixture, name string, labels ...string) float64 {
 
 func later(d time.Duration) func() time.Time {
 	return func() time.Time { return time.Now().Add(d) }
+}
+
+// newTerms appends a version of the fixture log's terms changed by edit,
+// in force at once.
+func newTerms(t *testing.T, fx *fixture, edit func(*contract.Contract)) uint64 {
+	t.Helper()
+	b, err := json.Marshal(fx.log.Contract)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c contract.Contract
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	edit(&c)
+	return fx.log.AppendTerms(t, &c, time.Now().Add(-time.Minute))
 }

@@ -217,6 +217,7 @@ func TestFollowerJWKSURI(t *testing.T) {
 	fx := newFixture(t)
 	srv := newReplayServer(t, fx.log)
 	fx.log.Contract.Contributors = append(fx.log.Contract.Contributors, contract.Contributor{ID: k1.ID, JWKSURI: srv.URL + "/jwks.json"})
+	fx.log.SetTerms(t, fx.log.Contract)
 
 	client := srv.client(t)
 	cfg := fx.config(fx.log)

@@ -97,7 +97,7 @@ func TestFreshFollowerOnMaximalEntries(t *testing.T) {
 	defer store.Close()
 	f := mustFollower(t, verify.FollowerConfig{Contract: c, Source: client, Fetcher: client, Store: store}, verify.WithTrustOnFirstUse())
 	mustSync(t, f)
-	if st := f.Status(); st.State != verify.StateReady || st.Size != n || st.Objects != n {
+	if st := f.Status(); st.State != verify.StateReady || st.Size != n+1 || st.Objects != n { // and the terms
 		t.Fatalf("status %+v", st)
 	}
 }

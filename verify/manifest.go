@@ -89,6 +89,8 @@ type delta struct {
 	owners   map[string]owner // names first attested in this delta
 	purged   []string         // names removed: the cache must drop them
 	rejected []rejection
+	terms    *TermsHistory  // the history after the delta
+	newTerms []TermsVersion // versions verified in this delta
 }
 
 type revKey struct{ issuer, kid string }

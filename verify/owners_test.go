@@ -67,6 +67,7 @@ func TestFollowerOwnershipAcrossRestartAndCurator(t *testing.T) {
 	carol := verifytest.NewContributor(t, "did:example:carol", jose.EdDSA)
 	fx := newFixture(t, bob.Info(), carol.Info())
 	fx.log.Contract.Curators = []string{carol.ID}
+	fx.log.SetTerms(t, fx.log.Contract)
 	fx.log.AppendAttestation(t, fx.alice.Contribution(t, cid, verifytest.Object("a.txt", []byte("a"))))
 	fx.log.AppendAttestation(t, fx.alice.Redaction(t, cid, "a.txt", 0))
 	f := mustFollower(t, fx.config(fx.log), verify.WithTrustOnFirstUse())

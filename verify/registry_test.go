@@ -46,7 +46,7 @@ func TestFollowerAgainstRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "first sync", func() bool { return f.Ready() == nil })
-	if e, err := f.Lookup("a/2.txt"); err != nil || e.Seq != 2 || e.Issuer != alice.ID {
+	if e, err := f.Lookup("a/2.txt"); err != nil || e.Seq != 3 || e.Issuer != alice.ID {
 		t.Fatalf("Lookup(a/2.txt) = %+v, %v", e, err)
 	}
 
@@ -62,7 +62,7 @@ func TestFollowerAgainstRegistry(t *testing.T) {
 	}
 	mu.Unlock()
 	st := f.Status()
-	if st.State != verify.StateReady || st.Size != 5 || st.Objects != 3 || st.Rejected != 0 {
+	if st.State != verify.StateReady || st.Size != 6 || st.Objects != 3 || st.Rejected != 0 {
 		t.Fatalf("status %+v", st)
 	}
 	f.Stop()
@@ -77,7 +77,7 @@ func TestFollowerAgainstRegistry(t *testing.T) {
 	}
 	alice.Attest(t, c.ContractID, registrytest.Object("c/1.txt", []byte("c")))
 	mustSync(t, g)
-	if e, err := g.Lookup("c/1.txt"); err != nil || e.Seq != 6 {
+	if e, err := g.Lookup("c/1.txt"); err != nil || e.Seq != 7 {
 		t.Fatalf("after restart: %+v, %v", e, err)
 	}
 
@@ -130,7 +130,7 @@ func TestFollowerCatchesRewrittenRegistry(t *testing.T) {
 	}
 	err = f.Sync(context.Background())
 	var ie *verify.InconsistentError
-	if !errors.Is(err, verify.ErrQuarantined) || !errors.As(err, &ie) || ie.Old.Size != 3 || ie.New.Size != 4 {
+	if !errors.Is(err, verify.ErrQuarantined) || !errors.As(err, &ie) || ie.Old.Size != 4 || ie.New.Size != 5 {
 		t.Fatalf("Sync = %v, want quarantine with the inconsistent checkpoints", err)
 	}
 	if _, err := f.Lookup("a"); !errors.Is(err, verify.ErrQuarantined) {

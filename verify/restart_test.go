@@ -103,7 +103,7 @@ func TestFollowerRestart(t *testing.T) {
 	}
 	first := time.Since(start)
 	f.Stop()
-	if st := f.Status(); st.Size != n || st.Objects != n {
+	if st := f.Status(); st.Size != n+1 || st.Objects != n {
 		t.Fatalf("status %+v", st)
 	}
 	store.Close()
@@ -119,7 +119,7 @@ func TestFollowerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restarted follower not ready from persisted state: %v", err)
 	}
-	if e, err := g.Lookup("obj/004242"); err != nil || e.Seq != 4243 {
+	if e, err := g.Lookup("obj/004242"); err != nil || e.Seq != 4244 {
 		t.Fatalf("lookup after restart: %+v %v", e, err)
 	}
 	if src.checks != 0 || len(src.pages()) != 0 {
@@ -134,10 +134,10 @@ func TestFollowerRestart(t *testing.T) {
 	mustSync(t, g)
 	contribute(t, log, alice, "new", 5)
 	mustSync(t, g)
-	if got := src.pages(); len(got) != 1 || got[0] != n {
-		t.Fatalf("pages read after restart: %v, want [%d]", got, n)
+	if got := src.pages(); len(got) != 1 || got[0] != n+1 {
+		t.Fatalf("pages read after restart: %v, want [%d]", got, n+1)
 	}
-	if st := g.Status(); st.Size != n+5 {
+	if st := g.Status(); st.Size != n+6 {
 		t.Fatalf("size %d", st.Size)
 	}
 
@@ -151,7 +151,7 @@ func TestFollowerRestart(t *testing.T) {
 	}
 	err = h.Sync(context.Background())
 	var ie *verify.InconsistentError
-	if !errors.Is(err, verify.ErrQuarantined) || !errors.As(err, &ie) || ie.Old.Size != n+5 || ie.New.Size != 10100 {
+	if !errors.Is(err, verify.ErrQuarantined) || !errors.As(err, &ie) || ie.Old.Size != n+6 || ie.New.Size != 10100 {
 		t.Fatalf("rewritten history: Sync = %v, want quarantine with the checkpoints as evidence", err)
 	}
 	if _, err := h.Lookup("obj/000001"); !errors.Is(err, verify.ErrQuarantined) {

@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS owners (
 	seq      INTEGER NOT NULL,
 	PRIMARY KEY (contract, name)
 );
+CREATE TABLE IF NOT EXISTS terms (
+	contract TEXT NOT NULL,
+	seq      INTEGER NOT NULL,
+	time     INTEGER NOT NULL,
+	note     TEXT NOT NULL,
+	PRIMARY KEY (contract, seq)
+);
 CREATE TABLE IF NOT EXISTS revocations (
 	contract    TEXT NOT NULL,
 	issuer      TEXT NOT NULL,
@@ -110,7 +117,7 @@ func (s *Store) Reset(ctx context.Context, contractID string) error {
 		return fmt.Errorf("reset state: %w", err)
 	}
 	defer tx.Rollback()
-	for _, t := range []string{"logs", "manifest", "redactions", "owners", "revocations"} {
+	for _, t := range []string{"logs", "manifest", "redactions", "owners", "revocations", "terms"} {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t+" WHERE contract = ?", contractID); err != nil {
 			return fmt.Errorf("reset state: %w", err)
 		}
@@ -125,6 +132,7 @@ type trusted struct {
 	quarantine string
 	manifest   *Manifest
 	revs       map[revKey]revocation
+	terms      []TermsVersion // as stored: checked again on load
 }
 
 // load reads a contract's state; nil when there is none.
@@ -206,7 +214,25 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 		}
 		t.revs[k] = r
 	}
-	return t, vrows.Err()
+	if err := vrows.Err(); err != nil {
+		return nil, fmt.Errorf("load revocations: %w", err)
+	}
+	vrows.Close()
+	trows, err := s.db.QueryContext(ctx, "SELECT seq, time, note FROM terms WHERE contract = ? ORDER BY seq", contractID)
+	if err != nil {
+		return nil, fmt.Errorf("load terms: %w", err)
+	}
+	defer trows.Close()
+	for trows.Next() {
+		var v TermsVersion
+		var at int64
+		if err := trows.Scan(&v.Seq, &at, &v.Note); err != nil {
+			return nil, fmt.Errorf("load terms: %w", err)
+		}
+		v.Time = time.Unix(0, at).UTC()
+		t.terms = append(t.terms, v)
+	}
+	return t, trows.Err()
 }
 
 // commit stores a verified sync atomically: the new log state and
@@ -273,6 +299,12 @@ func commitDelta(ctx context.Context, tx *sql.Tx, contractID string, d *delta) e
 	for name, o := range d.owners {
 		if _, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?)",
 			contractID, name, o.Issuer, o.Seq); err != nil {
+			return err
+		}
+	}
+	for _, v := range d.newTerms {
+		if _, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO terms (contract, seq, time, note) VALUES (?, ?, ?, ?)",
+			contractID, v.Seq, v.Time.UnixNano(), v.Note); err != nil {
 			return err
 		}
 	}

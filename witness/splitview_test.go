@@ -146,7 +146,7 @@ func TestSplitViewCannotGatherQuorum(t *testing.T) {
 	alice.Attest(t, cA.ContractID, honest)
 	waitFor(t, "the witness to cosign A's tree", func() bool {
 		raw, err := hA.Client.Checkpoint(ctx, cA.ContractID)
-		return err == nil && bytes.Contains(raw, []byte("\n1\n")) && cosignedBy(wvkey, raw)
+		return err == nil && bytes.Contains(raw, []byte("\n2\n")) && cosignedBy(wvkey, raw) // the terms and one object
 	})
 
 	// The witness restarts (same key, same state file) before it is shown
@@ -226,7 +226,7 @@ func TestSplitViewCannotGatherQuorum(t *testing.T) {
 	alice.Attest(t, cA.ContractID, registrytest.Object("img/0002.txt", []byte("more")))
 	waitFor(t, "the witness to cosign A's next tree", func() bool {
 		raw, err := hA.Client.Checkpoint(ctx, cA.ContractID)
-		return err == nil && bytes.Contains(raw, []byte("\n2\n")) && cosignedBy(wvkey, raw)
+		return err == nil && bytes.Contains(raw, []byte("\n3\n")) && cosignedBy(wvkey, raw)
 	})
 	if err := sideA.Sync(ctx); err != nil {
 		t.Fatalf("sidecar A, next tree: %v", err)

@@ -24,7 +24,7 @@ func TestDemoOnce(t *testing.T) {
 	for _, want := range []string{
 		"licensee  did:example:licensee-acme: up to 100000 samples",
 		"did:example:licensee-acme enrolled sidecar key",
-		"log verified, 30 entries",
+		"log verified, 31 entries",
 		"witness   cosigned that checkpoint",
 		"epoch 1   read 30 samples",
 		"epoch 2   read 30 samples",

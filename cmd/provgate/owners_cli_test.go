@@ -53,7 +53,9 @@ func serveLog(t *testing.T, l *verifytest.Log, curators *atomic.Pointer[[]string
 }
 
 // `verify log` refuses a log in which a contributor replaced a name that
-// another one owns, naming the entry; a curator's replacement passes.
+// another one owns, naming the entry; a served contract that names bob a
+// curator changes nothing (terms come from the log); with bob a curator in
+// the logged terms, its replacement passes.
 func TestVerifyLogRefusesForeignReplacement(t *testing.T) {
 	alice := verifytest.NewContributor(t, "did:example:alice", jose.EdDSA)
 	bob := verifytest.NewContributor(t, "did:example:bob", jose.EdDSA)
@@ -66,12 +68,22 @@ func TestVerifyLogRefusesForeignReplacement(t *testing.T) {
 
 	l.AppendAttestation(t, bob.Contribution(t, id, verifytest.Object("img/0001.txt", []byte("poisoned"))))
 	code, _, errs := cli(t, "verify", "log", "--registry", url, "--contract", id)
-	if code != 1 || !strings.Contains(errs, "entry 2") || !strings.Contains(errs, "owned by") {
+	if code != 1 || !strings.Contains(errs, "entry 3") || !strings.Contains(errs, "owned by") {
 		t.Fatalf("verify log of a foreign replacement: exit %d, %s", code, errs)
 	}
 
 	curators.Store(&[]string{bob.ID})
-	if out := mustCLI(t, "verify", "log", "--registry", url, "--contract", id); !strings.Contains(out, "OK") {
-		t.Fatalf("with bob a curator: %s", out)
+	code, _, errs = cli(t, "verify", "log", "--registry", url, "--contract", id)
+	if code != 1 || !strings.Contains(errs, "owned by") {
+		t.Fatalf("verify log with a curator only in the served contract: exit %d, %s", code, errs)
+	}
+
+	l2 := verifytest.NewLog(t, "did:example:owned", alice.Info(), bob.Info())
+	l2.Contract.Curators = []string{bob.ID}
+	l2.SetTerms(t, l2.Contract)
+	l2.AppendAttestation(t, alice.Contribution(t, id, verifytest.Object("img/0001.txt", []byte("alice"))))
+	l2.AppendAttestation(t, bob.Contribution(t, id, verifytest.Object("img/0001.txt", []byte("curated"))))
+	if out := mustCLI(t, "verify", "log", "--registry", serveLog(t, l2, new(atomic.Pointer[[]string])), "--contract", id); !strings.Contains(out, "OK") {
+		t.Fatalf("with bob a curator in the logged terms: %s", out)
 	}
 }

@@ -134,7 +134,7 @@ func TestContributeGzipAndAuditAllEntryKinds(t *testing.T) {
 	alice.Append(t, c.ContractID, alice.Sign(t, c.ContractID, &contract.Attestation{Type: contract.Revocation, Revocation: &contract.RevocationClaim{KeyID: spare.KeyID}}))
 
 	out = mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--max-age", "1m")
-	if !strings.Contains(out, "5 entries (4 attestations, 1 metering, 1 redactions, 1 revocations)") {
+	if !strings.Contains(out, "6 entries (4 attestations, 1 metering, 1 redactions, 1 revocations)") || !strings.Contains(out, "terms at entry 1") {
 		t.Fatalf("verify log: %s", out)
 	}
 }
@@ -175,7 +175,7 @@ func TestVerifyLogRefusesForkAndRollback(t *testing.T) {
 	}
 	for i := range 3 {
 		res, err := b.Client.AppendAttestation(context.Background(), spec.ContractID, alice.Sign(t, spec.ContractID, &contract.Attestation{Type: contract.Contribution, Object: ptr(registrytest.Object(fmt.Sprint("b", i), []byte{2}))}))
-		if err != nil || res.Seq != uint64(i+1) {
+		if err != nil || res.Seq != uint64(i+2) {
 			t.Fatal(res, err)
 		}
 	}
@@ -237,8 +237,8 @@ func TestContributeRetriesALostAppendOnce(t *testing.T) {
 		t.Fatalf("contribute: %s", out)
 	}
 	page, err := h.Client.Events(context.Background(), c.ContractID, 0, 100)
-	if err != nil || len(page.Entries) != 3 {
-		t.Fatalf("log has %d entries (%v), want 3", len(page.Entries), err)
+	if err != nil || len(page.Entries) != 4 {
+		t.Fatalf("log has %d entries (%v), want 4 (the terms and 3)", len(page.Entries), err)
 	}
 }
 
@@ -286,7 +286,7 @@ func TestVerifyLogChecksMeteringSignatures(t *testing.T) {
 	front := httptest.NewServer(proxy)
 	defer front.Close()
 	code, _, errs := cli(t, "verify", "log", "--registry", front.URL, "--contract", c.ContractID)
-	if code != 1 || !strings.Contains(errs, "entry 2:") || !strings.Contains(errs, "thumbprint") {
+	if code != 1 || !strings.Contains(errs, "entry 3:") || !strings.Contains(errs, "thumbprint") {
 		t.Fatalf("substituted sidecar key: exit %d, stderr %q", code, errs)
 	}
 }
@@ -376,7 +376,7 @@ func TestVerifyLogOnMaximalEntries(t *testing.T) {
 		t.Fatalf("first page: %d entries, %v; want a page bounded in bytes", len(page.Entries), err)
 	}
 	out := mustCLI(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID)
-	if !strings.Contains(out, fmt.Sprintf("OK %s: %d entries", c.ContractID, n)) {
+	if !strings.Contains(out, fmt.Sprintf("OK %s: %d entries", c.ContractID, n+1)) {
 		t.Fatalf("verify log: %s", out)
 	}
 }

@@ -184,13 +184,13 @@ func TestRegistryEndToEnd(t *testing.T) {
 
 	trusted := filepath.Join(dir, "trusted.checkpoint")
 	verifyLog := []string{"verify", "log", "--registry", url, "--contract", id, "--trusted-checkpoint", trusted}
-	if out := mustCLI(t, verifyLog...); !strings.Contains(out, "OK "+id+": 100 entries") {
+	if out := mustCLI(t, verifyLog...); !strings.Contains(out, "OK "+id+": 101 entries") {
 		t.Fatalf("verify log: %s", out)
 	}
 	if _, err := os.Stat(trusted); err != nil {
 		t.Fatalf("trusted checkpoint not written: %v", err)
 	}
-	if out := mustCLI(t, verifyLog...); !strings.Contains(out, "consistent with the trusted checkpoint of size 100") {
+	if out := mustCLI(t, verifyLog...); !strings.Contains(out, "consistent with the trusted checkpoint of size 101") {
 		t.Fatalf("verify log again: %s", out)
 	}
 

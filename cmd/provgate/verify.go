@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,7 +25,7 @@ func init() {
 	commands["verify"] = command{summary: "audit a contract's provenance log: 'verify log' replays and checks it independently; 'verify reset' clears a sidecar's quarantine", run: runVerify}
 }
 
-const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION]"
+const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION] [--witness VKEY]... [--witness-quorum N]"
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "reset" {
@@ -42,6 +43,9 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	trusted := fs.String("trusted-checkpoint", "", "a checkpoint you trust: the log must be consistent with it; it is advanced on success (created on first use)")
 	maxAge := fs.Duration("max-age", 0, "refuse a checkpoint signed longer ago than this (0: no freshness check)")
 	pinKey := fs.String("checkpoint-key", "", "the log's checkpoint verifier key as you know it; the contract the registry serves must name it")
+	var witnesses stringList
+	fs.Var(&witnesses, "witness", "verifier key (vkey) of a witness whose cosignature the checkpoint needs (repeatable)")
+	quorum := fs.Int("witness-quorum", 0, "how many of the --witness keys must have cosigned (0: all of them)")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
@@ -63,12 +67,21 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("verify log: %w", err)
 	}
+	if a.witnesses, err = verify.NewWitnessPolicy(witnesses, *quorum); err != nil {
+		return &usageError{msg: fmt.Sprintf("verify log: --witness: %v", err)}
+	}
 	rep, err := a.run(ctx, *trusted, *maxAge)
 	if err != nil {
 		return fmt.Errorf("verify log: %s: %w", c.ContractID, err)
 	}
 	fmt.Fprintf(stdout, "verify log: OK %s: %d entries (%d attestations, %d metering, %d redactions, %d revocations) match checkpoint size %d root %x signed %s\n",
 		c.ContractID, rep.size, rep.attestations, rep.metering, rep.redactions, rep.revocations, rep.cp.Size, rep.cp.Hash, rep.cp.Time.UTC().Format(time.RFC3339))
+	for _, v := range rep.versions {
+		t := v.v.Terms
+		fmt.Fprintf(stdout, "verify log: terms at entry %d (logged %s), in force from %s for the entries after it: version %q, %s at %g USD, %d contributors, %d licensees, %d curators\n",
+			v.seq, v.time.UTC().Format(time.RFC3339), v.v.EffectiveFrom.UTC().Format(time.RFC3339), t.Version, t.Pricing.Unit, t.Pricing.PriceUSD,
+			len(t.Contributors), len(t.Licensees), len(t.Curators))
+	}
 	if rep.trusted != nil {
 		fmt.Fprintf(stdout, "verify log: consistent with the trusted checkpoint of size %d; %s now holds size %d\n", rep.trusted.Size, *trusted, rep.cp.Size)
 	} else if *trusted != "" {
@@ -80,16 +93,18 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // auditor replays a log independently of the registry's own claims: it
 // trusts only the contract's checkpoint key and contributor keys.
 type auditor struct {
-	client   *contract.Client
-	c        *contract.Contract
-	cpv      *verify.CheckpointVerifier
-	keys     map[string]*jose.JSONWebKeySet // contributor id -> keys
-	sidecars map[string]*jose.JSONWebKeySet // thumbprint -> its key
-	revoked  map[string]uint64              // issuer/kid -> seq of the revocation
-	live     map[string]uint64              // object name -> seq
-	owners   map[string]owner               // object name -> who attested it first
-	counted  map[string]uint64              // sender thumbprint + " " + metering event id -> seq
-	leaves   [][]byte
+	client    *contract.Client
+	c         *contract.Contract // as the registry serves it: its terms must be a logged version
+	witnesses *verify.WitnessPolicy
+	cpv       *verify.CheckpointVerifier
+	versions  []termsVersion                 // the log's terms, in seq order
+	keys      map[string]*jose.JSONWebKeySet // terms seq + " " + contributor id -> keys
+	sidecars  map[string]*jose.JSONWebKeySet // thumbprint -> its key
+	revoked   map[string]uint64              // issuer/kid -> seq of the revocation
+	live      map[string]uint64              // object name -> seq
+	owners    map[string]owner               // object name -> who attested it first
+	counted   map[string]uint64              // sender thumbprint + " " + metering event id -> seq
+	leaves    [][]byte
 }
 
 // owner is who attested a name first, and in which entry.
@@ -101,6 +116,45 @@ type owner struct {
 type auditReport struct {
 	cp, trusted                                           *verify.Checkpoint
 	size, attestations, metering, redactions, revocations uint64
+	versions                                              []termsVersion
+}
+
+// termsVersion is a verified version of the terms and the entry that
+// holds it.
+type termsVersion struct {
+	seq  uint64
+	time time.Time
+	v    *contract.TermsVersion
+}
+
+// termsAt is the version that governs entry seq made at t: the latest
+// before seq in force at t (or the first).
+func (a *auditor) termsAt(seq uint64, t time.Time) *termsVersion {
+	var out *termsVersion
+	for i := range a.versions {
+		v := &a.versions[i]
+		if v.seq >= seq {
+			break
+		}
+		if out == nil || !v.v.EffectiveFrom.After(t) {
+			out = v
+		}
+	}
+	return out
+}
+
+// takeTerms verifies a terms entry (signed by the log's key, naming this
+// log) and adds it to the versions.
+func (a *auditor) takeTerms(e *contract.Entry) error {
+	tv, err := a.cpv.OpenTerms(e.Note)
+	if err != nil {
+		return err
+	}
+	if tv.Contract != a.c.ContractID {
+		return fmt.Errorf("%w: terms of contract %q", verify.ErrTerms, tv.Contract)
+	}
+	a.versions = append(a.versions, termsVersion{seq: e.Seq, time: e.Time, v: tv})
+	return nil
 }
 
 func newAuditor(client *contract.Client, c *contract.Contract) (*auditor, error) {
@@ -122,6 +176,9 @@ func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Durat
 		return nil, err
 	}
 	if err := verify.CheckFresh(cp, time.Now(), maxAge); err != nil {
+		return nil, err
+	}
+	if err := a.witnesses.Check(cp, time.Now(), maxAge); err != nil {
 		return nil, err
 	}
 	rep := &auditReport{cp: cp}
@@ -179,7 +236,10 @@ func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Durat
 	if err := chain.CheckCheckpoint(cp); err != nil {
 		return nil, a.locate(ctx, cp, chain.Size(), nil, err)
 	}
-	rep.size = chain.Size()
+	rep.size, rep.versions = chain.Size(), a.versions
+	if err := a.checkServed(); err != nil {
+		return nil, err
+	}
 	if trustedPath != "" {
 		if err := verify.WriteFileAtomic(trustedPath, cp.Raw, 0o644); err != nil {
 			return nil, fmt.Errorf("save trusted checkpoint: %w", err)
@@ -234,6 +294,7 @@ func (a *auditor) fetch(ctx context.Context, since uint64) <-chan pageResult {
 // sigResult is an entry's signature check: an attestation's claims and
 // kid, or a metering batch.
 type sigResult struct {
+	terms *contract.Contract // the terms in force at the entry
 	at    *contract.Attestation
 	kid   string
 	batch *contract.MeteringBatch
@@ -247,11 +308,21 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 	keys := make([]*jose.JSONWebKeySet, len(entries))
 	for i, e := range entries {
 		var err error
+		if e.Kind == contract.EntryContract {
+			out[i].err = a.takeTerms(e)
+			continue
+		}
+		tv := a.termsAt(e.Seq, e.Time)
+		if tv == nil {
+			out[i].err = fmt.Errorf("%w: entry %d comes before any terms (entry 1 must hold them)", verify.ErrTerms, e.Seq)
+			continue
+		}
+		out[i].terms = &tv.v.Terms
 		switch e.Kind {
 		case contract.EntryAttestation:
 			var peek *verify.UnverifiedAttestation
 			if peek, err = verify.PeekAttestation(e.JWS); err == nil {
-				keys[i], err = a.contributorKeys(ctx, peek.Issuer)
+				keys[i], err = a.contributorKeys(ctx, tv, peek.Issuer)
 			}
 		case contract.EntryMetering:
 			if out[i].kid, err = verify.PeekKeyID(e.JWS, contract.TypeMetering); err == nil {
@@ -271,7 +342,7 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 					out[i].batch, out[i].err = verify.VerifyMeteringBatch(entries[i].JWS, &keys[i].Keys[0])
 					continue
 				}
-				out[i].at, out[i].kid, out[i].err = verify.VerifyAttestation(entries[i].JWS, a.c, keys[i])
+				out[i].at, out[i].kid, out[i].err = verify.VerifyAttestation(entries[i].JWS, out[i].terms, keys[i])
 			}
 		}()
 	}
@@ -297,6 +368,8 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 		rep.metering++
 	case contract.EntryAttestation:
 		rep.attestations++
+	case contract.EntryContract:
+		return sig.err
 	default:
 		return fmt.Errorf("%w: unknown kind %q", verify.ErrMalformed, e.Kind)
 	}
@@ -304,14 +377,14 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 		return sig.err
 	}
 	if e.Kind == contract.EntryMetering {
-		return a.checkMetering(e, sig.kid, sig.batch)
+		return a.checkMetering(e, sig.terms, sig.kid, sig.batch)
 	}
 	at, kid := sig.at, sig.kid
 	if r, ok := a.revoked[at.Issuer+"/"+kid]; ok {
 		return fmt.Errorf("%w: key %q of %q was revoked by entry %d", verify.ErrRevokedKey, kid, at.Issuer, r)
 	}
 	owned := func(action, name string) error {
-		if o, ok := a.owners[name]; ok && !a.c.MayRewrite(at.Issuer, o.issuer) {
+		if o, ok := a.owners[name]; ok && !sig.terms.MayRewrite(at.Issuer, o.issuer) {
 			return &verify.OwnershipError{Seq: e.Seq, Issuer: at.Issuer, Action: action, Name: name, Owner: o.issuer, OwnedSince: o.seq}
 		}
 		return nil
@@ -341,7 +414,7 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 	return nil
 }
 
-func (a *auditor) checkMetering(e *contract.Entry, kid string, b *contract.MeteringBatch) error {
+func (a *auditor) checkMetering(e *contract.Entry, terms *contract.Contract, kid string, b *contract.MeteringBatch) error {
 	if b.Sidecar != kid {
 		return fmt.Errorf("%w: batch names sidecar %q, signed by %q", verify.ErrWrongKey, b.Sidecar, kid)
 	}
@@ -362,7 +435,7 @@ func (a *auditor) checkMetering(e *contract.Entry, kid string, b *contract.Meter
 		}
 		// The registry prices every event it counts; one it should have
 		// refused is a finding.
-		if err := contract.CheckEventAmounts(ev, a.c.Pricing); err != nil {
+		if err := contract.CheckEventAmounts(ev, terms.Pricing); err != nil {
 			return fmt.Errorf("accepted %w", err)
 		}
 		// Event ids are the sender's own: another sender's equal id is
@@ -397,11 +470,29 @@ func (a *auditor) sidecarKey(ctx context.Context, jkt string) (*jose.JSONWebKeyS
 	return set, nil
 }
 
-func (a *auditor) contributorKeys(ctx context.Context, id string) (*jose.JSONWebKeySet, error) {
-	if k, ok := a.keys[id]; ok {
+// checkServed checks that the contract the registry serves is the logged
+// version it names.
+func (a *auditor) checkServed() error {
+	if a.c.TermsSeq == 0 {
+		return fmt.Errorf("%w: the registry serves terms that name no log entry", verify.ErrTerms)
+	}
+	for _, v := range a.versions {
+		if v.seq == a.c.TermsSeq {
+			if !contract.SameTerms(a.c, &v.v.Terms) {
+				return &verify.TermsError{Seq: v.seq, Err: fmt.Errorf("%w: the registry serves a contract document that differs from the terms its log holds at entry %d", verify.ErrTerms, v.seq)}
+			}
+			return nil
+		}
+	}
+	return &verify.TermsError{Seq: a.c.TermsSeq, Err: fmt.Errorf("%w: the registry serves terms of entry %d, which holds none", verify.ErrTerms, a.c.TermsSeq)}
+}
+
+func (a *auditor) contributorKeys(ctx context.Context, tv *termsVersion, id string) (*jose.JSONWebKeySet, error) {
+	ck := strconv.FormatUint(tv.seq, 10) + " " + id
+	if k, ok := a.keys[ck]; ok {
 		return k, nil
 	}
-	ct := a.c.Contributor(id)
+	ct := tv.v.Terms.Contributor(id)
 	if ct == nil {
 		return nil, fmt.Errorf("%w: %q", verify.ErrNotContributor, id)
 	}
@@ -412,7 +503,7 @@ func (a *auditor) contributorKeys(ctx context.Context, id string) (*jose.JSONWeb
 			return nil, fmt.Errorf("keys of %q: %w", id, err)
 		}
 	}
-	a.keys[id] = set
+	a.keys[ck] = set
 	return set, nil
 }
 

@@ -69,6 +69,46 @@ func (m *mount) mount(ctx context.Context) error {
 	if c.Log.Origin == "" || c.Log.CheckpointKey == "" {
 		return fmt.Errorf("contract %q names no log origin or checkpoint key", m.id)
 	}
+	if c.TermsSeq == 0 {
+		return fmt.Errorf("contract %q: the registry serves terms that name no log entry (terms_seq); only terms verified in the log are used (a registry older than logged terms?)", m.id)
+	}
+	var opts []verify.Option
+	switch {
+	case len(s.cfg.PinnedCheckpoint) > 0:
+		opts = append(opts, verify.WithPinnedCheckpoint(s.cfg.PinnedCheckpoint))
+	case s.cfg.TrustOnFirstUse:
+		opts = append(opts, verify.WithTrustOnFirstUse())
+	}
+	f, err := verify.NewFollower(ctx, verify.FollowerConfig{Contract: c, Source: s.client, Stream: s.client, Fetcher: s.client,
+		Store: s.store, Logger: s.log.With("part", "follower"), Metrics: s.vmetrics,
+		OnRedact: m.onRedact, OnTerms: m.onTerms, MaxCheckpointAge: s.cfg.MaxCheckpointAge, PollInterval: s.cfg.PollInterval,
+		Witnesses: s.cfg.Witnesses}, opts...)
+	if err != nil {
+		return fmt.Errorf("log follower: %w", err)
+	}
+	if f.Terms() == nil && !errors.Is(f.Ready(), verify.ErrQuarantined) {
+		if err := f.Sync(ctx); err != nil && !errors.Is(err, verify.ErrQuarantined) {
+			// Not verified yet: the status says why; mount retries.
+			m.mu.Lock()
+			m.follower = f
+			m.mu.Unlock()
+			return fmt.Errorf("verify the log before taking its terms: %w", err)
+		}
+	}
+	if err := f.Ready(); errors.Is(err, verify.ErrQuarantined) {
+		// Mounted, refusing: the status shows the evidence.
+		m.mu.Lock()
+		m.contract, m.follower, m.startErr = c, f, nil
+		m.mu.Unlock()
+		s.log.Error("contract quarantined; not serving it", "contract", m.id, "err", err)
+		return nil
+	}
+	tv := f.Terms()
+	if tv == nil {
+		return fmt.Errorf("contract %q: no verified terms in force", m.id)
+	}
+	// From here on, only the terms verified in the log.
+	c = tv.Contract()
 	if s.cfg.Purpose != "" && !c.Usage.AllowsPurpose(s.cfg.Purpose) {
 		return fmt.Errorf("purpose %q is not allowed by contract %q (allowed: %s)", s.cfg.Purpose, m.id, strings.Join(c.Usage.Purposes, ", "))
 	}
@@ -87,21 +127,6 @@ func (m *mount) mount(ctx context.Context) error {
 	}
 	if err := ts.Start(ctx); err != nil {
 		return fmt.Errorf("capability token: %w", err)
-	}
-	var opts []verify.Option
-	switch {
-	case len(s.cfg.PinnedCheckpoint) > 0:
-		opts = append(opts, verify.WithPinnedCheckpoint(s.cfg.PinnedCheckpoint))
-	case s.cfg.TrustOnFirstUse:
-		opts = append(opts, verify.WithTrustOnFirstUse())
-	}
-	f, err := verify.NewFollower(ctx, verify.FollowerConfig{Contract: c, Source: s.client, Stream: s.client, Fetcher: s.client,
-		Store: s.store, Logger: s.log.With("part", "follower"), Metrics: s.vmetrics,
-		OnRedact: m.onRedact, MaxCheckpointAge: s.cfg.MaxCheckpointAge, PollInterval: s.cfg.PollInterval,
-		Witnesses: s.cfg.Witnesses}, opts...)
-	if err != nil {
-		ts.Stop()
-		return fmt.Errorf("log follower: %w", err)
 	}
 	origin, err := m.origin(c, ts)
 	if err != nil {
@@ -123,7 +148,7 @@ func (m *mount) mount(ctx context.Context) error {
 		ts.Stop()
 		return fmt.Errorf("cache: %w", err)
 	}
-	if err := s.ledger.SetPricing(ctx, m.id, c.Pricing); err != nil {
+	if err := s.ledger.SetTerms(ctx, m.id, c.Pricing, c.TermsSeq); err != nil {
 		ts.Stop()
 		return fmt.Errorf("ledger: %w", err)
 	}
@@ -162,6 +187,28 @@ func (m *mount) origin(c *contract.Contract, ts *contract.TokenSource) (cache.Or
 		return resp.URLs, nil
 	})
 	return cache.NewPresignedOrigin(presign, nil), nil
+}
+
+// onTerms takes a new version of the terms in force: its pricing bills
+// the reads from now on, and its document is what /v1/contracts/{id}
+// shows. Origin and tokenizer changes take a restart.
+func (m *mount) onTerms(contractID string, v *verify.TermsVersion) {
+	c := v.Contract()
+	m.mu.Lock()
+	mounted := m.contract != nil && m.tokens != nil
+	if mounted {
+		m.contract = c
+	}
+	m.mu.Unlock()
+	if !mounted {
+		return // mount takes the terms in force itself
+	}
+	if err := m.s.ledger.SetTerms(context.Background(), contractID, c.Pricing, c.TermsSeq); err != nil {
+		m.s.log.Error("taking new contract terms failed", "contract", contractID, "terms_seq", c.TermsSeq, "err", err)
+		return
+	}
+	m.s.log.Info("new contract terms in force", "contract", contractID, "terms_seq", c.TermsSeq,
+		"unit", c.Pricing.Unit, "price_usd", c.Pricing.PriceUSD)
 }
 
 func (m *mount) onRedact(contractID, name string) {
@@ -227,6 +274,18 @@ func (m *mount) Status() proxy.Status {
 	st.TreeSize, st.CheckpointTime, st.Objects = fs.Size, fs.CheckpointTime, fs.Objects
 	st.Root = fs.Root
 	st.Error = fs.LastError
+	switch {
+	case fs.State == verify.StateQuarantined:
+		st.State, st.Error = proxy.StateQuarantined, fs.Quarantine
+		return st
+	case ts == nil:
+		// The log is not verified yet, so no terms are taken.
+		st.State = proxy.StateVerifying
+		if st.Error == "" && startErr != nil {
+			st.Error = startErr.Error()
+		}
+		return st
+	}
 	ti := ts.Status()
 	st.TokenExpiry = ti.ExpiresAt
 	switch {

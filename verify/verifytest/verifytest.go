@@ -135,7 +135,51 @@ func NewLog(tb testing.TB, contractID string, contributors ...contract.Contribut
 		Origin:       contract.Origin{Bucket: "b"},
 		Log:          contract.LogInfo{Origin: origin, CheckpointKey: vkey},
 	}
-	return &Log{Contract: c, signer: signer, tree: testonly.New(rfc6962.DefaultHasher)}
+	l := &Log{Contract: c, signer: signer, tree: testonly.New(rfc6962.DefaultHasher)}
+	l.AppendTerms(tb, c, time.Now())
+	return l
+}
+
+// AppendTerms adds a version of the terms (signed by the log's key), in
+// force from effective, and makes l.Contract that version with its seq, as
+// a registry serves it. NewLog appends the first at entry 1.
+func (l *Log) AppendTerms(tb testing.TB, c *contract.Contract, effective time.Time) uint64 {
+	tb.Helper()
+	terms := *c
+	terms.TermsSeq = 0
+	signed, err := l.signer.SignTerms(&contract.TermsVersion{Contract: c.ContractID, EffectiveFrom: effective.UTC(), Terms: terms})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	seq := l.Append(tb, contract.EntryContract, signed)
+	served := terms
+	served.TermsSeq = seq
+	l.Contract = &served
+	return seq
+}
+
+// SetTerms replaces the first terms of a log that holds nothing else, for
+// tests that change the contract after NewLog.
+func (l *Log) SetTerms(tb testing.TB, c *contract.Contract) {
+	tb.Helper()
+	l.mu.Lock()
+	if len(l.raws) != 1 {
+		l.mu.Unlock()
+		tb.Fatal("SetTerms: the log holds more than its first terms")
+	}
+	l.raws, l.tree = nil, testonly.New(rfc6962.DefaultHasher)
+	l.mu.Unlock()
+	l.AppendTerms(tb, c, time.Now())
+}
+
+// ReplaceFirst makes a log's first entry one of kind carrying jws (a log
+// from before terms were logged), for tests.
+func (l *Log) ReplaceFirst(tb testing.TB, kind contract.EntryKind, jws string) {
+	tb.Helper()
+	l.mu.Lock()
+	l.raws, l.tree = nil, testonly.New(rfc6962.DefaultHasher)
+	l.mu.Unlock()
+	l.Append(tb, kind, jws)
 }
 
 // Fork returns a log with the same contract and key holding the first n
@@ -175,8 +219,12 @@ func (l *Log) append(kind contract.EntryKind, jws string, accepted []string) (ui
 	if seq > 1 {
 		prev = hex.EncodeToString(contract.LeafHash(l.raws[seq-2]))
 	}
-	raw, err := contract.EncodeEntry(&contract.Entry{V: contract.EntryVersion, Seq: seq, PrevHash: prev, Time: time.Now().UTC(),
-		Contract: l.Contract.ContractID, Kind: kind, JWS: jws, Accepted: accepted})
+	e := &contract.Entry{V: contract.EntryVersion, Seq: seq, PrevHash: prev, Time: time.Now().UTC(),
+		Contract: l.Contract.ContractID, Kind: kind, JWS: jws, Accepted: accepted}
+	if kind == contract.EntryContract {
+		e.JWS, e.Note = "", jws
+	}
+	raw, err := contract.EncodeEntry(e)
 	if err != nil {
 		return 0, err
 	}
