@@ -37,6 +37,9 @@ type MeteringEvent struct {
 	Lease      string `json:"lease,omitempty"`
 	DecodedSHA string `json:"decoded_sha256,omitempty"`
 	Outcome    string `json:"outcome,omitempty"`
+	// TermsSeq is the log entry of the terms the event was priced under
+	// (0: the terms in force when the registry counts it).
+	TermsSeq uint64 `json:"terms_seq,omitempty"`
 }
 
 // MeteringBatch is the payload of the sidecar-signed JWS (header typ

@@ -109,14 +109,14 @@ func TestRewrittenContractRefused(t *testing.T) {
 func TestContractUpdateReachesRunningSidecar(t *testing.T) {
 	e := newEnv(t, envOpt{})
 	e.put("a.txt", []byte("some text"), false)
-	sc := e.sidecar(nil)
+	// The outbox ships only when asked, so the row billed under the old
+	// terms reaches the registry after the update: it must be counted at
+	// the old price, not refused for good.
+	sc := e.sidecar(func(c *sidecar.Config) { c.SyncInterval = time.Hour })
 	hc := &http.Client{}
 	if code, _ := get(t, hc, sc.URL(), e.c.ContractID, "a.txt", 1, "job"); code != http.StatusOK {
 		t.Fatalf("read before the update: %d", code)
 	}
-	// The registry checks a batch's amounts against the terms it holds
-	// now: rows billed under the old terms are synced before the update.
-	drain(t, sc, e.c.ContractID)
 	next := *e.c
 	next.Version, next.Pricing.PriceUSD = "2026-02-01", e.c.Pricing.PriceUSD*4
 	updated, err := e.reg.Client.UpdateContract(context.Background(), e.reg.AdminToken, &next, time.Time{})
@@ -153,5 +153,12 @@ func TestContractUpdateReachesRunningSidecar(t *testing.T) {
 	}
 	if _, err := sc.Ledger().Verify(context.Background()); err != nil {
 		t.Fatalf("ledger verify: %v", err)
+	}
+	r, err := e.client.MeteringReport(context.Background(), e.c.ContractID, contract.TotalsFilter{Epoch: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := rows[0].CostNanoUSD + rows[1].CostNanoUSD; r.BilledCostNanoUSD != want || r.BilledSamples != 2 {
+		t.Errorf("registry bills %d samples for %d nano-USD, want 2 for %d (each at the price of its terms)", r.BilledSamples, r.BilledCostNanoUSD, want)
 	}
 }

@@ -168,6 +168,7 @@ func (r *Row) MeteringEvent() contract.MeteringEvent {
 		ID: r.ID, Time: r.Time, Kind: r.Kind, Name: r.Name, Bytes: r.Bytes, Samples: r.Samples,
 		Distinct: r.Distinct, Units: r.Units, CostNanoUSD: r.CostNanoUSD, Epoch: r.Epoch,
 		Job: r.Job, TokenID: r.TokenID, Lease: r.Lease, DecodedSHA: r.DecodedSHA, Outcome: r.Outcome,
+		TermsSeq: r.TermsSeq,
 	}
 	if r.Kind == contract.EventEpoch {
 		ev.Units, ev.CostNanoUSD = 0, 0

@@ -335,3 +335,40 @@ func expiredEnrolment(t *testing.T, contractID, jkt string) string {
 	}
 	return jws
 }
+
+// After a contract update, an event priced under the terms before it is
+// counted at that price while it is of that time (rows synced late), but a
+// sender cannot pick older, cheaper terms for later reads, nor terms that
+// are not in the log.
+func TestMeteringPricedUnderTheTermsOfItsTime(t *testing.T) {
+	ctx := context.Background()
+	h, c, acme, _, acmeTok, _ := licensedSetup(t)
+	next := *c
+	next.Version, next.Pricing.PriceUSD = "2026-02-01", c.Pricing.PriceUSD*2
+	updated, err := h.Client.UpdateContract(ctx, h.AdminToken, &next, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := served("late")
+	late.TermsSeq = c.TermsSeq
+	if _, err := acme.client.PostMetering(ctx, c.ContractID, acmeTok, "k1", signEvents(t, acme, c.ContractID, late)); err != nil {
+		t.Errorf("a row of the old terms synced after the update: %v", err)
+	}
+	cheap := served("cheap")
+	cheap.TermsSeq, cheap.Time = c.TermsSeq, time.Now().Add(time.Hour)
+	nowhere := served("nowhere")
+	nowhere.TermsSeq = updated.TermsSeq + 7
+	for name, e := range map[string]contract.MeteringEvent{"old terms for a later read": cheap, "terms not in the log": nowhere} {
+		_, err := acme.client.PostMetering(ctx, c.ContractID, acmeTok, "k-"+e.ID, signEvents(t, acme, c.ContractID, e))
+		if contract.StatusOf(err) != http.StatusBadRequest {
+			t.Errorf("%s: got %v, want 400", name, err)
+		}
+	}
+	r, err := h.Client.MeteringReport(ctx, c.ContractID, contract.TotalsFilter{Epoch: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.BilledSamples != 1 || r.BilledCostNanoUSD != sampleNano {
+		t.Errorf("registry bills %d samples for %d nano-USD, want 1 at the old price %d", r.BilledSamples, r.BilledCostNanoUSD, sampleNano)
+	}
+}

@@ -84,9 +84,14 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden, "batch is for contract %q, not %q", batch.Contract, c.ContractID)
 	}
 	var batchSums contract.Sums
+	prices := termsPrices{c: c}
 	for i := range batch.Events {
 		e := &batch.Events[i]
-		if err := contract.CheckEventAmounts(e, c.Pricing); err != nil {
+		p, err := prices.at(ctx, s, e)
+		if err != nil {
+			return err
+		}
+		if err := contract.CheckEventAmounts(e, p); err != nil {
 			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "metering batch refused: %v", err)
 		}
 		if !batchSums.Add(e.Sums()) {
@@ -256,5 +261,82 @@ func (s *Server) handleTotals(w http.ResponseWriter, r *http.Request) error {
 		t.Licensees[id] = lt
 	}
 	writeJSON(w, http.StatusOK, t)
+	return nil
+}
+
+// termsPrices finds the pricing of the terms version an event names, so
+// that rows priced before a contract update and synced after it are
+// checked against the terms they were billed under. A version counts only
+// for events of its time: one stamped after the next version came into
+// force (beyond a clock skew) is refused, so a sender cannot pick older,
+// cheaper terms.
+type termsPrices struct {
+	c    *contract.Contract
+	byAt map[uint64]termsSpan
+}
+
+type termsSpan struct {
+	pricing contract.Pricing
+	until   time.Time // the next version's effective_from; zero: none
+}
+
+// termsSkew is how far an event's time may pass the end of its terms.
+const termsSkew = 5 * time.Minute
+
+// at is the pricing of the terms entry seq for event e (seq 0, or the
+// latest: the contract's own); a seq that is no terms entry of the log,
+// or terms superseded before the event, is a 400.
+func (t *termsPrices) at(ctx context.Context, s *Server, e *contract.MeteringEvent) (contract.Pricing, error) {
+	seq := e.TermsSeq
+	if seq == 0 || seq == t.c.TermsSeq {
+		return t.c.Pricing, nil
+	}
+	if t.byAt == nil {
+		if err := t.load(ctx, s); err != nil {
+			return contract.Pricing{}, err
+		}
+	}
+	span, ok := t.byAt[seq]
+	if !ok {
+		return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
+			"metering batch refused: event %q: terms_seq %d is not a terms entry of contract %q", e.ID, seq, t.c.ContractID)
+	}
+	if !span.until.IsZero() && e.Time.After(span.until.Add(termsSkew)) {
+		return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
+			"metering batch refused: event %q at %s is priced under terms %d, superseded at %s", e.ID,
+			e.Time.UTC().Format(time.RFC3339), seq, span.until.UTC().Format(time.RFC3339))
+	}
+	return span.pricing, nil
+}
+
+// load reads every terms version of the log, checked with the log's key.
+func (t *termsPrices) load(ctx context.Context, s *Server) error {
+	bodies, err := s.st.termsEntries(ctx, t.c.ContractID)
+	if err != nil {
+		return err
+	}
+	cpv, err := verify.NewCheckpointVerifier(t.c.Log.Origin, t.c.Log.CheckpointKey)
+	if err != nil {
+		return err
+	}
+	t.byAt = map[uint64]termsSpan{}
+	var prev uint64
+	for _, b := range bodies {
+		e, err := contract.DecodeEntry(b)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errCorrupted, err)
+		}
+		v, err := cpv.OpenTerms(e.Note)
+		if err != nil {
+			return fmt.Errorf("%w: terms entry %d: %v", errCorrupted, e.Seq, err)
+		}
+		if prev != 0 {
+			span := t.byAt[prev]
+			span.until = v.EffectiveFrom
+			t.byAt[prev] = span
+		}
+		t.byAt[e.Seq] = termsSpan{pricing: v.Terms.Pricing}
+		prev = e.Seq
+	}
 	return nil
 }
