@@ -209,14 +209,18 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 		Interval: cfg.SyncInterval, Logger: cfg.Logger.With("part", "outbox")}); err != nil {
 		return nil, err
 	}
-	s.syncer.Start(s.ctx)
 
 	var sources []proxy.Source
+	s.mu.Lock()
 	for _, id := range cfg.Contracts {
 		m := &mount{s: s, id: id}
 		s.mounts[id] = m
 		sources = append(sources, m)
 	}
+	s.mu.Unlock()
+	// The syncer asks for mounts (tokens, the trusted log): it starts once
+	// they are all there.
+	s.syncer.Start(s.ctx)
 	s.server = proxy.NewServer(proxy.Config{Sources: sources, Cache: cacheAdapter{s.cache}, Meter: meterAdapter{s.ledger},
 		Logger: cfg.Logger.With("part", "proxy"), BearerToken: cfg.LocalToken, Registerer: cfg.Metrics, Gatherer: cfg.Metrics,
 		StreamWhileFetching: cfg.StreamWhileFetching})
