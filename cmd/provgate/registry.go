@@ -87,21 +87,10 @@ func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("registry: %w", err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
 	logger.Info("registry listening", "url", "http://"+ln.Addr().String(), "db", *db, "kid", key.KeyID, "presign", cfg.S3 != nil)
-	select {
-	case err := <-errc:
-		return fmt.Errorf("registry: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	srv.Close() // ends live streams, so that Shutdown does not wait for them
-	if err := hs.Shutdown(sctx); err != nil {
-		hs.Close()
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+	// Closing the registry ends live streams, so that Shutdown does not
+	// wait for them.
+	if err := serveUntilDone(ctx, "registry", ln, hs, func() { srv.Close() }); err != nil {
 		return err
 	}
 	logger.Info("registry stopped")

@@ -69,25 +69,10 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("witness: %w", err)
 	}
 	hs := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
 	fmt.Fprintf(stdout, "witness verifier key: %s\n", w.VerifierKey())
 	fmt.Fprintf(stdout, "provgate witness on http://%s (give registries --witness http://%s=%s)\n", ln.Addr(), ln.Addr(), w.VerifierKey())
 	logger.Info("witness listening", "url", "http://"+ln.Addr().String(), "db", *db, "logs", len(cfg.Logs))
-	select {
-	case err := <-errc:
-		return fmt.Errorf("witness: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		hs.Close()
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return serveUntilDone(ctx, "witness", ln, hs, nil)
 }
 
 // loadOrCreateWitnessKey reads a signed-note skey from path, or writes a
