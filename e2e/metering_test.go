@@ -252,26 +252,10 @@ func TestSidecarAlarmsWhenRegistryCountsLess(t *testing.T) {
 	}
 	drain(t, sc, e.c.ContractID)
 
-	resp, err := http.Get(sc.URL() + "/readyz")
-	if err != nil {
-		t.Fatal(err)
+	if ready := readyzDisputes(t, sc.URL()); len(ready) != 1 || ready[0].MeteringDisputes != 1 || !strings.Contains(ready[0].MeteringDispute, "counted") {
+		t.Errorf("/readyz contracts = %+v, want one metering dispute with its detail", ready)
 	}
-	var ready struct {
-		Ready     bool
-		Contracts []struct {
-			MeteringDisputes int64  `json:"metering_disputes"`
-			MeteringDispute  string `json:"metering_dispute"`
-		}
-	}
-	err = json.NewDecoder(resp.Body).Decode(&ready)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ready.Contracts) != 1 || ready.Contracts[0].MeteringDisputes != 1 || !strings.Contains(ready.Contracts[0].MeteringDispute, "counted") {
-		t.Errorf("/readyz = %+v, want one metering dispute with its detail", ready)
-	}
-	resp, err = http.Get(sc.URL() + "/metrics")
+	resp, err := http.Get(sc.URL() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,27 +288,33 @@ func TestSidecarRefusesBadReceipt(t *testing.T) {
 		t.Fatalf("GET: %d", code)
 	}
 	drain(t, sc, e.c.ContractID)
-	resp, err := http.Get(sc.URL() + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ready struct {
-		Contracts []struct {
-			MeteringDisputes int64  `json:"metering_disputes"`
-			MeteringDispute  string `json:"metering_dispute"`
-		}
-	}
-	err = json.NewDecoder(resp.Body).Decode(&ready)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ready.Contracts) != 1 || ready.Contracts[0].MeteringDisputes != 1 || !strings.Contains(ready.Contracts[0].MeteringDispute, "metering receipt refused") {
-		t.Errorf("/readyz = %+v, want one dispute: the receipt refused", ready)
+	if ready := readyzDisputes(t, sc.URL()); len(ready) != 1 || ready[0].MeteringDisputes != 1 || !strings.Contains(ready[0].MeteringDispute, "metering receipt refused") {
+		t.Errorf("/readyz contracts = %+v, want one dispute: the receipt refused", ready)
 	}
 	if rs, err := sc.Ledger().Receipts(context.Background(), e.c.ContractID); err != nil || len(rs) != 0 {
 		t.Errorf("%d receipts stored (%v), want none", len(rs), err)
 	}
+}
+
+// contractDisputes is a contract's metering dispute state on /readyz.
+type contractDisputes struct {
+	MeteringDisputes int64  `json:"metering_disputes"`
+	MeteringDispute  string `json:"metering_dispute"`
+}
+
+// readyzDisputes reads the dispute state of every contract from /readyz.
+func readyzDisputes(t *testing.T, base string) []contractDisputes {
+	t.Helper()
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ready struct{ Contracts []contractDisputes }
+	if err := json.NewDecoder(resp.Body).Decode(&ready); err != nil {
+		t.Fatal(err)
+	}
+	return ready.Contracts
 }
 
 func grepLines(s, word string) string {
