@@ -1,34 +1,15 @@
 package e2e_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/provgate/provgate/internal/sidecar"
+	"github.com/provgate/provgate/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestLogLinesHaveEachKeyOnce: every JSON log line the sidecar writes
 // (the follower's among them: a sync that fails while the registry is
@@ -37,7 +18,7 @@ func (s *syncBuffer) String() string {
 func TestLogLinesHaveEachKeyOnce(t *testing.T) {
 	e := newEnv(t, envOpt{})
 	e.put("a.bin", randomBytes(t, 100), false)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	e.sidecar(func(c *sidecar.Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})

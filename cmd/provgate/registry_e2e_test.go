@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,24 +20,6 @@ import (
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for a goroutine writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // cli runs provgate in-process and returns its exit code and output.
 func cli(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -68,7 +49,7 @@ func startRegistryCLI(t *testing.T, args ...string) string {
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	done := make(chan int)
 	go func() {
 		done <- run(ctx, append([]string{"registry", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, args...), io.Discard, logs)

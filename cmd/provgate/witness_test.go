@@ -16,6 +16,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/provgate/provgate/internal/testenv"
 	"github.com/provgate/provgate/verify"
 	"github.com/provgate/provgate/witness"
 )
@@ -33,7 +34,7 @@ func TestWitnessCommand(t *testing.T) {
 		"--name", "witness.test/cli", "--log", "registry.test/log/*=" + vkey}
 	start := func() (string, string, func()) {
 		ctx, cancel := context.WithCancel(context.Background())
-		out := &syncBuffer{}
+		out := &testenv.SyncBuffer{}
 		done := make(chan int, 1)
 		go func() { done <- run(ctx, args, out, io.Discard) }()
 		re := regexp.MustCompile(`witness verifier key: (\S+)\nprovgate witness on (http://127\.0\.0\.1:\d+) `)
