@@ -10,12 +10,9 @@ import (
 	"strings"
 	"testing"
 
-	jose "github.com/go-jose/go-jose/v4"
-
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/meter"
 	"github.com/provgate/provgate/registry/registrytest"
-	"github.com/provgate/provgate/verify"
 )
 
 // TestMeterCLI drives report, export, verify and replay on a real ledger
@@ -27,14 +24,7 @@ func TestMeterCLI(t *testing.T) {
 	alice := h.NewContributor(t, "did:example:alice")
 	c := h.CreateContract(t, registrytest.NewContract("did:example:meter-cli", "datasets", alice))
 	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "sidecar.jwk")
-	key, err := verify.GenerateKey(jose.EdDSA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := verify.SaveKey(keyFile, key); err != nil {
-		t.Fatal(err)
-	}
+	keyFile := newSidecarKeyFile(t, dir)
 	ledger := filepath.Join(dir, "ledger.db")
 	l, err := meter.Open(ctx, ledger, meter.Config{})
 	if err != nil {
@@ -91,12 +81,7 @@ func TestMeterCLI(t *testing.T) {
 
 	// The licensee enrols the sidecar key with provgate enroll; replay
 	// sends that enrolment with its token requests.
-	licFile, enrolment := filepath.Join(dir, "licensee.jwk"), filepath.Join(dir, "enrolment.jws")
-	if err := verify.SaveKey(licFile, registrytest.DefaultLicensee().Key); err != nil {
-		t.Fatal(err)
-	}
-	mustCLI(t, "enroll", "--licensee", registrytest.DefaultLicenseeID, "--contract", c.ContractID, "--key", licFile,
-		"--sidecar-key", keyFile, "--ttl", "1h", "--out", enrolment)
+	enrolment := enrolCLI(t, dir, c.ContractID, keyFile)
 	if code, _, errs := cli(t, "meter", "replay", "--ledger", ledger, "--to", h.URL, "--key", keyFile, "--purpose", "training"); code == 0 || !strings.Contains(errs, "not_enrolled") {
 		t.Errorf("replay without an enrolment: exit %d, stderr %q; want refused, not_enrolled", code, errs)
 	}

@@ -28,19 +28,8 @@ func TestMeterReconcileCLI(t *testing.T) {
 	alice := h.NewContributor(t, "did:example:alice")
 	c := h.CreateContract(t, registrytest.NewContract("did:example:reconcile-cli", "datasets", alice))
 	dir := t.TempDir()
-	keyFile, licFile, enrolment := filepath.Join(dir, "sidecar.jwk"), filepath.Join(dir, "licensee.jwk"), filepath.Join(dir, "enrolment.jws")
-	key, err := verify.GenerateKey(jose.EdDSA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := verify.SaveKey(keyFile, key); err != nil {
-		t.Fatal(err)
-	}
-	if err := verify.SaveKey(licFile, registrytest.DefaultLicensee().Key); err != nil {
-		t.Fatal(err)
-	}
-	mustCLI(t, "enroll", "--licensee", registrytest.DefaultLicenseeID, "--contract", c.ContractID, "--key", licFile,
-		"--sidecar-key", keyFile, "--ttl", "1h", "--out", enrolment)
+	keyFile := newSidecarKeyFile(t, dir)
+	enrolment := enrolCLI(t, dir, c.ContractID, keyFile)
 	ledger := filepath.Join(dir, "ledger.db")
 	for round := range 3 {
 		l, err := meter.Open(ctx, ledger, meter.Config{})
@@ -115,4 +104,31 @@ func TestMeterReconcileCLI(t *testing.T) {
 			t.Errorf("batch %s, still in the log, named:\n%s", r.Batch, out)
 		}
 	}
+}
+
+// newSidecarKeyFile writes a fresh sidecar key to dir/sidecar.jwk.
+func newSidecarKeyFile(t *testing.T, dir string) string {
+	t.Helper()
+	keyFile := filepath.Join(dir, "sidecar.jwk")
+	key, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify.SaveKey(keyFile, key); err != nil {
+		t.Fatal(err)
+	}
+	return keyFile
+}
+
+// enrolCLI has the default licensee enrol the sidecar key in keyFile under
+// contractID with provgate enroll, and returns the enrolment file.
+func enrolCLI(t *testing.T, dir, contractID, keyFile string) string {
+	t.Helper()
+	licFile, enrolment := filepath.Join(dir, "licensee.jwk"), filepath.Join(dir, "enrolment.jws")
+	if err := verify.SaveKey(licFile, registrytest.DefaultLicensee().Key); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, "enroll", "--licensee", registrytest.DefaultLicenseeID, "--contract", contractID, "--key", licFile,
+		"--sidecar-key", keyFile, "--ttl", "1h", "--out", enrolment)
+	return enrolment
 }
