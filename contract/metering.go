@@ -135,9 +135,12 @@ func addInt64(a, b int64) (int64, bool) {
 	return a + b, true
 }
 
-// Access outcomes, as the sidecar reports them. The billing outcomes bill
-// a sample (served, partial) or bytes only (range, a continuation of an
-// object already counted); the others are delivered but not billed.
+// Access outcomes, as the sidecar reports them (the billing rule is in
+// the README): served and partial open a pass over an object and bill a
+// sample and their bytes; range continues a pass and bills its bytes;
+// aborted bills what the response sent (its bytes, and the sample if it
+// opened the pass); refused and verification_failed bill nothing. No other
+// outcome is accepted.
 const (
 	OutcomeServed       = "served"
 	OutcomePartial      = "partial"
@@ -183,6 +186,9 @@ func CheckEventAmounts(e *MeteringEvent, p Pricing) error {
 	case e.Epoch > MaxEventEpoch:
 		return fmt.Errorf("event %q: epoch %d out of range", e.ID, e.Epoch)
 	}
+	if e.Kind == EventAccess && !knownOutcome(outcomeOf(e)) {
+		return fmt.Errorf("event %q: unknown outcome %q", e.ID, e.Outcome)
+	}
 	if e.Kind == EventEpoch || !BillableOutcome(outcomeOf(e)) {
 		if e.Units != 0 || e.CostNanoUSD != 0 {
 			what := "an epoch summary"
@@ -219,6 +225,16 @@ func CheckEventAmounts(e *MeteringEvent, p Pricing) error {
 	return nil
 }
 
+// knownOutcome reports whether o is one of the access outcomes above: an
+// unknown word must not pass for an unbilled read.
+func knownOutcome(o string) bool {
+	switch o {
+	case OutcomeServed, OutcomePartial, OutcomeRange, OutcomeAborted, OutcomeRefused, OutcomeVerifyFailed:
+		return true
+	}
+	return false
+}
+
 // outcomeOf is an access event's outcome; empty means served.
 func outcomeOf(e *MeteringEvent) string {
 	if e.Outcome == "" {
@@ -230,8 +246,8 @@ func outcomeOf(e *MeteringEvent) string {
 // MeteringTotals answers GET /provenance/{id}/metering/totals: sums over
 // the events the registry counted, optionally filtered by job, epoch and
 // licensee. The bill is the billed_* fields: accesses with a billing
-// outcome. unbilled_* are accesses delivered or refused but not billed
-// (aborted, verification_failed, refused). presigned_* are objects the
+// outcome. unbilled_* are accesses refused or failing verification, not
+// billed (refused, verification_failed). presigned_* are objects the
 // registry presigned for direct fetches (marketplace mode), which no
 // sidecar meters.
 //

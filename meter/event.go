@@ -19,12 +19,12 @@ import (
 // response sent (its bytes, and the sample if it opened the pass); the
 // others bill nothing.
 const (
-	OutcomeServed       = "served"
-	OutcomePartial      = "partial"
-	OutcomeRange        = "range"
-	OutcomeAborted      = "aborted" // the client went away mid-body
-	OutcomeRefused      = "refused"
-	OutcomeVerifyFailed = "verification_failed"
+	OutcomeServed       = contract.OutcomeServed
+	OutcomePartial      = contract.OutcomePartial
+	OutcomeRange        = contract.OutcomeRange
+	OutcomeAborted      = contract.OutcomeAborted // the client went away mid-body
+	OutcomeRefused      = contract.OutcomeRefused
+	OutcomeVerifyFailed = contract.OutcomeVerifyFailed
 )
 
 // Limits on what one event may carry.

@@ -265,6 +265,7 @@ func TestMeteringCostMustMatchThePrice(t *testing.T) {
 		"no units for a served sample": func(e *contract.MeteringEvent) { e.Units, e.CostNanoUSD = 0, 0 },
 		"units but no samples":         func(e *contract.MeteringEvent) { e.Samples = 0 },
 		"unbilled outcome with a cost": func(e *contract.MeteringEvent) { e.Outcome = "refused" },
+		"an unknown outcome, unpriced": func(e *contract.MeteringEvent) { e.Outcome, e.Units, e.CostNanoUSD = "free", 0, 0 },
 		"epoch summary with a cost":    func(e *contract.MeteringEvent) { e.Kind = contract.EventEpoch },
 	} {
 		e := served("m-" + strings.ReplaceAll(name, " ", "-"))
