@@ -230,8 +230,8 @@ func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Foll
 	if f.cpv, err = NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey); err != nil {
 		return nil, fmt.Errorf("follower %s: %w", f.id, err)
 	}
-	if cfg.Witnesses.has(f.cpv.cosig.Name(), f.cpv.cosig.KeyHash()) {
-		return nil, fmt.Errorf("follower %s: the log's own checkpoint key cannot be one of its witnesses", f.id)
+	if err := cfg.Witnesses.ForLog(f.cpv); err != nil {
+		return nil, fmt.Errorf("follower %s: %w", f.id, err)
 	}
 	if f.chain, err = NewChain(f.id, nil); err != nil {
 		return nil, err

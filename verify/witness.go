@@ -79,6 +79,16 @@ func (p *WitnessPolicy) has(name string, hash uint32) bool {
 	return false
 }
 
+// ForLog refuses a policy that names the log's own checkpoint key as a
+// witness: the log cosigns its own checkpoints (cosignature/v1, for the
+// signed time), so that key would make a quorum of no witness at all.
+func (p *WitnessPolicy) ForLog(cpv *CheckpointVerifier) error {
+	if p.has(cpv.cosig.Name(), cpv.cosig.KeyHash()) {
+		return errors.New("the log's own checkpoint key cannot be one of its witnesses")
+	}
+	return nil
+}
+
 // Check counts the valid witness cosignatures on cp's note. A
 // cosignature counts when it verifies over the checkpoint body and its
 // time is neither beyond DefaultSkew in the future nor (maxAge > 0) older

@@ -95,6 +95,11 @@ func TestVerifyLogWitnessQuorum(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "quorum") {
 		t.Fatalf("verify log with a witness that never cosigned: exit %d, %s", code, errs)
 	}
+	// The log cosigns its own checkpoints: its key as a "witness" would be a
+	// quorum of nobody, and is refused.
+	if code, _, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--witness", vkey); code == 0 || !strings.Contains(errs, "own checkpoint key") {
+		t.Fatalf("verify log with the log's own key as witness: exit %d, %s", code, errs)
+	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		code, out, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--witness", wvkey)

@@ -70,6 +70,9 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if a.witnesses, err = verify.NewWitnessPolicy(witnesses, *quorum); err != nil {
 		return &usageError{msg: fmt.Sprintf("verify log: --witness: %v", err)}
 	}
+	if err := a.witnesses.ForLog(a.cpv); err != nil {
+		return &usageError{msg: fmt.Sprintf("verify log: --witness: %v", err)}
+	}
 	rep, err := a.run(ctx, *trusted, *maxAge)
 	if err != nil {
 		return fmt.Errorf("verify log: %s: %w", c.ContractID, err)
