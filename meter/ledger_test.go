@@ -328,7 +328,10 @@ func TestQuota(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := l.CheckQuota(testContract, "", "t1", tc.q, tc.u, 1, tc.size)
+			r, err := l.Reserve(testContract, "", "t1", tc.q, tc.u, 1, tc.size)
+			if err == nil {
+				r.Release()
+			}
 			var qe *meter.QuotaError
 			switch {
 			case tc.want == "" && err != nil:

@@ -31,19 +31,6 @@ func (e *QuotaError) Error() string {
 
 func (e *QuotaError) Unwrap() error { return ErrQuotaSpent }
 
-// CheckQuota refuses (with a *QuotaError wrapping ErrQuotaSpent) when
-// serving samples more samples of bytes in all would pass the quota q of
-// the token (counted per lease when it has one) or the contract's usage
-// limits u, counting what responses in flight have reserved; a zero limit
-// is no limit. It reserves nothing: use Reserve on the data path.
-func (l *Ledger) CheckQuota(contractID, lease, tokenID string, q contract.Quota, u contract.Usage, samples, bytes int64) error {
-	r, err := l.Reserve(contractID, lease, tokenID, q, u, samples, bytes)
-	if err == nil {
-		r.Release()
-	}
-	return err
-}
-
 // Reservation is quota held by a response in flight.
 type Reservation struct {
 	l              *Ledger

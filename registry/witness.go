@@ -174,19 +174,24 @@ func (s *Server) witnessLoop(ctx context.Context, w *witnessClient) {
 		case <-timer.C:
 		}
 		failed := false
-		for _, id := range w.take() {
+		ids := w.take()
+		for _, id := range ids {
 			err := s.cosignWith(ctx, w, id)
 			if ctx.Err() != nil {
 				return
 			}
-			w.mu.Lock()
-			w.failing = err != nil
-			w.mu.Unlock()
 			if err != nil {
 				failed = true
 				w.queue(id, false)
 				s.logger.Warn("witness did not cosign", logKeyWitness, w.URL, logKeyContract, id, "attempt", attempt+1, logKeyErr, err)
 			}
+		}
+		if len(ids) > 0 {
+			// One log's success does not make a witness that failed for
+			// another healthy: checkpoint reads wait only for healthy ones.
+			w.mu.Lock()
+			w.failing = failed
+			w.mu.Unlock()
 		}
 		if failed {
 			attempt++
