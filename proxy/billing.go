@@ -19,6 +19,9 @@ type read struct {
 	claim   *passClaim
 	res     Reservation
 	settled bool
+	// submitted: the ledger took the access in place of the reservation,
+	// which needs no release (a release would only take the ledger's lock).
+	submitted bool
 }
 
 // beginRead claims [start, start+length) of e in its (job, epoch) pass
@@ -96,11 +99,15 @@ func (rd *read) end() {
 		rd.settled = true
 		rd.claim.settle(0)
 	}
-	rd.res.Release()
+	if !rd.submitted {
+		rd.res.Release()
+	}
 }
 
 // submit queues a under the read's reservation, which it replaces (the
 // ledger counts a from its submission on).
 func (rd *read) submit(ctx context.Context, a Access) (func(context.Context) error, error) {
-	return rd.s.submit(ctx, rd.res, a)
+	wait, err := rd.s.submit(ctx, rd.res, a)
+	rd.submitted = err == nil
+	return wait, err
 }
