@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,24 +24,6 @@ import (
 	"github.com/provgate/provgate/verify"
 	"github.com/provgate/provgate/witness"
 )
-
-// lockedBuffer collects log lines written from other goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestSplitViewRefusedBySidecar: registry A and registry B share the
 // checkpoint key and the contract, so they are one log to a sidecar, and
@@ -86,7 +67,7 @@ func TestSplitViewRefusedBySidecar(t *testing.T) {
 	waitFor(t, "A's checkpoint cosigned", 20*time.Second, func() bool { return cosigned(e.c.ContractID, "2") }) // the terms and one object
 
 	// Registry B: same key, same contract, another entry 1.
-	var logsB lockedBuffer
+	var logsB testenv.SyncBuffer
 	b := registrytest.Start(t, registrytest.WithMinIO(e.minio.Endpoint, testenv.MinIOAccessKey, testenv.MinIOSecretKey),
 		registrytest.WithConfig(func(c *registry.Config) {
 			shared(c)

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/testenv"
 	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/registry/registrytest"
 	"github.com/provgate/provgate/verify"
@@ -60,24 +60,6 @@ func (lw *loopWitness) stop() {
 		lw.w.Close()
 		lw.srv = nil
 	}
-}
-
-// logBuffer collects a registry's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) contains(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Contains(l.b.String(), s)
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -123,7 +105,7 @@ func TestSplitViewCannotGatherQuorum(t *testing.T) {
 	lw.start(t)
 	wurl := "http://" + lw.addr
 
-	var logsB logBuffer
+	var logsB testenv.SyncBuffer
 	start := func(logs io.Writer) *registrytest.Harness {
 		return registrytest.Start(t, registrytest.WithConfig(func(c *registry.Config) {
 			c.CheckpointKey = skey
@@ -155,7 +137,7 @@ func TestSplitViewCannotGatherQuorum(t *testing.T) {
 	lw.start(t)
 
 	aliceAtB.Attest(t, cB.ContractID, forged)
-	waitFor(t, "registry B to be refused by the witness", func() bool { return logsB.contains("witness answered 422") })
+	waitFor(t, "registry B to be refused by the witness", func() bool { return strings.Contains(logsB.String(), "witness answered 422") })
 
 	rawA, _ := hA.Client.Checkpoint(ctx, cA.ContractID)
 	rawB, _ := hB.Client.Checkpoint(ctx, cB.ContractID)
