@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"time"
 )
 
 // read is one response's bill in the making: its place in a pass over the
@@ -61,7 +62,7 @@ func (rd *read) bill(sent int64, outcome string) Access {
 // waits until it is durable; the caller then sends its last byte. On an
 // error the caller must abort the response.
 func (rd *read) commit(ctx context.Context, outcome string) error {
-	wait, err := rd.submit(ctx, rd.bill(rd.length, outcome))
+	wait, err := rd.submit(ctx, rd.bill(rd.length, outcome), true)
 	if err != nil {
 		return err
 	}
@@ -71,7 +72,7 @@ func (rd *read) commit(ctx context.Context, outcome string) error {
 // submitOnly queues the read as complete without waiting; batch frames
 // wait for all their accesses before the batch's last byte.
 func (rd *read) submitOnly(ctx context.Context, outcome string) (func(context.Context) error, error) {
-	return rd.submit(ctx, rd.bill(rd.length, outcome))
+	return rd.submit(ctx, rd.bill(rd.length, outcome), true)
 }
 
 // abort records a read that sent only sent bytes (the client went away,
@@ -81,7 +82,7 @@ func (rd *read) submitOnly(ctx context.Context, outcome string) (func(context.Co
 func (rd *read) abort(ctx context.Context, sent int64) {
 	a := rd.bill(sent, OutcomeAborted)
 	if a.Bytes > 0 || a.Samples > 0 {
-		wait, err := rd.submit(ctx, a)
+		wait, err := rd.submit(ctx, a, false)
 		if err == nil {
 			err = rd.s.wait(ctx, wait)
 		}
@@ -104,9 +105,24 @@ func (rd *read) end() {
 	}
 }
 
+// maxCommitWait bounds how long a read whose last byte is still unsent
+// waits for room in a full ledger: past it the response is aborted, unsent
+// and unbilled, rather than held (with its file and its reservation) for
+// as long as the ledger stalls.
+const maxCommitWait = 5 * time.Second
+
 // submit queues a under the read's reservation, which it replaces (the
-// ledger counts a from its submission on).
-func (rd *read) submit(ctx context.Context, a Access) (func(context.Context) error, error) {
+// ledger counts a from its submission on), whatever the request's context
+// does. bounded: the read can still be aborted unbilled (its last byte is
+// unsent), so it waits at most maxCommitWait for room; otherwise the bytes
+// are already out and their access waits as long as it takes.
+func (rd *read) submit(ctx context.Context, a Access, bounded bool) (func(context.Context) error, error) {
+	ctx = context.WithoutCancel(ctx)
+	if bounded {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, maxCommitWait)
+		defer cancel()
+	}
 	wait, err := rd.s.submit(ctx, rd.res, a)
 	rd.submitted = err == nil
 	return wait, err

@@ -344,7 +344,7 @@ func (s *Server) wait(ctx context.Context, wait func(context.Context) error) err
 // it durable.
 func (s *Server) submit(ctx context.Context, res Reservation, a Access) (func(context.Context) error, error) {
 	a.Time = time.Now().UTC()
-	wait, err := res.Submit(context.WithoutCancel(ctx), a)
+	wait, err := res.Submit(ctx, a)
 	if err != nil {
 		s.metrics.meterErrors.Inc()
 		return nil, err
