@@ -168,7 +168,7 @@ func (s *Syncer) takeReceipt(ctx context.Context, c *contractState, b *batch, re
 		if err != nil {
 			return fmt.Errorf("meter: %s: stored log checkpoint: %w", c.name, err)
 		}
-		if err := s.extends(ctx, c.name, prev, cp); err != nil {
+		if err := logExtends(ctx, s.cfg.Client, c.name, prev, cp); err != nil {
 			if !errors.Is(err, verify.ErrInconsistent) {
 				return err
 			}
@@ -220,14 +220,15 @@ func (s *Syncer) checkReceipt(cpv *verify.CheckpointVerifier, c *contractState, 
 	return cp, nil
 }
 
-// extends checks that a and b are checkpoints of one log, fetching the
-// consistency proof from the smaller to the larger. A verify.ErrInconsistent
-// error means they are not; any other is the registry not answering.
-func (s *Syncer) extends(ctx context.Context, contractID string, a, b *verify.Checkpoint) error {
+// logExtends checks that a and b are checkpoints of one log, fetching the
+// consistency proof from the smaller to the larger. A
+// verify.ErrInconsistent error means they are not; any other is the
+// registry not answering.
+func logExtends(ctx context.Context, client *contract.Client, contractID string, a, b *verify.Checkpoint) error {
 	from, to := min(a.Size, b.Size), max(a.Size, b.Size)
 	var hashes [][]byte
 	if from != to {
-		p, err := s.cfg.Client.ConsistencyProof(ctx, contractID, from, to)
+		p, err := client.ConsistencyProof(ctx, contractID, from, to)
 		if err != nil {
 			if contract.StatusOf(err) == 400 {
 				// The registry refuses to prove the larger size: it has
@@ -289,7 +290,7 @@ func (s *Syncer) checkLog(ctx context.Context, c *contractState) error {
 		// Not the log's signature: nothing the log said.
 		return fmt.Errorf("meter: %s: %w", c.name, err)
 	}
-	err = s.extends(ctx, c.name, prev, cur)
+	err = logExtends(ctx, s.cfg.Client, c.name, prev, cur)
 	if err == nil && cur.Size < prev.Size {
 		err = fmt.Errorf("%w: the log went back from size %d to %d", verify.ErrInconsistent, prev.Size, cur.Size)
 	}

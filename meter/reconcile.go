@@ -208,15 +208,7 @@ func checkExtends(ctx context.Context, client *contract.Client, contractID strin
 	if b.Size < a.Size {
 		return fmt.Errorf("%w: the log went back from size %d to %d", verify.ErrInconsistent, a.Size, b.Size)
 	}
-	var hashes [][]byte
-	if a.Size != b.Size {
-		p, err := client.ConsistencyProof(ctx, contractID, a.Size, b.Size)
-		if err != nil {
-			return fmt.Errorf("reconcile %s: consistency proof: %w", contractID, err)
-		}
-		hashes = p.Hashes
-	}
-	return verify.VerifyConsistency(a, b, hashes)
+	return logExtends(ctx, client, contractID, a, b)
 }
 
 // ledgerEvents counts and sums the events of metering entry e that it
