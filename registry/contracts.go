@@ -43,6 +43,12 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 	if err != nil {
 		return err
 	}
+	if len(body) > maxContractSize {
+		// Its terms must fit entry 1 of its log, which is appended after the
+		// contract is stored: refuse it before anything is written.
+		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge,
+			"the contract is %d bytes, over the limit of %d bytes (its terms must fit one log entry)", len(body), maxContractSize)
+	}
 	etag := etagOf(body)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -74,6 +80,10 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 	w.Write(body)
 	return nil
 }
+
+// maxContractSize bounds a contract document so that its terms, signed
+// and escaped into a log entry, stay well inside MaxAppendEntrySize.
+const maxContractSize = contract.MaxAppendEntrySize / 2
 
 // checkTerms validates a contract's terms as given by its provider.
 func checkTerms(c *contract.Contract) error {

@@ -3,6 +3,7 @@ package registry_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,5 +93,24 @@ func TestContractVersionsAreLogEntries(t *testing.T) {
 	page, _ := h.Client.Events(ctx, c.ContractID, 2, 1)
 	if len(page.Entries) != 1 || page.Entries[0].Seq != 3 {
 		t.Fatalf("the update is not the log's entry 3: %+v", page)
+	}
+}
+
+// A contract whose terms could not fit entry 1 of its log is refused with
+// 413 before anything is stored: the id stays free, not half-created.
+func TestOversizedContractRefusedWhole(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	c := registrytest.NewContract("did:example:huge", "bucket", alice)
+	c.SchemaURL = "https://example.com/" + strings.Repeat("s", contract.MaxAppendEntrySize*3/4)
+	_, err := h.Client.CreateContract(ctx, h.AdminToken, c)
+	if contract.StatusOf(err) != http.StatusRequestEntityTooLarge {
+		t.Fatalf("create a contract of %d bytes: got %v, want 413", len(c.SchemaURL), err)
+	}
+	c.SchemaURL = "https://example.com/schema"
+	created := h.CreateContract(t, c)
+	if created.TermsSeq != 1 {
+		t.Errorf("the same id after the refusal: terms_seq %d, want 1 (entry 1 of a new log)", created.TermsSeq)
 	}
 }
