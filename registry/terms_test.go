@@ -103,7 +103,7 @@ func TestOversizedContractRefusedWhole(t *testing.T) {
 	h := registrytest.Start(t)
 	alice := h.NewContributor(t, "did:example:alice")
 	c := registrytest.NewContract("did:example:huge", "bucket", alice)
-	c.SchemaURL = "https://example.com/" + strings.Repeat("s", contract.MaxAppendEntrySize*3/4)
+	c.SchemaURL = "https://example.com/" + strings.Repeat("s", contract.MaxAppendEntrySize+10<<10)
 	_, err := h.Client.CreateContract(ctx, h.AdminToken, c)
 	if contract.StatusOf(err) != http.StatusRequestEntityTooLarge {
 		t.Fatalf("create a contract of %d bytes: got %v, want 413", len(c.SchemaURL), err)
