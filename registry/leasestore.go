@@ -150,20 +150,39 @@ func (s *sqliteStore) presign(ctx context.Context, leaseID string, objects []*ob
 	return tx.Commit()
 }
 
-// addLeaseMetered adds the samples and bytes of a batch's new access
-// events to the lease's metered use, in the append's transaction, so that
-// a dead lease is charged what its sidecar served from its cache too.
-func addLeaseMetered(ctx context.Context, tx *sql.Tx, leaseID string, events []contract.MeteringEvent) error {
-	var samples, bytes int64
+// addLeaseMetered adds the access events' samples and bytes to the leases
+// they were served under: each event's own lease (rows synced after a
+// token refresh belong to the lease that served them), or fallback (the
+// lease of the token the batch came with) when it names none. Only leases
+// of the sending key under this contract are charged: a sender cannot
+// move its use onto another's lease.
+func addLeaseMetered(ctx context.Context, tx *sql.Tx, contractID, sender, fallback string, events []contract.MeteringEvent) error {
+	type sums struct{ samples, bytes int64 }
+	by := map[string]*sums{}
 	for _, e := range events {
-		if e.Kind == contract.EventAccess {
-			samples += e.Samples
-			bytes += e.Bytes
+		if e.Kind != contract.EventAccess {
+			continue
+		}
+		id := e.Lease
+		if id == "" {
+			id = fallback
+		}
+		if id == "" {
+			continue
+		}
+		if by[id] == nil {
+			by[id] = &sums{}
+		}
+		by[id].samples += e.Samples
+		by[id].bytes += e.Bytes
+	}
+	for id, u := range by {
+		if _, err := tx.ExecContext(ctx, `UPDATE leases SET metered_samples = metered_samples + ?, metered_bytes = metered_bytes + ?
+			WHERE id = ? AND contract_id = ? AND jkt = ?`, u.samples, u.bytes, id, contractID, sender); err != nil {
+			return err
 		}
 	}
-	_, err := tx.ExecContext(ctx, `UPDATE leases SET metered_samples = metered_samples + ?, metered_bytes = metered_bytes + ? WHERE id = ?`,
-		samples, bytes, leaseID)
-	return err
+	return nil
 }
 
 // presignedTotals sums the distinct objects presigned, and their stored

@@ -73,3 +73,44 @@ func TestLeaseStoreMethods(t *testing.T) {
 		t.Errorf("presign under an unknown lease: %v, want errNotFound", err)
 	}
 }
+
+// Metered use is charged to the lease each row was served under (rows a
+// sidecar syncs after its lease changed belong to the old one), falling
+// back to the batch token's lease, and never to a lease of another key.
+func TestLeaseMeteredPerRowLease(t *testing.T) {
+	ctx := context.Background()
+	st, err := openSQLite(ctx, filepath.Join(t.TempDir(), "r.db"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	now := time.Unix(1_800_000_000, 0)
+	for _, l := range []struct{ jkt, id string }{{"jkt-a", "old"}, {"jkt-a", "new"}, {"jkt-b", "other"}} {
+		if _, err := st.db.ExecContext(ctx, `INSERT INTO leases (id, contract_id, licensee, jkt, max_samples, max_bytes, created, expires)
+			VALUES (?, 'c1', 'acme', ?, 10, 0, ?, ?)`, l.id, l.jkt, now.UnixNano(), now.Add(time.Hour).UnixNano()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev := func(lease string, samples int64) contract.MeteringEvent {
+		return contract.MeteringEvent{Kind: contract.EventAccess, Lease: lease, Samples: samples, Bytes: 10 * samples}
+	}
+	tx, err := st.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := addLeaseMetered(ctx, tx, "c1", "jkt-a", "new", []contract.MeteringEvent{ev("old", 2), ev("", 3), ev("other", 4)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]int64{"old": 2, "new": 3, "other": 0} {
+		var got int64
+		if err := st.db.QueryRowContext(ctx, `SELECT metered_samples FROM leases WHERE id = ?`, id).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("lease %s metered %d samples, want %d", id, got, want)
+		}
+	}
+}

@@ -687,8 +687,8 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 			return err
 		}
 	}
-	if rec.Lease != "" && len(rec.Events) > 0 {
-		if err := addLeaseMetered(ctx, tx, rec.Lease, rec.Events); err != nil {
+	if len(rec.Events) > 0 {
+		if err := addLeaseMetered(ctx, tx, contractID, rec.Sender, rec.Lease, rec.Events); err != nil {
 			return err
 		}
 	}
