@@ -113,16 +113,9 @@ func TestSplitViewCannotGatherQuorum(t *testing.T) {
 			c.Logger = slog.New(slog.NewTextHandler(logs, nil))
 		}))
 	}
-	hA, hB := start(io.Discard), start(&logsB)
+	hA := start(io.Discard)
 	alice := hA.NewContributor(t, "did:example:alice")
-	aliceAtB := hB.NewContributor(t, alice.ID)
-	aliceAtB.Key = alice.Key
 	cA := hA.CreateContract(t, registrytest.NewContract("did:example:split", "bucket", alice))
-	cB := hB.CreateContract(t, registrytest.NewContract("did:example:split", "bucket", aliceAtB))
-	if cA.Log != cB.Log {
-		t.Fatalf("the two registries must look like one log: %+v vs %+v", cA.Log, cB.Log)
-	}
-
 	honest := registrytest.Object("img/0001.txt", []byte("honest bytes"))
 	forged := registrytest.Object("img/0001.txt", []byte("poisoned bytes"))
 	alice.Attest(t, cA.ContractID, honest)
@@ -130,6 +123,17 @@ func TestSplitViewCannotGatherQuorum(t *testing.T) {
 		raw, err := hA.Client.Checkpoint(ctx, cA.ContractID)
 		return err == nil && bytes.Contains(raw, []byte("\n2\n")) && cosignedBy(wvkey, raw) // the terms and one object
 	})
+	// Registry B, the other view of the same log, starts only now: had both
+	// shown the witness their first checkpoints at once, which one it
+	// cosigned would be a race (their terms entries differ when the two
+	// contracts were created in different seconds).
+	hB := start(&logsB)
+	aliceAtB := hB.NewContributor(t, alice.ID)
+	aliceAtB.Key = alice.Key
+	cB := hB.CreateContract(t, registrytest.NewContract("did:example:split", "bucket", aliceAtB))
+	if cA.Log != cB.Log {
+		t.Fatalf("the two registries must look like one log: %+v vs %+v", cA.Log, cB.Log)
+	}
 
 	// The witness restarts (same key, same state file) before it is shown
 	// the fork.
