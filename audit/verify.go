@@ -1,0 +1,477 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+// VerifyOptions are what an auditor brings to a bundle.
+type VerifyOptions struct {
+	// CheckpointKey is the log's verifier key as the auditor knows it
+	// (from the contract as published). Empty: the bundle's own, which
+	// proves only that the bundle is self-consistent; Report.Pinned says
+	// which.
+	CheckpointKey string
+	// Witnesses, when set, must have cosigned the bundle's checkpoint.
+	Witnesses *verify.WitnessPolicy
+	// Now is the time freshness is judged at (time.Now when zero).
+	Now time.Time
+	// MaxAge, when positive, refuses a checkpoint (and witness
+	// cosignatures) signed longer ago than this.
+	MaxAge time.Duration
+}
+
+// Problem is one thing a bundle fails to prove, and where.
+type Problem struct {
+	// Where names what broke: "checkpoint", "entry 7", "batch b-1",
+	// "attestation for name x.bin (entry 3)", "row seq 42", "totals".
+	Where string `json:"where"`
+	Err   error  `json:"-"`
+}
+
+func (p Problem) Error() string { return p.Where + ": " + p.Err.Error() }
+
+// Unwrap gives the cause.
+func (p Problem) Unwrap() error { return p.Err }
+
+// VerifyError lists every problem of a bundle.
+type VerifyError struct{ Problems []Problem }
+
+func (e *VerifyError) Error() string {
+	msgs := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		msgs[i] = p.Error()
+	}
+	return fmt.Sprintf("audit bundle does not verify (%d problems):\n  %s", len(e.Problems), strings.Join(msgs, "\n  "))
+}
+
+// Unwrap gives the problems.
+func (e *VerifyError) Unwrap() []error {
+	out := make([]error, len(e.Problems))
+	for i, p := range e.Problems {
+		out[i] = p
+	}
+	return out
+}
+
+// Report is what a verified bundle shows.
+type Report struct {
+	Contract   string             `json:"contract_id"`
+	Checkpoint *verify.Checkpoint `json:"-"`
+	// Pinned says the checkpoint key was the auditor's, not the bundle's.
+	Pinned       bool   `json:"pinned"`
+	Witnessed    bool   `json:"witnessed"`
+	Entries      int    `json:"entries"`
+	Attestations int    `json:"attestations"`
+	Metering     int    `json:"metering"`
+	Redactions   int    `json:"redactions"`
+	Revocations  int    `json:"revocations"`
+	Checkpoints  int    `json:"checkpoints"`
+	Batches      int    `json:"batches"`
+	Rows         int    `json:"rows"`
+	Totals       Totals `json:"totals"`
+	// Facts are what the log says, for compliance checks.
+	Facts *Facts `json:"-"`
+}
+
+// Verify checks everything a bundle claims, offline: the checkpoint's
+// signature (and witness cosignatures when asked), every entry's chain
+// link and that the entries hash to the checkpoint's root, every earlier
+// checkpoint's consistency with it, every terms version (signed by the log
+// key), every attestation against the contributor keys in force at its
+// entry, every metering batch (its sidecar's signature, the events the
+// entry counts and their prices), every batch's receipt and that it is the
+// log's entry, that the bundle leaves out no batch of the ledger in scope,
+// the totals, and every disclosed row against its batch. The error is a
+// *VerifyError listing every problem; the report is returned either way.
+func Verify(b *Bundle, opts VerifyOptions) (*Report, error) {
+	v := &verifier{b: b, opts: opts, rep: &Report{Contract: b.Contract}, byBatch: map[string]int{}}
+	if v.opts.Now.IsZero() {
+		v.opts.Now = time.Now()
+	}
+	v.run()
+	if len(v.problems) > 0 {
+		return v.rep, &VerifyError{Problems: v.problems}
+	}
+	return v.rep, nil
+}
+
+type verifier struct {
+	b        *Bundle
+	opts     VerifyOptions
+	rep      *Report
+	problems []Problem
+
+	cpv    *verify.CheckpointVerifier
+	cp     *verify.Checkpoint // nil when it does not verify
+	leaves [][]byte
+	// roots are the roots of the log's prefixes asked for, by size.
+	roots   map[uint64][]byte
+	replay  *replay
+	byBatch map[string]int // batch id -> index in b.Batches
+}
+
+func (v *verifier) fail(where string, err error) {
+	v.problems = append(v.problems, Problem{Where: where, Err: err})
+}
+
+func (v *verifier) failf(where, format string, args ...any) {
+	v.fail(where, fmt.Errorf(format, args...))
+}
+
+func (v *verifier) run() {
+	b := v.b
+	vkey := b.Log.CheckpointKey
+	if v.opts.CheckpointKey != "" {
+		v.rep.Pinned = true
+		if vkey != v.opts.CheckpointKey {
+			v.failf("checkpoint", "the bundle names log key %q, not the pinned %q", vkey, v.opts.CheckpointKey)
+			vkey = v.opts.CheckpointKey
+		}
+	}
+	var err error
+	if v.cpv, err = verify.NewCheckpointVerifier(b.Log.Origin, vkey); err != nil {
+		v.fail("checkpoint", err)
+		return
+	}
+	v.checkCheckpoint()
+	v.roots = map[uint64][]byte{}
+	sizes := v.checkpointSizes()
+	v.replayLog(sizes)
+	v.checkRoots()
+	v.checkBatches()
+	v.checkRows()
+	v.rep.Facts = v.replay.facts
+}
+
+// checkCheckpoint verifies the latest checkpoint: signature, freshness,
+// witnesses.
+func (v *verifier) checkCheckpoint() {
+	cp, err := v.cpv.Parse([]byte(v.b.Checkpoint))
+	if err != nil {
+		v.fail("checkpoint", err)
+		return
+	}
+	v.cp, v.rep.Checkpoint = cp, cp
+	if err := verify.CheckFresh(cp, v.opts.Now, v.opts.MaxAge); err != nil {
+		v.fail("checkpoint", err)
+	}
+	if v.opts.Witnesses != nil {
+		if err := v.opts.Witnesses.ForLog(v.cpv); err != nil {
+			v.fail("checkpoint", err)
+		} else if err := v.opts.Witnesses.Check(cp, v.opts.Now, v.opts.MaxAge); err != nil {
+			v.fail("checkpoint", err)
+		} else {
+			v.rep.Witnessed = true
+		}
+	}
+	if n := uint64(len(v.b.Entries)); n != cp.Size {
+		v.failf("checkpoint", "it commits to %d entries, the bundle holds %d", cp.Size, n)
+	}
+}
+
+// checkpointSizes are the sizes whose prefix roots the checks need: the
+// earlier checkpoints' and the receipts'.
+func (v *verifier) checkpointSizes() map[uint64]bool {
+	sizes := map[uint64]bool{}
+	if v.cp != nil {
+		sizes[v.cp.Size] = true
+	}
+	for _, c := range v.b.Checkpoints {
+		if cp, err := v.cpv.Parse([]byte(c.Checkpoint)); err == nil {
+			sizes[cp.Size] = true
+		}
+	}
+	for _, bt := range v.b.Batches {
+		if p, err := ParseTLogProof(bt.Proof); err == nil {
+			if cp, err := v.cpv.Parse(p.Checkpoint); err == nil {
+				sizes[cp.Size] = true
+			}
+		}
+	}
+	return sizes
+}
+
+// replayLog checks every entry in order and keeps the roots of the
+// prefixes in sizes.
+func (v *verifier) replayLog(sizes map[uint64]bool) {
+	v.replay = newReplay(v.b, v.cpv)
+	rng := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
+	prev := contract.ZeroHash
+	v.leaves = make([][]byte, 0, len(v.b.Entries))
+	for i, raw := range v.b.Entries {
+		seq := uint64(i) + 1
+		where := fmt.Sprintf("entry %d", seq)
+		leaf := contract.LeafHash(raw)
+		v.leaves = append(v.leaves, leaf)
+		if err := rng.Append(leaf, nil); err != nil {
+			v.fail(where, err)
+			return
+		}
+		if sizes[seq] {
+			root, err := rng.GetRootHash(nil)
+			if err != nil {
+				v.fail(where, err)
+				return
+			}
+			v.roots[seq] = root
+		}
+		e, err := contract.DecodeEntry(raw)
+		if err != nil {
+			v.fail(where, err)
+			prev = leaf
+			continue
+		}
+		switch {
+		case e.Seq != seq:
+			v.failf(where, "it says it is entry %d", e.Seq)
+		case e.Contract != v.b.Contract:
+			v.failf(where, "it is an entry of contract %q", e.Contract)
+		case e.PrevHash != hex.EncodeToString(prev):
+			v.failf(where, "prev_hash %s is not the hash of entry %d (%x): an entry before it was changed, added or removed", e.PrevHash, seq-1, prev)
+		}
+		prev = leaf
+		v.replay.entry(seq, e, v.fail)
+	}
+	v.rep.Entries = len(v.b.Entries)
+	r := v.replay
+	v.rep.Attestations, v.rep.Metering, v.rep.Redactions, v.rep.Revocations = r.attestations, r.metering, r.redactions, r.revocations
+}
+
+// checkRoots checks the entries against the latest checkpoint and the
+// earlier ones (by their roots and by their consistency proofs).
+func (v *verifier) checkRoots() {
+	if v.cp == nil {
+		return
+	}
+	if root, ok := v.roots[v.cp.Size]; ok && !bytes.Equal(root, v.cp.Hash) {
+		v.failf("checkpoint", "the bundle's %d entries hash to root %x, the checkpoint signs %x: entries were changed", v.cp.Size, root, v.cp.Hash)
+	}
+	for i, c := range v.b.Checkpoints {
+		where := fmt.Sprintf("checkpoints[%d]", i)
+		old, err := v.cpv.Parse([]byte(c.Checkpoint))
+		if err != nil {
+			v.fail(where, err)
+			continue
+		}
+		where = fmt.Sprintf("checkpoint of size %d", old.Size)
+		v.rep.Checkpoints++
+		if err := verify.VerifyConsistency(old, v.cp, c.Consistency); err != nil {
+			v.fail(where, err)
+			continue
+		}
+		if root, ok := v.roots[old.Size]; ok && !bytes.Equal(root, old.Hash) {
+			v.failf(where, "the bundle's first %d entries hash to %x, it signs %x", old.Size, root, old.Hash)
+		}
+	}
+}
+
+// checkBatches checks each batch's receipt, that it is the log's entry,
+// what it counted, that no batch of the ledger in scope is missing, and
+// the totals.
+func (v *verifier) checkBatches() {
+	b := v.b
+	var total Totals
+	var lastSeq uint64
+	inBundle := map[uint64]string{}
+	for i := range b.Batches {
+		bt := &b.Batches[i]
+		v.byBatch[bt.Batch] = i
+		where := "batch " + bt.Batch
+		seq, ok := v.checkReceipt(bt)
+		if !ok {
+			continue
+		}
+		if seq <= lastSeq {
+			v.failf(where, "entry %d comes after entry %d: batches must be in log order, each once", seq, lastSeq)
+		}
+		lastSeq = seq
+		inBundle[seq] = bt.Batch
+		m := v.replay.meteringAt(seq)
+		if m == nil {
+			v.failf(where, "entry %d holds no metering batch that verifies", seq)
+			continue
+		}
+		if m.batch.BatchID != bt.Batch {
+			v.failf(where, "entry %d holds batch %q", seq, m.batch.BatchID)
+		}
+		got, err := m.counted(&b.Ledger)
+		if err != nil {
+			v.fail(where, err)
+			continue
+		}
+		if got != bt.Counted {
+			v.failf(where, "the bundle says it counted %s, its entry %d counts %s", bt.Counted, seq, got)
+		}
+		for _, ev := range m.batch.Events {
+			if s, ok := b.Ledger.rowSeq(ev.ID); ok && (s <= bt.AfterSeq || s > bt.LastSeq) {
+				v.failf(where, "it carries row seq %d, outside its rows (%d, %d]", s, bt.AfterSeq, bt.LastSeq)
+				break
+			}
+		}
+		if !total.Sums.Add(got.Sums) {
+			v.failf("totals", "overflow")
+		}
+		total.Events += got.Events
+	}
+	v.rep.Batches = len(b.Batches)
+	// Every batch of the ledger in scope that the log counted is in.
+	for _, m := range v.replay.meter {
+		if _, ok := inBundle[m.seq]; ok {
+			continue
+		}
+		got, err := m.counted(&b.Ledger)
+		if err == nil && got.Events > 0 {
+			v.failf("batch "+m.batch.BatchID, "entry %d of the log counts %s of ledger %s in scope; the bundle leaves it out", m.seq, got, b.Ledger.ID)
+		}
+	}
+	if total != b.Totals {
+		v.failf("totals", "the bundle says %s, its batches count %s", b.Totals, total)
+	}
+	v.rep.Totals = total
+}
+
+// checkReceipt checks a batch's receipt: a tlog-proof for its entry
+// against a checkpoint signed by the log key that is one log with the
+// bundle's, and that the entry is the log's. It returns the entry's seq.
+func (v *verifier) checkReceipt(bt *Batch) (uint64, bool) {
+	where := "batch " + bt.Batch
+	p, err := ParseTLogProof(bt.Proof)
+	if err != nil {
+		v.fail(where, fmt.Errorf("receipt: %w", err))
+		return 0, false
+	}
+	r := &contract.MeteringReceipt{Entry: bt.Entry, Leaf: contract.LeafHash(bt.Entry), Index: p.Index, Checkpoint: string(p.Checkpoint), Inclusion: p.Hashes}
+	rcp, e, err := verify.VerifyMeteringReceipt(v.cpv, v.b.Contract, r)
+	if err != nil {
+		v.fail(where, fmt.Errorf("receipt: %w", err))
+		return 0, false
+	}
+	seq := e.Seq
+	ok := true
+	if seq > uint64(len(v.leaves)) {
+		v.failf(where, "receipted entry %d is beyond the bundle's log of %d entries", seq, len(v.leaves))
+		return seq, false
+	}
+	if !bytes.Equal(v.leaves[seq-1], r.Leaf) {
+		v.failf(where, "entry %d of the log does not match its receipt leaf %x (the log's is %x)", seq, r.Leaf, v.leaves[seq-1])
+		ok = false
+	}
+	if root, found := v.roots[rcp.Size]; found && !bytes.Equal(root, rcp.Hash) {
+		v.failf(where, "its receipt's checkpoint (size %d, root %x) is not of this log: the bundle's first %d entries hash to %x", rcp.Size, rcp.Hash, rcp.Size, root)
+		ok = false
+	} else if !found {
+		v.failf(where, "its receipt's checkpoint of size %d is beyond the bundle's log", rcp.Size)
+		ok = false
+	}
+	return seq, ok
+}
+
+// checkRows checks each disclosed row against its batch's row tree, and
+// the batch's sums against its rows when all of them are disclosed.
+func (v *verifier) checkRows() {
+	type cover struct {
+		seen map[uint64]bool
+		sum  Totals
+	}
+	covers := map[string]*cover{}
+	for i := range v.b.Rows {
+		r := &v.b.Rows[i]
+		where := fmt.Sprintf("row seq %d", r.Seq)
+		bi, ok := v.byBatch[r.Batch]
+		if !ok {
+			v.failf(where, "batch %s is not in the bundle", r.Batch)
+			continue
+		}
+		bt := &v.b.Batches[bi]
+		if r.Seq <= bt.AfterSeq || r.Seq > bt.LastSeq {
+			v.failf(where, "batch %s holds rows (%d, %d]", r.Batch, bt.AfterSeq, bt.LastSeq)
+			continue
+		}
+		e, err := contract.DecodeEntry(bt.Entry)
+		if err != nil {
+			continue // the batch's problem, already named
+		}
+		m := v.replay.meteringAt(e.Seq)
+		if m == nil || m.tree == nil {
+			v.failf(where, "batch %s has no row tree to check it against", r.Batch)
+			continue
+		}
+		if err := verifyRow(r.Index, m.tree.Size(), []byte(r.Row), r.Proof, m.tree.Root()); err != nil {
+			v.failf(where, "inclusion proof does not verify against batch %s root %x: %v", r.Batch, m.tree.Root(), err)
+			continue
+		}
+		ev, err := decodeRow([]byte(r.Row))
+		if err != nil {
+			v.fail(where, err)
+			continue
+		}
+		if want := v.b.Ledger.ID + "-" + fmt.Sprint(r.Seq); ev.ID != want {
+			v.failf(where, "the row proven is event %q, not %q", ev.ID, want)
+			continue
+		}
+		c := covers[r.Batch]
+		if c == nil {
+			c = &cover{seen: map[uint64]bool{}}
+			covers[r.Batch] = c
+		}
+		if !c.seen[r.Index] {
+			c.seen[r.Index] = true
+			c.sum.add(ev)
+		}
+		v.rep.Rows++
+	}
+	names := make([]string, 0, len(covers))
+	for n := range covers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c := covers[n]
+		bt := &v.b.Batches[v.byBatch[n]]
+		e, _ := contract.DecodeEntry(bt.Entry)
+		m := v.replay.meteringAt(e.Seq)
+		if uint64(len(c.seen)) != m.tree.Size() {
+			continue
+		}
+		if want := m.sums(); c.sum != want {
+			v.failf("batch "+n, "its %d disclosed rows sum to %s, the batch commits to %s", len(c.seen), c.sum, want)
+		}
+	}
+}
+
+// rowSeq is the ledger row seq of event id, when the event is this
+// ledger's.
+func (s *LedgerScope) rowSeq(id string) (int64, bool) {
+	rest, ok := strings.CutPrefix(id, s.ID+"-")
+	if !ok {
+		return 0, false
+	}
+	var n int64
+	if _, err := fmt.Sscan(rest, &n); err != nil || fmt.Sprint(n) != rest {
+		return 0, false
+	}
+	return n, true
+}
+
+func decodeRow(b []byte) (*contract.MeteringEvent, error) {
+	var ev contract.MeteringEvent
+	if err := decodeStrictJSON(b, &ev); err != nil {
+		return nil, fmt.Errorf("row: %w", err)
+	}
+	return &ev, nil
+}
+
+func (t Totals) String() string {
+	return fmt.Sprintf("%d events (%d samples, %d bytes, %d units, %d nano-USD)", t.Events, t.Samples, t.Bytes, t.Units, t.CostNanoUSD)
+}
