@@ -351,21 +351,23 @@ func (v *verifier) checkReceipt(bt *Batch) (uint64, bool) {
 		v.fail(where, fmt.Errorf("receipt: %w", err))
 		return 0, false
 	}
-	r := &contract.MeteringReceipt{Entry: bt.Entry, Leaf: contract.LeafHash(bt.Entry), Index: p.Index, Checkpoint: string(p.Checkpoint), Inclusion: p.Hashes}
-	rcp, e, err := verify.VerifyMeteringReceipt(v.cpv, v.b.Contract, r)
-	if err != nil {
-		v.fail(where, fmt.Errorf("receipt: %w", err))
-		return 0, false
-	}
-	seq := e.Seq
+	seq := p.Index + 1
 	ok := true
 	if seq > uint64(len(v.leaves)) {
 		v.failf(where, "receipted entry %d is beyond the bundle's log of %d entries", seq, len(v.leaves))
+		ok = false
+	} else if leaf := contract.LeafHash(bt.Entry); !bytes.Equal(v.leaves[seq-1], leaf) {
+		v.failf(where, "its entry does not match its receipt's leaf: it hashes to %x, entry %d of the log to %x", leaf, seq, v.leaves[seq-1])
+		ok = false
+	}
+	r := &contract.MeteringReceipt{Entry: bt.Entry, Leaf: contract.LeafHash(bt.Entry), Index: p.Index, Checkpoint: string(p.Checkpoint), Inclusion: p.Hashes}
+	rcp, _, err := verify.VerifyMeteringReceipt(v.cpv, v.b.Contract, r)
+	if err != nil {
+		v.fail(where, fmt.Errorf("receipt: %w", err))
 		return seq, false
 	}
-	if !bytes.Equal(v.leaves[seq-1], r.Leaf) {
-		v.failf(where, "entry %d of the log does not match its receipt leaf %x (the log's is %x)", seq, r.Leaf, v.leaves[seq-1])
-		ok = false
+	if !ok {
+		return seq, false
 	}
 	if root, found := v.roots[rcp.Size]; found && !bytes.Equal(root, rcp.Hash) {
 		v.failf(where, "its receipt's checkpoint (size %d, root %x) is not of this log: the bundle's first %d entries hash to %x", rcp.Size, rcp.Hash, rcp.Size, root)
