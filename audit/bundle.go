@@ -132,6 +132,10 @@ type Batch struct {
 	Proof string `json:"proof"`
 	// Counted are the ledger's events in scope that the entry counted.
 	Counted Totals `json:"counted"`
+	// Rows is the batch's row tree, when rows of it are disclosed: the
+	// one its entry commits to (an aggregate batch), or the one the
+	// exporter's ledger makes of its rows.
+	Rows *RowsRoot `json:"rows,omitempty"`
 }
 
 // Totals are a count of events and their sums.
@@ -149,15 +153,15 @@ func (t *Totals) add(ev *contract.MeteringEvent) bool {
 }
 
 // DisclosedRow is a ledger row shown with its inclusion proof in its
-// batch's row tree (an RFC 6962 tree whose leaves are the batch's rows'
-// canonical bytes, in order; see docs/AUDIT.md).
+// batch's row tree (the RFC 6962 tree of the batch's rows' canonical
+// leaves in seq order, provgate.meter.row/v1; see docs/AUDIT.md).
 type DisclosedRow struct {
 	Seq   int64  `json:"seq"`
 	Batch string `json:"batch"`
 	// Index is the row's leaf index in the batch's tree.
 	Index uint64 `json:"index"`
-	// Row is the leaf's bytes: the row's canonical JSON, as a string so
-	// that no re-encoding of the bundle changes them.
+	// Row is the leaf's bytes (meter.RowLeaf), as a string so that no
+	// re-encoding of the bundle changes them.
 	Row   string   `json:"row"`
 	Proof [][]byte `json:"proof"`
 }
@@ -238,6 +242,9 @@ func (b *Bundle) checkShape() error {
 		}
 		if bt.AfterSeq < 0 || bt.LastSeq <= bt.AfterSeq {
 			return fmt.Errorf("batch %s: rows (%d, %d] is no range", bt.Batch, bt.AfterSeq, bt.LastSeq)
+		}
+		if r := bt.Rows; r != nil && (r.Count == 0 || r.Count > uint64(bt.LastSeq-bt.AfterSeq) || len(r.Root) != 32) {
+			return fmt.Errorf("batch %s: rows: want 1 to %d rows and a 32-byte root", bt.Batch, bt.LastSeq-bt.AfterSeq)
 		}
 	}
 	for i := range b.Rows {

@@ -3,7 +3,6 @@ package audit
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -32,6 +31,8 @@ type Ledger interface {
 	Receipts(ctx context.Context, contractID string) ([]meter.StoredReceipt, error)
 	Rows(ctx context.Context, after int64, fn func(r *meter.Row) error) error
 	LogCheckpoint(ctx context.Context, contractID string) ([]byte, error)
+	RowsRootOf(ctx context.Context, contractID string, rng meter.RowRange) ([]byte, int64, error)
+	DiscloseRows(ctx context.Context, contractID string, rng meter.RowRange, seqs []int64) ([]meter.DisclosedRow, error)
 }
 
 var _ Ledger = (*meter.Ledger)(nil)
@@ -274,71 +275,41 @@ func addCheckpoints(b *Bundle, cpv *verify.CheckpointVerifier, cp *verify.Checkp
 	sort.SliceStable(b.Checkpoints, func(i, j int) bool { return b.Checkpoints[i].Checkpoint < b.Checkpoints[j].Checkpoint })
 }
 
-// errStop ends a ledger scan early.
-var errStop = errors.New("stop")
-
-// discloseRows adds the ledger rows seqs with their proofs in their
-// batches' row trees.
+// discloseRows adds the ledger rows seqs, each with its proof in its
+// batch's row tree, and the trees' roots to their batches.
 func discloseRows(ctx context.Context, l Ledger, b *Bundle, seqs []int64) error {
+	byBatch := map[int][]int64{}
+	var order []int
 	for _, seq := range seqs {
-		var bt *Batch
+		bi := -1
 		for i := range b.Batches {
 			if seq > b.Batches[i].AfterSeq && seq <= b.Batches[i].LastSeq {
-				bt = &b.Batches[i]
+				bi = i
 			}
 		}
-		if bt == nil {
+		if bi < 0 {
 			return fmt.Errorf("audit export: row seq %d is in no batch of the bundle (not synced, or out of scope)", seq)
 		}
-		var row *contract.MeteringEvent
-		err := l.Rows(ctx, seq-1, func(r *meter.Row) error {
-			if r.Seq == seq {
-				ev := r.MeteringEvent()
-				row = &ev
-			}
-			return errStop
-		})
-		if err != nil && !errors.Is(err, errStop) {
-			return fmt.Errorf("audit export: row seq %d: %w", seq, err)
+		if _, ok := byBatch[bi]; !ok {
+			order = append(order, bi)
 		}
-		if row == nil {
-			return fmt.Errorf("audit export: row seq %d is not in the ledger (pruned?)", seq)
-		}
-		e, err := contract.DecodeEntry(bt.Entry)
+		byBatch[bi] = append(byBatch[bi], seq)
+	}
+	for _, bi := range order {
+		bt := &b.Batches[bi]
+		rng := meter.RowRange{AfterSeq: bt.AfterSeq, LastSeq: bt.LastSeq}
+		root, count, err := l.RowsRootOf(ctx, b.Contract, rng)
 		if err != nil {
 			return fmt.Errorf("audit export: batch %s: %w", bt.Batch, err)
 		}
-		mb, err := peekBatch(e.JWS)
+		bt.Rows = &RowsRoot{Count: uint64(count), Root: root}
+		ds, err := l.DiscloseRows(ctx, b.Contract, rng, byBatch[bi])
 		if err != nil {
 			return fmt.Errorf("audit export: batch %s: %w", bt.Batch, err)
 		}
-		tree, err := newRowTree(mb)
-		if err != nil {
-			return err
+		for _, d := range ds {
+			b.Rows = append(b.Rows, DisclosedRow{Seq: d.Seq, Batch: bt.Batch, Index: d.Index, Row: string(d.Leaf), Proof: d.Inclusion})
 		}
-		idx := -1
-		for i := range mb.Events {
-			if mb.Events[i].ID == row.ID {
-				idx = i
-			}
-		}
-		if idx < 0 {
-			return fmt.Errorf("audit export: row seq %d: batch %s does not carry event %s", seq, bt.Batch, row.ID)
-		}
-		// The leaf is the batch's event, which must be the ledger's row.
-		sent := mb.Events[idx]
-		if !sameEvent(&sent, row) {
-			return fmt.Errorf("audit export: row seq %d: the ledger's row is not the event batch %s carries", seq, bt.Batch)
-		}
-		leaf, err := RowLeaf(&sent)
-		if err != nil {
-			return err
-		}
-		p, err := tree.Proof(uint64(idx))
-		if err != nil {
-			return err
-		}
-		b.Rows = append(b.Rows, DisclosedRow{Seq: seq, Batch: bt.Batch, Index: uint64(idx), Row: string(leaf), Proof: p})
 	}
 	return nil
 }
@@ -350,15 +321,4 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// sameEvent reports whether two events say the same (times compared as
-// instants).
-func sameEvent(a, b *contract.MeteringEvent) bool {
-	x, y := *a, *b
-	if !x.Time.Equal(y.Time) {
-		return false
-	}
-	x.Time, y.Time = time.Time{}, time.Time{}
-	return x == y
 }

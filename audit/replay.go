@@ -105,7 +105,6 @@ type metered struct {
 	entry    *contract.Entry
 	batch    *contract.MeteringBatch
 	accepted map[string]bool
-	tree     *rowTree
 }
 
 func newReplay(b *Bundle, cpv *verify.CheckpointVerifier) *replay {
@@ -323,9 +322,6 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		r.counted[key] = seq
 		m.accepted[id] = true
 	}
-	if m.tree, err = newRowTree(b); err != nil {
-		return err
-	}
 	r.meter = append(r.meter, m)
 	r.bySeq[seq] = m
 	return nil
@@ -344,6 +340,16 @@ func (m *metered) counted(s *LedgerScope) (Totals, error) {
 		}
 	}
 	return t, nil
+}
+
+// event is the batch's event with id, or nil.
+func (m *metered) event(id string) *contract.MeteringEvent {
+	for i := range m.batch.Events {
+		if m.batch.Events[i].ID == id {
+			return &m.batch.Events[i]
+		}
+	}
+	return nil
 }
 
 // sums are what the batch commits to over all its rows.

@@ -1,120 +1,123 @@
 package audit
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
-
-	"github.com/transparency-dev/merkle/proof"
-	"github.com/transparency-dev/merkle/rfc6962"
+	"strings"
+	"time"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/meter"
 )
 
-// RowLeaf is the canonical bytes of a metering event as a row-tree leaf:
-// its JSON encoding with the fields of contract.MeteringEvent in order
-// (what encoding/json makes of the struct).
-func RowLeaf(ev *contract.MeteringEvent) ([]byte, error) {
-	b, err := json.Marshal(ev)
-	if err != nil {
+// Row disclosure. A batch's row tree is the RFC 6962 tree of its ledger
+// rows' canonical leaves (provgate.meter.row/v1, meter.RowLeaf) in seq
+// order. An aggregate batch commits to its root in the log (rows.root);
+// a batch that carries its events commits to each row's fields, and the
+// bundle gives the root the exporter's ledger makes of them, so that a
+// disclosed row is checked twice: by its proof against that root, and
+// field by field against the signed event of the same id.
+
+// RowsRoot is a batch's row tree: how many rows and their root.
+type RowsRoot struct {
+	Count uint64 `json:"count"`
+	Root  []byte `json:"root"`
+}
+
+// rowLeaf is a decoded provgate.meter.row/v1 leaf.
+type rowLeaf struct {
+	Bytes       int64  `json:"bytes"`
+	Contract    string `json:"contract_id"`
+	CostNanoUSD int64  `json:"cost_nano_usd"`
+	DecodedSHA  string `json:"decoded_sha256"`
+	Distinct    int64  `json:"distinct"`
+	Epoch       int64  `json:"epoch"`
+	Events      int64  `json:"events"`
+	ID          string `json:"id"`
+	Job         string `json:"job"`
+	Kind        string `json:"kind"`
+	Lease       string `json:"lease"`
+	Name        string `json:"name"`
+	Outcome     string `json:"outcome"`
+	Samples     int64  `json:"samples"`
+	Seq         int64  `json:"seq"`
+	TermsSeq    uint64 `json:"terms_seq"`
+	Time        string `json:"time"`
+	TokenID     string `json:"token_jti"`
+	Tokens      int64  `json:"tokens"`
+	Units       int64  `json:"units"`
+}
+
+// decodeRowLeaf parses a leaf strictly and checks that it is canonical:
+// meter.RowLeaf of the row it decodes to gives the same bytes.
+func decodeRowLeaf(leaf []byte) (*meter.Row, error) {
+	var l rowLeaf
+	if err := decodeStrictJSON(leaf, &l); err != nil {
 		return nil, fmt.Errorf("row leaf: %w", err)
 	}
-	return b, nil
+	t, err := time.Parse(time.RFC3339Nano, l.Time)
+	if err != nil {
+		return nil, fmt.Errorf("row leaf: time: %w", err)
+	}
+	r := &meter.Row{Seq: l.Seq, ID: l.ID, Kind: l.Kind, Time: t, Contract: l.Contract, Name: l.Name, Bytes: l.Bytes, Samples: l.Samples,
+		Tokens: l.Tokens, Distinct: l.Distinct, Units: l.Units, CostNanoUSD: l.CostNanoUSD, Epoch: l.Epoch, Job: l.Job, TokenID: l.TokenID,
+		Lease: l.Lease, TermsSeq: l.TermsSeq, DecodedSHA: l.DecodedSHA, Outcome: l.Outcome, Events: l.Events}
+	if !bytes.Equal(meter.RowLeaf(r), leaf) {
+		return nil, fmt.Errorf("row leaf: not in canonical form (provgate.meter.row/v1)")
+	}
+	return r, nil
 }
 
-// rowTree is a batch's row tree: the leaves of its rows in batch order.
-type rowTree struct {
-	leaves [][]byte // leaf hashes
-	// events are the rows, by leaf index.
-	events []contract.MeteringEvent
+// rowDiffers names the first field in which row r differs from the event
+// a batch carries for it ("" when none). An epoch row is sent with units
+// and cost zero.
+func rowDiffers(r *meter.Row, ev *contract.MeteringEvent) string {
+	sent := r.MeteringEvent()
+	if !sent.Time.Equal(ev.Time) {
+		return fmt.Sprintf("time %s, the batch says %s", sent.Time.UTC().Format(time.RFC3339Nano), ev.Time.UTC().Format(time.RFC3339Nano))
+	}
+	ev2 := *ev
+	sent.Time, ev2.Time = time.Time{}, time.Time{}
+	if sent != ev2 {
+		a, _ := json.Marshal(sent)
+		b, _ := json.Marshal(ev2)
+		return fmt.Sprintf("the row sends %s, the batch carries %s", a, b)
+	}
+	return ""
 }
 
-// newRowTree is the row tree of a batch that carries its events: one leaf
-// per event, in the order the batch lists them.
-func newRowTree(b *contract.MeteringBatch) (*rowTree, error) {
-	t := &rowTree{leaves: make([][]byte, len(b.Events)), events: b.Events}
-	for i := range b.Events {
-		leaf, err := RowLeaf(&b.Events[i])
-		if err != nil {
-			return nil, err
-		}
-		t.leaves[i] = rfc6962.DefaultHasher.HashLeaf(leaf)
+// rowSums are what a row adds to a batch's sums, as the batch counts it
+// (an epoch row bills nothing).
+func rowSums(r *meter.Row) contract.Sums {
+	s := contract.Sums{Samples: r.Samples, Bytes: r.Bytes, Units: r.Units, CostNanoUSD: r.CostNanoUSD}
+	if r.Kind == contract.EventEpoch {
+		s.Units, s.CostNanoUSD = 0, 0
 	}
-	return t, nil
+	return s
 }
 
-// Size is the number of rows.
-func (t *rowTree) Size() uint64 { return uint64(len(t.leaves)) }
-
-// Root is the RFC 6962 root over the rows.
-func (t *rowTree) Root() []byte { return merkleRoot(t.leaves) }
-
-// Proof is the inclusion proof of row i.
-func (t *rowTree) Proof(i uint64) ([][]byte, error) {
-	if i >= t.Size() {
-		return nil, fmt.Errorf("row %d of %d", i, t.Size())
+// committedRows reads the row commitment an aggregate batch's payload
+// carries (rows: {count, root}), if any; the signature was checked when
+// the entry was replayed.
+func committedRows(jws string) (*RowsRoot, bool) {
+	parts := strings.Split(jws, ".")
+	if len(parts) != 3 {
+		return nil, false
 	}
-	return inclusionProof(t.leaves, i), nil
-}
-
-// verifyRow checks that row (leaf bytes) is leaf index of a tree of size
-// with root.
-func verifyRow(index, size uint64, row []byte, hashes [][]byte, root []byte) error {
-	return proof.VerifyInclusion(rfc6962.DefaultHasher, index, size, rfc6962.DefaultHasher.HashLeaf(row), hashes, root)
-}
-
-// merkleRoot is the RFC 6962 root of leaf hashes.
-func merkleRoot(leaves [][]byte) []byte {
-	switch len(leaves) {
-	case 0:
-		return rfc6962.DefaultHasher.EmptyRoot()
-	case 1:
-		return leaves[0]
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, false
 	}
-	k := split(len(leaves))
-	return rfc6962.DefaultHasher.HashChildren(merkleRoot(leaves[:k]), merkleRoot(leaves[k:]))
-}
-
-// inclusionProof is the RFC 6962 audit path of leaf i (RFC 6962 2.1.1).
-func inclusionProof(leaves [][]byte, i uint64) [][]byte {
-	if len(leaves) <= 1 {
-		return nil
+	var p struct {
+		Rows *struct {
+			Count int64  `json:"count"`
+			Root  []byte `json:"root"`
+		} `json:"rows"`
 	}
-	k := split(len(leaves))
-	if i < uint64(k) {
-		return append(inclusionProof(leaves[:k], i), merkleRoot(leaves[k:]))
+	if json.Unmarshal(payload, &p) != nil || p.Rows == nil || p.Rows.Count < 1 {
+		return nil, false
 	}
-	return append(inclusionProof(leaves[k:], i-uint64(k)), merkleRoot(leaves[:k]))
-}
-
-// consistencyProof is the RFC 6962 consistency proof from the first m
-// leaves to all of them (RFC 6962 2.1.2).
-func consistencyProof(leaves [][]byte, m uint64) [][]byte {
-	if m == 0 || m >= uint64(len(leaves)) {
-		return nil
-	}
-	return subProof(leaves, m, true)
-}
-
-func subProof(leaves [][]byte, m uint64, complete bool) [][]byte {
-	n := uint64(len(leaves))
-	if m == n {
-		if complete {
-			return nil
-		}
-		return [][]byte{merkleRoot(leaves)}
-	}
-	k := uint64(split(len(leaves)))
-	if m <= k {
-		return append(subProof(leaves[:k], m, complete), merkleRoot(leaves[k:]))
-	}
-	return append(subProof(leaves[k:], m-k, false), merkleRoot(leaves[:k]))
-}
-
-// split is the largest power of two smaller than n (n >= 2).
-func split(n int) int {
-	k := 1
-	for k<<1 < n {
-		k <<= 1
-	}
-	return k
+	return &RowsRoot{Count: uint64(p.Rows.Count), Root: p.Rows.Root}, true
 }

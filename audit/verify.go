@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/meter"
 	"github.com/provgate/provgate/verify"
 )
 
@@ -310,6 +310,9 @@ func (v *verifier) checkBatches() {
 			v.fail(where, err)
 			continue
 		}
+		if rows, ok := committedRows(m.entry.JWS); ok && bt.Rows != nil && (rows.Count != bt.Rows.Count || !bytes.Equal(rows.Root, bt.Rows.Root)) {
+			v.failf(where, "the bundle gives its rows as %d with root %x, its entry commits to %d with root %x", bt.Rows.Count, bt.Rows.Root, rows.Count, rows.Root)
+		}
 		if got != bt.Counted {
 			v.failf(where, "the bundle says it counted %s, its entry %d counts %s", bt.Counted, seq, got)
 		}
@@ -379,8 +382,10 @@ func (v *verifier) checkReceipt(bt *Batch) (uint64, bool) {
 	return seq, ok
 }
 
-// checkRows checks each disclosed row against its batch's row tree, and
-// the batch's sums against its rows when all of them are disclosed.
+// checkRows checks each disclosed row: its proof against its batch's row
+// tree, its leaf (canonical, the ledger's row of that seq), and against
+// the event of the same id the signed batch carries; and, when every row
+// of a batch is disclosed, their sums against the batch's.
 func (v *verifier) checkRows() {
 	type cover struct {
 		seen map[uint64]bool
@@ -396,31 +401,41 @@ func (v *verifier) checkRows() {
 			continue
 		}
 		bt := &v.b.Batches[bi]
-		if r.Seq <= bt.AfterSeq || r.Seq > bt.LastSeq {
+		m := v.meteredOf(bt)
+		switch {
+		case r.Seq <= bt.AfterSeq || r.Seq > bt.LastSeq:
 			v.failf(where, "batch %s holds rows (%d, %d]", r.Batch, bt.AfterSeq, bt.LastSeq)
 			continue
-		}
-		e, err := contract.DecodeEntry(bt.Entry)
-		if err != nil {
+		case bt.Rows == nil:
+			v.failf(where, "batch %s gives no row tree to check it against", r.Batch)
+			continue
+		case m == nil:
 			continue // the batch's problem, already named
 		}
-		m := v.replay.meteringAt(e.Seq)
-		if m == nil || m.tree == nil {
-			v.failf(where, "batch %s has no row tree to check it against", r.Batch)
+		d := meter.DisclosedRow{Seq: r.Seq, Leaf: []byte(r.Row), Index: r.Index, Size: bt.Rows.Count, Inclusion: r.Proof}
+		if err := meter.VerifyDisclosedRow(bt.Rows.Root, bt.Rows.Count, d); err != nil {
+			v.failf(where, "inclusion proof does not verify against batch %s root %x: %v", r.Batch, bt.Rows.Root, err)
 			continue
 		}
-		if err := verifyRow(r.Index, m.tree.Size(), []byte(r.Row), r.Proof, m.tree.Root()); err != nil {
-			v.failf(where, "inclusion proof does not verify against batch %s root %x: %v", r.Batch, m.tree.Root(), err)
-			continue
-		}
-		ev, err := decodeRow([]byte(r.Row))
+		row, err := decodeRowLeaf([]byte(r.Row))
 		if err != nil {
 			v.fail(where, err)
 			continue
 		}
-		if want := v.b.Ledger.ID + "-" + fmt.Sprint(r.Seq); ev.ID != want {
-			v.failf(where, "the row proven is event %q, not %q", ev.ID, want)
+		if id := v.b.Ledger.ID + "-" + fmt.Sprint(r.Seq); row.Seq != r.Seq || row.ID != id || row.Contract != v.b.Contract {
+			v.failf(where, "the leaf proven is row %d (%s) of contract %q, not %s", row.Seq, row.ID, row.Contract, id)
 			continue
+		}
+		if _, aggregate := committedRows(m.entry.JWS); !aggregate {
+			ev := m.event(row.ID)
+			if ev == nil {
+				v.failf(where, "batch %s carries no event %s", r.Batch, row.ID)
+				continue
+			}
+			if diff := rowDiffers(row, ev); diff != "" {
+				v.failf(where, "the disclosed row is not the event batch %s carries: %s", r.Batch, diff)
+				continue
+			}
 		}
 		c := covers[r.Batch]
 		if c == nil {
@@ -429,27 +444,39 @@ func (v *verifier) checkRows() {
 		}
 		if !c.seen[r.Index] {
 			c.seen[r.Index] = true
-			c.sum.add(ev)
+			c.sum.Events++
+			c.sum.Sums.Add(rowSums(row))
 		}
 		v.rep.Rows++
 	}
-	names := make([]string, 0, len(covers))
-	for n := range covers {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range sortedKeys(keysOf(covers)) {
 		c := covers[n]
 		bt := &v.b.Batches[v.byBatch[n]]
-		e, _ := contract.DecodeEntry(bt.Entry)
-		m := v.replay.meteringAt(e.Seq)
-		if uint64(len(c.seen)) != m.tree.Size() {
+		if uint64(len(c.seen)) != bt.Rows.Count {
 			continue
 		}
+		m := v.meteredOf(bt)
 		if want := m.sums(); c.sum != want {
 			v.failf("batch "+n, "its %d disclosed rows sum to %s, the batch commits to %s", len(c.seen), c.sum, want)
 		}
 	}
+}
+
+// meteredOf is the verified metering entry of a batch, or nil.
+func (v *verifier) meteredOf(bt *Batch) *metered {
+	e, err := contract.DecodeEntry(bt.Entry)
+	if err != nil {
+		return nil
+	}
+	return v.replay.meteringAt(e.Seq)
+}
+
+func keysOf[V any](m map[string]V) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
 }
 
 // rowSeq is the ledger row seq of event id, when the event is this
@@ -464,14 +491,6 @@ func (s *LedgerScope) rowSeq(id string) (int64, bool) {
 		return 0, false
 	}
 	return n, true
-}
-
-func decodeRow(b []byte) (*contract.MeteringEvent, error) {
-	var ev contract.MeteringEvent
-	if err := decodeStrictJSON(b, &ev); err != nil {
-		return nil, fmt.Errorf("row: %w", err)
-	}
-	return &ev, nil
 }
 
 func (t Totals) String() string {

@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"github.com/transparency-dev/merkle/testonly"
 
 	"github.com/provgate/provgate/audit"
 	"github.com/provgate/provgate/contract"
@@ -49,18 +53,47 @@ func TestAuditBundleEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	bundlePath := filepath.Join(dir, "bundle.json")
 	ledger := filepath.Join(sc.StateDir(), sidecar.LedgerFile)
-	out, stderr, code := runProvgate(t, "audit", "export", "--registry", e.front.URL(), "--ledger", ledger,
-		"--contract", e.c.ContractID, "--rows", "2,5", "-o", bundlePath)
-	if code != 0 {
-		t.Fatalf("audit export: exit %d\n%s%s", code, out, stderr)
+	export := func(rows string) *audit.Bundle {
+		t.Helper()
+		out, stderr, code := runProvgate(t, "audit", "export", "--registry", e.front.URL(), "--ledger", ledger,
+			"--contract", e.c.ContractID, "--rows", rows, "-o", bundlePath)
+		if code != 0 {
+			t.Fatalf("audit export: exit %d\n%s%s", code, out, stderr)
+		}
+		b, err := os.ReadFile(bundlePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bu, err := audit.ParseBytes(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bu
 	}
+	// Disclose row 2 and every row of the batch that holds row 5 (the
+	// syncer cut the batches: ask the bundle where).
+	b := export("2")
+	var last []string
+	for _, bt := range b.Batches {
+		if bt.AfterSeq < 5 && 5 <= bt.LastSeq {
+			for s := bt.AfterSeq + 1; s <= bt.LastSeq; s++ {
+				if s != 2 {
+					last = append(last, fmt.Sprint(s))
+				}
+			}
+		}
+	}
+	b = export("2," + strings.Join(last, ","))
 	e.front.down.Store(true) // from here on, nothing reaches the registry
 
 	vkey := e.c.Log.CheckpointKey
-	out, stderr, code = runProvgate(t, "audit", "verify", "--checkpoint-key", vkey, bundlePath)
+	out, stderr, code := runProvgate(t, "audit", "verify", "--checkpoint-key", vkey, bundlePath)
 	if code != 0 || !strings.Contains(out, "audit verify: OK") || !strings.Contains(out, "6 events (6 samples, 6000 bytes") ||
-		!strings.Contains(out, "2 rows disclosed and proven") {
+		!strings.Contains(out, fmt.Sprintf("%d rows disclosed and proven", len(b.Rows))) {
 		t.Fatalf("audit verify of the genuine bundle: exit %d\n%s%s", code, out, stderr)
+	}
+	if len(b.Batches) < 2 || len(b.Checkpoints) == 0 || len(b.Rows) < 2 {
+		t.Fatalf("bundle has %d batches, %d earlier checkpoints, %d rows; want at least 2, 1, 2", len(b.Batches), len(b.Checkpoints), len(b.Rows))
 	}
 
 	orig, err := os.ReadFile(bundlePath)
@@ -74,8 +107,12 @@ func TestAuditBundleEndToEnd(t *testing.T) {
 		}
 		return b
 	}
-	if b := fresh(t); len(b.Batches) != 2 || len(b.Checkpoints) == 0 || len(b.Rows) != 2 {
-		t.Fatalf("bundle has %d batches, %d earlier checkpoints, %d rows; want 2, at least 1, 2", len(b.Batches), len(b.Checkpoints), len(b.Rows))
+	first, lastBatch := b.Batches[0], b.Batches[len(b.Batches)-1]
+	var row5 int
+	for i, r := range b.Rows {
+		if r.Seq == 5 {
+			row5 = i
+		}
 	}
 	entryOf := func(t *testing.T, b *audit.Bundle, seq uint64) *contract.Entry {
 		e, err := contract.DecodeEntry(b.Entries[seq-1])
@@ -102,28 +139,34 @@ func TestAuditBundleEndToEnd(t *testing.T) {
 			b.Batches[0].Counted.CostNanoUSD -= 500_000
 			b.Totals.Samples--
 			b.Totals.CostNanoUSD -= 500_000
-		}, []string{"batch " + fresh(t).Batches[0].Batch + ": the bundle says it counted 3 events (2 samples"}},
+		}, []string{fmt.Sprintf("batch %s: the bundle says it counted %d events (%d samples", first.Batch, first.Counted.Events, first.Counted.Samples-1)}},
 
 		{"a batch's entry rewritten to count fewer events", func(t *testing.T, b *audit.Bundle) {
-			e := entryOf(t, b, seqOf(t, b, 1))
+			e := entryOf(t, b, seqOf(t, b, 0))
 			e.Accepted = e.Accepted[1:]
 			raw, err := contract.EncodeEntry(e)
 			if err != nil {
 				t.Fatal(err)
 			}
-			b.Batches[1].Entry = raw
-		}, []string{"batch " + fresh(t).Batches[1].Batch + ": its entry does not match its receipt's leaf"}},
+			b.Batches[0].Entry = raw
+		}, []string{"batch " + first.Batch + ": its entry does not match its receipt's leaf"}},
 
 		{"a dropped batch", func(t *testing.T, b *audit.Bundle) {
-			dropped := b.Batches[1]
-			b.Batches = b.Batches[:1]
+			dropped := b.Batches[len(b.Batches)-1]
+			b.Batches = b.Batches[:len(b.Batches)-1]
 			b.Totals.Events -= dropped.Counted.Events
 			b.Totals.Samples -= dropped.Counted.Samples
 			b.Totals.Bytes -= dropped.Counted.Bytes
 			b.Totals.Units -= dropped.Counted.Units
 			b.Totals.CostNanoUSD -= dropped.Counted.CostNanoUSD
-			b.Rows = b.Rows[:1]
-		}, []string{"batch " + fresh(t).Batches[1].Batch + ": entry", "the bundle leaves it out"}},
+			var rows []audit.DisclosedRow
+			for _, r := range b.Rows {
+				if r.Batch != dropped.Batch {
+					rows = append(rows, r)
+				}
+			}
+			b.Rows = rows
+		}, []string{"batch " + lastBatch.Batch + ": entry", "the bundle leaves it out"}},
 
 		{"a checkpoint of another contract", func(t *testing.T, b *audit.Bundle) {
 			b.Checkpoint = string(otherCP)
@@ -164,11 +207,19 @@ func TestAuditBundleEndToEnd(t *testing.T) {
 
 		{"a row disclosed with a wrong proof", func(t *testing.T, b *audit.Bundle) {
 			b.Rows[0].Proof[0][0] ^= 1
-		}, []string{"row seq 2: inclusion proof does not verify against batch " + fresh(t).Rows[0].Batch}},
+		}, []string{"row seq 2: inclusion proof does not verify against batch " + b.Rows[0].Batch}},
 
 		{"a disclosed row with fewer bytes", func(t *testing.T, b *audit.Bundle) {
-			b.Rows[1].Row = strings.Replace(b.Rows[1].Row, `"bytes":1000`, `"bytes":10`, 1)
+			b.Rows[row5].Row = strings.Replace(b.Rows[row5].Row, `"bytes":1000`, `"bytes":10`, 1)
 		}, []string{"row seq 5: inclusion proof does not verify"}},
+
+		{"a disclosed row with fewer bytes, its tree rebuilt to match", func(t *testing.T, b *audit.Bundle) {
+			// The exporter edits row 5 and rebuilds the batch's row tree
+			// (the root of a batch that carries its events is the
+			// exporter's): the proofs hold, the signed event does not.
+			b.Rows[row5].Row = strings.Replace(b.Rows[row5].Row, `"bytes":1000`, `"bytes":10`, 1)
+			rebuildRowTree(t, b, b.Rows[row5].Batch)
+		}, []string{"row seq 5: the disclosed row is not the event batch " + b.Rows[row5].Batch + " carries"}},
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
@@ -199,6 +250,38 @@ func TestAuditBundleEndToEnd(t *testing.T) {
 		"--purpose", "training", "--cache-dir", filepath.Join(filepath.Dir(sc.StateDir()), "cache"))
 	if code != 0 || !strings.Contains(out, "no findings") {
 		t.Fatalf("audit check of clean traffic: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+// rebuildRowTree recomputes a batch's row root and its disclosed rows'
+// proofs from the rows the bundle discloses (all of the batch's).
+func rebuildRowTree(t *testing.T, b *audit.Bundle, batch string) {
+	t.Helper()
+	tree := testonly.New(rfc6962.DefaultHasher)
+	var idx []int
+	for i, r := range b.Rows {
+		if r.Batch == batch {
+			idx = append(idx, i)
+		}
+	}
+	sort.Slice(idx, func(i, j int) bool { return b.Rows[idx[i]].Index < b.Rows[idx[j]].Index })
+	for _, i := range idx {
+		tree.AppendData([]byte(b.Rows[i].Row))
+	}
+	for _, i := range idx {
+		p, err := tree.InclusionProof(b.Rows[i].Index, tree.Size())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Rows[i].Proof = p
+	}
+	for i := range b.Batches {
+		if b.Batches[i].Batch == batch {
+			if b.Batches[i].Rows.Count != tree.Size() {
+				t.Fatalf("batch %s has %d rows, %d disclosed", batch, b.Batches[i].Rows.Count, tree.Size())
+			}
+			b.Batches[i].Rows.Root = tree.Hash()
+		}
 	}
 }
 
