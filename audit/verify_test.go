@@ -1,11 +1,15 @@
 package audit_test
 
 import (
+	"crypto/rand"
 	"errors"
 	"strings"
 	"testing"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/provgate/provgate/audit"
+	"github.com/provgate/provgate/verify"
 )
 
 // TestExportVerifyRoundTrip: a bundle of real traffic verifies offline,
@@ -58,4 +62,30 @@ func wantIn(t *testing.T, got string, wants ...string) {
 			t.Errorf("problems do not say %q:\n%s", w, got)
 		}
 	}
+}
+
+// TestVerifyNamesCheckpointProblems: a bundle checked against another log
+// key than the one it names, or without the witness cosignatures the
+// auditor requires, fails at the checkpoint.
+func TestVerifyNamesCheckpointProblems(t *testing.T) {
+	w := newWorld(t, nil)
+	w.traffic(t)
+	b := w.export(t, audit.ExportOptions{})
+	_, otherKey, err := verify.GenerateCheckpointKey(w.c.Log.Origin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := problems(t, b, audit.VerifyOptions{CheckpointKey: otherKey})
+	wantIn(t, got, "checkpoint: the bundle names log key", "checkpoint: "+verify.ErrCheckpoint.Error())
+
+	_, witnessKey, err := note.GenerateKey(rand.Reader, "witness.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp, err := verify.NewWitnessPolicy([]string{witnessKey}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = problems(t, b, audit.VerifyOptions{CheckpointKey: w.c.Log.CheckpointKey, Witnesses: wp})
+	wantIn(t, got, "checkpoint: ", "0 valid witness cosignatures, 1 required")
 }
