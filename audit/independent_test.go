@@ -184,7 +184,7 @@ func verifyIndependently(t *testing.T, data []byte) {
 		if err := json.Unmarshal(bt.Entry, &entry); err != nil {
 			t.Fatal(err)
 		}
-		jws, err := jose.ParseSigned(entry.JWS, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256})
+		jws, err := jose.ParseSignedCompact(entry.JWS, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -229,7 +229,7 @@ func verifyIndependently(t *testing.T, data []byte) {
 	if err := json.Unmarshal(b.Entries[1], &entry2); err != nil {
 		t.Fatal(err)
 	}
-	jws, err := jose.ParseSigned(entry2.JWS, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256})
+	jws, err := jose.ParseSignedCompact(entry2.JWS, []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256})
 	if err != nil {
 		t.Fatal(err)
 	}
