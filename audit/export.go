@@ -193,58 +193,97 @@ func noteText(n string) string {
 	return n
 }
 
-// addBatches adds the ledger's batches with events in scope: each
-// receipted one with its receipt, and any other entry of the log counting
-// events of the ledger in scope (the ledger lost its receipt, or never
-// got it) with an inclusion proof against the bundle's checkpoint.
+// addBatches adds the ledger's batches with events in scope, in log
+// order: each receipted one with its receipt (the ledger's evidence, kept
+// even when the log's entry at its seq is another: Verify then names both),
+// and any other entry of the log counting events of the ledger in scope
+// (the ledger lost its receipt, or never got it) with an inclusion proof
+// against the bundle's checkpoint.
 func addBatches(b *Bundle, receipts []meter.StoredReceipt, leaves [][]byte, cp *verify.Checkpoint) error {
 	bySeq := map[uint64]*meter.StoredReceipt{}
 	for i := range receipts {
 		bySeq[receipts[i].Seq()] = &receipts[i]
 	}
+	type item struct {
+		index uint64
+		bt    Batch
+	}
+	var items []item
+	used := map[uint64]bool{}
+	fromReceipt := func(r *meter.StoredReceipt) error {
+		used[r.Seq()] = true
+		mb, got, err := countedIn(r.Entry, &b.Ledger)
+		if err != nil || got.Events == 0 {
+			return err
+		}
+		items = append(items, item{r.Index, Batch{Batch: mb.BatchID, Counted: got, AfterSeq: r.AfterSeq, LastSeq: r.LastSeq, Entry: r.Entry,
+			Proof: MarshalTLogProof(&TLogProof{Index: r.Index, Hashes: r.Inclusion, Checkpoint: []byte(r.Checkpoint)})}})
+		return nil
+	}
 	for i, raw := range b.Entries {
 		seq := uint64(i) + 1
-		e, err := contract.DecodeEntry(raw)
-		if err != nil || e.Kind != contract.EntryMetering {
-			continue
-		}
-		mb, err := peekBatch(e.JWS)
+		mb, got, err := countedIn(raw, &b.Ledger)
 		if err != nil {
-			continue
-		}
-		m := &metered{batch: mb, accepted: map[string]bool{}}
-		for _, id := range e.Accepted {
-			m.accepted[id] = true
-		}
-		got, err := m.counted(&b.Ledger)
-		if err != nil {
-			return fmt.Errorf("audit export: %w", err)
+			return err
 		}
 		if got.Events == 0 {
 			continue
 		}
-		bt := Batch{Batch: mb.BatchID, Counted: got}
 		if r := bySeq[seq]; r != nil {
-			bt.AfterSeq, bt.LastSeq, bt.Entry = r.AfterSeq, r.LastSeq, r.Entry
-			bt.Proof = MarshalTLogProof(&TLogProof{Index: r.Index, Hashes: r.Inclusion, Checkpoint: []byte(r.Checkpoint)})
-		} else {
-			lo, hi := int64(-1), int64(0)
-			for _, ev := range mb.Events {
-				if s, ok := b.Ledger.rowSeq(ev.ID); ok {
-					if lo < 0 || s-1 < lo {
-						lo = s - 1
-					}
-					hi = max(hi, s)
-				}
+			if err := fromReceipt(r); err != nil {
+				return err
 			}
-			bt.AfterSeq, bt.LastSeq, bt.Entry = lo, hi, raw
-			bt.Proof = MarshalTLogProof(&TLogProof{Index: seq - 1, Hashes: inclusionProof(leaves[:cp.Size], seq-1), Checkpoint: []byte(b.Checkpoint)})
+			continue
 		}
-		b.Batches = append(b.Batches, bt)
-		b.Totals.Sums.Add(got.Sums)
-		b.Totals.Events += got.Events
+		lo, hi := int64(-1), int64(0)
+		for _, ev := range mb.Events {
+			if s, ok := b.Ledger.rowSeq(ev.ID); ok {
+				if lo < 0 || s-1 < lo {
+					lo = s - 1
+				}
+				hi = max(hi, s)
+			}
+		}
+		items = append(items, item{seq - 1, Batch{Batch: mb.BatchID, Counted: got, AfterSeq: lo, LastSeq: hi, Entry: raw,
+			Proof: MarshalTLogProof(&TLogProof{Index: seq - 1, Hashes: inclusionProof(leaves[:cp.Size], seq-1), Checkpoint: []byte(b.Checkpoint)})}})
+	}
+	for i := range receipts {
+		if !used[receipts[i].Seq()] {
+			if err := fromReceipt(&receipts[i]); err != nil {
+				return err
+			}
+		}
+	}
+	sort.SliceStable(items, func(i, j int) bool { return items[i].index < items[j].index })
+	for _, it := range items {
+		b.Batches = append(b.Batches, it.bt)
+		b.Totals.Sums.Add(it.bt.Counted.Sums)
+		b.Totals.Events += it.bt.Counted.Events
 	}
 	return nil
+}
+
+// countedIn reads a log entry's metering batch (unverified: Verify checks
+// it) and what it counted of the ledger in scope; nothing for another kind
+// of entry or one that does not decode.
+func countedIn(raw []byte, s *LedgerScope) (*contract.MeteringBatch, Totals, error) {
+	e, err := contract.DecodeEntry(raw)
+	if err != nil || e.Kind != contract.EntryMetering {
+		return nil, Totals{}, nil
+	}
+	mb, err := peekBatch(e.JWS)
+	if err != nil {
+		return nil, Totals{}, nil
+	}
+	m := &metered{batch: mb, accepted: map[string]bool{}}
+	for _, id := range e.Accepted {
+		m.accepted[id] = true
+	}
+	got, err := m.counted(s)
+	if err != nil {
+		return nil, Totals{}, fmt.Errorf("audit export: %w", err)
+	}
+	return mb, got, nil
 }
 
 // addCheckpoints adds the receipts' checkpoints and the ledger's checked

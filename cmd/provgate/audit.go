@@ -159,15 +159,21 @@ func auditExport(ctx context.Context, registryURL, ledgerPath, out string, opts 
 	}
 	defer l.Close()
 	b, err := audit.Export(ctx, client, l, opts)
-	if err != nil {
+	var ve *audit.VerifyError
+	if err != nil && (b == nil || !errors.As(err, &ve)) {
 		return err
 	}
-	data, err := b.Marshal()
-	if err != nil {
-		return err
+	// A bundle that does not verify is written too: in a dispute it is the
+	// evidence.
+	data, merr := b.Marshal()
+	if merr != nil {
+		return merr
 	}
 	if err := verify.WriteFileAtomic(out, data, 0o644); err != nil {
 		return fmt.Errorf("audit export: %w", err)
+	}
+	if ve != nil {
+		return fmt.Errorf("audit export: wrote %s, which does not verify: the registry's log and the ledger disagree: %w", out, ve)
 	}
 	fmt.Fprintf(stdout, "audit export: wrote %s: contract %s, %d entries, %d batches of ledger %s (%s), %d rows disclosed\n",
 		out, b.Contract, len(b.Entries), len(b.Batches), b.Ledger.ID, b.Totals, len(b.Rows))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/provgate/provgate/audit"
 	"github.com/provgate/provgate/meter"
+	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/registry/registrytest"
 )
 
@@ -97,5 +99,41 @@ func TestAuditCLI(t *testing.T) {
 	}
 	if code, _, _ := cli(t, "audit", "verify"); code != 2 {
 		t.Errorf("audit verify without a bundle: exit %d, want 2", code)
+	}
+
+	// The registry's operator drops the receipted batch (entry 5) from its
+	// log and restarts it: the export is written, as evidence, and names
+	// the batch the log no longer holds.
+	var e struct {
+		Batches []struct {
+			Batch string `json:"batch"`
+		} `json:"batches"`
+	}
+	if err := json.Unmarshal(data, &e); err != nil || len(e.Batches) != 1 {
+		t.Fatalf("bundle batches: %v %+v", err, e)
+	}
+	db, err := sql.Open("sqlite3", "file:"+h.DBPath+"?_busy_timeout=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"DELETE FROM entries WHERE contract = ? AND seq >= ?",
+		"DELETE FROM nodes WHERE contract = ? AND level = 0 AND idx >= ? - 1",
+		"DELETE FROM checkpoints WHERE contract = ? AND size >= ?",
+		"DELETE FROM metering_events WHERE contract = ? AND seq >= ?",
+	} {
+		if _, err := db.Exec(q, c.ContractID, 5); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	h2 := registrytest.Start(t, registrytest.WithConfig(func(cfg *registry.Config) { cfg.DBPath = h.DBPath }))
+	evidence := filepath.Join(dir, "evidence.json")
+	code, _, errs = cli(t, "audit", "export", "--registry", h2.URL, "--ledger", ledger, "--contract", c.ContractID, "-o", evidence)
+	if code != 1 || !strings.Contains(errs, "wrote "+evidence) || !strings.Contains(errs, "batch "+e.Batches[0].Batch+": receipted entry 5 is beyond the bundle's log of 4 entries") {
+		t.Errorf("audit export after the registry dropped a batch: exit %d\n%s", code, errs)
+	}
+	if code, _, errs := cli(t, "audit", "verify", "--checkpoint-key", c.Log.CheckpointKey, evidence); code != 1 || !strings.Contains(errs, "batch "+e.Batches[0].Batch) {
+		t.Errorf("audit verify of the evidence: exit %d\n%s", code, errs)
 	}
 }
