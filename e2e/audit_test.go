@@ -12,12 +12,14 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/merkle/testonly"
 
 	"github.com/provgate/provgate/audit"
+	"github.com/provgate/provgate/cache"
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/internal/sidecar"
 	"github.com/provgate/provgate/registry/registrytest"
@@ -245,11 +247,29 @@ func TestAuditBundleEndToEnd(t *testing.T) {
 		})
 	}
 
-	// Compliance: clean traffic has no findings.
+	// Compliance: clean traffic has no findings, with the copies the
+	// sidecar's cache holds (its journal lists the three objects) checked
+	// against the retention.
+	cacheDir := filepath.Join(filepath.Dir(sc.StateDir()), "cache")
+	waitFor(t, "the cache journal to list the three objects", 10*time.Second, func() bool {
+		entries, err := cache.ReadJournal(cacheDir)
+		n := 0
+		for _, e := range entries {
+			if e.Contract == b.Contract && e.Committed.After(time.Now().Add(-time.Hour)) {
+				n++
+			}
+		}
+		return err == nil && n == 3
+	})
 	out, stderr, code = runProvgate(t, "audit", "check", "--ledger", ledger, "--bundle", bundlePath, "--checkpoint-key", vkey,
-		"--purpose", "training", "--cache-dir", filepath.Join(filepath.Dir(sc.StateDir()), "cache"))
+		"--purpose", "training", "--cache-dir", cacheDir)
 	if code != 0 || !strings.Contains(out, "no findings") {
 		t.Fatalf("audit check of clean traffic: exit %d\n%s%s", code, out, stderr)
+	}
+	// The same traffic, declared for a purpose the contract does not allow.
+	out, stderr, code = runProvgate(t, "audit", "check", "--ledger", ledger, "--bundle", bundlePath, "--checkpoint-key", vkey, "--purpose", "marketing")
+	if code != 1 || !strings.Contains(out, `purpose "marketing" is not one the terms of entry 1 allow`) {
+		t.Fatalf("audit check --purpose marketing: exit %d\n%s%s", code, out, stderr)
 	}
 }
 
