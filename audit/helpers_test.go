@@ -29,10 +29,21 @@ type world struct {
 
 func newWorld(tb testing.TB, mutate func(*contract.Contract)) *world {
 	tb.Helper()
+	return newWorldWith(tb, registrytest.Start(tb), "did:example:audit-"+filepath.Base(tb.TempDir()), mutate)
+}
+
+// newWorldOn is a world of contract id on the registry h.
+func newWorldOn(tb testing.TB, h *registrytest.Harness, id string) *world {
+	tb.Helper()
+	return newWorldWith(tb, h, id, nil)
+}
+
+func newWorldWith(tb testing.TB, h *registrytest.Harness, id string, mutate func(*contract.Contract)) *world {
+	tb.Helper()
 	ctx := context.Background()
-	w := &world{h: registrytest.Start(tb)}
+	w := &world{h: h}
 	w.alice = w.h.NewContributor(tb, "did:example:alice")
-	c := registrytest.NewContract("did:example:audit-"+filepath.Base(tb.TempDir()), "bucket", w.alice)
+	c := registrytest.NewContract(id, "bucket", w.alice)
 	c.Usage.RetentionDays = 30
 	if mutate != nil {
 		mutate(c)
