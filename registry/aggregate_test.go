@@ -299,3 +299,40 @@ func TestAggregateReceiptCommitsTheBatch(t *testing.T) {
 		})
 	}
 }
+
+// An aggregate is priced under the terms version it names while that
+// version was in force at its last row (within the skew): rows synced
+// after a contract update count at their old price, but an aggregate of
+// later rows cannot pick the older, cheaper terms, nor terms not in the
+// log.
+func TestAggregatePricedUnderTheTermsOfItsTime(t *testing.T) {
+	ctx := context.Background()
+	h, c, acme, _, tok, _ := licensedSetup(t)
+	next := *c
+	next.Version, next.Pricing.PriceUSD = "2026-02-01", c.Pricing.PriceUSD*2
+	updated, err := h.Client.UpdateContract(ctx, h.AdminToken, &next, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := servedAgg(4)
+	late.TermsSeq = c.TermsSeq
+	if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L", 0, 4, 4, "a"), late)); err != nil {
+		t.Errorf("rows of the old terms synced after the update: %v", err)
+	}
+	cheap := servedAgg(4)
+	cheap.TermsSeq, cheap.LastTime = c.TermsSeq, time.Now().Add(time.Hour)
+	nowhere := servedAgg(4)
+	nowhere.TermsSeq = updated.TermsSeq + 7
+	for name, a := range map[string]contract.MeteringAggregate{"old terms for later rows": cheap, "terms not in the log": nowhere} {
+		mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L", 4, 8, 4, name), a), http.StatusBadRequest, contract.CodeBadRequest)
+	}
+	// The current terms: twice the price.
+	now := servedAgg(4)
+	now.TermsSeq, now.CostNanoUSD = updated.TermsSeq, 4*2*sampleNano
+	if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L", 4, 8, 4, "b"), now)); err != nil {
+		t.Fatal(err)
+	}
+	if _, samples, cost := billed(t, acme, c.ContractID); samples != 8 || cost != 4*sampleNano+4*2*sampleNano {
+		t.Errorf("billed %d samples for %d nano-USD, want 4 at the old price and 4 at the new", samples, cost)
+	}
+}
