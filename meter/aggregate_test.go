@@ -155,3 +155,44 @@ func TestSyncAlarmsWhenRegistryCountsAggregateLess(t *testing.T) {
 		t.Errorf("no error logged:\n%s", logs.String())
 	}
 }
+
+// A sidecar that synced event by event and then sends aggregate batches
+// counts every row once: the aggregate covers only the rows after the
+// cursor, and re-sending every row event by event afterwards finds them
+// all counted (by id, or inside a counted range).
+func TestUpgradeFromPerEventToAggregate(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	c := h.CreateContract(t, newContract(t, "did:example:upgraded"))
+	sc := newSidecar(t, h.URL, nil)
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	old, err := meter.NewSyncer(l, meter.SyncConfig{Client: sc.client, Key: sc.key, Tokens: sc.tokens, PerEvent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, l, c.ContractID, 0, 30)
+	if n, err := old.Sync(ctx); err != nil || n != 30 {
+		t.Fatalf("per-event sync: %d, %v", n, err)
+	}
+	write(t, l, c.ContractID, 30, 20)
+	sy, err := meter.NewSyncer(l, meter.SyncConfig{Client: sc.client, Key: sc.key, Tokens: sc.tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sy.Sync(ctx); err != nil || n != 20 {
+		t.Fatalf("aggregate sync: %d, %v", n, err)
+	}
+	bs, err := l.Batches(ctx, c.ContractID)
+	if err != nil || len(bs) != 1 || bs[0].Count != 20 {
+		t.Fatalf("aggregate batches %+v, %v; want one of the 20 new rows", bs, err)
+	}
+	assertTotalsEqual(t, h.Client, l, c.ContractID, 50)
+	res, err := sy.Resend(ctx, c.ContractID)
+	if err != nil || res.Accepted != 0 || res.Duplicates != 50 {
+		t.Fatalf("resend: %+v, %v; want 50 duplicates", res, err)
+	}
+	assertTotalsEqual(t, h.Client, l, c.ContractID, 50)
+	if d := l.DisputeStatus(c.ContractID); d.Batches != 0 {
+		t.Errorf("disputes: %+v", d)
+	}
+}
