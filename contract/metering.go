@@ -50,13 +50,23 @@ type MeteringBatch struct {
 	BatchID  string          `json:"batch_id"`
 	Sidecar  string          `json:"sidecar"` // JWK thumbprint
 	IssuedAt int64           `json:"iat"`
-	Events   []MeteringEvent `json:"events"`
+	Events   []MeteringEvent `json:"events,omitempty"`
+	// Aggregates and Rows make an aggregate batch (instead of Events): the
+	// sums of the ledger rows Rows names, per key (see MeteringAggregate).
+	Aggregates []MeteringAggregate `json:"aggregates,omitempty"`
+	Rows       *RowCommitment      `json:"rows,omitempty"`
 }
+
+// Aggregated reports whether b is an aggregate batch.
+func (b *MeteringBatch) Aggregated() bool { return b.Rows != nil || len(b.Aggregates) != 0 }
 
 // Validate checks a batch's shape.
 func (b *MeteringBatch) Validate() error {
 	if b.Contract == "" || b.BatchID == "" || b.Sidecar == "" {
 		return errors.New("metering batch: contract_id, batch_id and sidecar are required")
+	}
+	if b.Aggregated() {
+		return b.validateAggregates()
 	}
 	if len(b.Events) == 0 || len(b.Events) > MaxBatchEvents {
 		return fmt.Errorf("metering batch: 1 to %d events", MaxBatchEvents)
@@ -84,7 +94,10 @@ func (b *MeteringBatch) Validate() error {
 // counted, so that the sender can check it against what it sent.
 // Accepted+Duplicates is the number of events in the batch; the sums are
 // over the accepted events only; DuplicateIDs lists the events this sender
-// had already sent (the registry counts an event once per sender).
+// had already sent (the registry counts an event once per sender). An
+// aggregate batch is counted whole or not at all: Accepted is rows.count
+// and Counted the aggregates' sums, or Duplicates is rows.count when the
+// sender's same rows (same range, same root) were counted before.
 type MeteringResponse struct {
 	Accepted   int    `json:"accepted"`
 	Duplicates int    `json:"duplicates"`

@@ -119,7 +119,9 @@ func TestSyncAlarmsWhenRegistryCountsLess(t *testing.T) {
 	sc := newSidecar(t, lr.url, nil)
 	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
 	var logs syncedLog
-	sy, err := meter.NewSyncer(l, meter.SyncConfig{Client: sc.client, Key: sc.key, Tokens: sc.tokens,
+	// Event by event: the answer names duplicate events (aggregate batches:
+	// TestSyncAlarmsWhenRegistryCountsAggregateLess).
+	sy, err := meter.NewSyncer(l, meter.SyncConfig{Client: sc.client, Key: sc.key, Tokens: sc.tokens, PerEvent: true,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -86,11 +86,17 @@
 //
 // Per contract, the ledger keeps a cursor: every row up to acked_seq has
 // been accepted by the registry. The Syncer takes the next unsynced rows
-// (at most DefaultBatchSize events and DefaultMaxBatchBytes of JSON),
-// derives the batch id from their event ids, signs the batch with the
-// sidecar key and stores the signed batch with the cursor before sending
-// it, so a retry after a crash sends the same bytes with the same
-// Idempotency-Key. The registry's answer must say it counted exactly the
+// (at most DefaultAggregateRows rows, contract.MaxBatchAggregates keys and
+// DefaultMaxBatchBytes of JSON), sums them per key (kind, outcome, job,
+// epoch, lease, terms version) and commits to them with the RFC 6962 root of
+// their leaves (rowtree.go: RowLeaf, RowsRoot, DiscloseRows), derives the
+// batch id from the rows it covers, signs the batch with the sidecar key and
+// stores the signed batch with the cursor, and its range and root in the
+// batches table, before sending it, so a retry after a crash sends the same
+// bytes with the same Idempotency-Key; the registry counts a range once.
+// With SyncConfig.PerEvent (and for the rows of an aggregate batch the
+// registry refused with 409) rows go one event each, at most
+// DefaultBatchSize per batch, the batch id derived from their event ids. The registry's answer must say it counted exactly the
 // batch sent (see checkAnswer); otherwise the batch is recorded as
 // disputed, its rows are kept from pruning, and the dispute is logged,
 // counted and shown per contract (DisputeStatus). An acknowledged batch

@@ -46,9 +46,16 @@ type SyncConfig struct {
 	// batch's sidecar id.
 	Key    *jose.JSONWebKey
 	Tokens Tokens
-	// BatchSize and MaxBatchBytes bound one batch.
+	// BatchSize and MaxBatchBytes bound one batch (BatchSize: of events,
+	// when PerEvent).
 	BatchSize     int
 	MaxBatchBytes int
+	// PerEvent sends every row as its own event (the batch form of
+	// registries before aggregate batches). By default a batch sends the
+	// sums of up to AggregateRows rows per key and the Merkle root of the
+	// rows (contract.RowCommitment).
+	PerEvent      bool
+	AggregateRows int
 	// Interval is how often the outbox is looked at when idle.
 	Interval time.Duration
 	// MinBackoff and MaxBackoff bound the jittered exponential backoff
@@ -78,6 +85,10 @@ type Syncer struct {
 	mu        sync.Mutex // one pass at a time
 	lastPrune time.Time
 	salt      string // set after a batch id conflict
+	// eventsTo is, per contract, the seq up to which rows go event by
+	// event: the rows of an aggregate batch the registry refused with 409
+	// (they overlap rows it counted otherwise), which it dedupes one by one.
+	eventsTo  map[int64]int64
 	lastCheck time.Time
 
 	logMu  sync.Mutex
@@ -107,6 +118,9 @@ func NewSyncer(l *Ledger, cfg SyncConfig) (*Syncer, error) {
 	if cfg.MaxBatchBytes <= 0 {
 		cfg.MaxBatchBytes = DefaultMaxBatchBytes
 	}
+	if cfg.AggregateRows <= 0 || cfg.AggregateRows > contract.MaxAggregateRows {
+		cfg.AggregateRows = DefaultAggregateRows
+	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultSyncInterval
 	}
@@ -129,7 +143,7 @@ func NewSyncer(l *Ledger, cfg SyncConfig) (*Syncer, error) {
 		cfg.Logger = l.log
 	}
 	pub := cfg.Key.Public()
-	return &Syncer{l: l, cfg: cfg, kid: kid, pub: &pub, log: cfg.Logger, logs: map[string]*verify.CheckpointVerifier{}}, nil
+	return &Syncer{l: l, cfg: cfg, kid: kid, pub: &pub, log: cfg.Logger, logs: map[string]*verify.CheckpointVerifier{}, eventsTo: map[int64]int64{}}, nil
 }
 
 // Start runs the sync loop until ctx ends or Stop is called.
@@ -229,6 +243,12 @@ type batch struct {
 	// last]); rows with seq <= mayRepeat may have been counted by an
 	// earlier batch whose answer was lost.
 	after, mayRepeat int64
+	// retry: the batch was recorded before this pass (sent before, maybe
+	// counted).
+	retry bool
+	// aggregate: an aggregate batch (not known of a batch in flight
+	// recorded before this pass).
+	aggregate bool
 }
 
 func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error) {
@@ -257,10 +277,15 @@ func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error
 				// sent the same rows). Drop the batch; the rows go again in
 				// a batch with a fresh id, and the registry counts each
 				// event once.
+				// An aggregate batch refused for rows the registry counted
+				// otherwise goes again event by event.
 				if err := s.l.dropPending(ctx, c, b.id); err != nil {
 					return total, err
 				}
 				s.salt = verify.NewID()
+				if b.aggregate {
+					s.eventsTo[c.id] = max(s.eventsTo[c.id], b.last)
+				}
 			}
 			return total, fmt.Errorf("meter: sync %s: batch %s: %w", c.name, b.id, err)
 		}
@@ -300,12 +325,26 @@ func (s *Syncer) nextBatch(ctx context.Context, c *contractState) (*batch, error
 	}
 	if pid.Valid {
 		if kid, err := verify.PeekKeyID(pjws.String, contract.TypeMetering); err == nil && kid == s.kid {
-			return &batch{id: pid.String, last: plast.Int64, count: pcount.Int64, jws: pjws.String, after: acked, mayRepeat: sent}, nil
+			mb, _ := peekBatch(pjws.String)
+			return &batch{id: pid.String, last: plast.Int64, count: pcount.Int64, jws: pjws.String, after: acked, mayRepeat: sent,
+				retry: true, aggregate: mb.Aggregated()}, nil
 		}
 	}
+	eventsTo := s.eventsTo[c.id]
+	if !s.cfg.PerEvent && acked >= eventsTo {
+		upTo := int64(1<<63 - 1)
+		if pid.Valid {
+			upTo = plast.Int64
+		}
+		return s.nextAggregate(ctx, c, acked, sent, pid.Valid, upTo)
+	}
 	// The rows: the batch in flight (signed by another key: re-sign it),
-	// or the next unsynced ones.
+	// or the next unsynced ones (up to eventsTo, when sending the rows of
+	// a refused aggregate batch).
 	limit, upTo := s.cfg.BatchSize, int64(1<<63-1)
+	if !s.cfg.PerEvent {
+		upTo = eventsTo
+	}
 	if pid.Valid {
 		limit, upTo = contract.MaxBatchEvents, plast.Int64
 	}
@@ -363,6 +402,9 @@ func (s *Syncer) checkAnswer(b *batch, resp *contract.MeteringResponse) error {
 	mb, err := verify.VerifyMeteringBatch(b.jws, s.pub)
 	if err != nil {
 		return fmt.Errorf("%w: batch %s: %v", ErrDisputed, b.id, err)
+	}
+	if mb.Aggregated() {
+		return checkAggregateAnswer(mb, b, resp)
 	}
 	return checkAnswer(mb.Events, b.mayRepeat, resp)
 }

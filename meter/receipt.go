@@ -201,6 +201,14 @@ func (s *Syncer) checkReceipt(cpv *verify.CheckpointVerifier, c *contractState, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: batch %s: %v", ErrReceipt, b.id, err)
 	}
+	if mb.Aggregated() {
+		// Counted whole: the entry carries the batch (its sums and the
+		// root of its rows) and lists no events.
+		if len(e.Accepted) != 0 {
+			return nil, fmt.Errorf("%w: batch %s: entry %d lists events of an aggregate batch", ErrReceipt, b.id, e.Seq)
+		}
+		return cp, nil
+	}
 	dup := make(map[string]bool, len(resp.DuplicateIDs))
 	for _, id := range resp.DuplicateIDs {
 		dup[id] = true

@@ -258,13 +258,24 @@ func TestReceiptsCheckWithPlainNoteAndMerkle(t *testing.T) {
 		var e struct {
 			Seq      uint64   `json:"seq"`
 			Kind     string   `json:"kind"`
+			JWS      string   `json:"jws"`
 			Accepted []string `json:"accepted"`
 		}
 		if err := json.Unmarshal(r.Entry, &e); err != nil {
 			t.Fatal(err)
 		}
-		if e.Kind != "metering" || e.Seq != r.Index+1 || len(e.Accepted) != 10 {
+		if e.Kind != "metering" || e.Seq != r.Index+1 || len(e.Accepted) != 0 {
 			t.Fatalf("batch %s: entry %+v", r.Batch, e)
+		}
+		// The entry commits the aggregate batch: its sums and the root of
+		// exactly the receipted rows.
+		b := entryPayload(t, e.JWS)
+		rowsRoot, count, err := l.RowsRootOf(ctx, c.ContractID, meter.RowRange{AfterSeq: r.AfterSeq, LastSeq: r.LastSeq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Rows == nil || b.Rows.Count != 10 || count != 10 || !bytes.Equal(b.Rows.Root, rowsRoot) || b.Rows.Ledger != l.ID() {
+			t.Fatalf("batch %s: entry's rows %+v, want the 10 rows (%d, %d] with root %x", r.Batch, b.Rows, r.AfterSeq, r.LastSeq, rowsRoot)
 		}
 		rows += r.LastSeq - r.AfterSeq
 	}
@@ -303,7 +314,7 @@ func TestBadReceiptRefused(t *testing.T) {
 		{"another entry", func(r, first *contract.MeteringResponse) {
 			var e contract.Entry
 			json.Unmarshal(r.Receipt.Entry, &e)
-			e.Accepted = e.Accepted[1:]
+			e.Accepted = append(e.Accepted, "forged-999")
 			r.Receipt.Entry, _ = json.Marshal(e)
 			r.Receipt.Leaf = contract.LeafHash(r.Receipt.Entry)
 		}, "not included"},

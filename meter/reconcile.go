@@ -213,12 +213,23 @@ func checkExtends(ctx context.Context, client *contract.Client, contractID strin
 
 // ledgerEvents counts and sums the events of metering entry e that it
 // accepted and that this ledger (its event ids are "<ledger id>-<seq>")
-// wrote; ok is false when there are none.
+// wrote, or the rows of an aggregate batch over this ledger's rows; ok is
+// false when there are none.
 func ledgerEvents(ledgerID string, e *contract.Entry) (n int64, s contract.Sums, ok bool) {
 	prefix := ledgerID + "-"
 	b, err := peekBatch(e.JWS)
 	if err != nil {
 		return 0, s, false
+	}
+	if b.Rows != nil {
+		// An aggregate batch is counted whole.
+		if b.Rows.Ledger != ledgerID {
+			return 0, s, false
+		}
+		for i := range b.Aggregates {
+			s.Add(b.Aggregates[i].Sums())
+		}
+		return b.Rows.Count, s, true
 	}
 	accepted := make(map[string]bool, len(e.Accepted))
 	for _, id := range e.Accepted {

@@ -88,6 +88,20 @@ var migrations = []string{
 	-- the latest signed checkpoint of the contract's log that every
 	-- receipt was checked consistent with
 	ALTER TABLE contracts ADD COLUMN log_checkpoint TEXT;`,
+	// 4: aggregate batches and the rows they cover.
+	`-- every aggregate batch the outbox made: its rows (after_seq,
+	-- last_seq] of the contract, how many, and the RFC 6962 root of their
+	-- leaves (rows.root of the batch), recorded with the batch in flight
+	CREATE TABLE batches (
+		contract  INTEGER NOT NULL,
+		batch     TEXT NOT NULL,
+		after_seq INTEGER NOT NULL,
+		last_seq  INTEGER NOT NULL,
+		count     INTEGER NOT NULL,
+		root      BLOB NOT NULL,
+		time      INTEGER NOT NULL,
+		PRIMARY KEY (contract, batch)
+	) WITHOUT ROWID;`,
 }
 
 // SchemaVersion is the schema this package writes.

@@ -83,6 +83,10 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	if batch.Contract != c.ContractID {
 		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden, "batch is for contract %q, not %q", batch.Contract, c.ContractID)
 	}
+	if batch.Aggregated() {
+		return s.ingestAggregate(w, r, c, &meteringInput{batch: batch, jws: jws, sender: sender, licensee: licensee,
+			lease: claims.Lease, idem: idem, bodyHash: bodyHash})
+	}
 	var batchSums contract.Sums
 	prices := termsPrices{c: c}
 	for i := range batch.Events {
@@ -156,6 +160,17 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
+}
+
+// meteringInput is a verified metering batch and what came with it.
+type meteringInput struct {
+	batch *contract.MeteringBatch
+	jws   string
+	// sender is the sidecar key thumbprint the token is bound to (and that
+	// signed the batch), licensee the one that enrolled it, lease the
+	// token's quota lease.
+	sender, licensee, lease string
+	idem, bodyHash          string
 }
 
 // meteringLicensee is the licensee whose enrolment lets sender send
@@ -287,7 +302,12 @@ const termsSkew = 5 * time.Minute
 // latest: the contract's own); a seq that is no terms entry of the log,
 // or terms superseded before the event, is a 400.
 func (t *termsPrices) at(ctx context.Context, s *Server, e *contract.MeteringEvent) (contract.Pricing, error) {
-	seq := e.TermsSeq
+	return t.atSeq(ctx, s, e.TermsSeq, e.Time, fmt.Sprintf("event %q", e.ID))
+}
+
+// atSeq is the pricing of the terms entry seq for what happened at time
+// at (an event, or the last row of an aggregate), named what in errors.
+func (t *termsPrices) atSeq(ctx context.Context, s *Server, seq uint64, at time.Time, what string) (contract.Pricing, error) {
 	if seq == 0 || seq == t.c.TermsSeq {
 		return t.c.Pricing, nil
 	}
@@ -299,12 +319,12 @@ func (t *termsPrices) at(ctx context.Context, s *Server, e *contract.MeteringEve
 	span, ok := t.byAt[seq]
 	if !ok {
 		return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
-			"metering batch refused: event %q: terms_seq %d is not a terms entry of contract %q", e.ID, seq, t.c.ContractID)
+			"metering batch refused: %s: terms_seq %d is not a terms entry of contract %q", what, seq, t.c.ContractID)
 	}
-	if !span.until.IsZero() && e.Time.After(span.until.Add(termsSkew)) {
+	if !span.until.IsZero() && at.After(span.until.Add(termsSkew)) {
 		return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
-			"metering batch refused: event %q at %s is priced under terms %d, superseded at %s", e.ID,
-			e.Time.UTC().Format(time.RFC3339), seq, span.until.UTC().Format(time.RFC3339))
+			"metering batch refused: %s at %s is priced under terms %d, superseded at %s", what,
+			at.UTC().Format(time.RFC3339), seq, span.until.UTC().Format(time.RFC3339))
 	}
 	return span.pricing, nil
 }

@@ -71,8 +71,16 @@ type store interface {
 	presignedTotals(ctx context.Context, contractID, licensee string) (samples, bytes int64, err error)
 
 	// knownEvents returns which of ids the sender (a sidecar key
-	// thumbprint) already sent for the contract.
+	// thumbprint) already sent for the contract, one by one or inside a
+	// range an aggregate batch counted.
 	knownEvents(ctx context.Context, contractID, sender string, ids []string) (map[string]bool, error)
+	// countedRange returns a range of the sender's ledger rows already
+	// counted that overlaps rows (errNotFound when none): an aggregate
+	// batch's, or an event counted one by one (Legacy).
+	countedRange(ctx context.Context, contractID, sender string, rows *contract.RowCommitment) (*countedRange, error)
+	// senderLeases returns which of the lease ids are leases of sender
+	// under the contract.
+	senderLeases(ctx context.Context, contractID, sender string, ids []string) (map[string]bool, error)
 	// meteringSums are the sums of every event counted for the contract;
 	// appendEntry refuses events that would make them overflow.
 	meteringSums(ctx context.Context, contractID string) (contract.Sums, error)
@@ -142,6 +150,8 @@ type appendRecord struct {
 	// Metering is the answer to the batch; appendLocked adds its receipt
 	// and stores it as IdemResponse.
 	Metering *contract.MeteringResponse
+	// Aggregate is an aggregate batch's rows and sums (instead of Events).
+	Aggregate *aggregateRecord
 
 	// Terms side effect: the contract document (with its terms_seq) that
 	// GET /contracts/{id} serves from now on.
@@ -245,6 +255,10 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 	if err := migrate(ctx, db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: migrate: %w", path, err)
+	}
+	if err := migrateAggregates(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: metering aggregates: %w", path, err)
 	}
 	if hadOwners == 0 {
 		if err := backfillOwners(ctx, db); err != nil {
@@ -691,6 +705,14 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 		if err := addLeaseMetered(ctx, tx, contractID, rec.Sender, rec.Lease, rec.Events); err != nil {
 			return err
 		}
+		if err := markEventSeqs(ctx, tx, contractID, rec.Sender, rec.Events); err != nil {
+			return err
+		}
+	}
+	if rec.Aggregate != nil {
+		if err := insertAggregate(ctx, tx, contractID, rec); err != nil {
+			return err
+		}
 	}
 	if rec.IdemKey != "" {
 		if err := putIdempotent(ctx, tx, contractID, rec.IdemKey, rec.IdemBodyHash, rec.IdemResponse); err != nil {
@@ -712,10 +734,8 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 // sums, refusing (errOverflow) events that would make a sum overflow: then
 // every total, whatever its filter, fits in int64.
 func insertEvents(ctx context.Context, tx *sql.Tx, contractID string, rec *appendRecord) error {
-	var sums contract.Sums
-	err := tx.QueryRowContext(ctx, `SELECT samples, bytes, units, cost FROM metering_sums WHERE contract = ?`, contractID).
-		Scan(&sums.Samples, &sums.Bytes, &sums.Units, &sums.CostNanoUSD)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+	sums, err := txMeteringSums(ctx, tx, contractID)
+	if err != nil {
 		return err
 	}
 	ins, err := tx.PrepareContext(ctx, `INSERT INTO metering_events (contract, sender, id, seq, kind, outcome, licensee,
@@ -746,10 +766,7 @@ func insertEvents(ctx context.Context, tx *sql.Tx, contractID string, rec *appen
 			return err
 		}
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO metering_sums (contract, samples, bytes, units, cost) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (contract) DO UPDATE SET samples = excluded.samples, bytes = excluded.bytes, units = excluded.units, cost = excluded.cost`,
-		contractID, sums.Samples, sums.Bytes, sums.Units, sums.CostNanoUSD)
-	return err
+	return putMeteringSums(ctx, tx, contractID, sums)
 }
 
 func putIdempotent(ctx context.Context, tx *sql.Tx, contractID, key, bodyHash string, response []byte) error {
@@ -894,6 +911,19 @@ func (s *sqliteStore) knownEvents(ctx context.Context, contractID, sender string
 			return nil, err
 		}
 	}
+	var rest []string
+	for _, id := range ids {
+		if !known[id] {
+			rest = append(rest, id)
+		}
+	}
+	inRanges, err := s.inCountedRanges(ctx, contractID, sender, rest)
+	if err != nil {
+		return nil, err
+	}
+	for id := range inRanges {
+		known[id] = true
+	}
 	return known, nil
 }
 
@@ -921,8 +951,26 @@ func (s *sqliteStore) idempotent(ctx context.Context, contractID, key string) (s
 // licensee. No sum can overflow: every one is at most the contract's
 // metering_sums, which insertEvents keeps within int64.
 func (s *sqliteStore) meteringTotals(ctx context.Context, contractID string, f contract.TotalsFilter) (*contract.MeteringReport, error) {
-	q := `SELECT licensee, kind, outcome, COUNT(*), SUM(samples), SUM(bytes), SUM(units), SUM(cost)
-		FROM metering_events WHERE contract = ?`
+	r := &contract.MeteringReport{
+		MeteringTotals: contract.MeteringTotals{Contract: contractID, Licensee: f.Licensee},
+		Outcomes:       map[string]contract.OutcomeTotals{},
+		Licensees:      map[string]contract.MeteringTotals{},
+	}
+	// Events counted one by one, then the aggregates' events.
+	if err := s.addMeteringTotals(ctx, r, `SELECT licensee, kind, outcome, COUNT(*), SUM(samples), SUM(bytes), SUM(units), SUM(cost)
+		FROM metering_events WHERE contract = ?`, contractID, f); err != nil {
+		return nil, err
+	}
+	if err := s.addMeteringTotals(ctx, r, `SELECT licensee, kind, outcome, SUM(events), SUM(samples), SUM(bytes), SUM(units), SUM(cost)
+		FROM metering_aggregates WHERE contract = ?`, contractID, f); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// addMeteringTotals adds to r the sums of query q (grouped by licensee,
+// kind and outcome) under the filter f.
+func (s *sqliteStore) addMeteringTotals(ctx context.Context, r *contract.MeteringReport, q, contractID string, f contract.TotalsFilter) error {
 	args := []any{contractID}
 	if f.Job != "" {
 		q += ` AND job = ?`
@@ -939,20 +987,15 @@ func (s *sqliteStore) meteringTotals(ctx context.Context, contractID string, f c
 	q += ` GROUP BY licensee, kind, outcome ORDER BY licensee, kind, outcome`
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rows.Close()
-	r := &contract.MeteringReport{
-		MeteringTotals: contract.MeteringTotals{Contract: contractID, Licensee: f.Licensee},
-		Outcomes:       map[string]contract.OutcomeTotals{},
-		Licensees:      map[string]contract.MeteringTotals{},
-	}
 	for rows.Next() {
 		var licensee, kind, outcome string
 		var n int64
 		var sums contract.Sums
 		if err := rows.Scan(&licensee, &kind, &outcome, &n, &sums.Samples, &sums.Bytes, &sums.Units, &sums.CostNanoUSD); err != nil {
-			return nil, err
+			return err
 		}
 		lt := r.Licensees[licensee]
 		lt.Contract, lt.Licensee = contractID, licensee
@@ -967,10 +1010,7 @@ func (s *sqliteStore) meteringTotals(ctx context.Context, contractID string, f c
 			r.Outcomes[outcome] = o
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return rows.Err()
 }
 
 // addTotals adds n events of one kind and outcome, with their sums, to t.

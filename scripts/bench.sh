@@ -22,6 +22,8 @@ echo "== eviction: hit ratio from the second epoch, dataset larger than the cach
 go test -run '^$' -bench 'BenchmarkEpochHitRatio' -benchtime 1x ./cache/ | tee -a "$out"
 echo "== ledger: sustained events/s with durability, and the cost on a 64 KiB hit"
 run 'Benchmark' ./meter/
+echo "== registry metering ingest: CPU per million samples, event by event vs aggregate batches"
+go test -run '^$' -bench 'BenchmarkIngestPerMillionSamples' -benchtime "${INGEST_BENCHTIME:-20x}" ./registry/ | tee -a "$out"
 echo "== log replay: 100k entries (chain + Merkle + EdDSA, both cores) and restart"
 go test -run '^$' -bench 'BenchmarkFollowerReplay|BenchmarkFollowerResume' -benchtime 1x ./verify/ | tee -a "$out"
 echo "== PyTorch DataLoader (4 workers): sidecar vs the same loader on local files"

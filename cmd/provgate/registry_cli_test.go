@@ -380,3 +380,32 @@ func TestVerifyLogOnMaximalEntries(t *testing.T) {
 		t.Fatalf("verify log: %s", out)
 	}
 }
+
+// TestVerifyLogChecksAggregateBatches: an aggregate metering batch (sums
+// and the root of its rows, no events) is a metering entry the audit
+// checks and accepts: priced as the contract says, its rows counted once.
+func TestVerifyLogChecksAggregateBatches(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
+	sc := newCLISidecar(t, h.URL)
+	tok, err := sc.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: sc.key.Public(), Enrolment: h.Enrol(t, c.ContractID, sc.key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	for i, rows := range []int64{0, 10} {
+		b := &contract.MeteringBatch{Contract: c.ContractID, BatchID: fmt.Sprint("b", i), Sidecar: sc.jkt, IssuedAt: now.Unix(),
+			Aggregates: []contract.MeteringAggregate{{Kind: contract.EventAccess, Outcome: contract.OutcomeServed, Job: "j", Events: 10,
+				Samples: 10, Bytes: 1000, Units: 10, CostNanoUSD: 10 * 500_000, FirstTime: now, LastTime: now}},
+			Rows: &contract.RowCommitment{Ledger: "L", AfterSeq: rows, LastSeq: rows + 10, Count: 10, Root: bytes.Repeat([]byte{byte(i)}, 32)}}
+		jws, _ := verify.SignMeteringBatch(sc.key, b)
+		if resp, err := sc.PostMetering(ctx, c.ContractID, tok.Token, fmt.Sprint("k", i), jws); err != nil || resp.Accepted != 10 {
+			t.Fatalf("batch %d: %+v, %v", i, resp, err)
+		}
+	}
+	if code, out, errs := cli(t, "verify", "log", "--registry", h.URL, "--contract", c.ContractID, "--checkpoint-key", c.Log.CheckpointKey); code != 0 || !strings.Contains(out, "2 metering") {
+		t.Fatalf("verify log: exit %d\n%s\n%s", code, out, errs)
+	}
+}

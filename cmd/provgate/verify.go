@@ -107,6 +107,7 @@ type auditor struct {
 	live      map[string]uint64              // object name -> seq
 	owners    map[string]owner               // object name -> who attested it first
 	counted   map[string]uint64              // sender thumbprint + " " + metering event id -> seq
+	ranges    map[string][]countedRows       // sender thumbprint + " " + ledger id -> rows of aggregate batches
 	leaves    [][]byte
 }
 
@@ -166,7 +167,8 @@ func newAuditor(client *contract.Client, c *contract.Contract) (*auditor, error)
 		return nil, err
 	}
 	return &auditor{client: client, c: c, cpv: cpv, keys: map[string]*jose.JSONWebKeySet{}, sidecars: map[string]*jose.JSONWebKeySet{},
-		revoked: map[string]uint64{}, live: map[string]uint64{}, owners: map[string]owner{}, counted: map[string]uint64{}}, nil
+		revoked: map[string]uint64{}, live: map[string]uint64{}, owners: map[string]owner{}, counted: map[string]uint64{},
+		ranges: map[string][]countedRows{}}, nil
 }
 
 func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Duration) (*auditReport, error) {
@@ -424,6 +426,9 @@ func (a *auditor) checkMetering(e *contract.Entry, terms *contract.Contract, kid
 	if b.Contract != a.c.ContractID {
 		return fmt.Errorf("%w: metering batch for %q", verify.ErrWrongContract, b.Contract)
 	}
+	if b.Aggregated() {
+		return a.checkAggregate(e, terms, kid, b)
+	}
 	inBatch := map[string]*contract.MeteringEvent{}
 	for i := range b.Events {
 		inBatch[b.Events[i].ID] = &b.Events[i]
@@ -449,6 +454,36 @@ func (a *auditor) checkMetering(e *contract.Entry, terms *contract.Contract, kid
 		}
 		a.counted[key] = e.Seq
 	}
+	return nil
+}
+
+// countedRows are the rows an aggregate metering entry counted.
+type countedRows struct {
+	rows contract.RowCommitment
+	seq  uint64
+}
+
+// checkAggregate checks an aggregate metering entry: it lists no events,
+// every aggregate is priced as the contract says, and its rows overlap no
+// rows of the same sender's ledger counted before, nor its events counted
+// one by one.
+func (a *auditor) checkAggregate(e *contract.Entry, terms *contract.Contract, kid string, b *contract.MeteringBatch) error {
+	if len(e.Accepted) != 0 {
+		return errors.New("an aggregate metering entry lists events")
+	}
+	for i := range b.Aggregates {
+		if err := contract.CheckAggregateAmounts(&b.Aggregates[i], terms.Pricing); err != nil {
+			return fmt.Errorf("accepted %w", err)
+		}
+	}
+	key := kid + " " + b.Rows.Ledger
+	for _, prev := range a.ranges[key] {
+		if prev.rows.Overlaps(b.Rows) {
+			return fmt.Errorf("%w: rows (%d, %d] of ledger %q of sidecar %s overlap rows entry %d counted", verify.ErrDuplicate,
+				b.Rows.AfterSeq, b.Rows.LastSeq, b.Rows.Ledger, kid, prev.seq)
+		}
+	}
+	a.ranges[key] = append(a.ranges[key], countedRows{rows: *b.Rows, seq: e.Seq})
 	return nil
 }
 
