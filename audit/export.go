@@ -217,7 +217,7 @@ func addBatches(b *Bundle, receipts []meter.StoredReceipt, leaves [][]byte, cp *
 			return err
 		}
 		items = append(items, item{r.Index, Batch{Batch: mb.BatchID, Counted: got, AfterSeq: r.AfterSeq, LastSeq: r.LastSeq, Entry: r.Entry,
-			Proof: MarshalTLogProof(&TLogProof{Index: r.Index, Hashes: r.Inclusion, Checkpoint: []byte(r.Checkpoint)})}})
+			Proof: MarshalTLogProof(&TLogProof{Index: r.Index, Hashes: r.Inclusion, Checkpoint: []byte(r.Checkpoint)}), Rows: rowsOf(mb)}})
 		return nil
 	}
 	for i, raw := range b.Entries {
@@ -244,8 +244,12 @@ func addBatches(b *Bundle, receipts []meter.StoredReceipt, leaves [][]byte, cp *
 				hi = max(hi, s)
 			}
 		}
+		if mb.Rows != nil {
+			lo, hi = mb.Rows.AfterSeq, mb.Rows.LastSeq
+		}
 		items = append(items, item{seq - 1, Batch{Batch: mb.BatchID, Counted: got, AfterSeq: lo, LastSeq: hi, Entry: raw,
-			Proof: MarshalTLogProof(&TLogProof{Index: seq - 1, Hashes: inclusionProof(leaves[:cp.Size], seq-1), Checkpoint: []byte(b.Checkpoint)})}})
+			Proof: MarshalTLogProof(&TLogProof{Index: seq - 1, Hashes: inclusionProof(leaves[:cp.Size], seq-1), Checkpoint: []byte(b.Checkpoint)}),
+			Rows:  rowsOf(mb)}})
 	}
 	for i := range receipts {
 		if !used[receipts[i].Seq()] {
@@ -261,6 +265,15 @@ func addBatches(b *Bundle, receipts []meter.StoredReceipt, leaves [][]byte, cp *
 		b.Totals.Events += it.bt.Counted.Events
 	}
 	return nil
+}
+
+// rowsOf is the row tree an aggregate batch commits to, nil for a batch
+// that lists its events.
+func rowsOf(mb *contract.MeteringBatch) *RowsRoot {
+	if mb.Rows == nil || mb.Rows.Count < 1 {
+		return nil
+	}
+	return &RowsRoot{Count: uint64(mb.Rows.Count), Root: mb.Rows.Root}
 }
 
 // countedIn reads a log entry's metering batch (unverified: Verify checks
@@ -341,7 +354,12 @@ func discloseRows(ctx context.Context, l Ledger, b *Bundle, seqs []int64) error 
 		if err != nil {
 			return fmt.Errorf("audit export: batch %s: %w", bt.Batch, err)
 		}
-		bt.Rows = &RowsRoot{Count: uint64(count), Root: root}
+		mine := &RowsRoot{Count: uint64(count), Root: root}
+		if bt.Rows != nil && (bt.Rows.Count != mine.Count || !bytes.Equal(bt.Rows.Root, mine.Root)) {
+			return fmt.Errorf("audit export: batch %s: the ledger's rows (%d, root %x) are not the ones its entry commits to (%d, root %x)",
+				bt.Batch, mine.Count, mine.Root, bt.Rows.Count, bt.Rows.Root)
+		}
+		bt.Rows = mine
 		ds, err := l.DiscloseRows(ctx, b.Contract, rng, byBatch[bi])
 		if err != nil {
 			return fmt.Errorf("audit export: batch %s: %w", bt.Batch, err)

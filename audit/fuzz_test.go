@@ -13,7 +13,11 @@ import (
 // bundle that re-encodes to one it parses again, and Verify of it never
 // panics. Seeds: testdata/bundle.json and testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
-	if b, err := os.ReadFile(filepath.Join("testdata", "bundle.json")); err == nil {
+	for _, golden := range []string{"bundle.json", "bundle-per-event.json"} {
+		b, err := os.ReadFile(filepath.Join("testdata", golden))
+		if err != nil {
+			f.Fatal(err)
+		}
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

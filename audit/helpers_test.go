@@ -29,16 +29,23 @@ type world struct {
 
 func newWorld(tb testing.TB, mutate func(*contract.Contract)) *world {
 	tb.Helper()
-	return newWorldWith(tb, registrytest.Start(tb), "did:example:audit-"+filepath.Base(tb.TempDir()), mutate)
+	return newWorldWith(tb, registrytest.Start(tb), "did:example:audit-"+filepath.Base(tb.TempDir()), mutate, false)
+}
+
+// newWorldPerEvent is a world whose syncer sends every row as an event
+// (the batch form before aggregate batches).
+func newWorldPerEvent(tb testing.TB) *world {
+	tb.Helper()
+	return newWorldWith(tb, registrytest.Start(tb), "did:example:audit-"+filepath.Base(tb.TempDir()), nil, true)
 }
 
 // newWorldOn is a world of contract id on the registry h.
 func newWorldOn(tb testing.TB, h *registrytest.Harness, id string) *world {
 	tb.Helper()
-	return newWorldWith(tb, h, id, nil)
+	return newWorldWith(tb, h, id, nil, false)
 }
 
-func newWorldWith(tb testing.TB, h *registrytest.Harness, id string, mutate func(*contract.Contract)) *world {
+func newWorldWith(tb testing.TB, h *registrytest.Harness, id string, mutate func(*contract.Contract), perEvent bool) *world {
 	tb.Helper()
 	ctx := context.Background()
 	w := &world{h: h}
@@ -68,7 +75,7 @@ func newWorldWith(tb testing.TB, h *registrytest.Harness, id string, mutate func
 	tb.Cleanup(func() { w.ledger.Close() })
 	tokens := &meter.RequestedTokens{Client: w.client, Key: w.key, Purpose: "training",
 		Enrolment: func(string) (string, error) { return enrolment, nil }}
-	if w.syncer, err = meter.NewSyncer(w.ledger, meter.SyncConfig{Client: w.client, Key: w.key, Tokens: tokens, BatchSize: 3}); err != nil {
+	if w.syncer, err = meter.NewSyncer(w.ledger, meter.SyncConfig{Client: w.client, Key: w.key, Tokens: tokens, BatchSize: 3, PerEvent: perEvent}); err != nil {
 		tb.Fatal(err)
 	}
 	return w

@@ -192,8 +192,23 @@ func verifyIndependently(t *testing.T, data []byte) {
 		if tp, err := key.Thumbprint(crypto.SHA256); err != nil || base64.RawURLEncoding.EncodeToString(tp) != jws.Signatures[0].Protected.KeyID {
 			t.Fatalf("batch %s: the sidecar key does not hash to its kid", bt.Batch)
 		}
-		if _, err := jws.Verify(key.Key); err != nil {
+		payload, err := jws.Verify(key.Key)
+		if err != nil {
 			t.Fatalf("batch %s: signature: %v", bt.Batch, err)
+		}
+		// An aggregate batch signs the root of its rows: the one the
+		// disclosed rows are checked against.
+		var signed struct {
+			Rows *struct {
+				Count uint64 `json:"count"`
+				Root  []byte `json:"root"`
+			} `json:"rows"`
+		}
+		if err := json.Unmarshal(payload, &signed); err != nil {
+			t.Fatal(err)
+		}
+		if signed.Rows != nil && bt.Rows != nil && (signed.Rows.Count != bt.Rows.Count || !bytes.Equal(signed.Rows.Root, bt.Rows.Root)) {
+			t.Fatalf("batch %s: the bundle's row tree is not the signed one", bt.Batch)
 		}
 	}
 	// Disclosed rows: inclusion in their batch's row tree.
@@ -243,8 +258,9 @@ func verifyIndependently(t *testing.T, data []byte) {
 }
 
 // TestBundleVerifiesWithoutProvgate: a fresh bundle of real traffic, and
-// the checked-in example (testdata/bundle.json), verify with x/mod's note,
-// transparency-dev/merkle and go-jose alone.
+// the checked-in examples (testdata/bundle.json, aggregate batches;
+// testdata/bundle-per-event.json, batches that list their events), verify
+// with x/mod's note, transparency-dev/merkle and go-jose alone.
 func TestBundleVerifiesWithoutProvgate(t *testing.T) {
 	w := newWorld(t, nil)
 	w.traffic(t)
@@ -254,24 +270,24 @@ func TestBundleVerifiesWithoutProvgate(t *testing.T) {
 		t.Fatal(err)
 	}
 	verifyIndependently(t, data)
-
-	golden := filepath.Join("testdata", "bundle.json")
 	if *update {
-		if err := os.WriteFile(golden, data, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join("testdata", "bundle.json"), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	g, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifyIndependently(t, g)
-	// And our verifier agrees.
-	gb, err := audit.ParseBytes(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := audit.Verify(gb, audit.VerifyOptions{}); err != nil {
-		t.Fatal(err)
+	for _, golden := range []string{"bundle.json", "bundle-per-event.json"} {
+		g, err := os.ReadFile(filepath.Join("testdata", golden))
+		if err != nil {
+			t.Fatal(err)
+		}
+		verifyIndependently(t, g)
+		// And our verifier agrees.
+		gb, err := audit.ParseBytes(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := audit.Verify(gb, audit.VerifyOptions{}); err != nil {
+			t.Fatalf("%s: %v", golden, err)
+		}
 	}
 }

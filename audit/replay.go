@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -92,8 +93,10 @@ type replay struct {
 	revoked map[string]uint64 // issuer/kid -> revocation seq
 	live    map[string]uint64
 	owners  map[string]string
-	counted map[string]uint64 // sidecar + " " + event id -> seq
-	meter   []*metered        // in log order
+	counted map[string]uint64     // sidecar + " " + event id -> seq
+	ranges  map[string][]*metered // sidecar + " " + ledger id -> aggregate entries
+	single  map[string][]int64    // sidecar + " " + ledger id -> rows counted one by one
+	meter   []*metered            // in log order
 	bySeq   map[uint64]*metered
 
 	attestations, metering, redactions, revocations int
@@ -109,7 +112,7 @@ type metered struct {
 
 func newReplay(b *Bundle, cpv *verify.CheckpointVerifier) *replay {
 	return &replay{b: b, cpv: cpv, facts: &Facts{Contract: b.Contract}, revoked: map[string]uint64{}, live: map[string]uint64{},
-		owners: map[string]string{}, counted: map[string]uint64{}, bySeq: map[uint64]*metered{}}
+		owners: map[string]string{}, counted: map[string]uint64{}, ranges: map[string][]*metered{}, single: map[string][]int64{}, bySeq: map[uint64]*metered{}}
 }
 
 func (r *replay) meteringAt(seq uint64) *metered { return r.bySeq[seq] }
@@ -288,10 +291,18 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 	if b.Contract != r.b.Contract {
 		return fmt.Errorf("%w: batch %s is for %q", verify.ErrWrongContract, b.BatchID, b.Contract)
 	}
+	m := &metered{seq: seq, entry: e, batch: b, accepted: make(map[string]bool, len(e.Accepted))}
+	if b.Aggregated() {
+		if err := r.aggregateEntry(kid, m, tv); err != nil {
+			return err
+		}
+		r.meter = append(r.meter, m)
+		r.bySeq[seq] = m
+		return nil
+	}
 	if len(e.Accepted) == 0 {
 		return fmt.Errorf("batch %s: the entry accepts no event", b.BatchID)
 	}
-	m := &metered{seq: seq, entry: e, batch: b, accepted: make(map[string]bool, len(e.Accepted))}
 	in := make(map[string]*contract.MeteringEvent, len(b.Events))
 	for i := range b.Events {
 		in[b.Events[i].ID] = &b.Events[i]
@@ -304,13 +315,9 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		if m.accepted[id] {
 			return fmt.Errorf("batch %s: event %q accepted twice", b.BatchID, id)
 		}
-		pricing := tv.Terms.Pricing
-		if ev.TermsSeq != 0 {
-			if t := r.facts.TermsAt(ev.TermsSeq); t != nil && t.Seq < seq {
-				pricing = t.Terms.Pricing
-			} else {
-				return fmt.Errorf("batch %s: event %q is priced under entry %d, which holds no earlier terms", b.BatchID, id, ev.TermsSeq)
-			}
+		pricing, err := r.pricing(seq, ev.TermsSeq, tv)
+		if err != nil {
+			return fmt.Errorf("batch %s: event %q: %w", b.BatchID, id, err)
 		}
 		if err := contract.CheckEventAmounts(ev, pricing); err != nil {
 			return fmt.Errorf("batch %s: accepted %w", b.BatchID, err)
@@ -321,9 +328,62 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		}
 		r.counted[key] = seq
 		m.accepted[id] = true
+		if ledger, rs, ok := strings.Cut(id, "-"); ok {
+			if n, err := strconv.ParseInt(rs, 10, 64); err == nil {
+				r.single[kid+" "+ledger] = append(r.single[kid+" "+ledger], n)
+			}
+		}
 	}
 	r.meter = append(r.meter, m)
 	r.bySeq[seq] = m
+	return nil
+}
+
+// pricing is the pricing of the terms of entry termsSeq (an event or
+// aggregate names the terms it was priced under), or of the terms in
+// force at the entry when it names none.
+func (r *replay) pricing(seq, termsSeq uint64, tv *Terms) (contract.Pricing, error) {
+	if termsSeq == 0 {
+		return tv.Terms.Pricing, nil
+	}
+	if t := r.facts.TermsAt(termsSeq); t != nil && t.Seq < seq {
+		return t.Terms.Pricing, nil
+	}
+	return contract.Pricing{}, fmt.Errorf("priced under entry %d, which holds no earlier terms", termsSeq)
+}
+
+// aggregateEntry checks an aggregate metering entry: it lists no events,
+// every aggregate is priced as its terms say, and its rows overlap no rows
+// of the same sender's ledger counted before.
+func (r *replay) aggregateEntry(kid string, m *metered, tv *Terms) error {
+	b := m.batch
+	if len(m.entry.Accepted) != 0 {
+		return fmt.Errorf("batch %s: an aggregate entry lists events", b.BatchID)
+	}
+	for i := range b.Aggregates {
+		a := &b.Aggregates[i]
+		pricing, err := r.pricing(m.seq, a.TermsSeq, tv)
+		if err != nil {
+			return fmt.Errorf("batch %s: aggregate %d: %w", b.BatchID, i, err)
+		}
+		if err := contract.CheckAggregateAmounts(a, pricing); err != nil {
+			return fmt.Errorf("batch %s: accepted %w", b.BatchID, err)
+		}
+	}
+	key := kid + " " + b.Rows.Ledger
+	for _, prev := range r.ranges[key] {
+		if prev.batch.Rows.Overlaps(b.Rows) {
+			return fmt.Errorf("%w: batch %s: rows (%d, %d] of ledger %s of sidecar %s overlap rows entry %d counted", verify.ErrDuplicate,
+				b.BatchID, b.Rows.AfterSeq, b.Rows.LastSeq, b.Rows.Ledger, kid, prev.seq)
+		}
+	}
+	for _, n := range r.single[key] {
+		if n > b.Rows.AfterSeq && n <= b.Rows.LastSeq {
+			return fmt.Errorf("%w: batch %s: rows (%d, %d] of ledger %s include row %d, counted one by one before", verify.ErrDuplicate,
+				b.BatchID, b.Rows.AfterSeq, b.Rows.LastSeq, b.Rows.Ledger, n)
+		}
+	}
+	r.ranges[key] = append(r.ranges[key], m)
 	return nil
 }
 
@@ -331,6 +391,21 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 // scope.
 func (m *metered) counted(s *LedgerScope) (Totals, error) {
 	var t Totals
+	if m.batch.Aggregated() {
+		if m.batch.Rows == nil || m.batch.Rows.Ledger != s.ID {
+			return t, nil
+		}
+		for i := range m.batch.Aggregates {
+			a := &m.batch.Aggregates[i]
+			if (s.Job == "" || a.Job == s.Job) && s.Epochs.Contains(a.Epoch) {
+				if !t.Sums.Add(a.Sums()) {
+					return t, fmt.Errorf("batch %s: sums overflow", m.batch.BatchID)
+				}
+				t.Events += a.Events
+			}
+		}
+		return t, nil
+	}
 	for i := range m.batch.Events {
 		ev := &m.batch.Events[i]
 		if m.accepted[ev.ID] && s.In(ev) {
@@ -355,6 +430,10 @@ func (m *metered) event(id string) *contract.MeteringEvent {
 // sums are what the batch commits to over all its rows.
 func (m *metered) sums() Totals {
 	var t Totals
+	for i := range m.batch.Aggregates {
+		t.Sums.Add(m.batch.Aggregates[i].Sums())
+		t.Events += m.batch.Aggregates[i].Events
+	}
 	for i := range m.batch.Events {
 		t.add(&m.batch.Events[i])
 	}

@@ -2,10 +2,8 @@ package audit
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/provgate/provgate/contract"
@@ -98,26 +96,23 @@ func rowSums(r *meter.Row) contract.Sums {
 	return s
 }
 
-// committedRows reads the row commitment an aggregate batch's payload
-// carries (rows: {count, root}), if any; the signature was checked when
-// the entry was replayed.
-func committedRows(jws string) (*RowsRoot, bool) {
-	parts := strings.Split(jws, ".")
-	if len(parts) != 3 {
-		return nil, false
+// aggregateOf is the aggregate of the batch whose key the row has and
+// whose time span holds it, or nil.
+func (m *metered) aggregateOf(r *meter.Row) *contract.MeteringAggregate {
+	outcome := r.Outcome
+	if r.Kind == contract.EventAccess && outcome == "" {
+		outcome = contract.OutcomeServed
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return nil, false
+	for i := range m.batch.Aggregates {
+		a := &m.batch.Aggregates[i]
+		ao := a.Outcome
+		if a.Kind == contract.EventAccess && ao == "" {
+			ao = contract.OutcomeServed
+		}
+		if a.Kind == r.Kind && ao == outcome && a.Job == r.Job && a.Epoch == r.Epoch && a.Lease == r.Lease && a.TermsSeq == r.TermsSeq &&
+			!r.Time.Before(a.FirstTime) && !r.Time.After(a.LastTime) {
+			return a
+		}
 	}
-	var p struct {
-		Rows *struct {
-			Count int64  `json:"count"`
-			Root  []byte `json:"root"`
-		} `json:"rows"`
-	}
-	if json.Unmarshal(payload, &p) != nil || p.Rows == nil || p.Rows.Count < 1 {
-		return nil, false
-	}
-	return &RowsRoot{Count: uint64(p.Rows.Count), Root: p.Rows.Root}, true
+	return nil
 }

@@ -310,8 +310,13 @@ func (v *verifier) checkBatches() {
 			v.fail(where, err)
 			continue
 		}
-		if rows, ok := committedRows(m.entry.JWS); ok && bt.Rows != nil && (rows.Count != bt.Rows.Count || !bytes.Equal(rows.Root, bt.Rows.Root)) {
-			v.failf(where, "the bundle gives its rows as %d with root %x, its entry commits to %d with root %x", bt.Rows.Count, bt.Rows.Root, rows.Count, rows.Root)
+		if rows := m.batch.Rows; rows != nil {
+			switch {
+			case bt.AfterSeq != rows.AfterSeq || bt.LastSeq != rows.LastSeq:
+				v.failf(where, "the bundle gives its rows as (%d, %d], its entry commits to (%d, %d]", bt.AfterSeq, bt.LastSeq, rows.AfterSeq, rows.LastSeq)
+			case bt.Rows == nil || bt.Rows.Count != uint64(rows.Count) || !bytes.Equal(rows.Root, bt.Rows.Root):
+				v.failf(where, "the bundle's row tree %+v is not the one its entry commits to (%d rows, root %x)", bt.Rows, rows.Count, rows.Root)
+			}
 		}
 		if got != bt.Counted {
 			v.failf(where, "the bundle says it counted %s, its entry %d counts %s", bt.Counted, seq, got)
@@ -412,9 +417,10 @@ func (v *verifier) checkRows() {
 		case m == nil:
 			continue // the batch's problem, already named
 		}
-		d := meter.DisclosedRow{Seq: r.Seq, Leaf: []byte(r.Row), Index: r.Index, Size: bt.Rows.Count, Inclusion: r.Proof}
-		if err := meter.VerifyDisclosedRow(bt.Rows.Root, bt.Rows.Count, d); err != nil {
-			v.failf(where, "inclusion proof does not verify against batch %s root %x: %v", r.Batch, bt.Rows.Root, err)
+		tree := treeOf(bt, m)
+		d := meter.DisclosedRow{Seq: r.Seq, Leaf: []byte(r.Row), Index: r.Index, Size: tree.Count, Inclusion: r.Proof}
+		if err := meter.VerifyDisclosedRow(tree.Root, tree.Count, d); err != nil {
+			v.failf(where, "inclusion proof does not verify against batch %s root %x: %v", r.Batch, tree.Root, err)
 			continue
 		}
 		row, err := decodeRowLeaf([]byte(r.Row))
@@ -426,7 +432,13 @@ func (v *verifier) checkRows() {
 			v.failf(where, "the leaf proven is row %d (%s) of contract %q, not %s", row.Seq, row.ID, row.Contract, id)
 			continue
 		}
-		if _, aggregate := committedRows(m.entry.JWS); !aggregate {
+		if m.batch.Aggregated() {
+			if a := m.aggregateOf(row); a == nil {
+				v.failf(where, "no aggregate of batch %s sums a row like it (%s/%s job %q epoch %d at %s)", r.Batch,
+					row.Kind, row.Outcome, row.Job, row.Epoch, row.Time.UTC().Format(time.RFC3339Nano))
+				continue
+			}
+		} else {
 			ev := m.event(row.ID)
 			if ev == nil {
 				v.failf(where, "batch %s carries no event %s", r.Batch, row.ID)
@@ -452,14 +464,23 @@ func (v *verifier) checkRows() {
 	for _, n := range sortedKeys(keysOf(covers)) {
 		c := covers[n]
 		bt := &v.b.Batches[v.byBatch[n]]
-		if uint64(len(c.seen)) != bt.Rows.Count {
+		m := v.meteredOf(bt)
+		if uint64(len(c.seen)) != treeOf(bt, m).Count {
 			continue
 		}
-		m := v.meteredOf(bt)
 		if want := m.sums(); c.sum != want {
 			v.failf("batch "+n, "its %d disclosed rows sum to %s, the batch commits to %s", len(c.seen), c.sum, want)
 		}
 	}
+}
+
+// treeOf is a batch's row tree: the one an aggregate batch's signed entry
+// commits to, else the bundle's.
+func treeOf(bt *Batch, m *metered) RowsRoot {
+	if c := m.batch.Rows; c != nil {
+		return RowsRoot{Count: uint64(c.Count), Root: c.Root}
+	}
+	return *bt.Rows
 }
 
 // meteredOf is the verified metering entry of a batch, or nil.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/transparency-dev/merkle/rfc6962"
+	"github.com/transparency-dev/merkle/testonly"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/provgate/provgate/audit"
@@ -13,33 +15,79 @@ import (
 )
 
 // TestExportVerifyRoundTrip: a bundle of real traffic verifies offline,
-// pinned to the contract's key, and its totals are the ledger's.
+// pinned to the contract's key, and its totals are the ledger's, whether
+// the sidecar sent aggregate batches or every row as an event.
 func TestExportVerifyRoundTrip(t *testing.T) {
-	w := newWorld(t, nil)
-	w.traffic(t)
-	b := w.export(t, audit.ExportOptions{Rows: []int64{1, 5}})
-	data, err := b.Marshal()
-	if err != nil {
-		t.Fatal(err)
+	for _, form := range []string{"aggregate", "per-event"} {
+		t.Run(form, func(t *testing.T) {
+			w := newWorld(t, nil)
+			if form == "per-event" {
+				w = newWorldPerEvent(t)
+			}
+			w.traffic(t)
+			b := w.export(t, audit.ExportOptions{Rows: []int64{1, 5}})
+			data, err := b.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			parsed, err := audit.ParseBytes(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := audit.Verify(parsed, audit.VerifyOptions{CheckpointKey: w.c.Log.CheckpointKey})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !rep.Pinned || rep.Totals.Events != 6 || rep.Totals.Samples != 6 || rep.Totals.CostNanoUSD != 6*500_000 {
+				t.Errorf("report %+v, want 6 events, 6 samples at 500000 nano-USD, pinned", rep)
+			}
+			if rep.Batches != 2 || rep.Rows != 2 || rep.Attestations != 3 || len(rep.Facts.Terms) != 1 {
+				t.Errorf("report %+v: want 2 batches, 2 rows, 3 attestations, 1 terms version", rep)
+			}
+			// Scope: epoch 2 only; job "other" holds nothing.
+			b2 := w.export(t, audit.ExportOptions{Epochs: &audit.EpochRange{From: 2, To: 2}})
+			if rep2, err := audit.Verify(b2, audit.VerifyOptions{}); err != nil || rep2.Totals.Events != 3 || len(b2.Batches) != 1 {
+				t.Fatalf("epoch 2: %v, %+v; want 3 events in 1 batch", err, rep2)
+			}
+			b3 := w.export(t, audit.ExportOptions{Job: "other"})
+			if rep3, err := audit.Verify(b3, audit.VerifyOptions{}); err != nil || rep3.Totals.Events != 0 || len(b3.Batches) != 0 {
+				t.Fatalf("job other: %v, %+v; want nothing", err, rep3)
+			}
+		})
 	}
-	parsed, err := audit.ParseBytes(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := audit.Verify(parsed, audit.VerifyOptions{CheckpointKey: w.c.Log.CheckpointKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !rep.Pinned || rep.Totals.Events != 6 || rep.Totals.Samples != 6 || rep.Totals.CostNanoUSD != 6*500_000 {
-		t.Errorf("report %+v, want 6 events, 6 samples at 500000 nano-USD, pinned", rep)
-	}
-	if rep.Batches != 2 || rep.Rows != 2 || rep.Attestations != 3 || len(rep.Facts.Terms) != 1 {
-		t.Errorf("report %+v: want 2 batches, 2 rows, 3 attestations, 1 terms version", rep)
-	}
-	// Scope: epoch 2 only.
-	b2 := w.export(t, audit.ExportOptions{Epochs: &audit.EpochRange{From: 2, To: 2}})
-	if rep2, err := audit.Verify(b2, audit.VerifyOptions{}); err != nil || rep2.Totals.Events != 3 {
-		t.Fatalf("epoch 2: %v, %+v; want 3 events", err, rep2)
+}
+
+// TestRowEditedWithItsTreeRebuilt: an exporter edits a disclosed row and
+// rebuilds the row tree to match. For a batch that lists its events the
+// row no longer matches the signed event; for an aggregate batch the proof
+// no longer leads to the root its signed entry commits to.
+func TestRowEditedWithItsTreeRebuilt(t *testing.T) {
+	for _, form := range []string{"aggregate", "per-event"} {
+		t.Run(form, func(t *testing.T) {
+			w := newWorld(t, nil)
+			want := "row seq 5: inclusion proof does not verify against batch "
+			if form == "per-event" {
+				w = newWorldPerEvent(t)
+				want = "row seq 5: the disclosed row is not the event batch "
+			}
+			w.traffic(t)
+			b := w.export(t, audit.ExportOptions{Rows: []int64{4, 5, 6}})
+			tree := testonly.New(rfc6962.DefaultHasher)
+			for i := range b.Rows {
+				if b.Rows[i].Seq == 5 {
+					b.Rows[i].Row = strings.Replace(b.Rows[i].Row, `"bytes":100,`, `"bytes":1,`, 1)
+				}
+				tree.AppendData([]byte(b.Rows[i].Row))
+			}
+			var err error
+			for i := range b.Rows {
+				if b.Rows[i].Proof, err = tree.InclusionProof(b.Rows[i].Index, tree.Size()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b.Batches[1].Rows.Root = tree.Hash()
+			wantIn(t, problems(t, b, audit.VerifyOptions{}), want)
+		})
 	}
 }
 
