@@ -68,6 +68,9 @@ func (e *VerifyError) Unwrap() []error {
 type Report struct {
 	Contract   string             `json:"contract_id"`
 	Checkpoint *verify.Checkpoint `json:"-"`
+	// TreeSize and Root are the verified checkpoint's.
+	TreeSize uint64 `json:"tree_size"`
+	Root     []byte `json:"root"`
 	// Pinned says the checkpoint key was the auditor's, not the bundle's.
 	Pinned       bool   `json:"pinned"`
 	Witnessed    bool   `json:"witnessed"`
@@ -163,6 +166,7 @@ func (v *verifier) checkCheckpoint() {
 		return
 	}
 	v.cp, v.rep.Checkpoint = cp, cp
+	v.rep.TreeSize, v.rep.Root = cp.Size, cp.Hash
 	if err := verify.CheckFresh(cp, v.opts.Now, v.opts.MaxAge); err != nil {
 		v.fail("checkpoint", err)
 	}
