@@ -120,6 +120,14 @@ func TestCheckFindsEachViolation(t *testing.T) {
 			t.Errorf("unexpected %s findings: %+v", kind, fs)
 		}
 	}
+	// A grace longer than the time between the redaction and the read:
+	// the sidecar could not have known yet.
+	in.RedactionGrace = time.Hour
+	for _, f := range audit.Check(in) {
+		if f.Kind == audit.FindingRedacted {
+			t.Errorf("a read within the redaction grace is a finding: %+v", f)
+		}
+	}
 }
 
 func sameSeqs(a, b []int64) bool {

@@ -31,7 +31,7 @@ const auditSynopsis = `audit export|verify|check [flags]
   verify [--checkpoint-key VKEY] [--witness VKEY]... [--witness-quorum N] [--max-age D] [--json] BUNDLE
          checks everything in the bundle with no network; exits 1 naming every thing that broke
   check  --ledger FILE (--bundle FILE | --registry URL) [--contract ID] [--purpose P] [--licensee ID]
-         [--cache-dir DIR] [--checkpoint-key VKEY] [--json]
+         [--cache-dir DIR] [--redaction-grace D] [--checkpoint-key VKEY] [--json]
          compliance findings: reads after a redaction, past retention, for a purpose the terms do not
          allow, beyond a quota, under terms not yet in force; exits 1 when there are any`
 
@@ -62,6 +62,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	purpose := fs.String("purpose", "", "check: the purpose the sidecar asked its tokens for (its --purpose)")
 	licensee := fs.String("licensee", "", "check: the licensee whose terms apply (default: the contract's only one)")
 	cacheDir := fs.String("cache-dir", "", "check: the sidecar's cache dir, to find copies kept past retention")
+	grace := fs.Duration("redaction-grace", 0, "check: reads this soon after a redaction was logged are not findings (the sidecar's time to see it)")
 	asJSON := fs.Bool("json", false, "verify, check: print JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -94,7 +95,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return &usageError{msg: "audit check: --ledger and one of --bundle or --registry are required"}
 		}
 		return auditCheck(ctx, checkArgs{registry: *registryURL, ledger: *ledgerPath, bundle: *bundlePath, contract: *contractID,
-			purpose: *purpose, licensee: *licensee, cacheDir: *cacheDir, pinKey: *pinKey}, *asJSON, stdout)
+			purpose: *purpose, licensee: *licensee, cacheDir: *cacheDir, pinKey: *pinKey, grace: *grace}, *asJSON, stdout)
 	default:
 		return &usageError{msg: fmt.Sprintf("audit: unknown subcommand %q: want export, verify or check", sub)}
 	}
@@ -240,6 +241,7 @@ func auditVerify(path string, opts audit.VerifyOptions, asJSON bool, stdout io.W
 
 type checkArgs struct {
 	registry, ledger, bundle, contract, purpose, licensee, cacheDir, pinKey string
+	grace                                                                   time.Duration
 }
 
 func auditCheck(ctx context.Context, a checkArgs, asJSON bool, stdout io.Writer) error {
@@ -272,7 +274,7 @@ func auditCheck(ctx context.Context, a checkArgs, asJSON bool, stdout io.Writer)
 	if err != nil {
 		return fmt.Errorf("audit check: %w", err)
 	}
-	in := audit.CheckInput{Facts: rep.Facts, Purpose: a.purpose, Licensee: a.licensee}
+	in := audit.CheckInput{Facts: rep.Facts, Purpose: a.purpose, Licensee: a.licensee, RedactionGrace: a.grace}
 	err = l.Rows(ctx, 0, func(r *meter.Row) error {
 		if r.Contract == b.Contract {
 			in.Rows = append(in.Rows, *r)
