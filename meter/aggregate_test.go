@@ -196,3 +196,49 @@ func TestUpgradeFromPerEventToAggregate(t *testing.T) {
 		t.Errorf("disputes: %+v", d)
 	}
 }
+
+// Rows served under a lease of the sidecar's previous key (the key was
+// replaced) make an aggregate the registry refuses (403: not the sender's
+// lease); the sidecar sends those rows event by event instead, and they
+// count once, without charging the other key's lease.
+func TestAggregateRefusedForAnotherKeysLeaseGoesEventByEvent(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	c := h.CreateContract(t, newContract(t, "did:example:rekeyed"))
+	before := newSidecar(t, h.URL, nil)
+	enrol, err := enrolment(before.key, c.ContractID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := before.client.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", Usage: contract.Quota{MaxSamples: 100},
+		JWK: before.key.Public(), Enrolment: enrol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok.Token, ".")[1])
+	var claims contract.CapabilityClaims
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.Lease == "" {
+		t.Fatalf("token claims %+v, %v: want a lease", claims, err)
+	}
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	for i := range 10 {
+		if _, err := l.Record(ctx, meter.Event{Contract: c.ContractID, Name: "o", Bytes: int64(i + 1), Job: "j", TokenID: claims.ID, Lease: claims.Lease}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := newSidecar(t, h.URL, nil)
+	sy, err := meter.NewSyncer(l, meter.SyncConfig{Client: after.client, Key: after.key, Tokens: after.tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sy.Sync(ctx); err == nil || !strings.Contains(err.Error(), "is not a lease of sidecar") {
+		t.Fatalf("first sync: %v, want the aggregate refused", err)
+	}
+	if n, err := sy.Sync(ctx); err != nil || n != 10 {
+		t.Fatalf("second sync: %d rows, %v; want the 10 rows event by event", n, err)
+	}
+	assertTotalsEqual(t, h.Client, l, c.ContractID, 10)
+	if d := l.DisputeStatus(c.ContractID); d.Batches != 0 {
+		t.Errorf("disputes: %+v", d)
+	}
+}

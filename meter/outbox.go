@@ -272,6 +272,16 @@ func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error
 				if inv, ok := s.cfg.Tokens.(interface{ Invalidate(contractID string) }); ok {
 					inv.Invalidate(c.name)
 				}
+			case http.StatusForbidden:
+				// An aggregate refused for what it names (a lease of the
+				// sidecar's previous key) goes again event by event; the
+				// registry charges no lease that is not the sender's.
+				if b.aggregate {
+					if err := s.l.dropPending(ctx, c, b.id); err != nil {
+						return total, err
+					}
+					s.eventsTo[c.id] = max(s.eventsTo[c.id], b.last)
+				}
 			case http.StatusConflict:
 				// The batch id was used with another body (another process
 				// sent the same rows). Drop the batch; the rows go again in

@@ -29,7 +29,9 @@ const MaxIdempotencyKey = 256
 // arrive in (a durable unique constraint on contract, sender and event
 // id), so that no sender can claim another's ids: the new ones go into one
 // metering log entry listing their ids. A repeated Idempotency-Key of the
-// same sender with the same body answers what it answered before.
+// same sender with the same body answers what it answered before. An
+// aggregate batch (sums and the root of the sender's ledger rows it
+// covers) is checked and counted whole by ingestAggregate.
 func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	c, err := s.loadContract(ctx, r.PathValue("id"))
