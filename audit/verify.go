@@ -318,8 +318,10 @@ func (v *verifier) checkBatches() {
 			switch {
 			case bt.AfterSeq != rows.AfterSeq || bt.LastSeq != rows.LastSeq:
 				v.failf(where, "the bundle gives its rows as (%d, %d], its entry commits to (%d, %d]", bt.AfterSeq, bt.LastSeq, rows.AfterSeq, rows.LastSeq)
-			case bt.Rows == nil || bt.Rows.Count != uint64(rows.Count) || !bytes.Equal(rows.Root, bt.Rows.Root):
-				v.failf(where, "the bundle's row tree %+v is not the one its entry commits to (%d rows, root %x)", bt.Rows, rows.Count, rows.Root)
+			case bt.Rows == nil:
+				v.failf(where, "the bundle gives no row tree; its entry commits to %d rows with root %x", rows.Count, rows.Root)
+			case bt.Rows.Count != uint64(rows.Count) || !bytes.Equal(rows.Root, bt.Rows.Root):
+				v.failf(where, "the bundle's row tree (%d rows, root %x) is not the one its entry commits to (%d rows, root %x)", bt.Rows.Count, bt.Rows.Root, rows.Count, rows.Root)
 			}
 		}
 		if got != bt.Counted {
