@@ -6,11 +6,13 @@ import (
 	"strings"
 	"testing"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/merkle/testonly"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/provgate/provgate/audit"
+	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/verify"
 )
 
@@ -136,4 +138,46 @@ func TestVerifyNamesCheckpointProblems(t *testing.T) {
 	}
 	got = problems(t, b, audit.VerifyOptions{CheckpointKey: w.c.Log.CheckpointKey, Witnesses: wp})
 	wantIn(t, got, "checkpoint: ", "0 valid witness cosignatures, 1 required")
+}
+
+// TestVerifyNamesForgedTermsAndKeys: cheaper terms signed by another key
+// in place of entry 1, and a sidecar key swapped for another, each fail
+// where they were made.
+func TestVerifyNamesForgedTermsAndKeys(t *testing.T) {
+	w := newWorld(t, nil)
+	w.traffic(t)
+	fresh := func() *audit.Bundle { return w.export(t, audit.ExportOptions{}) }
+
+	b := fresh()
+	e, err := contract.DecodeEntry(b.Entries[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	skey, _, err := verify.GenerateCheckpointKey(w.c.Log.Origin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := verify.NewCheckpointSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cheap := w.c
+	cheap.Pricing.PriceUSD = 0.0000001
+	if e.Note, err = signer.SignTerms(&contract.TermsVersion{Contract: w.c.ContractID, EffectiveFrom: w.c.CreatedAt, Terms: *cheap}); err != nil {
+		t.Fatal(err)
+	}
+	if b.Entries[0], err = contract.EncodeEntry(e); err != nil {
+		t.Fatal(err)
+	}
+	wantIn(t, problems(t, b, audit.VerifyOptions{CheckpointKey: w.c.Log.CheckpointKey}), "terms at entry 1: ", "entry 2: prev_hash")
+
+	b = fresh()
+	other, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for kid := range b.Keys.Sidecars {
+		b.Keys.Sidecars[kid] = other.Public()
+	}
+	wantIn(t, problems(t, b, audit.VerifyOptions{}), "entry 5: ", "has thumbprint")
 }
