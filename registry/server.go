@@ -377,6 +377,7 @@ func (s *Server) routes() http.Handler {
 	h("GET /provenance/{id}/proof/inclusion", s.handleInclusion)
 	h("GET /provenance/{id}/proof/consistency", s.handleConsistency)
 	h("POST /provenance/verify", s.handleVerify)
+	h("GET /logs/{id}/{path...}", s.handleTiles)
 	h("POST /provenance/{id}/metering", s.handleMetering)
 	h("GET /provenance/{id}/metering/totals", s.handleTotals)
 	h("GET /contributors/{id}/jwks.json", s.handleContributorJWKS)
