@@ -238,6 +238,11 @@ func appendCosignatures(ctx context.Context, st store, contractID string, raw []
 	if i < 0 {
 		return nil, fmt.Errorf("%w: checkpoint note without signatures", errCorrupted)
 	}
+	// The table exists once the registry ran with witnesses; creating it
+	// empty otherwise is harmless.
+	if err := ws.initWitnessTables(ctx); err != nil {
+		return nil, err
+	}
 	rows, err := ws.cosignatures(ctx, contractID)
 	if err != nil {
 		return nil, err
