@@ -107,7 +107,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // trusts only the contract's checkpoint key and contributor keys.
 type auditor struct {
 	client    *contract.Client
-	log       verify.LogSource // the registry's dynamic endpoints, or static tiles (--log-url)
+	log       verify.LogSource   // the registry's dynamic endpoints, or static tiles (--log-url)
 	c         *contract.Contract // as the registry serves it: its terms must be a logged version
 	witnesses *verify.WitnessPolicy
 	cpv       *verify.CheckpointVerifier
