@@ -123,6 +123,7 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 		return err
 	}
 	s.heads[c.ContractID] = next
+	s.metrics.appends.WithLabelValues(string(kind)).Inc()
 	s.wake(c.ContractID)
 	s.cosign(c.ContractID)
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
