@@ -135,6 +135,10 @@ func FuzzTileSource(f *testing.F) {
 				t.Fatalf("entry %d (seq %d) is not the log's", i, we.Seq)
 			}
 		}
+		// A full tile stands for a partial one: its first hashes count.
+		if len(tl) == verify.MaxTileSize {
+			tl = tl[:len(tile)]
+		}
 		if !bytes.Equal(tl, tile) {
 			t.Fatal("a tile that is not the log's was accepted")
 		}
