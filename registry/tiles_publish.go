@@ -51,11 +51,13 @@ type PublishReport struct {
 
 // PublishTiles writes each contract's log as static C2SP tlog-tiles to an
 // S3 bucket, in the layout the registry serves under /logs/. It is
-// idempotent and incremental: the checkpoint already in the bucket (when
-// it verifies and is a prefix of the log) tells which tiles are there,
-// so only tiles and bundles that are new or grew are uploaded; the
-// checkpoint is uploaded last, once everything it commits to is in
-// place, and only when it changed.
+// idempotent and incremental: the checkpoint already in the bucket tells
+// which tiles are there, so only tiles and bundles that are new or grew
+// are uploaded; the checkpoint is uploaded last, once everything it
+// commits to is in place, and only when it changed. A bucket checkpoint
+// that does not verify is overwritten (every tile is published again);
+// one that verifies but is newer than the database's (a lagging replica)
+// or not a prefix of the log (a fork) is an error, never rolled back.
 func PublishTiles(ctx context.Context, cfg PublishConfig) ([]PublishReport, error) {
 	if cfg.S3 == nil || cfg.Bucket == "" {
 		return nil, errors.New("publish tiles: an S3 client and a bucket are required")
@@ -135,11 +137,20 @@ func publishLog(ctx context.Context, cfg PublishConfig, st *sqliteStore, c *cont
 		return rep, nil
 	}
 	if old != nil {
-		if prev, err := cpv.Parse(old); err != nil {
+		prev, err := cpv.Parse(old)
+		if err != nil {
 			cfg.Logger.Warn("the bucket's checkpoint does not verify; publishing every tile", "contract", c.ContractID, "err", err)
-		} else if root, err := rootOf(ctx, st, c.ContractID, prev.Size); err != nil || prev.Size > cp.Size || !bytes.Equal(root, prev.Hash) {
-			cfg.Logger.Warn("the bucket's checkpoint is not a prefix of this log; publishing every tile", "contract", c.ContractID, "bucket_size", prev.Size)
 		} else {
+			if prev.Size > cp.Size {
+				return nil, fmt.Errorf("the bucket holds a checkpoint of size %d, newer than the database's %d: not rolling it back", prev.Size, cp.Size)
+			}
+			root, err := rootOf(ctx, st, c.ContractID, prev.Size)
+			if err != nil {
+				return nil, err
+			}
+			if !bytes.Equal(root, prev.Hash) {
+				return nil, fmt.Errorf("the bucket's checkpoint of size %d (root %x) is signed by this log's key but is not a prefix of this log (root %x): evidence of a fork, not overwritten", prev.Size, prev.Hash, root)
+			}
 			rep.From = prev.Size
 		}
 	}

@@ -3,16 +3,19 @@ package registry_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	_ "github.com/mattn/go-sqlite3"
 	"github.com/minio/minio-go/v7"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/api"
@@ -286,6 +289,8 @@ func TestPublishTilesIncremental(t *testing.T) {
 		t.Fatalf("full tile in the bucket: %v, Cache-Control %q", err, st.Metadata.Get("Cache-Control"))
 	}
 
+	snap := snapshotDB(t, h.DBPath) // the log at size 300
+
 	attest(t, c, alice, 300, 1)
 	rep = publish(t, h, mc, bucket)
 	// Level 0: tile 1 grew to 45; level 1 still holds one node.
@@ -294,6 +299,31 @@ func TestPublishTilesIncremental(t *testing.T) {
 		t.Fatalf("publish after an append = %+v, want %+v", rep, want)
 	}
 	checkIndependently(t, base, old)
+
+	// A database behind the bucket (a lagging replica, a restored backup)
+	// does not roll the bucket back.
+	_, err = registry.PublishTiles(context.Background(), registry.PublishConfig{DBPath: snap, S3: mc, Bucket: bucket, Prefix: "logs"})
+	if err == nil || !strings.Contains(err.Error(), "newer than the database's 300") {
+		t.Fatalf("publishing an older log over a newer one: %v, want a refusal", err)
+	}
+	if _, note := get(t, base+"checkpoint"); !bytes.Contains(note, []byte("\n301\n")) {
+		t.Fatalf("the bucket's checkpoint changed: %q", note)
+	}
+}
+
+// snapshotDB copies a live SQLite database.
+func snapshotDB(t *testing.T, path string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "snapshot.db")
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`VACUUM INTO ?`, dst); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }
 
 // tileFollower is a follower of c that reads the log from the tiles at
