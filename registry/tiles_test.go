@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +20,7 @@ import (
 
 	_ "github.com/mattn/go-sqlite3"
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/api"
 	"golang.org/x/mod/sumdb/tlog"
@@ -474,4 +478,65 @@ func TestFollowerRefusesTamperedTiles(t *testing.T) {
 			t.Fatalf("Lookup = %v, want quarantined", err)
 		}
 	})
+}
+
+// faultyS3 is a loopback reverse proxy to MinIO that refuses uploads whose
+// key contains fail: an upload fault MinIO itself will not produce.
+func faultyS3(t *testing.T, target, fail string) *minio.Client {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(u)
+		r.Out.Host = r.In.Host // what the client signed
+	}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, fail) {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>refused by the test</Message></Error>`)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	mc, err := minio.New(strings.TrimPrefix(srv.URL, "http://"), &minio.Options{
+		Creds: credentials.NewStaticV4(testenv.MinIOAccessKey, testenv.MinIOSecretKey, ""), Region: testenv.MinIORegion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mc
+}
+
+// TestPublishTilesCheckpointLast: when a tile fails to upload, the
+// bucket keeps its old checkpoint (whose tiles are all there), so
+// followers never see a checkpoint whose tiles are missing; the next run
+// completes the publication.
+func TestPublishTilesCheckpointLast(t *testing.T) {
+	s := testenv.MinIO(t)
+	mc := s.Client(t)
+	bucket := publicBucket(t, s)
+	h, c, alice := tilesLog(t, 250)
+	publish(t, h, mc, bucket)
+	base := s.URL() + "/" + bucket + "/logs/" + c.ContractID + "/"
+	_, before := get(t, base+"checkpoint")
+
+	attest(t, c, alice, 250, 20) // bundle 0 fills, bundle 1 starts
+	_, err := registry.PublishTiles(context.Background(), registry.PublishConfig{DBPath: h.DBPath, S3: faultyS3(t, s.URL(), "/tile/entries/001"),
+		Bucket: bucket, Prefix: "logs"})
+	if err == nil || !strings.Contains(err.Error(), "tile/entries/001") {
+		t.Fatalf("publish with a failing upload = %v, want its error", err)
+	}
+	if _, after := get(t, base+"checkpoint"); !bytes.Equal(after, before) {
+		t.Fatalf("the checkpoint was replaced although a tile it commits to is missing:\n%s", after)
+	}
+	checkIndependently(t, base, nil)
+
+	rep := publish(t, h, mc, bucket)
+	if !rep.Checkpoint || rep.Size != 270 || rep.From != 250 {
+		t.Fatalf("publish after the fault = %+v", rep)
+	}
+	checkIndependently(t, base, before)
 }
