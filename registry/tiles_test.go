@@ -21,6 +21,7 @@ import (
 	_ "github.com/mattn/go-sqlite3"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/api"
 	"golang.org/x/mod/sumdb/tlog"
@@ -332,7 +333,7 @@ func snapshotDB(t *testing.T, path string) string {
 
 // tileFollower is a follower of c that reads the log from the tiles at
 // logURL, with a fresh state in dir.
-func tileFollower(t *testing.T, c *contract.Contract, logURL, dir string) *verify.Follower {
+func tileFollower(t *testing.T, c *contract.Contract, logURL, dir string, reg ...*prometheus.Registry) *verify.Follower {
 	t.Helper()
 	tf, err := contract.NewTileFetcher(logURL, c.ContractID, nil)
 	if err != nil {
@@ -347,11 +348,38 @@ func tileFollower(t *testing.T, c *contract.Contract, logURL, dir string) *verif
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	f, err := verify.NewFollower(context.Background(), verify.FollowerConfig{Contract: c, Source: ts, Store: store}, verify.WithTrustOnFirstUse())
+	cfg := verify.FollowerConfig{Contract: c, Source: ts, Store: store}
+	if len(reg) > 0 {
+		cfg.Metrics = verify.NewMetrics(reg[0])
+	}
+	f, err := verify.NewFollower(context.Background(), cfg, verify.WithTrustOnFirstUse())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// counter is the value of the metric name whose label is value.
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }
 
 // dropLast re-encodes a bundle of w entries without its last one.
@@ -445,12 +473,17 @@ func TestFollowerRefusesTamperedTiles(t *testing.T) {
 			orig := read(tc.key)
 			write(tc.key, tc.tamper(orig))
 			defer write(tc.key, orig)
-			f := tileFollower(t, c, logURL, t.TempDir())
+			reg := prometheus.NewRegistry()
+			f := tileFollower(t, c, logURL, t.TempDir(), reg)
 			err := f.Sync(ctx)
 			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.evidence) {
 				t.Fatalf("Sync = %v, want %v naming %q", err, tc.want, tc.evidence)
 			}
 			t.Logf("refused: %v", err)
+			reason := verify.Reason(tc.want)
+			if n := counter(t, reg, "provgate_log_refusals_total", "reason", reason); n != 1 {
+				t.Errorf("provgate_log_refusals_total{reason=%q} = %v, want 1", reason, n)
+			}
 			if err := f.Ready(); !errors.Is(err, verify.ErrNotVerified) {
 				t.Fatalf("Ready = %v, want not verified", err)
 			}
