@@ -20,6 +20,12 @@
 // Presigned URLs are issued only for live objects of the log and within the
 // token's quota.
 //
+// Each log is also served as static C2SP tlog-tiles at /logs/{id}/
+// (checkpoint, Merkle tiles, entry bundles; tiles.go), and PublishTiles
+// writes the same layout to an S3 bucket, incrementally and checkpoint
+// last (tiles_publish.go). GET /metrics serves the registry's Prometheus
+// metrics (metrics.go).
+//
 // Persistence sits behind the unexported store interface; SQLite (WAL,
 // synchronous=FULL) implements it. The wire contract is in package
 // contract; registry/registrytest starts a real server for tests.

@@ -123,6 +123,7 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 		return err
 	}
 	s.heads[c.ContractID] = next
+	s.metrics.appends.WithLabelValues(string(kind)).Inc()
 	s.wake(c.ContractID)
 	s.cosign(c.ContractID)
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
@@ -460,18 +461,7 @@ func (s *Server) proofHashes(ctx context.Context, contractID string, nodes proof
 
 // rootAt is the root of the first size entries, from the stored nodes.
 func (s *Server) rootAt(ctx context.Context, contractID string, size uint64) ([]byte, error) {
-	if size == 0 {
-		return rfc6962.DefaultHasher.EmptyRoot(), nil
-	}
-	hashes, err := s.st.nodes(ctx, contractID, compact.RangeNodes(0, size, nil))
-	if err != nil {
-		return nil, err
-	}
-	rng, err := rangeFactory.NewRange(0, size, hashes)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errCorrupted, err)
-	}
-	return rng.GetRootHash(nil)
+	return rootOf(ctx, s.st, contractID, size)
 }
 
 // handleVerify checks a client's checkpoint against the log: signed by the

@@ -14,6 +14,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/minio/minio-go/v7"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/verify"
@@ -103,6 +104,10 @@ type Config struct {
 	Witnesses []Witness
 	// WitnessTimeout bounds one call to a witness (DefaultWitnessTimeout).
 	WitnessTimeout time.Duration
+	// Metrics is where the registry's metrics are registered and what GET
+	// /metrics serves; nil: a new registry with Go's and the process's
+	// collectors.
+	Metrics *prometheus.Registry
 }
 
 // Server is the registry. Serve its Handler; Close it when done.
@@ -136,6 +141,7 @@ type Server struct {
 	jwksCache map[string]cachedJWKS
 
 	handler   http.Handler
+	metrics   *metrics
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -215,6 +221,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.close()
 		return nil, fmt.Errorf("registry: %w", err)
 	}
+	s.metrics = newMetrics(cfg.Metrics, s)
 	s.handler = s.routes()
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -377,11 +384,13 @@ func (s *Server) routes() http.Handler {
 	h("GET /provenance/{id}/proof/inclusion", s.handleInclusion)
 	h("GET /provenance/{id}/proof/consistency", s.handleConsistency)
 	h("POST /provenance/verify", s.handleVerify)
+	h("GET /logs/{id}/{path...}", s.handleTiles)
 	h("POST /provenance/{id}/metering", s.handleMetering)
 	h("GET /provenance/{id}/metering/totals", s.handleTotals)
 	h("GET /contributors/{id}/jwks.json", s.handleContributorJWKS)
 	h("GET /sidecars/{jkt}/jwks.json", s.handleSidecarJWKS)
 	h("GET /healthz", s.handleHealth)
+	mux.Handle("GET /metrics", s.metrics.handler())
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	})
@@ -394,7 +403,9 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(sw, r)
-		s.logger.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "dur", time.Since(start))
+		took := time.Since(start)
+		s.metrics.observe(r, sw.status, took)
+		s.logger.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "dur", took)
 	})
 }
 

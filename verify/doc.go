@@ -21,6 +21,13 @@
 //     parallel. A fork or rollback quarantines the contract for good (until
 //     Store.Reset). First contact is WithPinnedCheckpoint or
 //     WithTrustOnFirstUse; nothing is trusted without one of them.
+//   - TileSource is a LogSource that reads the log as static C2SP
+//     tlog-tiles (a CDN, a bucket, the registry's /logs/) through an
+//     injected TileFetcher: each entry bundle, with the tile nodes left and
+//     right of it, must hash to the verified checkpoint's root and match
+//     its level-0 tile; consistency proofs are built from tiles and checked
+//     by the follower as before. A tampered tile or bundle is ErrTiles (a
+//     root mismatch): refused, never served, not a quarantine.
 //   - WitnessPolicy (FollowerConfig.Witnesses) is the split-view defence:
 //     every checkpoint needs a quorum of fresh cosignature/v1 signatures
 //     from the given witnesses (C2SP tlog-witness, see package witness),

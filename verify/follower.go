@@ -700,6 +700,9 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 			return ctx.Err()
 		}
 		if pr.err != nil {
+			if errors.Is(pr.err, ErrTiles) {
+				f.cfg.Metrics.refuse(f.id, pr.err)
+			}
 			return pr.err
 		}
 		checked, hist, err := f.verifyEntries(ctx, pr.entries, d.terms)

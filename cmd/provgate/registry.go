@@ -20,14 +20,17 @@ import (
 )
 
 func init() {
-	commands["registry"] = command{summary: "run the reference contract + provenance registry; 'registry rotate-key' rotates its signing key", run: runRegistry}
+	commands["registry"] = command{summary: "run the reference contract + provenance registry; 'registry rotate-key' rotates its signing key; 'registry publish-tiles' writes its logs as static tiles to S3", run: runRegistry}
 }
 
-const registrySynopsis = "registry --listen ADDR --db FILE --key FILE [--admin-token-file FILE] [--s3-endpoint URL]\n       provgate registry rotate-key --db FILE --key FILE [--alg EdDSA|ES256]"
+const registrySynopsis = "registry --listen ADDR --db FILE --key FILE [--admin-token-file FILE] [--s3-endpoint URL]\n       provgate registry rotate-key --db FILE --key FILE [--alg EdDSA|ES256]\n       provgate " + publishTilesSynopsis
 
 func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "rotate-key" {
 		return runRotateKey(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "publish-tiles" {
+		return runPublishTiles(ctx, args[1:], stdout, stderr)
 	}
 	fs := newFlagSet("registry", registrySynopsis, stderr)
 	listen := fs.String("listen", "127.0.0.1:8700", "address to serve on")

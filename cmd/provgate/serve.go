@@ -26,13 +26,13 @@ func init() {
 const serveSynopsis = `serve --registry URL --contract ID [--contract ID...] [--s3-endpoint URL]
                 --enrolment FILE [--enrolment FILE...]
                 --purpose P --state-dir DIR --cache-dir DIR --cache-size SIZE --listen ADDR
-                [--proxy-listen ADDR] [--config FILE]`
+                [--proxy-listen ADDR] [--log-url URL] [--config FILE]`
 
 // serveFlags are the sidecar's flags, shared by serve and prefetch.
 type serveFlags struct {
 	registry, purpose, stateDir, cacheDir, listen, unixSocket, proxyListen  string
 	s3Endpoint, s3Region, s3Lookup, localTokenFile, trust, pinned, logLevel string
-	logFormat, ledgerSync, debugListen                                      string
+	logFormat, ledgerSync, debugListen, logURL                              string
 	contracts, allowHosts, originHosts, enrolments, witnesses               stringList
 	cacheSize                                                               byteSize
 	maxSamples, maxBytes                                                    int64
@@ -59,6 +59,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: AWS_REGION)")
 	fs.StringVar(&f.s3Lookup, "s3-lookup", "auto", "S3 addressing: auto, path or dns (virtual-host)")
 	fs.StringVar(&f.localTokenFile, "local-token-file", "", "file holding a bearer token local clients must present (for shared pods)")
+	fs.StringVar(&f.logURL, "log-url", "", "read the contracts' logs as static tlog-tiles from LOG_URL/<contract id>/ (a CDN, a public-read S3 bucket filled by provgate registry publish-tiles, or REGISTRY/logs) instead of the registry's dynamic endpoints; verified the same way")
 	fs.StringVar(&f.trust, "trust", "tofu", "first contact with a log: tofu (trust the first checkpoint) or pinned (needs --trusted-checkpoint)")
 	fs.StringVar(&f.pinned, "trusted-checkpoint", "", "signed checkpoint file to pin trust to (with --trust pinned)")
 	fs.DurationVar(&f.maxCheckpointAge, "max-checkpoint-age", verify.DefaultMaxCheckpointAge, "freshness window: an older checkpoint is a frozen log and is refused")
@@ -104,7 +105,7 @@ func (f *serveFlags) sidecarConfig(stderr io.Writer) (sidecar.Config, error) {
 		StateDir: f.stateDir, CacheDir: f.cacheDir, CacheSize: int64(f.cacheSize),
 		Listen: f.listen, UnixSocket: f.unixSocket, ProxyListen: f.proxyListen, AllowHosts: f.allowHosts, OriginHosts: f.originHosts,
 		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3Lookup: f.s3Lookup,
-		MaxCheckpointAge: f.maxCheckpointAge, PollInterval: f.pollInterval,
+		MaxCheckpointAge: f.maxCheckpointAge, PollInterval: f.pollInterval, LogURL: f.logURL,
 		MaxFetches: f.maxFetches, VerifyOnHit: f.verifyOnHit, StreamWhileFetching: f.streamWhileFetching, SyncInterval: f.syncInterval, Logger: logger,
 	}
 	if cfg.Witnesses, err = verify.NewWitnessPolicy(f.witnesses, f.witnessQuorum); err != nil {

@@ -25,7 +25,7 @@ func init() {
 	commands["verify"] = command{summary: "audit a contract's provenance log: 'verify log' replays and checks it independently; 'verify reset' clears a sidecar's quarantine", run: runVerify}
 }
 
-const verifyLogSynopsis = "verify log --registry URL --contract ID [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION] [--witness VKEY]... [--witness-quorum N]"
+const verifyLogSynopsis = "verify log --registry URL --contract ID [--log-url URL] [--trusted-checkpoint FILE] [--checkpoint-key VKEY] [--max-age DURATION] [--witness VKEY]... [--witness-quorum N]"
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "reset" {
@@ -42,6 +42,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	id := fs.String("contract", "", "contract id")
 	trusted := fs.String("trusted-checkpoint", "", "a checkpoint you trust: the log must be consistent with it; it is advanced on success (created on first use)")
 	maxAge := fs.Duration("max-age", 0, "refuse a checkpoint signed longer ago than this (0: no freshness check)")
+	logURL := fs.String("log-url", "", "read the log as static tlog-tiles from LOG_URL/<contract id>/ instead of the registry's dynamic endpoints (the contract document and key sets still come from --registry)")
 	pinKey := fs.String("checkpoint-key", "", "the log's checkpoint verifier key as you know it; the contract the registry serves must name it")
 	var witnesses stringList
 	fs.Var(&witnesses, "witness", "verifier key (vkey) of a witness whose cosignature the checkpoint needs (repeatable)")
@@ -66,6 +67,15 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	a, err := newAuditor(client, c)
 	if err != nil {
 		return fmt.Errorf("verify log: %w", err)
+	}
+	if *logURL != "" {
+		tf, err := contract.NewTileFetcher(*logURL, c.ContractID, nil)
+		if err != nil {
+			return &usageError{msg: fmt.Sprintf("verify log: --log-url: %v", err)}
+		}
+		if a.log, err = verify.NewTileSource(c, tf); err != nil {
+			return fmt.Errorf("verify log: %w", err)
+		}
 	}
 	if a.witnesses, err = verify.NewWitnessPolicy(witnesses, *quorum); err != nil {
 		return &usageError{msg: fmt.Sprintf("verify log: --witness: %v", err)}
@@ -97,6 +107,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // trusts only the contract's checkpoint key and contributor keys.
 type auditor struct {
 	client    *contract.Client
+	log       verify.LogSource   // the registry's dynamic endpoints, or static tiles (--log-url)
 	c         *contract.Contract // as the registry serves it: its terms must be a logged version
 	witnesses *verify.WitnessPolicy
 	cpv       *verify.CheckpointVerifier
@@ -166,13 +177,13 @@ func newAuditor(client *contract.Client, c *contract.Contract) (*auditor, error)
 	if err != nil {
 		return nil, err
 	}
-	return &auditor{client: client, c: c, cpv: cpv, keys: map[string]*jose.JSONWebKeySet{}, sidecars: map[string]*jose.JSONWebKeySet{},
+	return &auditor{client: client, log: client, c: c, cpv: cpv, keys: map[string]*jose.JSONWebKeySet{}, sidecars: map[string]*jose.JSONWebKeySet{},
 		revoked: map[string]uint64{}, live: map[string]uint64{}, owners: map[string]owner{}, counted: map[string]uint64{},
 		ranges: map[string][]countedRows{}}, nil
 }
 
 func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Duration) (*auditReport, error) {
-	raw, err := a.client.Checkpoint(ctx, a.c.ContractID)
+	raw, err := a.log.Checkpoint(ctx, a.c.ContractID)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
@@ -269,7 +280,7 @@ func (a *auditor) checkTrusted(ctx context.Context, path string, cp *verify.Chec
 	}
 	var hashes [][]byte
 	if old.Size > 0 && old.Size < cp.Size {
-		p, err := a.client.ConsistencyProof(ctx, a.c.ContractID, old.Size, cp.Size)
+		p, err := a.log.ConsistencyProof(ctx, a.c.ContractID, old.Size, cp.Size)
 		if err != nil {
 			return nil, fmt.Errorf("consistency proof %d -> %d: %w", old.Size, cp.Size, err)
 		}
@@ -290,7 +301,7 @@ type pageResult struct {
 func (a *auditor) fetch(ctx context.Context, since uint64) <-chan pageResult {
 	ch := make(chan pageResult, 1)
 	go func() {
-		page, err := a.client.Events(ctx, a.c.ContractID, since, contract.MaxEventsLimit)
+		page, err := a.log.Events(ctx, a.c.ContractID, since, contract.MaxEventsLimit)
 		ch <- pageResult{page, err}
 	}()
 	return ch
@@ -564,7 +575,7 @@ func (a *auditor) locate(ctx context.Context, cp *verify.Checkpoint, n uint64, l
 		if m == cp.Size {
 			return bytes.Equal(root, cp.Hash)
 		}
-		p, err := a.client.ConsistencyProof(ctx, a.c.ContractID, m, cp.Size)
+		p, err := a.log.ConsistencyProof(ctx, a.c.ContractID, m, cp.Size)
 		if err != nil {
 			return false
 		}

@@ -72,7 +72,7 @@ func cleanEnv() []string {
 }
 
 // twoWord are the subcommands that take a verb.
-var twoWord = map[string]bool{"contract": true, "meter": true, "cache": true, "ca": true, "verify": true, "audit": true}
+var twoWord = map[string]bool{"contract": true, "meter": true, "cache": true, "ca": true, "verify": true, "audit": true, "registry": true}
 
 // Split splits a provgate command line (without the program name) into its
 // subcommand words and its flag names ("--cache-size=1G" and "--cache-size

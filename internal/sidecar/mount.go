@@ -79,7 +79,21 @@ func (m *mount) mount(ctx context.Context) error {
 	case s.cfg.TrustOnFirstUse:
 		opts = append(opts, verify.WithTrustOnFirstUse())
 	}
-	f, err := verify.NewFollower(ctx, verify.FollowerConfig{Contract: c, Source: s.client, Stream: s.client, Fetcher: s.client,
+	var source verify.LogSource = s.client
+	var stream verify.StreamSource = s.client
+	if s.cfg.LogURL != "" {
+		// The log from static tiles; polled (the live feed is the
+		// registry's, which tiles are there to spare).
+		tf, err := contract.NewTileFetcher(s.cfg.LogURL, m.id, nil)
+		if err != nil {
+			return fmt.Errorf("log url: %w", err)
+		}
+		if source, err = verify.NewTileSource(c, tf); err != nil {
+			return err
+		}
+		stream = nil
+	}
+	f, err := verify.NewFollower(ctx, verify.FollowerConfig{Contract: c, Source: source, Stream: stream, Fetcher: s.client,
 		Store: s.store, Logger: s.log.With("part", "follower"), Metrics: s.vmetrics,
 		OnRedact: m.onRedact, OnTerms: m.onTerms, MaxCheckpointAge: s.cfg.MaxCheckpointAge, PollInterval: s.cfg.PollInterval,
 		Witnesses: s.cfg.Witnesses}, opts...)

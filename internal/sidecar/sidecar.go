@@ -85,6 +85,13 @@ type Config struct {
 
 	// TrustOnFirstUse accepts the first checkpoint seen; otherwise
 	// PinnedCheckpoint (a signed note) must be given.
+	// LogURL, when set, is where the contracts' logs are read from as
+	// static C2SP tlog-tiles ("<LogURL>/<contract id>/checkpoint" and
+	// tiles): a CDN, an S3 bucket that provgate registry publish-tiles
+	// fills, or "<registry>/logs". Verified exactly like the registry's
+	// dynamic endpoints; polled every PollInterval.
+	LogURL string
+
 	TrustOnFirstUse  bool
 	PinnedCheckpoint []byte
 	MaxCheckpointAge time.Duration
