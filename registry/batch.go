@@ -1,0 +1,213 @@
+package registry
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+// handleAppendBatch appends a batch attestation: the manifest is the body
+// (at most contract.MaxBatchManifestSize bytes: 413 beyond), the compact
+// JWS the Provgate-Attestation header. The manifest must be the bytes the
+// attestation signs the sha256 of; each object in it is then held to the
+// rules of a single contribution (a valid claim, a name its issuer may
+// write). The registry stores the manifest by digest with the entry, in
+// one transaction, and serves it at GET /provenance/{id}/manifests/{sha256}.
+func (s *Server) handleAppendBatch(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	c, err := s.loadContract(ctx, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	jws := strings.TrimSpace(r.Header.Get(contract.HeaderAttestation))
+	if jws == "" {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "the batch attestation goes in the %s header", contract.HeaderAttestation)
+	}
+	if len(jws) > contract.MaxAttestationSize {
+		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge, "attestation over %d bytes", contract.MaxAttestationSize)
+	}
+	if r.ContentLength > contract.MaxBatchManifestSize {
+		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge,
+			"a batch manifest is at most %d bytes; this one is %d", contract.MaxBatchManifestSize, r.ContentLength)
+	}
+	raw, err := readBody(w, r, contract.MaxBatchManifestSize)
+	if err != nil {
+		return err
+	}
+	// The claim is read unverified here only to refuse bytes that are not
+	// the attested ones before taking the log's lock; appendAttestation
+	// verifies the signature over it.
+	a, err := verify.AttestationUnverified(jws)
+	if err != nil {
+		return attestationError(err)
+	}
+	if a.Type != contract.Batch || a.Batch == nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "not a batch attestation (type %q)", a.Type)
+	}
+	m, err := a.Batch.Open(raw, c.ContractID)
+	if err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "%v", err)
+	}
+	return s.appendAttestation(ctx, w, c, jws, &submittedBatch{raw: raw, m: m})
+}
+
+// checkBatch checks a verified batch attestation against its manifest and
+// the log: the manifest is the one signed (again, now that the claim is
+// verified), and the issuer may write every name in it. Callers hold s.mu.
+func (s *Server) checkBatch(ctx context.Context, c *contract.Contract, a *contract.Attestation, b *submittedBatch) error {
+	m, err := a.Batch.Open(b.raw, c.ContractID)
+	if err != nil {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "%v", err)
+	}
+	b.m = m
+	names := make([]string, len(m.Objects))
+	for i := range m.Objects {
+		names[i] = m.Objects[i].Name
+	}
+	owners, err := s.st.owners(ctx, c.ContractID, names)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		o, ok := owners[name]
+		if !ok || c.MayRewrite(a.Issuer, o.Issuer) {
+			continue
+		}
+		return contract.Errorf(http.StatusForbidden, contract.CodeForbidden,
+			"%q may not replace %q: the name belongs to %q, who attested it first (entry %d); only its owner or a curator of the contract may",
+			a.Issuer, name, o.Issuer, o.Seq)
+	}
+	return nil
+}
+
+var sha256Path = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// handleManifest serves a batch manifest by its sha256: the exact bytes
+// the batch attestation signs the digest of. They are immutable.
+func (s *Server) handleManifest(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.loadContract(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	digest := r.PathValue("sha256")
+	if !sha256Path.MatchString(digest) {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "manifest digest %q: want 64 lowercase hex digits", digest)
+	}
+	b, err := s.st.manifest(r.Context(), c.ContractID, digest)
+	if errors.Is(err, errNotFound) {
+		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no batch manifest %s in %q", digest, c.ContractID)
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", contract.BatchManifestMediaType)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("ETag", `"`+digest+`"`)
+	w.Write(b)
+	return nil
+}
+
+// ownerRow is who owns a name.
+type ownerRow struct {
+	Issuer string
+	Seq    uint64
+}
+
+// batchManifestsTable holds batch manifests by digest.
+const batchManifestsTable = `CREATE TABLE IF NOT EXISTS batch_manifests (
+	contract TEXT NOT NULL, sha256 TEXT NOT NULL, body BLOB NOT NULL,
+	PRIMARY KEY (contract, sha256)) WITHOUT ROWID;`
+
+func (s *sqliteStore) manifest(ctx context.Context, contractID, digest string) ([]byte, error) {
+	var b []byte
+	err := s.db.QueryRowContext(ctx, `SELECT body FROM batch_manifests WHERE contract = ? AND sha256 = ?`, contractID, digest).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, errNotFound
+	}
+	return b, err
+}
+
+// ownersChunk bounds the names of one owners query (SQLite's default limit
+// on host parameters is far above it).
+const ownersChunk = 500
+
+func (s *sqliteStore) owners(ctx context.Context, contractID string, names []string) (map[string]ownerRow, error) {
+	out := map[string]ownerRow{}
+	for len(names) > 0 {
+		n := min(len(names), ownersChunk)
+		args := make([]any, 0, n+1)
+		args = append(args, contractID)
+		for _, name := range names[:n] {
+			args = append(args, name)
+		}
+		q := `SELECT name, issuer, seq FROM owners WHERE contract = ? AND name IN (?` + strings.Repeat(", ?", n-1) + `)`
+		rows, err := s.db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, fmt.Errorf("owners: %w", err)
+		}
+		for rows.Next() {
+			var name string
+			var o ownerRow
+			if err := rows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("owners: %w", err)
+			}
+			out[name] = o
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("owners: %w", err)
+		}
+		names = names[n:]
+	}
+	return out, nil
+}
+
+// putObjects records the objects an attestation adds (one, or a batch's):
+// the first attester of a name owns it for good; the object row is its
+// live version. It runs in appendEntry's transaction.
+func putObjects(ctx context.Context, tx *sql.Tx, contractID string, rec *appendRecord) error {
+	if rec.Manifest != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO batch_manifests (contract, sha256, body) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+			contractID, rec.ManifestSHA256, rec.Manifest); err != nil {
+			return err
+		}
+	}
+	objs := rec.Batch
+	if rec.Object != nil {
+		objs = []contract.ObjectClaim{*rec.Object}
+	}
+	if len(objs) == 0 {
+		return nil
+	}
+	own, err := tx.PrepareContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`)
+	if err != nil {
+		return err
+	}
+	defer own.Close()
+	put, err := tx.PrepareContext(ctx, `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES (?, ?, ?, 0, ?)
+		ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`)
+	if err != nil {
+		return err
+	}
+	defer put.Close()
+	for i := range objs {
+		o := &objs[i]
+		if _, err := own.ExecContext(ctx, contractID, o.Name, rec.Issuer, rec.Seq); err != nil {
+			return err
+		}
+		if _, err := put.ExecContext(ctx, contractID, o.Name, rec.Seq, o.StoredSize); err != nil {
+			return err
+		}
+	}
+	return nil
+}
