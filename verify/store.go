@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // the SQLite driver
@@ -22,7 +23,8 @@ const StateFile = "verify.db"
 // SQLite file serves every contract of a sidecar; every sync commits in one
 // transaction.
 type Store struct {
-	db *sql.DB
+	db  *sql.DB // writes: one connection, a sync's transaction at a time
+	rdb *sql.DB // reads of the committed state (WAL snapshots), beside a sync
 }
 
 const schema = `
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS manifest (
 	decoded_size   INTEGER NOT NULL,
 	license        TEXT NOT NULL,
 	media_type     TEXT NOT NULL,
+	tokens         INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (contract, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS redactions (
@@ -94,6 +97,19 @@ func OpenStore(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
+	var hasTokens int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('manifest') WHERE name = 'tokens'`).Scan(&hasTokens); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	if hasTokens == 0 {
+		// A state from before token counts were kept: they read as 0 until
+		// the state is reset and the log verified again.
+		if _, err := db.Exec(`ALTER TABLE manifest ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0`); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open state %s: tokens: %w", path, err)
+		}
+	}
 	if hadOwners == 0 {
 		// A state from before names had owners: each live name is taken to
 		// belong to the issuer of its current version.
@@ -102,11 +118,17 @@ func OpenStore(path string) (*Store, error) {
 			return nil, fmt.Errorf("open state %s: owners: %w", path, err)
 		}
 	}
-	return &Store{db: db}, nil
+	rdb, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_busy_timeout=5000&_query_only=true")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(max(4, runtime.GOMAXPROCS(0)))
+	return &Store{db: db, rdb: rdb}, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return errors.Join(s.rdb.Close(), s.db.Close()) }
 
 // Reset forgets everything trusted about a contract, quarantine included:
 // the next follower starts from first contact (pinned checkpoint or trust
@@ -125,12 +147,12 @@ func (s *Store) Reset(ctx context.Context, contractID string) error {
 	return tx.Commit()
 }
 
-// trusted is a contract's persisted state.
+// trusted is a contract's persisted state, but for the manifest, which
+// stays on disk (Store.manifestFor).
 type trusted struct {
 	state      LogState
 	checkpoint []byte
 	quarantine string
-	manifest   *Manifest
 	revs       map[revKey]revocation
 	terms      []TermsVersion // as stored: checked again on load
 }
@@ -146,61 +168,10 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load state: %w", err)
 	}
-	t := &trusted{checkpoint: cp, quarantine: q, manifest: newManifest(), revs: map[revKey]revocation{}}
+	t := &trusted{checkpoint: cp, quarantine: q, revs: map[revKey]revocation{}}
 	if err := json.Unmarshal(stateJSON, &t.state); err != nil {
 		return nil, fmt.Errorf("%w: log state: %v", ErrState, err)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT name, seq, issuer, kid, stored_sha256, stored_size, encoding,
-		decoded_sha256, decoded_size, license, media_type FROM manifest WHERE contract = ?`, contractID)
-	if err != nil {
-		return nil, fmt.Errorf("load manifest: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		e := new(ManifestEntry)
-		if err := rows.Scan(&e.Name, &e.Seq, &e.Issuer, &e.KeyID, &e.StoredSHA256, &e.StoredSize, &e.Encoding,
-			&e.DecodedSHA256, &e.DecodedSize, &e.License, &e.MediaType); err != nil {
-			return nil, fmt.Errorf("%w: manifest: %v", ErrState, err)
-		}
-		t.manifest.objects[e.Name] = e
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load manifest: %w", err)
-	}
-	rows.Close()
-	rrows, err := s.db.QueryContext(ctx, "SELECT name, seq FROM redactions WHERE contract = ?", contractID)
-	if err != nil {
-		return nil, fmt.Errorf("load redactions: %w", err)
-	}
-	defer rrows.Close()
-	for rrows.Next() {
-		var name string
-		var seq uint64
-		if err := rrows.Scan(&name, &seq); err != nil {
-			return nil, fmt.Errorf("load redactions: %w", err)
-		}
-		t.manifest.redacted[name] = seq
-	}
-	if err := rrows.Err(); err != nil {
-		return nil, fmt.Errorf("load redactions: %w", err)
-	}
-	orows, err := s.db.QueryContext(ctx, "SELECT name, issuer, seq FROM owners WHERE contract = ?", contractID)
-	if err != nil {
-		return nil, fmt.Errorf("load owners: %w", err)
-	}
-	defer orows.Close()
-	for orows.Next() {
-		var name string
-		var o owner
-		if err := orows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
-			return nil, fmt.Errorf("load owners: %w", err)
-		}
-		t.manifest.owners[name] = o
-	}
-	if err := orows.Err(); err != nil {
-		return nil, fmt.Errorf("load owners: %w", err)
-	}
-	orows.Close()
 	vrows, err := s.db.QueryContext(ctx, "SELECT issuer, kid, seq, retroactive FROM revocations WHERE contract = ?", contractID)
 	if err != nil {
 		return nil, fmt.Errorf("load revocations: %w", err)
@@ -235,15 +206,39 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	return t, trows.Err()
 }
 
+// begin starts a sync's delta: a transaction on the state database that
+// the manifest changes are written into as they are verified, committed
+// with the new log state by commit, or rolled back.
+func (s *Store) begin(ctx context.Context, contractID string, m *Manifest, revs map[revKey]revocation, terms *TermsHistory) (*delta, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin sync: %w", err)
+	}
+	st, err := prepareDelta(ctx, tx)
+	if err != nil {
+		tx.Rollback()
+		return nil, fmt.Errorf("begin sync: %w", err)
+	}
+	d := &delta{ctx: ctx, tx: tx, st: st, contract: contractID, revs: revs, newRevs: map[revKey]revocation{}, terms: terms}
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM redactions WHERE contract = ?", contractID).Scan(&d.redactions); err != nil {
+		tx.Rollback()
+		return nil, fmt.Errorf("begin sync: %w", err)
+	}
+	return d, nil
+}
+
 // commit stores a verified sync atomically: the new log state and
-// checkpoint, and the manifest delta.
+// checkpoint, and the delta (whose manifest changes its transaction
+// holds already).
 func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp []byte, d *delta) error {
 	stateJSON, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	var tx *sql.Tx
+	if d != nil {
+		tx = d.tx
+	} else if tx, err = s.db.BeginTx(ctx, nil); err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
 	defer tx.Rollback()
@@ -260,48 +255,13 @@ func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp [
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
+	if d != nil {
+		d.tx = nil
+	}
 	return nil
 }
 
 func commitDelta(ctx context.Context, tx *sql.Tx, contractID string, d *delta) error {
-	put, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO manifest (contract, name, seq, issuer, kid, stored_sha256,
-		stored_size, encoding, decoded_sha256, decoded_size, license, media_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return err
-	}
-	defer put.Close()
-	del, err := tx.PrepareContext(ctx, "DELETE FROM manifest WHERE contract = ? AND name = ?")
-	if err != nil {
-		return err
-	}
-	defer del.Close()
-	for name, e := range d.objects {
-		if e == nil {
-			_, err = del.ExecContext(ctx, contractID, name)
-		} else {
-			_, err = put.ExecContext(ctx, contractID, name, e.Seq, e.Issuer, e.KeyID, e.StoredSHA256, e.StoredSize, e.Encoding,
-				e.DecodedSHA256, e.DecodedSize, e.License, e.MediaType)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	for name, seq := range d.redacted {
-		if seq == 0 {
-			_, err = tx.ExecContext(ctx, "DELETE FROM redactions WHERE contract = ? AND name = ?", contractID, name)
-		} else {
-			_, err = tx.ExecContext(ctx, "INSERT OR REPLACE INTO redactions (contract, name, seq) VALUES (?, ?, ?)", contractID, name, seq)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	for name, o := range d.owners {
-		if _, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?)",
-			contractID, name, o.Issuer, o.Seq); err != nil {
-			return err
-		}
-	}
 	for _, v := range d.newTerms {
 		if _, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO terms (contract, seq, time, note) VALUES (?, ?, ?, ?)",
 			contractID, v.Seq, v.Time.UnixNano(), v.Note); err != nil {
