@@ -48,7 +48,9 @@ func TestBatchEndToEnd(t *testing.T) {
 		return nil
 	}
 	mid := httptest.NewServer(rp)
-	defer mid.Close()
+	// Closed after the sidecar (cleanups run last first): Close waits for
+	// the sidecar's live feed through it to end.
+	t.Cleanup(mid.Close)
 	e.front.point(mid.URL)
 
 	data := map[string][]byte{}
