@@ -51,8 +51,9 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 // submittedBatch is a batch manifest sent with its attestation: its bytes
 // (stored by digest) and what they decode to.
 type submittedBatch struct {
-	raw []byte
-	m   *contract.BatchManifest
+	raw   []byte
+	m     *contract.BatchManifest
+	claim contract.BatchClaim // what m was opened against
 }
 
 // appendAttestation verifies and appends one attestation; batch is the

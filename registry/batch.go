@@ -55,18 +55,23 @@ func (s *Server) handleAppendBatch(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "%v", err)
 	}
-	return s.appendAttestation(ctx, w, c, jws, &submittedBatch{raw: raw, m: m})
+	return s.appendAttestation(ctx, w, c, jws, &submittedBatch{raw: raw, m: m, claim: *a.Batch})
 }
 
 // checkBatch checks a verified batch attestation against its manifest and
 // the log: the manifest is the one signed (again, now that the claim is
 // verified), and the issuer may write every name in it. Callers hold s.mu.
 func (s *Server) checkBatch(ctx context.Context, c *contract.Contract, a *contract.Attestation, b *submittedBatch) error {
-	m, err := a.Batch.Open(b.raw, c.ContractID)
-	if err != nil {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "%v", err)
+	if *a.Batch != b.claim {
+		// Not the claim the manifest was opened against before the lock:
+		// open it against the verified one.
+		m, err := a.Batch.Open(b.raw, c.ContractID)
+		if err != nil {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation, "%v", err)
+		}
+		b.m, b.claim = m, *a.Batch
 	}
-	b.m = m
+	m := b.m
 	names := make([]string, len(m.Objects))
 	for i := range m.Objects {
 		names[i] = m.Objects[i].Name
@@ -172,6 +177,9 @@ func (s *sqliteStore) owners(ctx context.Context, contractID string, names []str
 	return out, nil
 }
 
+// insertChunk is the rows of one multi-row insert (4 parameters a row).
+const insertChunk = 500
+
 // putObjects records the objects an attestation adds (one, or a batch's):
 // the first attester of a name owns it for good; the object row is its
 // live version. It runs in appendEntry's transaction.
@@ -189,23 +197,51 @@ func putObjects(ctx context.Context, tx *sql.Tx, contractID string, rec *appendR
 	if len(objs) == 0 {
 		return nil
 	}
-	own, err := tx.PrepareContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`)
-	if err != nil {
-		return err
+	// Multi-row inserts, a chunk of rows per statement: a batch of ten
+	// thousand objects is a few dozen statements.
+	ownStmts, putStmts := map[int]*sql.Stmt{}, map[int]*sql.Stmt{}
+	defer func() {
+		for _, st := range ownStmts {
+			st.Close()
+		}
+		for _, st := range putStmts {
+			st.Close()
+		}
+	}()
+	prep := func(cache map[int]*sql.Stmt, n int, head, row, tail string) (*sql.Stmt, error) {
+		if st, ok := cache[n]; ok {
+			return st, nil
+		}
+		st, err := tx.PrepareContext(ctx, head+strings.TrimSuffix(strings.Repeat(row+", ", n), ", ")+tail)
+		if err != nil {
+			return nil, err
+		}
+		cache[n] = st
+		return st, nil
 	}
-	defer own.Close()
-	put, err := tx.PrepareContext(ctx, `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES (?, ?, ?, 0, ?)
-		ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`)
-	if err != nil {
-		return err
-	}
-	defer put.Close()
-	for i := range objs {
-		o := &objs[i]
-		if _, err := own.ExecContext(ctx, contractID, o.Name, rec.Issuer, rec.Seq); err != nil {
+	for start := 0; start < len(objs); start += insertChunk {
+		chunk := objs[start:min(len(objs), start+insertChunk)]
+		// The first attester of a name owns it for good.
+		own, err := prep(ownStmts, len(chunk), `INSERT INTO owners (contract, name, issuer, seq) VALUES `, "(?, ?, ?, ?)", ` ON CONFLICT DO NOTHING`)
+		if err != nil {
 			return err
 		}
-		if _, err := put.ExecContext(ctx, contractID, o.Name, rec.Seq, o.StoredSize); err != nil {
+		put, err := prep(putStmts, len(chunk), `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES `, "(?, ?, ?, 0, ?)",
+			` ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`)
+		if err != nil {
+			return err
+		}
+		ownArgs := make([]any, 0, 4*len(chunk))
+		putArgs := make([]any, 0, 4*len(chunk))
+		for i := range chunk {
+			o := &chunk[i]
+			ownArgs = append(ownArgs, contractID, o.Name, rec.Issuer, rec.Seq)
+			putArgs = append(putArgs, contractID, o.Name, rec.Seq, o.StoredSize)
+		}
+		if _, err := own.ExecContext(ctx, ownArgs...); err != nil {
+			return err
+		}
+		if _, err := put.ExecContext(ctx, putArgs...); err != nil {
 			return err
 		}
 	}

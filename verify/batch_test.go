@@ -201,3 +201,33 @@ func TestFollowerRetroactiveRevocationDropsBatch(t *testing.T) {
 		t.Fatalf("purged %v", got)
 	}
 }
+
+// A later batch gives live names a new version (their old bytes are
+// purged), brings a redacted name back, and adds new ones; the counts
+// follow.
+func TestFollowerBatchReplacesAndRestores(t *testing.T) {
+	fx := newFixture(t)
+	jws, manifest := fx.alice.Batch(t, cid, batchObjs("a", 3))
+	fx.log.AppendBatch(t, jws, manifest)
+	fx.log.AppendAttestation(t, fx.alice.Redaction(t, cid, "a/1", 0))
+	f := fx.follower(t, verify.WithTrustOnFirstUse())
+	mustSync(t, f)
+	if st := f.Status(); st.Objects != 2 || st.Redacted != 1 {
+		t.Fatalf("status %+v: want 2 objects, 1 redacted", st)
+	}
+	objs := []contract.ObjectClaim{*verifytest.Object("a/0", []byte("v2")), *verifytest.Object("a/1", []byte("back")), *verifytest.Object("a/9", []byte("new"))}
+	jws, manifest = fx.alice.Batch(t, cid, objs)
+	seq := fx.log.AppendBatch(t, jws, manifest)
+	mustSync(t, f)
+	for _, o := range objs {
+		if got, err := f.Lookup(o.Name); err != nil || got.ObjectClaim != o || got.Seq != seq {
+			t.Fatalf("Lookup(%s) = %+v, %v; want %+v from entry %d", o.Name, got, err, o, seq)
+		}
+	}
+	if st := f.Status(); st.Objects != 4 || st.Redacted != 0 {
+		t.Fatalf("status %+v: want 4 objects, 0 redacted", st)
+	}
+	if got := fx.purged(); !slices.Equal(got, []string{"a/1", "a/0"}) {
+		t.Fatalf("purged %v, want [a/1 a/0]", got)
+	}
+}

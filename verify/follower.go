@@ -1055,11 +1055,7 @@ func (f *Follower) apply(d *delta, c *checked, batch *contract.BatchManifest) er
 	case contract.Contribution, contract.Transformation:
 		return d.addObject(c.terms, &ManifestEntry{ObjectClaim: *a.Object, Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid})
 	case contract.Batch:
-		for i := range batch.Objects {
-			if err := d.addObject(c.terms, &ManifestEntry{ObjectClaim: batch.Objects[i], Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid}); err != nil {
-				return err
-			}
-		}
+		return d.addBatch(c.terms, e.Seq, a.Issuer, c.kid, batch.Objects)
 	case contract.Redaction:
 		return d.redact(c.terms, a.Issuer, e.Seq, a.Redaction)
 	case contract.Revocation:

@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/provgate/provgate/contract"
@@ -207,6 +209,8 @@ type delta struct {
 	tx       *sql.Tx
 	st       *deltaStmts
 	contract string
+	// bulkStmts are addBatch's prepared statements, by text.
+	bulkStmts map[string]*sql.Stmt
 
 	revs     map[revKey]revocation // base revocations (read-only here)
 	newRevs  map[revKey]revocation
@@ -438,4 +442,176 @@ func (d *delta) dropSignedBy(k revKey) error {
 type owner struct {
 	Issuer string
 	Seq    uint64
+}
+
+// Bulk statement sizes: rows per multi-row INSERT and names per IN list,
+// well under SQLite's limit of 32766 parameters.
+const (
+	bulkRows  = 500
+	bulkNames = 2000
+)
+
+// addBatch applies the objects of a verified batch, as addObject does
+// each, in a few statements per thousand objects rather than a few per
+// object.
+func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs []contract.ObjectClaim) error {
+	sorted := make([]*contract.ObjectClaim, len(objs))
+	for i := range objs {
+		sorted[i] = &objs[i]
+	}
+	// In name order the inserts touch neighbouring index pages.
+	slices.SortFunc(sorted, func(a, b *contract.ObjectClaim) int { return strings.Compare(a.Name, b.Name) })
+	names := make([]string, len(sorted))
+	for i, o := range sorted {
+		names[i] = o.Name
+	}
+	owned := map[string]owner{}
+	err := d.inNames(names, "SELECT name, issuer, seq FROM owners WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+		var name string
+		var o owner
+		if err := rows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
+			return err
+		}
+		owned[name] = o
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var known []string
+	for _, o := range sorted {
+		own, ok := owned[o.Name]
+		if !ok {
+			continue
+		}
+		if !t.Terms.MayRewrite(issuer, own.Issuer) {
+			return &OwnershipError{Seq: seq, Issuer: issuer, Action: "replaces", Name: o.Name, Owner: own.Issuer, OwnedSince: own.Seq}
+		}
+		known = append(known, o.Name)
+	}
+	live := map[string]bool{}
+	if err := d.inNames(known, "SELECT name FROM manifest WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return err
+		}
+		live[name] = true
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, o := range sorted {
+		if live[o.Name] {
+			d.purged = append(d.purged, o.Name) // a new version: the old bytes go
+		} else {
+			d.objDelta++
+		}
+	}
+	// Owners: a name's first attester for good (known names keep theirs).
+	if err := d.bulk(len(sorted), "INSERT INTO owners (contract, name, issuer, seq) VALUES ", "(?, ?, ?, ?)", " ON CONFLICT DO NOTHING",
+		func(i int, args []any) []any { return append(args, d.contract, sorted[i].Name, issuer, seq) }); err != nil {
+		return err
+	}
+	if err := d.bulk(len(sorted), "INSERT OR REPLACE INTO manifest (contract, "+manifestColumns+") VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "",
+		func(i int, args []any) []any {
+			o := sorted[i]
+			return append(args, d.contract, o.Name, seq, issuer, kid, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
+				o.License, o.MediaType, o.Tokens)
+		}); err != nil {
+		return err
+	}
+	if d.redactions == 0 {
+		return nil
+	}
+	for chunk := range slices.Chunk(names, bulkNames) {
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, d.contract)
+		for _, n := range chunk {
+			args = append(args, n)
+		}
+		res, err := d.tx.ExecContext(d.ctx, "DELETE FROM redactions WHERE contract = ? AND name IN "+placeholders(len(chunk)), args...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			d.redDelta -= n
+			d.redactions -= n
+		}
+	}
+	return nil
+}
+
+// inNames runs query (which ends with "name IN ") for names in chunks,
+// calling scan for each row.
+func (d *delta) inNames(names []string, query string, scan func(*sql.Rows) error) error {
+	for chunk := range slices.Chunk(names, bulkNames) {
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, d.contract)
+		for _, n := range chunk {
+			args = append(args, n)
+		}
+		rows, err := d.tx.QueryContext(d.ctx, query+placeholders(len(chunk)), args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				rows.Close()
+				return err
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bulk inserts n rows with multi-row statements of bulkRows rows: head,
+// then row ("(?, ...)") once per row, then tail; args appends row i's
+// values.
+func (d *delta) bulk(n int, head, row, tail string, args func(i int, a []any) []any) error {
+	for start := 0; start < n; start += bulkRows {
+		end := min(n, start+bulkRows)
+		var q strings.Builder
+		q.WriteString(head)
+		var a []any
+		for i := start; i < end; i++ {
+			if i > start {
+				q.WriteString(", ")
+			}
+			q.WriteString(row)
+			a = args(i, a)
+		}
+		q.WriteString(tail)
+		if err := d.exec(q.String(), a...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// exec runs a bulk statement, prepared once per sync and kept (a full
+// chunk's statement is the same text every time).
+func (d *delta) exec(q string, args ...any) error {
+	st, ok := d.bulkStmts[q]
+	if !ok {
+		var err error
+		if st, err = d.tx.PrepareContext(d.ctx, q); err != nil {
+			return err
+		}
+		if d.bulkStmts == nil {
+			d.bulkStmts = map[string]*sql.Stmt{}
+		}
+		d.bulkStmts[q] = st
+	}
+	_, err := st.ExecContext(d.ctx, args...)
+	return err
+}
+
+func placeholders(n int) string {
+	return "(?" + strings.Repeat(", ?", n-1) + ")"
 }
