@@ -231,3 +231,69 @@ func TestFollowerBatchReplacesAndRestores(t *testing.T) {
 		t.Fatalf("purged %v, want [a/1 a/0]", got)
 	}
 }
+
+// blockingManifests holds batch manifest fetches until released.
+type blockingManifests struct {
+	*verifytest.Log
+	fetching chan struct{}
+	release  chan struct{}
+}
+
+func (b *blockingManifests) BatchManifest(ctx context.Context, id, digest string) ([]byte, error) {
+	select {
+	case b.fetching <- struct{}{}:
+	default:
+	}
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return b.Log.BatchManifest(ctx, id, digest)
+}
+
+// While a sync is in the middle of a batch (its transaction open on the
+// state database, waiting for the registry), lookups answer from the last
+// committed state at once, and the new names appear when it commits.
+func TestFollowerLookupsDuringALongSync(t *testing.T) {
+	fx := newFixture(t)
+	contribute(t, fx.log, fx.alice, "early", 1)
+	src := &blockingManifests{Log: fx.log, fetching: make(chan struct{}, 1), release: make(chan struct{})}
+	f := mustFollower(t, fx.config(src), verify.WithTrustOnFirstUse())
+	mustSync(t, f)
+	jws, manifest := fx.alice.Batch(t, cid, batchObjs("b", 100))
+	fx.log.AppendBatch(t, jws, manifest)
+	done := make(chan error, 1)
+	go func() { done <- f.Sync(context.Background()) }()
+	select {
+	case <-src.fetching:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sync never fetched the manifest")
+	}
+	looked := make(chan error, 1)
+	go func() {
+		_, err := f.Lookup("early-0")
+		if err == nil {
+			_, err = f.Lookup("b/0")
+			if errors.Is(err, verify.ErrNotFound) {
+				err = nil
+			}
+		}
+		looked <- err
+	}()
+	select {
+	case err := <-looked:
+		if err != nil {
+			t.Fatalf("lookups during the sync: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a lookup waited for the sync")
+	}
+	close(src.release)
+	if err := <-done; err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	if _, err := f.Lookup("b/99"); err != nil {
+		t.Fatalf("after the sync: %v", err)
+	}
+}
