@@ -854,7 +854,11 @@ func (f *Follower) readPages(ctx context.Context, since, size uint64, out chan<-
 
 // commit persists the new trusted state and then makes it current.
 func (f *Follower) commit(ctx context.Context, cp *Checkpoint, work *Chain, d *delta) error {
-	if err := f.cfg.Store.commit(ctx, f.id, work.State(), cp.Raw, d); err != nil {
+	objects, redacted := f.manifest.counts()
+	if d != nil {
+		objects, redacted = objects+d.objDelta, redacted+d.redDelta
+	}
+	if err := f.cfg.Store.commit(ctx, f.id, work.State(), cp.Raw, d, objects, redacted); err != nil {
 		return err
 	}
 	f.mu.Lock()

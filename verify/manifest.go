@@ -45,6 +45,14 @@ type Manifest struct {
 
 func (s *Store) manifestFor(ctx context.Context, contractID string) (*Manifest, error) {
 	m := &Manifest{db: s.rdb, contract: contractID, lru: newLRU(DefaultManifestCacheEntries)}
+	err := s.rdb.QueryRowContext(ctx, "SELECT objects, redacted FROM logs WHERE contract = ?", contractID).Scan(&m.objects, &m.redacted)
+	if err == nil && m.objects >= 0 && m.redacted >= 0 {
+		return m, nil
+	}
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("load manifest: %w", err)
+	}
+	// No counts kept (a state from before they were, or none): count.
 	if err := s.rdb.QueryRowContext(ctx, "SELECT COUNT(*) FROM manifest WHERE contract = ?", contractID).Scan(&m.objects); err != nil {
 		return nil, fmt.Errorf("load manifest: %w", err)
 	}
@@ -144,6 +152,13 @@ func (m *Manifest) Each(ctx context.Context, fn func(ManifestEntry) error) error
 		}
 	}
 	return rows.Err()
+}
+
+// counts returns the numbers of objects and of redacted names.
+func (m *Manifest) counts() (objects, redacted int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.objects, m.redacted
 }
 
 // apply makes a committed delta current: the counts move, the lookup

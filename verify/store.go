@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS logs (
 	state      BLOB NOT NULL,
 	checkpoint BLOB NOT NULL,
 	quarantine TEXT NOT NULL DEFAULT '',
+	objects    INTEGER NOT NULL DEFAULT -1,
+	redacted   INTEGER NOT NULL DEFAULT -1,
 	updated    INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS manifest (
@@ -115,6 +117,20 @@ func OpenStore(path string) (*Store, error) {
 			return nil, fmt.Errorf("open state %s: tokens: %w", path, err)
 		}
 	}
+	for _, col := range []string{"objects", "redacted"} {
+		var has int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('logs') WHERE name = ?`, col).Scan(&has); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open state %s: %w", path, err)
+		}
+		if has == 0 {
+			// Counted again on the next load (-1).
+			if _, err := db.Exec(`ALTER TABLE logs ADD COLUMN ` + col + ` INTEGER NOT NULL DEFAULT -1`); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("open state %s: %s: %w", path, col, err)
+			}
+		}
+	}
 	if hadOwners == 0 {
 		// A state from before names had owners: each live name is taken to
 		// belong to the issuer of its current version.
@@ -162,11 +178,12 @@ type trusted struct {
 	terms      []TermsVersion // as stored: checked again on load
 }
 
-// load reads a contract's state; nil when there is none.
+// load reads a contract's state; nil when there is none. It reads the
+// committed state beside any sync in progress (of another contract).
 func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	var stateJSON, cp []byte
 	var q string
-	err := s.db.QueryRowContext(ctx, "SELECT state, checkpoint, quarantine FROM logs WHERE contract = ?", contractID).Scan(&stateJSON, &cp, &q)
+	err := s.rdb.QueryRowContext(ctx, "SELECT state, checkpoint, quarantine FROM logs WHERE contract = ?", contractID).Scan(&stateJSON, &cp, &q)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -177,7 +194,7 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	if err := json.Unmarshal(stateJSON, &t.state); err != nil {
 		return nil, fmt.Errorf("%w: log state: %v", ErrState, err)
 	}
-	vrows, err := s.db.QueryContext(ctx, "SELECT issuer, kid, seq, retroactive FROM revocations WHERE contract = ?", contractID)
+	vrows, err := s.rdb.QueryContext(ctx, "SELECT issuer, kid, seq, retroactive FROM revocations WHERE contract = ?", contractID)
 	if err != nil {
 		return nil, fmt.Errorf("load revocations: %w", err)
 	}
@@ -194,7 +211,7 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 		return nil, fmt.Errorf("load revocations: %w", err)
 	}
 	vrows.Close()
-	trows, err := s.db.QueryContext(ctx, "SELECT seq, time, note FROM terms WHERE contract = ? ORDER BY seq", contractID)
+	trows, err := s.rdb.QueryContext(ctx, "SELECT seq, time, note FROM terms WHERE contract = ? ORDER BY seq", contractID)
 	if err != nil {
 		return nil, fmt.Errorf("load terms: %w", err)
 	}
@@ -233,9 +250,10 @@ func (s *Store) begin(ctx context.Context, contractID string, m *Manifest, revs 
 }
 
 // commit stores a verified sync atomically: the new log state and
-// checkpoint, and the delta (whose manifest changes its transaction
-// holds already).
-func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp []byte, d *delta) error {
+// checkpoint, the delta (whose manifest changes its transaction holds
+// already), and the manifest's counts after it (so that a restart need
+// not count a million rows).
+func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp []byte, d *delta, objects, redacted int64) error {
 	stateJSON, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("commit state: %w", err)
@@ -247,9 +265,10 @@ func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp [
 		return fmt.Errorf("commit state: %w", err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO logs (contract, state, checkpoint, updated) VALUES (?, ?, ?, ?)
-		ON CONFLICT (contract) DO UPDATE SET state = excluded.state, checkpoint = excluded.checkpoint, updated = excluded.updated`,
-		contractID, stateJSON, cp, time.Now().Unix()); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO logs (contract, state, checkpoint, updated, objects, redacted) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (contract) DO UPDATE SET state = excluded.state, checkpoint = excluded.checkpoint, updated = excluded.updated,
+		objects = excluded.objects, redacted = excluded.redacted`,
+		contractID, stateJSON, cp, time.Now().Unix(), objects, redacted); err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
 	if d != nil {
