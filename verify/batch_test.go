@@ -2,6 +2,7 @@ package verify_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -129,7 +130,7 @@ func TestFollowerBatchClaimingAnothersNameQuarantines(t *testing.T) {
 }
 
 // Forged batch attestations in the log (another key under alice's kid,
-// alg none) are refused entries: none of their names is served, and the
+// alg none, HS256 keyed with her public key) are refused entries: none of their names is served, and the
 // entries after them verify.
 func TestFollowerForgedBatchRefused(t *testing.T) {
 	fx := newFixture(t)
@@ -144,8 +145,21 @@ func TestFollowerForgedBatchRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	none := rawJWS(t, map[string]any{"alg": "none", "kid": fx.alice.Key.KeyID, "typ": contract.TypeAttestation}, a, nil)
+	pub, _ := json.Marshal(fx.alice.Key.Public())
+	hs, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: pub},
+		(&jose.SignerOptions{}).WithType(contract.TypeAttestation).WithHeader("kid", fx.alice.Key.KeyID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(a)
+	obj, err := hs.Sign(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs256, _ := obj.CompactSerialize()
 	fx.log.AppendBatch(t, wrongKey, manifest)
 	fx.log.AppendBatch(t, none, manifest)
+	fx.log.AppendBatch(t, hs256, manifest)
 	contribute(t, fx.log, fx.alice, "after", 1)
 	f := fx.follower(t, verify.WithTrustOnFirstUse())
 	mustSync(t, f)
@@ -155,8 +169,8 @@ func TestFollowerForgedBatchRefused(t *testing.T) {
 	if _, err := f.Lookup("after-0"); err != nil {
 		t.Fatalf("Lookup(after-0): %v", err)
 	}
-	if st := f.Status(); st.Rejected != 2 {
-		t.Fatalf("rejected %d, want 2", st.Rejected)
+	if st := f.Status(); st.Rejected != 3 {
+		t.Fatalf("rejected %d, want 3", st.Rejected)
 	}
 }
 
