@@ -179,6 +179,24 @@ func TestBatchForgedAttestationRefused(t *testing.T) {
 			mustRefuseBatch(t, h, c.ContractID, jws, manifest, http.StatusForbidden, contract.CodeInvalidAttestation)
 		})
 	}
+	t.Run("refused before its body is read", func(t *testing.T) {
+		// A forged attestation with a body over the bound, sent without a
+		// length: refused for the signature (403), not for the size.
+		big := bytes.Repeat([]byte(" "), contract.MaxBatchManifestSize+1)
+		req, err := http.NewRequest(http.MethodPost, h.Client.URL("provenance", c.ContractID, "batches"), io.MultiReader(bytes.NewReader(big)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(contract.HeaderAttestation, wrongKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("status %d, want 403", resp.StatusCode)
+		}
+	})
 	t.Run("without its manifest", func(t *testing.T) {
 		jws, _ := alice.SignBatch(t, c.ContractID, objs)
 		mustRefuse(t, h, c.ContractID, jws, http.StatusBadRequest, contract.CodeInvalidAttestation)
