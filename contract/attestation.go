@@ -51,6 +51,8 @@ type Attestation struct {
 	Sources    []string         `json:"sources,omitempty"` // transformation inputs
 	Redaction  *RedactionClaim  `json:"redaction,omitempty"`
 	Revocation *RevocationClaim `json:"revocation,omitempty"`
+	// Batch is, for a batch attestation, the digest of its manifest.
+	Batch *BatchClaim `json:"batch,omitempty"`
 }
 
 // ObjectClaim describes an object: how it is stored at the origin and what
@@ -105,13 +107,13 @@ func (a *Attestation) Validate() error {
 		return errors.New("attestation: jti must be 1 to 128 characters")
 	}
 	present := 0
-	for _, p := range []bool{a.Object != nil, a.Redaction != nil, a.Revocation != nil} {
+	for _, p := range []bool{a.Object != nil, a.Redaction != nil, a.Revocation != nil, a.Batch != nil} {
 		if p {
 			present++
 		}
 	}
 	if present != 1 {
-		return errors.New("attestation: exactly one of object, redaction, revocation is required")
+		return errors.New("attestation: exactly one of object, redaction, revocation, batch is required")
 	}
 	switch a.Type {
 	case Contribution, Transformation:
@@ -127,6 +129,14 @@ func (a *Attestation) Validate() error {
 			return errors.New("attestation: redaction needs a redaction claim")
 		}
 		return ValidateName(a.Redaction.Name)
+	case Batch:
+		if a.Batch == nil {
+			return errors.New("attestation: batch needs a batch claim")
+		}
+		if len(a.Sources) != 0 {
+			return errors.New("attestation: sources are for transformations")
+		}
+		return a.Batch.Validate()
 	case Revocation:
 		if a.Revocation == nil || a.Revocation.KeyID == "" {
 			return errors.New("attestation: revocation needs a kid")

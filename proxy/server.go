@@ -320,17 +320,14 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", "application/jsonl")
 	enc := json.NewEncoder(w)
-	for _, e := range src.Manifest() {
+	return eachManifest(r.Context(), src, func(e ManifestEntry) error {
 		lic := e.License
 		if lic == "" {
 			lic = src.Contract().License
 		}
-		if err := enc.Encode(manifestLine{Name: e.Name, Size: e.DecodedSize, SHA256: e.DecodedSHA256, Seq: e.Seq,
-			License: lic, StoredSize: e.StoredSize, Encoding: e.Encoding}); err != nil {
-			return err
-		}
-	}
-	return nil
+		return enc.Encode(manifestLine{Name: e.Name, Size: e.DecodedSize, SHA256: e.DecodedSHA256, Seq: e.Seq,
+			License: lic, StoredSize: e.StoredSize, Encoding: e.Encoding})
+	})
 }
 
 // stateError is the error for a contract that cannot serve in state st.

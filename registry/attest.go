@@ -45,7 +45,20 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	jws := strings.TrimSpace(string(body))
+	return s.appendAttestation(ctx, w, c, strings.TrimSpace(string(body)), nil)
+}
+
+// submittedBatch is a batch manifest sent with its attestation: its bytes
+// (stored by digest) and what they decode to.
+type submittedBatch struct {
+	raw   []byte
+	m     *contract.BatchManifest
+	claim contract.BatchClaim // what m was opened against
+}
+
+// appendAttestation verifies and appends one attestation; batch is the
+// manifest that came with it (POST .../batches), nil on POST .../events.
+func (s *Server) appendAttestation(ctx context.Context, w http.ResponseWriter, c *contract.Contract, jws string, batch *submittedBatch) error {
 	peek, err := verify.PeekAttestation(jws)
 	if err != nil {
 		return attestationError(err)
@@ -88,8 +101,17 @@ func (s *Server) handleAppend(w http.ResponseWriter, r *http.Request) error {
 	} else if seen {
 		return contract.Errorf(http.StatusConflict, contract.CodeConflict, "attestation %q of %q is already in the log", a.ID, a.Issuer)
 	}
+	if (a.Type == contract.Batch) != (batch != nil) {
+		return contract.Errorf(http.StatusBadRequest, contract.CodeInvalidAttestation,
+			"a batch attestation is posted with its manifest to /provenance/{id}/batches, any other to /provenance/{id}/events")
+	}
 	rec := &appendRecord{Issuer: a.Issuer, JTI: a.ID}
 	switch a.Type {
+	case contract.Batch:
+		if err := s.checkBatch(ctx, c, a, batch); err != nil {
+			return err
+		}
+		rec.Batch, rec.Manifest, rec.ManifestSHA256 = batch.m.Objects, batch.raw, a.Batch.ManifestSHA256
 	case contract.Contribution, contract.Transformation:
 		for _, src := range a.Sources {
 			o, err := s.st.object(ctx, c.ContractID, src)

@@ -377,6 +377,8 @@ func (s *Server) routes() http.Handler {
 	h("POST /contracts/{id}/request", s.handleTokenRequest)
 	h("POST /contracts/{id}/objects/presign", s.handlePresign)
 	h("POST /provenance/{id}/events", s.handleAppend)
+	h("POST /provenance/{id}/batches", s.handleAppendBatch)
+	h("GET /provenance/{id}/manifests/{sha256}", s.handleManifest)
 	h("GET /provenance/{id}/events", s.handleEvents)
 	h("GET /provenance/{id}/events/stream", s.handleStream)
 	h("GET /provenance/{id}/checkpoint", s.handleCheckpoint)

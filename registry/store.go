@@ -50,6 +50,10 @@ type store interface {
 
 	object(ctx context.Context, contractID, name string) (*objectRow, error)
 	owner(ctx context.Context, contractID, name string) (issuer string, since uint64, err error)
+	// owners returns who owns each of names that has an owner.
+	owners(ctx context.Context, contractID string, names []string) (map[string]ownerRow, error)
+	// manifest returns a batch manifest's bytes by their sha256.
+	manifest(ctx context.Context, contractID, sha256Hex string) ([]byte, error)
 	revoked(ctx context.Context, contractID, issuer, kid string) (bool, error)
 	attestationSeen(ctx context.Context, contractID, issuer, jti string) (bool, error)
 
@@ -132,8 +136,13 @@ type appendRecord struct {
 	// Attestation side effects.
 	Issuer, JTI string
 	Object      *contract.ObjectClaim // contribution or transformation
-	Redact      string                // redaction: object name
-	RevokeKID   string                // revocation
+	// Batch lists a batch's objects; Manifest is its bytes, stored under
+	// ManifestSHA256.
+	Batch          []contract.ObjectClaim
+	Manifest       []byte
+	ManifestSHA256 string
+	Redact         string // redaction: object name
+	RevokeKID      string // revocation
 
 	// Metering side effects: the new events, from Sender (a sidecar key
 	// thumbprint), attributed to Licensee.
@@ -199,6 +208,7 @@ CREATE TABLE IF NOT EXISTS sidecar_keys (jkt TEXT PRIMARY KEY, jwk BLOB NOT NULL
 	seen INTEGER NOT NULL DEFAULT 0, signed INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS proof_ids (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL) WITHOUT ROWID;
 ` + meteringEventsTable + `
+` + batchManifestsTable + `
 CREATE TABLE IF NOT EXISTS metering_sums (
 	contract TEXT PRIMARY KEY, samples INTEGER NOT NULL, bytes INTEGER NOT NULL,
 	units INTEGER NOT NULL, cost INTEGER NOT NULL) WITHOUT ROWID;
@@ -660,17 +670,8 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 			return err
 		}
 	}
-	if rec.Object != nil {
-		// The first attester of a name owns it for good.
-		if _, err := tx.ExecContext(ctx, `INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			contractID, rec.Object.Name, rec.Issuer, rec.Seq); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO objects (contract, name, seq, redacted, stored_size) VALUES (?, ?, ?, 0, ?)
-			ON CONFLICT (contract, name) DO UPDATE SET seq = excluded.seq, redacted = 0, stored_size = excluded.stored_size`,
-			contractID, rec.Object.Name, rec.Seq, rec.Object.StoredSize); err != nil {
-			return err
-		}
+	if err := putObjects(ctx, tx, contractID, rec); err != nil {
+		return err
 	}
 	if rec.Redact != "" {
 		res, err := tx.ExecContext(ctx, `UPDATE objects SET redacted = ? WHERE contract = ? AND name = ? AND redacted = 0`, rec.Seq, contractID, rec.Redact)

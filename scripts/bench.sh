@@ -3,6 +3,7 @@
 # against its baseline in the same run, and prints the ratios.
 #   ./scripts/bench.sh            # all
 #   BENCHTIME=5s ./scripts/bench.sh
+#   SCALE=1 ./scripts/bench.sh    # adds the 1M-object dataset (log, sidecar start, RSS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -26,6 +27,10 @@ echo "== registry metering ingest: CPU per million samples, event by event vs ag
 go test -run '^$' -bench 'BenchmarkIngestPerMillionSamples' -benchtime "${INGEST_BENCHTIME:-20x}" ./registry/ | tee -a "$out"
 echo "== log replay: 100k entries (chain + Merkle + EdDSA, both cores) and restart"
 go test -run '^$' -bench 'BenchmarkFollowerReplay|BenchmarkFollowerResume' -benchtime 1x ./verify/ | tee -a "$out"
+if [[ "${SCALE:-}" == 1 ]]; then
+	echo "== scale: 1M objects in batch attestations (append), a fresh sidecar ready on that log (wall, peak RSS), restart"
+	go test -run '^$' -bench 'BenchmarkMillionObjects' -benchtime 1x -timeout 60m ./verify/ | tee -a "$out"
+fi
 echo "== PyTorch DataLoader (4 workers): sidecar vs the same loader on local files"
 go test -run '^$' -bench 'DataLoader' -benchtime 1x ./examples/pytorch/ | tee -a "$out"
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/provgate/provgate/contract"
 )
 
 // Sentinel errors. Every refusal wraps one of them, so that callers can
@@ -132,6 +134,8 @@ var reasons = []struct {
 	{ErrReplay, "replay"},
 	{ErrDuplicate, "duplicate"},
 	{ErrNotOwner, "not_owner"},
+	{contract.ErrManifestDigest, "batch_manifest_digest"},
+	{contract.ErrManifestInvalid, "batch_manifest_invalid"},
 	{ErrDigest, "digest"},
 	{ErrSize, "size"},
 	{ErrKeysUnavailable, "keys_unavailable"},

@@ -220,7 +220,7 @@ func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Foll
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
 	c := cfg.Contract
-	f := &Follower{cfg: cfg, id: c.ContractID, manifest: newManifest(), revs: map[revKey]revocation{},
+	f := &Follower{cfg: cfg, id: c.ContractID, revs: map[revKey]revocation{},
 		notify: make(chan struct{}, 1), streamed: map[uint64][]byte{}}
 	f.log = cfg.Logger.With("contract", f.id)
 	for _, o := range opts {
@@ -240,6 +240,9 @@ func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Foll
 		if f.trusted, err = f.cpv.Parse(f.opt.pinned); err != nil {
 			return nil, fmt.Errorf("follower %s: pinned checkpoint: %w", f.id, err)
 		}
+	}
+	if f.manifest, err = cfg.Store.manifestFor(ctx, f.id); err != nil {
+		return nil, fmt.Errorf("follower %s: %w", f.id, err)
 	}
 	if err := f.load(ctx); err != nil {
 		return nil, fmt.Errorf("follower %s: %w", f.id, err)
@@ -284,7 +287,7 @@ func (f *Follower) load(ctx context.Context) error {
 		return fmt.Errorf("%w: the state predates contract terms in the log; reset it (provgate verify reset) to verify the log again", ErrState)
 	}
 	f.chain, f.trusted, f.verified = chain, cp, true
-	f.manifest, f.revs, f.terms = t.manifest, t.revs, hist
+	f.revs, f.terms = t.revs, hist
 	if v := hist.InForce(f.cfg.Now()); v != nil {
 		f.inForce = v.Seq
 	}
@@ -677,11 +680,23 @@ func (f *Follower) chainClone() *Chain {
 func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 	work := f.chainClone()
 	f.mu.RLock()
-	d := newDelta(f.manifest, f.revs)
-	d.terms = f.terms
+	revs, terms := f.revs, f.terms
 	f.mu.RUnlock()
+	d, err := f.cfg.Store.begin(ctx, f.id, f.manifest, revs, terms)
+	if err != nil {
+		return err
+	}
+	defer d.rollback()
 	baseTerms := d.terms.Len()
+	// quarantine ends the sync's transaction first: the quarantine is
+	// written on the same (single) write connection.
+	quarantine := func(err error) error {
+		d.rollback()
+		return f.quarantineWith(ctx, err)
+	}
 
+	stopPrefetch := func() {}
+	defer func() { stopPrefetch() }()
 	fctx, cancel := context.WithCancel(ctx)
 	pages := make(chan pageResult, 1)
 	var wg sync.WaitGroup
@@ -709,33 +724,50 @@ func (f *Follower) replay(ctx context.Context, cp *Checkpoint) error {
 		if err != nil {
 			return err
 		}
+		stopPrefetch()
+		stopPrefetch = f.prefetchBatches(ctx, checked)
 		for i := range checked {
 			c := &checked[i]
 			if err := work.appendDecoded(pr.entries[i].Seq, pr.entries[i].Entry, c.entry, c.decodeErr); err != nil {
 				// The registry serves entries that are not the log it signs.
-				return f.quarantineWith(ctx, err)
+				return quarantine(err)
 			}
 			if errors.Is(c.termsErr, errNoTermsYet) {
 				return fmt.Errorf("contract %q: %w", f.id, c.termsErr)
 			}
 			if c.termsErr != nil {
 				// The registry logged terms no registry may.
-				return f.quarantineWith(ctx, &TermsError{Seq: c.entry.Seq, Err: c.termsErr})
+				return quarantine(&TermsError{Seq: c.entry.Seq, Err: c.termsErr})
 			}
-			if err := f.apply(d, c); err != nil {
-				// The registry accepted what it must refuse.
-				return f.quarantineWith(ctx, err)
+			var batch *contract.BatchManifest
+			if c.batch != nil {
+				batch, err = c.batch.wait(ctx)
+				if errors.Is(err, contract.ErrManifestInvalid) {
+					c.err = err // signed by its contributor: the entry is refused
+				} else if err != nil {
+					return err
+				}
 			}
+			if err := f.apply(d, c, batch); err != nil {
+				var oe *OwnershipError
+				if errors.As(err, &oe) {
+					// The registry accepted what it must refuse.
+					return quarantine(err)
+				}
+				return fmt.Errorf("apply entry %d: %w", c.entry.Seq, err)
+			}
+			c.batch = nil
 		}
+		stopPrefetch()
 		d.terms = hist
 		verified += len(checked)
 	}
 	if err := work.CheckCheckpoint(cp); err != nil {
-		return f.quarantineWith(ctx, err)
+		return quarantine(err)
 	}
 	d.newTerms = d.terms.Versions()[baseTerms:]
 	if err := f.checkClaimed(d.terms); err != nil {
-		return f.quarantineWith(ctx, err)
+		return quarantine(err)
 	}
 	if err := f.commit(ctx, cp, work, d); err != nil {
 		return err
@@ -825,7 +857,11 @@ func (f *Follower) readPages(ctx context.Context, since, size uint64, out chan<-
 
 // commit persists the new trusted state and then makes it current.
 func (f *Follower) commit(ctx context.Context, cp *Checkpoint, work *Chain, d *delta) error {
-	if err := f.cfg.Store.commit(ctx, f.id, work.State(), cp.Raw, d); err != nil {
+	objects, redacted := f.manifest.counts()
+	if d != nil {
+		objects, redacted = objects+d.objDelta, redacted+d.redDelta
+	}
+	if err := f.cfg.Store.commit(ctx, f.id, work.State(), cp.Raw, d, objects, redacted); err != nil {
 		return err
 	}
 	f.mu.Lock()
@@ -876,6 +912,8 @@ type checked struct {
 	// terms governs the attestation (the version in force at its seq).
 	terms    *termsVersion
 	termsErr error // a contract entry that does not verify
+	// batch is the fetch of a batch entry's manifest (prefetchBatches).
+	batch *batchFetch
 }
 
 // verifyEntries decodes entries and verifies them: decoding in parallel,
@@ -1001,11 +1039,12 @@ func (f *Follower) verifyOne(ctx context.Context, c *checked) error {
 	return nil
 }
 
-// apply adds one verified entry to the delta, in log order. It returns an
-// *OwnershipError when the entry replaces or redacts a name that another
-// contributor owns: the registry must have refused it, so the log is not
-// one to serve from.
-func (f *Follower) apply(d *delta, c *checked) error {
+// apply adds one verified entry to the delta, in log order; batch is the
+// opened manifest of a batch entry. It returns an *OwnershipError when the
+// entry replaces or redacts a name that another contributor owns: the
+// registry must have refused it, so the log is not one to serve from.
+// Other errors are the state database's.
+func (f *Follower) apply(d *delta, c *checked, batch *contract.BatchManifest) error {
 	e := c.entry
 	if e.Kind != contract.EntryAttestation {
 		return nil
@@ -1019,46 +1058,13 @@ func (f *Follower) apply(d *delta, c *checked) error {
 		d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &RevokedKeyError{Contributor: a.Issuer, KeyID: c.kid, RevokedAt: r.Seq, Seq: e.Seq, Retroactive: r.Retroactive}})
 		return nil
 	}
-	owned := func(action, name string) error {
-		o, ok := d.owner(name)
-		if !ok || c.terms.Terms.MayRewrite(a.Issuer, o.Issuer) {
-			return nil
-		}
-		return &OwnershipError{Seq: e.Seq, Issuer: a.Issuer, Action: action, Name: name, Owner: o.Issuer, OwnedSince: o.Seq}
-	}
 	switch a.Type {
 	case contract.Contribution, contract.Transformation:
-		// A later contribution of a live name is a new version of it (as
-		// the registry records it): the old bytes must leave the cache.
-		name := a.Object.Name
-		if err := owned("replaces", name); err != nil {
-			return err
-		}
-		if _, ok := d.owner(name); !ok {
-			d.owners[name] = owner{Issuer: a.Issuer, Seq: e.Seq}
-		}
-		if cur := d.object(name); cur != nil {
-			d.purged = append(d.purged, name)
-		}
-		d.objects[name] = &ManifestEntry{ObjectClaim: *a.Object, Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid}
-		if d.isRedacted(name) {
-			d.redacted[name] = 0
-		}
+		return d.addObject(c.terms, &ManifestEntry{ObjectClaim: *a.Object, Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid})
+	case contract.Batch:
+		return d.addBatch(c.terms, e.Seq, a.Issuer, c.kid, batch.Objects)
 	case contract.Redaction:
-		name := a.Redaction.Name
-		if err := owned("redacts", name); err != nil {
-			return err
-		}
-		cur := d.object(name)
-		switch {
-		case cur == nil:
-			d.redacted[name] = e.Seq
-		case a.Redaction.Seq == 0 || a.Redaction.Seq == cur.Seq:
-			d.remove(name)
-			d.redacted[name] = e.Seq
-		default:
-			// It redacts an earlier version of the name, already gone.
-		}
+		return d.redact(c.terms, a.Issuer, e.Seq, a.Redaction)
 	case contract.Revocation:
 		k := revKey{a.Issuer, a.Revocation.KeyID}
 		retro := a.Revocation.Retroactive || f.opt.retroactive
@@ -1071,34 +1077,8 @@ func (f *Follower) apply(d *delta, c *checked) error {
 		}
 		d.newRevs[k] = r
 		if retro {
-			d.dropSignedBy(k)
+			return d.dropSignedBy(k)
 		}
 	}
 	return nil
-}
-
-func (d *delta) isRedacted(name string) bool {
-	if seq, ok := d.redacted[name]; ok {
-		return seq != 0
-	}
-	_, ok := d.base.redacted[name]
-	return ok
-}
-
-// dropSignedBy removes every object signed by the key k.
-func (d *delta) dropSignedBy(k revKey) {
-	var names []string
-	for name, e := range d.base.objects {
-		if _, changed := d.objects[name]; !changed && e.Issuer == k.issuer && e.KeyID == k.kid {
-			names = append(names, name)
-		}
-	}
-	for name, e := range d.objects {
-		if e != nil && e.Issuer == k.issuer && e.KeyID == k.kid {
-			names = append(names, name)
-		}
-	}
-	for _, name := range names {
-		d.remove(name)
-	}
 }

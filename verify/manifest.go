@@ -1,8 +1,13 @@
 package verify
 
 import (
+	"container/list"
+	"context"
+	"database/sql"
+	"errors"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/provgate/provgate/contract"
@@ -17,80 +22,222 @@ type ManifestEntry struct {
 	KeyID  string `json:"kid"`
 }
 
+// DefaultManifestCacheEntries is the size of the in-memory cache of
+// looked-up manifest entries in front of the on-disk index.
+const DefaultManifestCacheEntries = 8192
+
 // Manifest is a contract's verified manifest: the objects of every verified
-// contribution or transformation not since redacted. It is safe for
-// concurrent use; only the log replay changes it.
+// contribution, transformation or batch not since redacted. It lives in
+// the state database (table manifest, indexed by name), so that memory does
+// not grow with the dataset; a small LRU of recent lookups sits in front.
+// Readers see the last committed sync (SQLite's WAL snapshot); only the
+// log replay changes it. It is safe for concurrent use.
 type Manifest struct {
-	mu       sync.RWMutex
-	objects  map[string]*ManifestEntry
-	redacted map[string]uint64 // name -> seq of the redaction
-	owners   map[string]owner  // name -> who attested it first
+	db       *sql.DB // the store's read handle
+	contract string
+
+	mu       sync.Mutex
+	gen      uint64 // bumped at every applied sync: a lookup started before caches nothing
+	lru      *lru
+	objects  int64
+	redacted int64
 }
 
-// owner is who owns a name: the issuer of its first verified contribution
-// or transformation, and that entry's seq. It outlives redactions.
-type owner struct {
-	Issuer string
-	Seq    uint64
+func (s *Store) manifestFor(ctx context.Context, contractID string) (*Manifest, error) {
+	m := &Manifest{db: s.rdb, contract: contractID, lru: newLRU(DefaultManifestCacheEntries)}
+	err := s.rdb.QueryRowContext(ctx, "SELECT objects, redacted FROM logs WHERE contract = ?", contractID).Scan(&m.objects, &m.redacted)
+	if err == nil && m.objects >= 0 && m.redacted >= 0 {
+		return m, nil
+	}
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("load manifest: %w", err)
+	}
+	// No counts kept (a state from before they were, or none): count.
+	if err := s.rdb.QueryRowContext(ctx, "SELECT COUNT(*) FROM manifest WHERE contract = ?", contractID).Scan(&m.objects); err != nil {
+		return nil, fmt.Errorf("load manifest: %w", err)
+	}
+	if err := s.rdb.QueryRowContext(ctx, "SELECT COUNT(*) FROM redactions WHERE contract = ?", contractID).Scan(&m.redacted); err != nil {
+		return nil, fmt.Errorf("load redactions: %w", err)
+	}
+	return m, nil
 }
 
-func newManifest() *Manifest {
-	return &Manifest{objects: map[string]*ManifestEntry{}, redacted: map[string]uint64{}, owners: map[string]owner{}}
+const manifestColumns = `name, seq, issuer, kid, stored_sha256, stored_size, encoding, decoded_sha256, decoded_size,
+	license, media_type, tokens`
+
+func scanEntry(row interface{ Scan(...any) error }) (*ManifestEntry, error) {
+	e := new(ManifestEntry)
+	err := row.Scan(&e.Name, &e.Seq, &e.Issuer, &e.KeyID, &e.StoredSHA256, &e.StoredSize, &e.Encoding,
+		&e.DecodedSHA256, &e.DecodedSize, &e.License, &e.MediaType, &e.Tokens)
+	return e, err
 }
 
 // Lookup returns the entry for name, or an error wrapping ErrRedacted or
-// ErrNotFound.
+// ErrNotFound (or the state database's error).
 func (m *Manifest) Lookup(name string) (ManifestEntry, error) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if e, ok := m.objects[name]; ok {
+	m.mu.Lock()
+	if e, ok := m.lru.get(name); ok {
+		m.mu.Unlock()
 		return *e, nil
 	}
-	if seq, ok := m.redacted[name]; ok {
-		return ManifestEntry{}, fmt.Errorf("%q: %w by entry %d", name, ErrRedacted, seq)
+	gen := m.gen
+	m.mu.Unlock()
+	ctx := context.Background()
+	e, err := scanEntry(m.db.QueryRowContext(ctx, "SELECT "+manifestColumns+" FROM manifest WHERE contract = ? AND name = ?", m.contract, name))
+	if err == nil {
+		m.mu.Lock()
+		if m.gen == gen {
+			m.lru.add(name, e)
+		}
+		m.mu.Unlock()
+		return *e, nil
 	}
-	return ManifestEntry{}, fmt.Errorf("%q: %w", name, ErrNotFound)
+	if !errors.Is(err, sql.ErrNoRows) {
+		return ManifestEntry{}, fmt.Errorf("manifest lookup %q: %w", name, err)
+	}
+	var seq uint64
+	err = m.db.QueryRowContext(ctx, "SELECT seq FROM redactions WHERE contract = ? AND name = ?", m.contract, name).Scan(&seq)
+	switch {
+	case err == nil:
+		return ManifestEntry{}, fmt.Errorf("%q: %w by entry %d", name, ErrRedacted, seq)
+	case errors.Is(err, sql.ErrNoRows):
+		return ManifestEntry{}, fmt.Errorf("%q: %w", name, ErrNotFound)
+	default:
+		return ManifestEntry{}, fmt.Errorf("manifest lookup %q: %w", name, err)
+	}
 }
 
 // Len is the number of objects.
 func (m *Manifest) Len() int {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return len(m.objects)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return int(m.objects)
 }
 
 // Redacted is the number of redacted names.
 func (m *Manifest) Redacted() int {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return len(m.redacted)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return int(m.redacted)
 }
 
-// Entries lists the objects sorted by name.
+// Entries lists the objects sorted by name. On a large dataset prefer
+// Each, which does not hold them all.
 func (m *Manifest) Entries() []ManifestEntry {
-	m.mu.RLock()
-	out := make([]ManifestEntry, 0, len(m.objects))
-	for _, e := range m.objects {
-		out = append(out, *e)
+	var out []ManifestEntry
+	if err := m.Each(context.Background(), func(e ManifestEntry) error {
+		out = append(out, e)
+		return nil
+	}); err != nil {
+		return nil
 	}
-	m.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// delta is the change one sync makes to the manifest and the revocations,
-// staged until the whole batch is verified and persisted.
+// Each calls fn with every object, sorted by name, from one consistent
+// snapshot, until fn returns an error (which Each returns).
+func (m *Manifest) Each(ctx context.Context, fn func(ManifestEntry) error) error {
+	rows, err := m.db.QueryContext(ctx, "SELECT "+manifestColumns+" FROM manifest WHERE contract = ? ORDER BY name", m.contract)
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		e, err := scanEntry(rows)
+		if err != nil {
+			return fmt.Errorf("manifest: %w", err)
+		}
+		if err := fn(*e); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// counts returns the numbers of objects and of redacted names.
+func (m *Manifest) counts() (objects, redacted int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.objects, m.redacted
+}
+
+// apply makes a committed delta current: the counts move, the lookup
+// cache is dropped.
+func (m *Manifest) apply(d *delta) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gen++
+	m.lru.clear()
+	m.objects += d.objDelta
+	m.redacted += d.redDelta
+}
+
+// lru is a fixed-size least-recently-used map of names to entries.
+type lru struct {
+	max   int
+	ll    *list.List
+	items map[string]*list.Element
+}
+
+type lruItem struct {
+	name string
+	e    *ManifestEntry
+}
+
+func newLRU(max int) *lru { return &lru{max: max, ll: list.New(), items: map[string]*list.Element{}} }
+
+func (c *lru) get(name string) (*ManifestEntry, bool) {
+	el, ok := c.items[name]
+	if !ok {
+		return nil, false
+	}
+	c.ll.MoveToFront(el)
+	return el.Value.(*lruItem).e, true
+}
+
+func (c *lru) add(name string, e *ManifestEntry) {
+	if el, ok := c.items[name]; ok {
+		el.Value.(*lruItem).e = e
+		c.ll.MoveToFront(el)
+		return
+	}
+	c.items[name] = c.ll.PushFront(&lruItem{name: name, e: e})
+	if c.ll.Len() > c.max {
+		old := c.ll.Back()
+		c.ll.Remove(old)
+		delete(c.items, old.Value.(*lruItem).name)
+	}
+}
+
+func (c *lru) clear() {
+	c.ll.Init()
+	clear(c.items)
+}
+
+// delta is the change one sync makes to the manifest, the owners and the
+// revocations. The manifest side is written as it is verified into the
+// sync's own transaction on the state database (what the delta reads sees
+// those writes; readers of the manifest do not until it commits); the
+// rest is staged in memory, small.
 type delta struct {
-	base     *Manifest
+	ctx      context.Context
+	tx       *sql.Tx
+	st       *deltaStmts
+	contract string
+	// bulkStmts are addBatch's prepared statements, by text.
+	bulkStmts map[string]*sql.Stmt
+
 	revs     map[revKey]revocation // base revocations (read-only here)
-	objects  map[string]*ManifestEntry
-	redacted map[string]uint64 // 0: cleared
 	newRevs  map[revKey]revocation
-	owners   map[string]owner // names first attested in this delta
-	purged   []string         // names removed: the cache must drop them
+	purged   []string // names removed or replaced: the cache must drop them
 	rejected []rejection
 	terms    *TermsHistory  // the history after the delta
 	newTerms []TermsVersion // versions verified in this delta
+
+	objDelta, redDelta int64
+	// redactions is how many redacted names there are, seen through the
+	// delta: while none, a new name needs no redaction check.
+	redactions int64
 }
 
 type revKey struct{ issuer, kid string }
@@ -105,26 +252,41 @@ type rejection struct {
 	Err error
 }
 
-func newDelta(base *Manifest, revs map[revKey]revocation) *delta {
-	return &delta{base: base, revs: revs, objects: map[string]*ManifestEntry{},
-		redacted: map[string]uint64{}, newRevs: map[revKey]revocation{}, owners: map[string]owner{}}
+type deltaStmts struct {
+	ownerGet, ownerPut, objGet, objPut, objDel, redGet, redPut, redDel *sql.Stmt
 }
 
-// owner returns who owns name, seen through the delta.
-func (d *delta) owner(name string) (owner, bool) {
-	if o, ok := d.owners[name]; ok {
-		return o, true
+func prepareDelta(ctx context.Context, tx *sql.Tx) (*deltaStmts, error) {
+	st := &deltaStmts{}
+	for _, p := range []struct {
+		s **sql.Stmt
+		q string
+	}{
+		{&st.ownerGet, "SELECT issuer, seq FROM owners WHERE contract = ? AND name = ?"},
+		{&st.ownerPut, "INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"},
+		{&st.objGet, "SELECT seq FROM manifest WHERE contract = ? AND name = ?"},
+		{&st.objPut, `INSERT OR REPLACE INTO manifest (contract, ` + manifestColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		{&st.objDel, "DELETE FROM manifest WHERE contract = ? AND name = ?"},
+		{&st.redGet, "SELECT seq FROM redactions WHERE contract = ? AND name = ?"},
+		{&st.redPut, "INSERT OR REPLACE INTO redactions (contract, name, seq) VALUES (?, ?, ?)"},
+		{&st.redDel, "DELETE FROM redactions WHERE contract = ? AND name = ?"},
+	} {
+		s, err := tx.PrepareContext(ctx, p.q)
+		if err != nil {
+			return nil, err
+		}
+		*p.s = s
 	}
-	o, ok := d.base.owners[name]
-	return o, ok
+	return st, nil
 }
 
-// object returns the current entry for name, seen through the delta.
-func (d *delta) object(name string) *ManifestEntry {
-	if e, ok := d.objects[name]; ok {
-		return e
+// rollback ends the delta's transaction unless it committed; it may be
+// called more than once.
+func (d *delta) rollback() {
+	if d != nil && d.tx != nil {
+		d.tx.Rollback()
+		d.tx = nil
 	}
-	return d.base.objects[name]
 }
 
 func (d *delta) revocation(k revKey) (revocation, bool) {
@@ -135,30 +297,336 @@ func (d *delta) revocation(k revKey) (revocation, bool) {
 	return r, ok
 }
 
-func (d *delta) remove(name string) {
-	d.objects[name] = nil
-	d.purged = append(d.purged, name)
+// owner returns who owns name, seen through the delta.
+func (d *delta) owner(name string) (owner, bool, error) {
+	var o owner
+	err := d.st.ownerGet.QueryRowContext(d.ctx, d.contract, name).Scan(&o.Issuer, &o.Seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return owner{}, false, nil
+	}
+	return o, err == nil, err
 }
 
-// apply merges a persisted delta into the manifest.
-func (m *Manifest) apply(d *delta) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for name, e := range d.objects {
-		if e == nil {
-			delete(m.objects, name)
-		} else {
-			m.objects[name] = e
+// object returns the seq of name's live version, seen through the delta.
+func (d *delta) object(name string) (uint64, bool, error) {
+	var seq uint64
+	err := d.st.objGet.QueryRowContext(d.ctx, d.contract, name).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return seq, err == nil, err
+}
+
+func (d *delta) putRow(e *ManifestEntry) error {
+	_, err := d.st.objPut.ExecContext(d.ctx, d.contract, e.Name, e.Seq, e.Issuer, e.KeyID, e.StoredSHA256, e.StoredSize, e.Encoding,
+		e.DecodedSHA256, e.DecodedSize, e.License, e.MediaType, e.Tokens)
+	return err
+}
+
+// unredact clears a redaction of name, if there is one.
+func (d *delta) unredact(name string) error {
+	if d.redactions == 0 {
+		return nil
+	}
+	res, err := d.st.redDel.ExecContext(d.ctx, d.contract, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		d.redDelta--
+		d.redactions--
+	}
+	return nil
+}
+
+// addObject applies one object of a verified contribution, transformation
+// or batch: a new name is owned by its issuer; a live name gets a new
+// version (its old bytes must leave the cache), but only from its owner
+// or a curator (an *OwnershipError otherwise).
+func (d *delta) addObject(t *termsVersion, e *ManifestEntry) error {
+	res, err := d.st.ownerPut.ExecContext(d.ctx, d.contract, e.Name, e.Issuer, e.Seq)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		// A name never seen before: nobody else owns it, no version of it
+		// is live (a name's owner outlives its versions).
+		if err := d.putRow(e); err != nil {
+			return err
+		}
+		d.objDelta++
+		return d.unredact(e.Name)
+	}
+	o, _, err := d.owner(e.Name)
+	if err != nil {
+		return err
+	}
+	if !t.Terms.MayRewrite(e.Issuer, o.Issuer) {
+		return &OwnershipError{Seq: e.Seq, Issuer: e.Issuer, Action: "replaces", Name: e.Name, Owner: o.Issuer, OwnedSince: o.Seq}
+	}
+	_, live, err := d.object(e.Name)
+	if err != nil {
+		return err
+	}
+	if live {
+		d.purged = append(d.purged, e.Name)
+	} else {
+		d.objDelta++
+	}
+	if err := d.putRow(e); err != nil {
+		return err
+	}
+	return d.unredact(e.Name)
+}
+
+// redact applies a verified redaction by issuer at seq.
+func (d *delta) redact(t *termsVersion, issuer string, seq uint64, r *contract.RedactionClaim) error {
+	o, owned, err := d.owner(r.Name)
+	if err != nil {
+		return err
+	}
+	if owned && !t.Terms.MayRewrite(issuer, o.Issuer) {
+		return &OwnershipError{Seq: seq, Issuer: issuer, Action: "redacts", Name: r.Name, Owner: o.Issuer, OwnedSince: o.Seq}
+	}
+	cur, live, err := d.object(r.Name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !live:
+	case r.Seq == 0 || r.Seq == cur:
+		if err := d.remove(r.Name); err != nil {
+			return err
+		}
+	default:
+		return nil // it redacts an earlier version of the name, already gone
+	}
+	var old uint64
+	err = d.st.redGet.QueryRowContext(d.ctx, d.contract, r.Name).Scan(&old)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		d.redDelta++
+		d.redactions++
+	case err != nil:
+		return err
+	}
+	_, err = d.st.redPut.ExecContext(d.ctx, d.contract, r.Name, seq)
+	return err
+}
+
+func (d *delta) remove(name string) error {
+	if _, err := d.st.objDel.ExecContext(d.ctx, d.contract, name); err != nil {
+		return err
+	}
+	d.objDelta--
+	d.purged = append(d.purged, name)
+	return nil
+}
+
+// dropSignedBy removes every object signed by the key k.
+func (d *delta) dropSignedBy(k revKey) error {
+	rows, err := d.tx.QueryContext(d.ctx, "SELECT name FROM manifest WHERE contract = ? AND issuer = ? AND kid = ?", d.contract, k.issuer, k.kid)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return err
+		}
+		names = append(names, name)
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := d.remove(name); err != nil {
+			return err
 		}
 	}
-	for name, seq := range d.redacted {
-		if seq == 0 {
-			delete(m.redacted, name)
+	return nil
+}
+
+// owner is who owns a name: the issuer of its first verified contribution,
+// transformation or batch, and that entry's seq. It outlives redactions.
+type owner struct {
+	Issuer string
+	Seq    uint64
+}
+
+// Bulk statement sizes: rows per multi-row INSERT and names per IN list,
+// well under SQLite's limit of 32766 parameters.
+const (
+	bulkRows  = 500
+	bulkNames = 2000
+)
+
+// addBatch applies the objects of a verified batch, as addObject does
+// each, in a few statements per thousand objects rather than a few per
+// object.
+func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs []contract.ObjectClaim) error {
+	sorted := make([]*contract.ObjectClaim, len(objs))
+	for i := range objs {
+		sorted[i] = &objs[i]
+	}
+	// In name order the inserts touch neighbouring index pages.
+	slices.SortFunc(sorted, func(a, b *contract.ObjectClaim) int { return strings.Compare(a.Name, b.Name) })
+	names := make([]string, len(sorted))
+	for i, o := range sorted {
+		names[i] = o.Name
+	}
+	owned := map[string]owner{}
+	err := d.inNames(names, "SELECT name, issuer, seq FROM owners WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+		var name string
+		var o owner
+		if err := rows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
+			return err
+		}
+		owned[name] = o
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var known []string
+	for _, o := range sorted {
+		own, ok := owned[o.Name]
+		if !ok {
+			continue
+		}
+		if !t.Terms.MayRewrite(issuer, own.Issuer) {
+			return &OwnershipError{Seq: seq, Issuer: issuer, Action: "replaces", Name: o.Name, Owner: own.Issuer, OwnedSince: own.Seq}
+		}
+		known = append(known, o.Name)
+	}
+	live := map[string]bool{}
+	if err := d.inNames(known, "SELECT name FROM manifest WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return err
+		}
+		live[name] = true
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, o := range sorted {
+		if live[o.Name] {
+			d.purged = append(d.purged, o.Name) // a new version: the old bytes go
 		} else {
-			m.redacted[name] = seq
+			d.objDelta++
 		}
 	}
-	for name, o := range d.owners {
-		m.owners[name] = o
+	// Owners: a name's first attester for good (known names keep theirs).
+	if err := d.bulk(len(sorted), "INSERT INTO owners (contract, name, issuer, seq) VALUES ", "(?, ?, ?, ?)", " ON CONFLICT DO NOTHING",
+		func(i int, args []any) []any { return append(args, d.contract, sorted[i].Name, issuer, seq) }); err != nil {
+		return err
 	}
+	if err := d.bulk(len(sorted), "INSERT OR REPLACE INTO manifest (contract, "+manifestColumns+") VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "",
+		func(i int, args []any) []any {
+			o := sorted[i]
+			return append(args, d.contract, o.Name, seq, issuer, kid, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
+				o.License, o.MediaType, o.Tokens)
+		}); err != nil {
+		return err
+	}
+	if d.redactions == 0 {
+		return nil
+	}
+	for chunk := range slices.Chunk(names, bulkNames) {
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, d.contract)
+		for _, n := range chunk {
+			args = append(args, n)
+		}
+		res, err := d.tx.ExecContext(d.ctx, "DELETE FROM redactions WHERE contract = ? AND name IN "+placeholders(len(chunk)), args...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			d.redDelta -= n
+			d.redactions -= n
+		}
+	}
+	return nil
+}
+
+// inNames runs query (which ends with "name IN ") for names in chunks,
+// calling scan for each row.
+func (d *delta) inNames(names []string, query string, scan func(*sql.Rows) error) error {
+	for chunk := range slices.Chunk(names, bulkNames) {
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, d.contract)
+		for _, n := range chunk {
+			args = append(args, n)
+		}
+		rows, err := d.tx.QueryContext(d.ctx, query+placeholders(len(chunk)), args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				rows.Close()
+				return err
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bulk inserts n rows with multi-row statements of bulkRows rows: head,
+// then row ("(?, ...)") once per row, then tail; args appends row i's
+// values.
+func (d *delta) bulk(n int, head, row, tail string, args func(i int, a []any) []any) error {
+	for start := 0; start < n; start += bulkRows {
+		end := min(n, start+bulkRows)
+		var q strings.Builder
+		q.WriteString(head)
+		var a []any
+		for i := start; i < end; i++ {
+			if i > start {
+				q.WriteString(", ")
+			}
+			q.WriteString(row)
+			a = args(i, a)
+		}
+		q.WriteString(tail)
+		if err := d.exec(q.String(), a...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// exec runs a bulk statement, prepared once per sync and kept (a full
+// chunk's statement is the same text every time).
+func (d *delta) exec(q string, args ...any) error {
+	st, ok := d.bulkStmts[q]
+	if !ok {
+		var err error
+		if st, err = d.tx.PrepareContext(d.ctx, q); err != nil {
+			return err
+		}
+		if d.bulkStmts == nil {
+			d.bulkStmts = map[string]*sql.Stmt{}
+		}
+		d.bulkStmts[q] = st
+	}
+	_, err := st.ExecContext(d.ctx, args...)
+	return err
+}
+
+func placeholders(n int) string {
+	return "(?" + strings.Repeat(", ?", n-1) + ")"
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // the SQLite driver
@@ -22,7 +23,8 @@ const StateFile = "verify.db"
 // SQLite file serves every contract of a sidecar; every sync commits in one
 // transaction.
 type Store struct {
-	db *sql.DB
+	db  *sql.DB // writes: one connection, a sync's transaction at a time
+	rdb *sql.DB // reads of the committed state (WAL snapshots), beside a sync
 }
 
 const schema = `
@@ -31,6 +33,8 @@ CREATE TABLE IF NOT EXISTS logs (
 	state      BLOB NOT NULL,
 	checkpoint BLOB NOT NULL,
 	quarantine TEXT NOT NULL DEFAULT '',
+	objects    INTEGER NOT NULL DEFAULT -1,
+	redacted   INTEGER NOT NULL DEFAULT -1,
 	updated    INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS manifest (
@@ -46,6 +50,7 @@ CREATE TABLE IF NOT EXISTS manifest (
 	decoded_size   INTEGER NOT NULL,
 	license        TEXT NOT NULL,
 	media_type     TEXT NOT NULL,
+	tokens         INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (contract, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS redactions (
@@ -78,9 +83,14 @@ CREATE TABLE IF NOT EXISTS revocations (
 );
 `
 
+// writeCacheKiB is the page cache of the write connection (negative:
+// KiB): a sync that adds a million names touches a few hundred MiB of
+// index; a larger cache spills less of it to the WAL before the commit.
+const writeCacheKiB = "-65536"
+
 // OpenStore opens (creating if needed) the state database at path.
 func OpenStore(path string) (*Store, error) {
-	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate")
+	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_txlock=immediate&_cache_size="+writeCacheKiB)
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
@@ -94,6 +104,33 @@ func OpenStore(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
+	var hasTokens int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('manifest') WHERE name = 'tokens'`).Scan(&hasTokens); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	if hasTokens == 0 {
+		// A state from before token counts were kept: they read as 0 until
+		// the state is reset and the log verified again.
+		if _, err := db.Exec(`ALTER TABLE manifest ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0`); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open state %s: tokens: %w", path, err)
+		}
+	}
+	for _, col := range []string{"objects", "redacted"} {
+		var has int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('logs') WHERE name = ?`, col).Scan(&has); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open state %s: %w", path, err)
+		}
+		if has == 0 {
+			// Counted again on the next load (-1).
+			if _, err := db.Exec(`ALTER TABLE logs ADD COLUMN ` + col + ` INTEGER NOT NULL DEFAULT -1`); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("open state %s: %s: %w", path, col, err)
+			}
+		}
+	}
 	if hadOwners == 0 {
 		// A state from before names had owners: each live name is taken to
 		// belong to the issuer of its current version.
@@ -102,11 +139,17 @@ func OpenStore(path string) (*Store, error) {
 			return nil, fmt.Errorf("open state %s: owners: %w", path, err)
 		}
 	}
-	return &Store{db: db}, nil
+	rdb, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_busy_timeout=5000&_query_only=true")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(max(4, runtime.GOMAXPROCS(0)))
+	return &Store{db: db, rdb: rdb}, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return errors.Join(s.rdb.Close(), s.db.Close()) }
 
 // Reset forgets everything trusted about a contract, quarantine included:
 // the next follower starts from first contact (pinned checkpoint or trust
@@ -125,83 +168,33 @@ func (s *Store) Reset(ctx context.Context, contractID string) error {
 	return tx.Commit()
 }
 
-// trusted is a contract's persisted state.
+// trusted is a contract's persisted state, but for the manifest, which
+// stays on disk (Store.manifestFor).
 type trusted struct {
 	state      LogState
 	checkpoint []byte
 	quarantine string
-	manifest   *Manifest
 	revs       map[revKey]revocation
 	terms      []TermsVersion // as stored: checked again on load
 }
 
-// load reads a contract's state; nil when there is none.
+// load reads a contract's state; nil when there is none. It reads the
+// committed state beside any sync in progress (of another contract).
 func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	var stateJSON, cp []byte
 	var q string
-	err := s.db.QueryRowContext(ctx, "SELECT state, checkpoint, quarantine FROM logs WHERE contract = ?", contractID).Scan(&stateJSON, &cp, &q)
+	err := s.rdb.QueryRowContext(ctx, "SELECT state, checkpoint, quarantine FROM logs WHERE contract = ?", contractID).Scan(&stateJSON, &cp, &q)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load state: %w", err)
 	}
-	t := &trusted{checkpoint: cp, quarantine: q, manifest: newManifest(), revs: map[revKey]revocation{}}
+	t := &trusted{checkpoint: cp, quarantine: q, revs: map[revKey]revocation{}}
 	if err := json.Unmarshal(stateJSON, &t.state); err != nil {
 		return nil, fmt.Errorf("%w: log state: %v", ErrState, err)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT name, seq, issuer, kid, stored_sha256, stored_size, encoding,
-		decoded_sha256, decoded_size, license, media_type FROM manifest WHERE contract = ?`, contractID)
-	if err != nil {
-		return nil, fmt.Errorf("load manifest: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		e := new(ManifestEntry)
-		if err := rows.Scan(&e.Name, &e.Seq, &e.Issuer, &e.KeyID, &e.StoredSHA256, &e.StoredSize, &e.Encoding,
-			&e.DecodedSHA256, &e.DecodedSize, &e.License, &e.MediaType); err != nil {
-			return nil, fmt.Errorf("%w: manifest: %v", ErrState, err)
-		}
-		t.manifest.objects[e.Name] = e
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load manifest: %w", err)
-	}
-	rows.Close()
-	rrows, err := s.db.QueryContext(ctx, "SELECT name, seq FROM redactions WHERE contract = ?", contractID)
-	if err != nil {
-		return nil, fmt.Errorf("load redactions: %w", err)
-	}
-	defer rrows.Close()
-	for rrows.Next() {
-		var name string
-		var seq uint64
-		if err := rrows.Scan(&name, &seq); err != nil {
-			return nil, fmt.Errorf("load redactions: %w", err)
-		}
-		t.manifest.redacted[name] = seq
-	}
-	if err := rrows.Err(); err != nil {
-		return nil, fmt.Errorf("load redactions: %w", err)
-	}
-	orows, err := s.db.QueryContext(ctx, "SELECT name, issuer, seq FROM owners WHERE contract = ?", contractID)
-	if err != nil {
-		return nil, fmt.Errorf("load owners: %w", err)
-	}
-	defer orows.Close()
-	for orows.Next() {
-		var name string
-		var o owner
-		if err := orows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
-			return nil, fmt.Errorf("load owners: %w", err)
-		}
-		t.manifest.owners[name] = o
-	}
-	if err := orows.Err(); err != nil {
-		return nil, fmt.Errorf("load owners: %w", err)
-	}
-	orows.Close()
-	vrows, err := s.db.QueryContext(ctx, "SELECT issuer, kid, seq, retroactive FROM revocations WHERE contract = ?", contractID)
+	vrows, err := s.rdb.QueryContext(ctx, "SELECT issuer, kid, seq, retroactive FROM revocations WHERE contract = ?", contractID)
 	if err != nil {
 		return nil, fmt.Errorf("load revocations: %w", err)
 	}
@@ -218,7 +211,7 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 		return nil, fmt.Errorf("load revocations: %w", err)
 	}
 	vrows.Close()
-	trows, err := s.db.QueryContext(ctx, "SELECT seq, time, note FROM terms WHERE contract = ? ORDER BY seq", contractID)
+	trows, err := s.rdb.QueryContext(ctx, "SELECT seq, time, note FROM terms WHERE contract = ? ORDER BY seq", contractID)
 	if err != nil {
 		return nil, fmt.Errorf("load terms: %w", err)
 	}
@@ -235,21 +228,47 @@ func (s *Store) load(ctx context.Context, contractID string) (*trusted, error) {
 	return t, trows.Err()
 }
 
+// begin starts a sync's delta: a transaction on the state database that
+// the manifest changes are written into as they are verified, committed
+// with the new log state by commit, or rolled back.
+func (s *Store) begin(ctx context.Context, contractID string, m *Manifest, revs map[revKey]revocation, terms *TermsHistory) (*delta, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin sync: %w", err)
+	}
+	st, err := prepareDelta(ctx, tx)
+	if err != nil {
+		tx.Rollback()
+		return nil, fmt.Errorf("begin sync: %w", err)
+	}
+	d := &delta{ctx: ctx, tx: tx, st: st, contract: contractID, revs: revs, newRevs: map[revKey]revocation{}, terms: terms}
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM redactions WHERE contract = ?", contractID).Scan(&d.redactions); err != nil {
+		tx.Rollback()
+		return nil, fmt.Errorf("begin sync: %w", err)
+	}
+	return d, nil
+}
+
 // commit stores a verified sync atomically: the new log state and
-// checkpoint, and the manifest delta.
-func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp []byte, d *delta) error {
+// checkpoint, the delta (whose manifest changes its transaction holds
+// already), and the manifest's counts after it (so that a restart need
+// not count a million rows).
+func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp []byte, d *delta, objects, redacted int64) error {
 	stateJSON, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	var tx *sql.Tx
+	if d != nil {
+		tx = d.tx
+	} else if tx, err = s.db.BeginTx(ctx, nil); err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO logs (contract, state, checkpoint, updated) VALUES (?, ?, ?, ?)
-		ON CONFLICT (contract) DO UPDATE SET state = excluded.state, checkpoint = excluded.checkpoint, updated = excluded.updated`,
-		contractID, stateJSON, cp, time.Now().Unix()); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO logs (contract, state, checkpoint, updated, objects, redacted) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (contract) DO UPDATE SET state = excluded.state, checkpoint = excluded.checkpoint, updated = excluded.updated,
+		objects = excluded.objects, redacted = excluded.redacted`,
+		contractID, stateJSON, cp, time.Now().Unix(), objects, redacted); err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
 	if d != nil {
@@ -260,48 +279,13 @@ func (s *Store) commit(ctx context.Context, contractID string, st LogState, cp [
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit state: %w", err)
 	}
+	if d != nil {
+		d.tx = nil
+	}
 	return nil
 }
 
 func commitDelta(ctx context.Context, tx *sql.Tx, contractID string, d *delta) error {
-	put, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO manifest (contract, name, seq, issuer, kid, stored_sha256,
-		stored_size, encoding, decoded_sha256, decoded_size, license, media_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return err
-	}
-	defer put.Close()
-	del, err := tx.PrepareContext(ctx, "DELETE FROM manifest WHERE contract = ? AND name = ?")
-	if err != nil {
-		return err
-	}
-	defer del.Close()
-	for name, e := range d.objects {
-		if e == nil {
-			_, err = del.ExecContext(ctx, contractID, name)
-		} else {
-			_, err = put.ExecContext(ctx, contractID, name, e.Seq, e.Issuer, e.KeyID, e.StoredSHA256, e.StoredSize, e.Encoding,
-				e.DecodedSHA256, e.DecodedSize, e.License, e.MediaType)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	for name, seq := range d.redacted {
-		if seq == 0 {
-			_, err = tx.ExecContext(ctx, "DELETE FROM redactions WHERE contract = ? AND name = ?", contractID, name)
-		} else {
-			_, err = tx.ExecContext(ctx, "INSERT OR REPLACE INTO redactions (contract, name, seq) VALUES (?, ?, ?)", contractID, name, seq)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	for name, o := range d.owners {
-		if _, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?)",
-			contractID, name, o.Issuer, o.Seq); err != nil {
-			return err
-		}
-	}
 	for _, v := range d.newTerms {
 		if _, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO terms (contract, seq, time, note) VALUES (?, ?, ?, ?)",
 			contractID, v.Seq, v.Time.UnixNano(), v.Note); err != nil {

@@ -33,11 +33,14 @@ func init() {
 	commands["contribute"] = command{summary: "upload files to a contract's bucket and append signed contribution attestations", run: runContribute}
 }
 
-const contributeSynopsis = "contribute --registry URL --contract ID --key FILE --s3-endpoint URL [--bucket B]\n                    [--name-prefix P] [--encoding identity|gzip|zstd] [--contributor ID] PATH...\n\n" +
+const contributeSynopsis = "contribute --registry URL --contract ID --key FILE --s3-endpoint URL [--bucket B]\n                    [--name-prefix P] [--encoding identity|gzip|zstd] [--contributor ID] [--batch-size N] PATH...\n\n" +
 	"Each file becomes one object. Its logical name (what readers ask the sidecar for,\n" +
 	"and what redact takes) is --name-prefix + its path relative to PATH. Its bytes go to\n" +
 	"the bucket under the contract's origin.prefix + that name: origin.prefix is fixed\n" +
-	"by the contract, --name-prefix is yours to choose."
+	"by the contract, --name-prefix is yours to choose.\n\n" +
+	"More than one file is attested in batches: one signed attestation per manifest of up\n" +
+	"to --batch-size objects (and 8 MiB), appended once its objects are uploaded.\n" +
+	"--batch-size 1 signs one attestation per file."
 
 type contributeOpts struct {
 	client      *contract.Client
@@ -66,6 +69,8 @@ func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer)
 	encoding := fs.String("encoding", contract.EncodingIdentity, "store each file as identity, gzip or zstd")
 	contributor := fs.String("contributor", "", "contributor id (default: the contract's contributor whose keys include --key)")
 	jobs := fs.Int("jobs", 4, "files processed in parallel")
+	batchSize := fs.Int("batch-size", defaultBatchSize, fmt.Sprintf("objects per batch attestation (1: one attestation per file; at most %d)", contract.MaxBatchObjects))
+	progressEvery := fs.Duration("progress-interval", 5*time.Second, "when stderr is not a terminal, one progress line per interval")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -76,6 +81,9 @@ func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer)
 	case contract.EncodingIdentity, contract.EncodingGzip, contract.EncodingZstd:
 	default:
 		return &usageError{msg: fmt.Sprintf("contribute: --encoding %q: want identity, gzip or zstd", *encoding)}
+	}
+	if *batchSize < 1 || *batchSize > contract.MaxBatchObjects {
+		return &usageError{msg: fmt.Sprintf("contribute: --batch-size %d: want 1 to %d", *batchSize, contract.MaxBatchObjects)}
 	}
 	if *prefix != "" && !strings.HasSuffix(*prefix, "/") {
 		*prefix += "/"
@@ -114,24 +122,34 @@ func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	prog := &progress{w: stderr, total: len(items), show: len(items) > 1}
+	prog := newProgress(stderr, len(items), *progressEvery)
+	var batches *batcher
+	if len(items) > 1 && *batchSize > 1 {
+		batches = &batcher{o: o, max: *batchSize, prog: prog}
+	}
 	work := make(chan contributeItem)
 	var wg sync.WaitGroup
 	var firstErr error
 	var errOnce sync.Once
+	fail := func(err error) { errOnce.Do(func() { firstErr = err; cancel() }) }
 	for range max(1, *jobs) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for it := range work {
-				added, n, err := o.one(ctx, it)
+				obj, n, err := o.prepare(ctx, it)
+				if err == nil && obj != nil {
+					if batches != nil {
+						err = batches.add(ctx, *obj)
+					} else {
+						err = o.appendOne(ctx, obj)
+					}
+				}
 				if err != nil {
-					errOnce.Do(func() { firstErr = fmt.Errorf("contribute: %s: %w", it.path, err); cancel() })
+					fail(fmt.Errorf("contribute: %s: %w", it.path, err))
 					continue
 				}
-				prog.add(added, n)
+				prog.add(obj != nil, n)
 			}
-		}()
+		})
 	}
 feed:
 	for _, it := range items {
@@ -143,17 +161,31 @@ feed:
 	}
 	close(work)
 	wg.Wait()
+	if batches != nil && firstErr == nil {
+		if err := batches.flush(ctx); err != nil {
+			fail(fmt.Errorf("contribute: %w", err))
+		}
+	}
 	prog.finish()
 	if firstErr != nil {
 		return firstErr
+	}
+	if batches != nil && batches.appended > 0 {
+		fmt.Fprintf(stdout, "contributed %d objects to %s in %d batch attestations (%d already in the log)\n", prog.added, c.ContractID, batches.appended, prog.skipped)
+		return nil
 	}
 	fmt.Fprintf(stdout, "contributed %d objects to %s (%d already in the log)\n", prog.added, c.ContractID, prog.skipped)
 	return nil
 }
 
-// one uploads one file and appends its attestation, unless the log already
-// holds a live object of that name with the same content and encoding.
-func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool, n int64, err error) {
+// defaultBatchSize is how many objects one batch attestation covers by
+// default: a manifest of ~10k claims is 2-4 MiB, under the 8 MiB bound.
+const defaultBatchSize = 10000
+
+// prepare uploads one file and returns its claim, unless the log already
+// holds a live object of that name with the same content and encoding
+// (then nil).
+func (o *contributeOpts) prepare(ctx context.Context, it contributeItem) (obj *contract.ObjectClaim, n int64, err error) {
 	// A contract priced per token gets each object's count under its
 	// tokenizer, which the sidecar checks again and bills.
 	var tokenizer string
@@ -162,12 +194,12 @@ func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool
 	}
 	decSHA, decSize, tokens, err := hashFile(it.path, tokenizer)
 	if err != nil {
-		return false, 0, err
+		return nil, 0, err
 	}
 	if prev, ok := o.existing[it.name]; ok && prev.DecodedSHA256 == decSHA && prev.Encoding == o.encoding && prev.Tokens == tokens {
-		return false, decSize, nil
+		return nil, decSize, nil
 	}
-	obj := contract.ObjectClaim{Name: it.name, Encoding: o.encoding, DecodedSHA256: decSHA, DecodedSize: decSize,
+	obj = &contract.ObjectClaim{Name: it.name, Encoding: o.encoding, DecodedSHA256: decSHA, DecodedSize: decSize,
 		MediaType: mime.TypeByExtension(path.Ext(it.name)), Tokens: tokens}
 	upload := it.path
 	if o.encoding == contract.EncodingIdentity {
@@ -175,30 +207,119 @@ func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool
 	} else {
 		tmp, sum, size, err := encodeFile(it.path, o.tmpDir, o.encoding)
 		if err != nil {
-			return false, 0, err
+			return nil, 0, err
 		}
 		defer os.Remove(tmp)
 		upload, obj.StoredSHA256, obj.StoredSize = tmp, sum, size
 	}
 	f, err := os.Open(upload)
 	if err != nil {
-		return false, 0, err
+		return nil, 0, err
 	}
 	defer f.Close()
 	if _, err := o.s3.PutObject(ctx, o.c.Origin.Bucket, o.c.Origin.Key(it.name), f, obj.StoredSize,
 		minio.PutObjectOptions{ContentType: "application/octet-stream"}); err != nil {
-		return false, 0, fmt.Errorf("upload: %w", err)
+		return nil, 0, fmt.Errorf("upload: %w", err)
 	}
+	return obj, decSize, nil
+}
+
+// one uploads one file and appends its own attestation (prepare and
+// appendOne).
+func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool, n int64, err error) {
+	obj, n, err := o.prepare(ctx, it)
+	if err != nil || obj == nil {
+		return false, n, err
+	}
+	return true, n, o.appendOne(ctx, obj)
+}
+
+// appendOne signs and appends the contribution of one uploaded object.
+func (o *contributeOpts) appendOne(ctx context.Context, obj *contract.ObjectClaim) error {
 	a := &contract.Attestation{Issuer: o.contributor, Subject: o.c.ContractID, IssuedAt: time.Now().Unix(), ID: verify.NewID(),
-		Type: contract.Contribution, Object: &obj}
+		Type: contract.Contribution, Object: obj}
 	jws, err := verify.SignAttestation(o.key, a)
 	if err != nil {
-		return false, 0, err
+		return err
 	}
 	if _, err := appendSigned(ctx, o.client, o.c.ContractID, jws); err != nil {
-		return false, 0, fmt.Errorf("append: %w", err)
+		return fmt.Errorf("append: %w", err)
 	}
-	return true, decSize, nil
+	return nil
+}
+
+// batcher gathers the claims of uploaded objects and appends them as batch
+// attestations of up to max objects, each manifest under the size bound.
+type batcher struct {
+	o    *contributeOpts
+	max  int
+	prog *progress
+
+	mu       sync.Mutex
+	pending  []contract.ObjectClaim
+	bytes    int // estimated manifest bytes of pending
+	appended int
+	send     sync.Mutex // one append at a time, in order
+}
+
+// batchBudget keeps a manifest under the bound with room for its framing.
+const batchBudget = contract.MaxBatchManifestSize - 64<<10
+
+func (b *batcher) add(ctx context.Context, obj contract.ObjectClaim) error {
+	size := claimSize(&obj)
+	b.mu.Lock()
+	var full []contract.ObjectClaim
+	if len(b.pending) > 0 && (len(b.pending) >= b.max || b.bytes+size > batchBudget) {
+		full, b.pending, b.bytes = b.pending, nil, 0
+	}
+	b.pending = append(b.pending, obj)
+	b.bytes += size
+	b.mu.Unlock()
+	if full == nil {
+		return nil
+	}
+	return b.append(ctx, full)
+}
+
+func (b *batcher) flush(ctx context.Context) error {
+	b.mu.Lock()
+	full := b.pending
+	b.pending, b.bytes = nil, 0
+	b.mu.Unlock()
+	if len(full) == 0 {
+		return nil
+	}
+	return b.append(ctx, full)
+}
+
+func (b *batcher) append(ctx context.Context, objs []contract.ObjectClaim) error {
+	b.send.Lock()
+	defer b.send.Unlock()
+	jws, manifest, err := verify.SignBatch(b.o.key, b.o.contributor, b.o.c.ContractID, objs)
+	if err != nil {
+		return err
+	}
+	if _, err := appendBatch(ctx, b.o.client, b.o.c.ContractID, jws, manifest); err != nil {
+		return fmt.Errorf("append batch of %d objects: %w", len(objs), err)
+	}
+	b.mu.Lock()
+	b.appended++
+	b.mu.Unlock()
+	b.prog.batch(len(objs))
+	return nil
+}
+
+// claimSize is an upper estimate of a claim's bytes in a manifest.
+func claimSize(o *contract.ObjectClaim) int {
+	return 256 + 2*len(o.Name) + len(o.MediaType) + len(o.License)
+}
+
+// appendBatch submits a batch attestation with its manifest, retrying
+// transient failures as appendSigned does.
+func appendBatch(ctx context.Context, client *contract.Client, contractID, jws string, manifest []byte) (uint64, error) {
+	return retryAppend(ctx, func() (*contract.AppendResult, error) {
+		return client.AppendBatch(ctx, contractID, jws, manifest)
+	})
 }
 
 // appendSigned submits a signed attestation, retrying transient failures
@@ -206,10 +327,16 @@ func (o *contributeOpts) one(ctx context.Context, it contributeItem) (added bool
 // id with 409, which after a retry means the first attempt landed (its seq
 // is then unknown: 0).
 func appendSigned(ctx context.Context, client *contract.Client, contractID, jws string) (uint64, error) {
+	return retryAppend(ctx, func() (*contract.AppendResult, error) {
+		return client.AppendAttestation(ctx, contractID, jws)
+	})
+}
+
+func retryAppend(ctx context.Context, try func() (*contract.AppendResult, error)) (uint64, error) {
 	var err error
 	for attempt := 1; attempt <= contract.DefaultMaxAttempts; attempt++ {
 		var res *contract.AppendResult
-		if res, err = client.AppendAttestation(ctx, contractID, jws); err == nil {
+		if res, err = try(); err == nil {
 			return res.Seq, nil
 		}
 		st := contract.StatusOf(err)
@@ -448,6 +575,18 @@ func liveObjects(ctx context.Context, client *contract.Client, contractID string
 			switch {
 			case a.Object != nil:
 				live[a.Object.Name] = *a.Object
+			case a.Batch != nil:
+				raw, err := client.BatchManifest(ctx, contractID, a.Batch.ManifestSHA256)
+				if err != nil {
+					return nil, err
+				}
+				m, err := a.Batch.Open(raw, contractID)
+				if err != nil {
+					continue
+				}
+				for _, o := range m.Objects {
+					live[o.Name] = o
+				}
 			case a.Redaction != nil:
 				delete(live, a.Redaction.Name)
 			}
@@ -474,15 +613,30 @@ func newS3Client(endpoint string) (*minio.Client, error) {
 	return minio.New(u.Host, &minio.Options{Creds: creds, Secure: u.Scheme == "https", Region: region})
 }
 
-// progress prints one updating line on stderr.
+// progress reports on stderr: on a terminal, one line updated in place;
+// otherwise (a log, a pipe) one plain line per interval, and a last one.
 type progress struct {
 	mu             sync.Mutex
 	w              io.Writer
 	total          int
 	show           bool
+	tty            bool
+	every          time.Duration
 	added, skipped int
+	batches        int
 	bytes          int64
-	last           time.Time
+	start, last    time.Time
+}
+
+func newProgress(w io.Writer, total int, every time.Duration) *progress {
+	p := &progress{w: w, total: total, show: total > 1, every: every, start: time.Now()}
+	if f, ok := w.(*os.File); ok {
+		if info, err := f.Stat(); err == nil && info.Mode()&os.ModeCharDevice != 0 {
+			p.tty, p.every = true, 100*time.Millisecond
+		}
+	}
+	p.last = p.start
+	return p
 }
 
 func (p *progress) add(added bool, n int64) {
@@ -494,16 +648,41 @@ func (p *progress) add(added bool, n int64) {
 		p.skipped++
 	}
 	p.bytes += n
-	if p.show && (time.Since(p.last) > 100*time.Millisecond || p.added+p.skipped == p.total) {
-		p.last = time.Now()
-		fmt.Fprintf(p.w, "\rcontribute: %d/%d files, %.1f MiB", p.added+p.skipped, p.total, float64(p.bytes)/(1<<20))
+	p.report(false)
+}
+
+func (p *progress) batch(int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.batches++
+}
+
+// report prints the counts when an interval has passed (or final);
+// callers hold p.mu.
+func (p *progress) report(final bool) {
+	if !p.show || (!final && time.Since(p.last) < p.every) {
+		return
 	}
+	p.last = time.Now()
+	line := fmt.Sprintf("contribute: %d/%d files, %.1f MiB", p.added+p.skipped, p.total, float64(p.bytes)/(1<<20))
+	if p.batches > 0 {
+		line += fmt.Sprintf(", %d batches appended", p.batches)
+	}
+	if p.tty {
+		fmt.Fprint(p.w, "\r"+line)
+		return
+	}
+	fmt.Fprintf(p.w, "%s (%s)\n", line, time.Since(p.start).Round(time.Second))
 }
 
 func (p *progress) finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.show && p.added+p.skipped > 0 {
+	if p.added+p.skipped == 0 {
+		return
+	}
+	p.report(true)
+	if p.show && p.tty {
 		fmt.Fprintln(p.w)
 	}
 }

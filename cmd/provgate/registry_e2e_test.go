@@ -139,7 +139,7 @@ func TestRegistryEndToEnd(t *testing.T) {
 		os.WriteFile(p, bytes.Repeat([]byte(fmt.Sprintf("sample %d ", i)), 50+i), 0o644)
 	}
 	contribute := []string{"contribute", "--registry", url, "--contract", id, "--key", keyFile,
-		"--s3-endpoint", mio.URL(), "--bucket", bucket, "--encoding", "zstd", data}
+		"--s3-endpoint", mio.URL(), "--bucket", bucket, "--encoding", "zstd", "--batch-size", "1", data}
 	if out := mustCLI(t, contribute...); !strings.Contains(out, "contributed 100 objects") {
 		t.Fatalf("contribute: %s", out)
 	}

@@ -240,7 +240,7 @@ func (a *auditor) run(ctx context.Context, trustedPath string, maxAge time.Durat
 		}
 		sigs := a.verifySignatures(ctx, entries)
 		for i, e := range entries {
-			if err := a.check(e, sigs[i], rep); err != nil {
+			if err := a.check(ctx, e, sigs[i], rep); err != nil {
 				// Say whether the entry was changed after it was logged.
 				return nil, a.locate(ctx, cp, e.Seq, nil, &verify.EntryError{Seq: e.Seq, Err: err})
 			}
@@ -378,7 +378,7 @@ func (a *auditor) verifySignatures(ctx context.Context, entries []*contract.Entr
 // attester) or a curator replaces or redacts it; for a metering batch that
 // every accepted event is in it, priced as the contract says, and counted
 // once per sender.
-func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) error {
+func (a *auditor) check(ctx context.Context, e *contract.Entry, sig sigResult, rep *auditReport) error {
 	switch e.Kind {
 	case contract.EntryMetering:
 		rep.metering++
@@ -414,6 +414,26 @@ func (a *auditor) check(e *contract.Entry, sig sigResult, rep *auditReport) erro
 			a.owners[at.Object.Name] = owner{at.Issuer, e.Seq}
 		}
 		a.live[at.Object.Name] = e.Seq
+	case contract.Batch:
+		// The manifest is fetched by the digest the contributor signed and
+		// must be those bytes.
+		raw, err := a.client.BatchManifest(ctx, a.c.ContractID, at.Batch.ManifestSHA256)
+		if err != nil {
+			return fmt.Errorf("batch manifest: %w", err)
+		}
+		m, err := at.Batch.Open(raw, a.c.ContractID)
+		if err != nil {
+			return err
+		}
+		for _, o := range m.Objects {
+			if err := owned("replaces", o.Name); err != nil {
+				return err
+			}
+			if _, ok := a.owners[o.Name]; !ok {
+				a.owners[o.Name] = owner{at.Issuer, e.Seq}
+			}
+			a.live[o.Name] = e.Seq
+		}
 	case contract.Redaction:
 		rep.redactions++
 		if err := owned("redacts", at.Redaction.Name); err != nil {

@@ -328,3 +328,24 @@ func (c *Contributor) Redact(tb testing.TB, contractID, name string) uint64 {
 	return c.Append(tb, contractID, c.Sign(tb, contractID, &contract.Attestation{Type: contract.Redaction,
 		Redaction: &contract.RedactionClaim{Name: name, Reason: "registrytest"}}))
 }
+
+// SignBatch signs a batch attestation of objs: the JWS and its manifest.
+func (c *Contributor) SignBatch(tb testing.TB, contractID string, objs []contract.ObjectClaim) (jws string, manifest []byte) {
+	tb.Helper()
+	jws, manifest, err := verify.SignBatch(c.Key, c.ID, contractID, objs)
+	if err != nil {
+		tb.Fatalf("registrytest: sign batch: %v", err)
+	}
+	return jws, manifest
+}
+
+// AttestBatch appends a batch contribution of objs and returns its seq.
+func (c *Contributor) AttestBatch(tb testing.TB, contractID string, objs []contract.ObjectClaim) uint64 {
+	tb.Helper()
+	jws, manifest := c.SignBatch(tb, contractID, objs)
+	res, err := c.h.Client.AppendBatch(context.Background(), contractID, jws, manifest)
+	if err != nil {
+		tb.Fatalf("registrytest: append batch to %s: %v", contractID, err)
+	}
+	return res.Seq
+}

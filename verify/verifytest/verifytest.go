@@ -111,9 +111,14 @@ type Log struct {
 	mu     sync.Mutex
 	raws   [][]byte
 	tree   *testonly.Tree
+	// manifests are the batch manifests served by digest.
+	manifests map[string][]byte
 }
 
-var _ verify.LogSource = (*Log)(nil)
+var (
+	_ verify.LogSource      = (*Log)(nil)
+	_ verify.ManifestSource = (*Log)(nil)
+)
 
 // NewLog makes an empty log for a contract with the given contributors.
 func NewLog(tb testing.TB, contractID string, contributors ...contract.Contributor) *Log {
@@ -311,4 +316,45 @@ func (l *Log) ConsistencyProof(_ context.Context, id string, from, to uint64) (*
 		return nil, err
 	}
 	return &contract.ConsistencyProof{From: from, To: to, Hashes: h}, nil
+}
+
+// Batch signs a batch contribution of objs: the JWS and its manifest.
+func (c *Contributor) Batch(tb testing.TB, contractID string, objs []contract.ObjectClaim) (jws string, manifest []byte) {
+	tb.Helper()
+	a, raw, err := verify.NewBatch(c.ID, contractID, objs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b := c.base(contractID, contract.Batch)
+	a.IssuedAt, a.ID = b.IssuedAt, b.ID
+	return c.Sign(tb, a), raw
+}
+
+// AppendBatch adds a batch entry and serves its manifest by digest.
+func (l *Log) AppendBatch(tb testing.TB, jws string, manifest []byte) uint64 {
+	tb.Helper()
+	l.PutManifest(contract.ManifestDigest(manifest), manifest)
+	return l.AppendAttestation(tb, jws)
+}
+
+// PutManifest serves b as the batch manifest of digest (which need not be
+// b's: a registry serving other bytes).
+func (l *Log) PutManifest(digest string, b []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.manifests == nil {
+		l.manifests = map[string][]byte{}
+	}
+	l.manifests[digest] = bytes.Clone(b)
+}
+
+// BatchManifest serves a batch manifest (verify.ManifestSource).
+func (l *Log) BatchManifest(_ context.Context, id, digest string) ([]byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.manifests[digest]
+	if id != l.Contract.ContractID || !ok {
+		return nil, contract.Errorf(404, contract.CodeNotFound, "no manifest %s", digest)
+	}
+	return bytes.Clone(b), nil
 }
