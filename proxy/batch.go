@@ -132,7 +132,9 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 				items[i].obj.Close()
 				items[i].obj = nil
 				items[i].rd.end()
+				continue
 			}
+			s.served(id, job, epoch, items[i].name)
 		}
 	}
 	var length int64

@@ -135,6 +135,7 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 			return err
 		}
 		defer rc.Close()
+		s.served(src.ID(), job, epoch, e.Name)
 		s.objectHeaders(w, src, e)
 		return s.sendStreamed(r.Context(), w.(*statusWriter), rc, e.DecodedSize, rd, g)
 	}
@@ -150,6 +151,7 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 		s.countRefusal(err)
 		return err
 	}
+	s.served(src.ID(), job, epoch, e.Name)
 	s.objectHeaders(w, src, e)
 	sw := w.(*statusWriter)
 	if partial {
