@@ -769,7 +769,9 @@ type Handle struct {
 	once sync.Once
 }
 
-// File is the decoded object, open for reading (ReadAt, Seek; sendfile).
+// File is the decoded object, open for reading (ReadAt, Seek; sendfile),
+// at offset 0 when the handle is returned. It may be a file an earlier
+// handle used (the fd cache): do not close it, Close the handle.
 func (h *Handle) File() *os.File { return h.f }
 
 // Read reads the object from the file's offset.

@@ -209,9 +209,6 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 		if final {
 			body = size - 1
 		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			it.rd.abort(r.Context(), 0)
-		}
 		if n, err := sw.ReadFrom(io.LimitReader(f, body)); err != nil || n != body {
 			it.rd.abort(r.Context(), n) // bills what this frame sent
 		}

@@ -244,8 +244,11 @@ func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, s
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
 	w.WriteHeader(status)
 	if length > 1 {
-		if _, err := f.Seek(start, io.SeekStart); err != nil {
-			rd.abort(ctx, 0)
+		// An Object's file is handed out at offset 0.
+		if start != 0 {
+			if _, err := f.Seek(start, io.SeekStart); err != nil {
+				rd.abort(ctx, 0)
+			}
 		}
 		n, err := w.ReadFrom(io.LimitReader(f, length-1))
 		if err != nil || n != length-1 {

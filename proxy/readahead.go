@@ -193,13 +193,6 @@ func (ra *readAhead) forget(o *order) {
 	ra.mu.Unlock()
 }
 
-// lookup returns the order for k, if one was announced.
-func (ra *readAhead) lookup(k orderKey) *order {
-	ra.mu.Lock()
-	defer ra.mu.Unlock()
-	return ra.orders[k]
-}
-
 // served tells the read-ahead that name was served in (job, epoch): the
 // window moves past its position. Cheap when no order was announced.
 func (s *Server) served(contractID, job string, epoch int64, name string) {
