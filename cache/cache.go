@@ -22,7 +22,7 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultMaxFetches    = 8
+	DefaultMaxFetches    = 16
 	DefaultMaxOpenFiles  = 512
 	DefaultWindowPercent = 5
 	DefaultFetchTimeout  = 30 * time.Minute

@@ -32,7 +32,7 @@ const (
 	DefaultReadAheadObjects = 64
 	DefaultReadAheadBytes   = 256 << 20
 	// DefaultReadAheadFetches bounds one order's concurrent fetches.
-	DefaultReadAheadFetches = 8
+	DefaultReadAheadFetches = 16
 	// maxOrders bounds the orders kept; announcing one more drops the
 	// least recently used.
 	maxOrders = 16
