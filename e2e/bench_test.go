@@ -160,6 +160,11 @@ func BenchmarkColdRead(b *testing.B) {
 					e.put(names[i], compressible(uint64(i), tc.size), true)
 				}
 				rand.New(rand.NewPCG(1, 2)).Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+				peak := func(b *testing.B) {
+					if e.originLoad != nil {
+						b.ReportMetric(float64(e.originLoad.peak.Swap(0)), "origin-peak-inflight")
+					}
+				}
 				b.Run("baseline", func(b *testing.B) {
 					mc, err := minio.New(e.origin, &minio.Options{
 						Creds: credentials.NewStaticV4(testenv.MinIOAccessKey, testenv.MinIOSecretKey, ""), Region: testenv.MinIORegion,
@@ -168,6 +173,7 @@ func BenchmarkColdRead(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					defer peak(b)
 					b.SetBytes(int64(tc.size * tc.count))
 					for b.Loop() {
 						readEpoch(b, names, func(dec *zstd.Decoder, buf []byte, name string) error {
@@ -188,6 +194,7 @@ func BenchmarkColdRead(b *testing.B) {
 					}
 				})
 				b.Run("provgate", func(b *testing.B) {
+					defer peak(b)
 					hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 					order, _ := json.Marshal(map[string][]string{"names": names})
 					b.SetBytes(int64(tc.size * tc.count))

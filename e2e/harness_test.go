@@ -49,7 +49,24 @@ type env struct {
 	// and `provgate serve` see it: MinIO, or a proxy in front of it that
 	// delays every response (envOpt.originDelay).
 	origin string
+	// originLoad counts the requests in flight at the delaying proxy.
+	originLoad *inflight
 }
+
+// inflight counts requests in flight and their peak.
+type inflight struct{ now, peak atomic.Int64 }
+
+func (f *inflight) enter() {
+	n := f.now.Add(1)
+	for {
+		p := f.peak.Load()
+		if n <= p || f.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
+}
+
+func (f *inflight) leave() { f.now.Add(-1) }
 
 type envOpt struct {
 	regConfig func(*registry.Config)
@@ -65,7 +82,8 @@ func newEnv(t testing.TB, o envOpt) *env {
 	srv := testenv.MinIO(t)
 	e := &env{t: t, minio: srv, bucket: srv.Bucket(t), s3: srv.Client(t), origin: srv.Endpoint}
 	if o.originDelay > 0 {
-		e.origin = startDelayProxy(t, srv.Endpoint, o.originDelay)
+		e.originLoad = &inflight{}
+		e.origin = startDelayProxy(t, srv.Endpoint, o.originDelay, e.originLoad)
 	}
 	// The sidecar reaches the registry through the front, so the registry's
 	// public URL (which DPoP proofs name) is the front's.
@@ -334,7 +352,7 @@ func drain(t testing.TB, sc *sidecar.Sidecar, id string) {
 // round trip would; it returns its host:port. The Host header goes
 // through unchanged, so that S3 signatures made for the proxy's address
 // (presigned URLs, SigV4) verify at MinIO.
-func startDelayProxy(t testing.TB, target string, delay time.Duration) string {
+func startDelayProxy(t testing.TB, target string, delay time.Duration, load *inflight) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -348,6 +366,8 @@ func startDelayProxy(t testing.TB, target string, delay time.Duration) string {
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true},
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		load.enter()
+		defer load.leave()
 		select {
 		case <-time.After(delay):
 		case <-r.Context().Done():
