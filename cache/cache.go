@@ -22,7 +22,7 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultMaxFetches    = 16
+	DefaultMaxFetches    = 8
 	DefaultMaxOpenFiles  = 512
 	DefaultWindowPercent = 5
 	DefaultFetchTimeout  = 30 * time.Minute

@@ -200,6 +200,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 	}
 	s.vmetrics = verify.NewMetrics(cfg.Metrics)
 	s.registryKeys = verify.NewJWKSCache(s.client.RegistryJWKSURL(), s.client)
+	if cfg.MaxFetches <= 0 {
+		cfg.MaxFetches = DefaultMaxFetches
+	}
 	if s.cache, err = cache.Open(cache.Config{Dir: cfg.CacheDir, MaxBytes: cfg.CacheSize, MaxFetches: cfg.MaxFetches,
 		VerifyOnHit: cfg.VerifyOnHit, Logger: cfg.Logger.With("part", "cache")}); err != nil {
 		return nil, err
@@ -497,6 +500,10 @@ func LoadOrCreateKey(path string) (*jose.JSONWebKey, error) {
 	}
 	return k, nil
 }
+
+// DefaultMaxFetches is the sidecar's concurrent origin fetches: more than
+// a loader's own readers, so that read-ahead keeps a distant origin busy.
+const DefaultMaxFetches = 16
 
 // readAheadBytes bounds what read-ahead holds pinned to a quarter of the
 // cache, so that it never starves the reads it runs ahead of.
