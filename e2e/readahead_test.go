@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -203,4 +206,50 @@ func TestReadAheadSkipsRedactedAndUnverified(t *testing.T) {
 		t.Errorf("%d origin fetches, want %d or %d: the redacted name must never be fetched", s.Fetches, n-1, n)
 	}
 	checkErasedOnDisk(t, cacheDir, map[string][]byte{names[redacted]: want[names[redacted]]}, "after read-ahead")
+}
+
+// TestReadAheadLetsGoOfRedactedObjects: an object read-ahead fetched and
+// holds for a read that has not come yet is redacted; its bytes leave the
+// cache directory without any read (read-ahead's pin does not keep the
+// purged file), and its read is 451.
+func TestReadAheadLetsGoOfRedactedObjects(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	const n, victim = 6, 4
+	names := make([]string, n)
+	want := map[string][]byte{}
+	for i := range names {
+		names[i] = fmt.Sprintf("rr/%02d.bin", i)
+		want[names[i]] = randomBytes(t, 8<<10)
+		e.put(names[i], want[names[i]], i%2 == 0)
+	}
+	var cacheDir string
+	sc := e.sidecar(func(c *sidecar.Config) { cacheDir = c.CacheDir })
+	hc := &http.Client{}
+	id := e.c.ContractID
+	if code, b := announce(t, hc, sc.URL(), id, 1, "job", orderBody(names)); code != http.StatusOK {
+		t.Fatalf("announce: %d %s", code, b)
+	}
+	waitFor(t, "read-ahead to cache the order", 30*time.Second, func() bool {
+		s := sc.Cache().Stats()
+		return s.Entries == n && s.InFlight == 0
+	})
+	e.alice.Redact(t, id, names[victim])
+	gone := func() bool {
+		found := false
+		filepath.WalkDir(cacheDir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil
+			}
+			if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, want[names[victim]]) {
+				found = true
+			}
+			return nil
+		})
+		return !found
+	}
+	waitFor(t, "the redacted object's bytes to leave the cache directory", 15*time.Second, gone)
+	if code, _ := get(t, hc, sc.URL(), id, names[victim], 1, "job"); code != http.StatusUnavailableForLegalReasons {
+		t.Errorf("GET redacted %s: %d, want 451", names[victim], code)
+	}
+	checkErasedOnDisk(t, cacheDir, map[string][]byte{names[victim]: want[names[victim]]}, "after the redaction")
 }

@@ -44,6 +44,10 @@ const (
 	// warmAhead is how many names past the fetch window are presigned
 	// (in batches) ahead of need.
 	warmAhead = 256
+	// heldRecheck is how often the objects held for reads are checked
+	// against the manifest: a redacted one is let go at once, so that its
+	// purged file leaves the disk.
+	heldRecheck = time.Second
 )
 
 // Warmer is an optional Cache method: prepare names for fetching (a
@@ -265,6 +269,8 @@ func (o *order) run(ctx context.Context) {
 	}()
 	idle := time.NewTimer(orderIdle)
 	defer idle.Stop()
+	recheck := time.NewTicker(heldRecheck)
+	defer recheck.Stop()
 	for {
 		o.warm(ctx)
 		for {
@@ -290,6 +296,8 @@ func (o *order) run(ctx context.Context) {
 		}
 		select {
 		case <-o.wake:
+		case <-recheck.C:
+			o.dropRedacted()
 		case <-ctx.Done():
 			return
 		case <-idle.C:
@@ -297,6 +305,19 @@ func (o *order) run(ctx context.Context) {
 				return
 			}
 			idle.Reset(orderIdle)
+		}
+	}
+}
+
+// dropRedacted lets go of held objects whose names the verified manifest
+// no longer serves: the cache purged them, and their files go with the
+// last pin.
+func (o *order) dropRedacted() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i, obj := range o.held {
+		if _, err := o.src.Lookup(o.names[i]); err != nil {
+			o.releaseLocked(i, obj)
 		}
 	}
 }
