@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -83,6 +84,7 @@ type Server struct {
 	passes  *passTracker
 	// readAhead holds the announced epoch orders.
 	readAhead readAhead
+	lastMod   atomic.Pointer[lastModified]
 }
 
 // NewServer builds a Server.
