@@ -71,7 +71,6 @@ type order struct {
 	index  map[string]int // first position of each name
 	cancel context.CancelFunc
 	wake   chan struct{}
-	done   chan struct{}
 
 	mu         sync.Mutex
 	read       int            // 1 + the furthest position served
@@ -82,7 +81,6 @@ type order struct {
 	held       map[int]Object // fetched ahead, pinned until read or passed
 	heldSize   map[int]int64  // the bytes each planned position counts
 	lastUse    time.Time
-	fetched    int // objects the read-ahead fetched or found cached
 }
 
 // readAhead holds the announced orders.
@@ -158,9 +156,12 @@ func (s *Server) announceOrder(w http.ResponseWriter, r *http.Request) error {
 
 // startOrder registers the order k and starts its read-ahead.
 func (s *Server) startOrder(k orderKey, src Source, names []string, index map[string]int) {
+	if s.cfg.ReadAheadObjects < 0 {
+		return // read-ahead is off: the order is taken and ignored
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	o := &order{s: s, key: k, src: src, names: names, index: index, cancel: cancel,
-		wake: make(chan struct{}, 1), done: make(chan struct{}), held: map[int]Object{}, heldSize: map[int]int64{}, lastUse: time.Now()}
+		wake: make(chan struct{}, 1), held: map[int]Object{}, heldSize: map[int]int64{}, lastUse: time.Now()}
 	ra := &s.readAhead
 	ra.mu.Lock()
 	if ra.orders == nil {
@@ -181,10 +182,6 @@ func (s *Server) startOrder(k orderKey, src Source, names []string, index map[st
 		delete(ra.orders, oldest.key)
 	}
 	ra.mu.Unlock()
-	if s.cfg.ReadAheadObjects < 0 {
-		close(o.done)
-		return
-	}
 	go o.run(ctx)
 }
 
@@ -254,7 +251,6 @@ func (o *order) releaseLocked(i int, obj Object) {
 
 // run keeps the window fetched until the order is done, replaced, or idle.
 func (o *order) run(ctx context.Context) {
-	defer close(o.done)
 	defer o.s.readAhead.forget(o)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, o.s.cfg.ReadAheadFetches)
@@ -383,12 +379,8 @@ func (o *order) fetch(ctx context.Context, i int, e *ManifestEntry) {
 		o.ahead--
 		o.aheadBytes -= o.heldSize[i]
 		delete(o.heldSize, i)
-		if err == nil {
-			o.fetched++
-		}
 		return
 	}
-	o.fetched++
 	o.held[i] = obj
 }
 
