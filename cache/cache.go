@@ -23,6 +23,7 @@ import (
 // Defaults for Config.
 const (
 	DefaultMaxFetches    = 8
+	DefaultMaxOpenFiles  = 512
 	DefaultWindowPercent = 5
 	DefaultFetchTimeout  = 30 * time.Minute
 	DefaultSweepInterval = time.Minute
@@ -79,6 +80,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (time.Now when nil), for retention.
 	Now func() time.Time
+	// MaxOpenFiles bounds the cached files kept open between reads (an fd
+	// cache: a hit reuses a closed handle's file instead of open + fstat);
+	// zero takes DefaultMaxOpenFiles, negative keeps none open.
+	MaxOpenFiles int
 }
 
 // Cache is a verified, size-bounded disk cache of decoded objects. It is
@@ -115,6 +120,7 @@ type Cache struct {
 	pending    []*entry // committed, not yet durable nor journaled
 	stats      Stats
 	syncNotify chan struct{}
+	idleFiles  int // open files in entries' idle lists
 }
 
 type mount struct {
@@ -133,6 +139,11 @@ func WithTokenizer(name string) MountOption {
 }
 
 type entry struct {
+	// idle are files of this entry that no handle uses: the fd cache.
+	// They are closed when the entry leaves the index (eviction, purge,
+	// replacement), so that a removed entry's file is never handed out
+	// again.
+	idle       []*os.File
 	key        string
 	contract   string
 	name       string
@@ -177,6 +188,12 @@ func Open(cfg Config) (*Cache, error) {
 	}
 	if cfg.MaxBytes < 0 {
 		return nil, errors.New("cache: max bytes must not be negative")
+	}
+	switch {
+	case cfg.MaxOpenFiles == 0:
+		cfg.MaxOpenFiles = DefaultMaxOpenFiles
+	case cfg.MaxOpenFiles < 0:
+		cfg.MaxOpenFiles = 0
 	}
 	if cfg.MaxFetches <= 0 {
 		cfg.MaxFetches = DefaultMaxFetches
@@ -576,11 +593,21 @@ func (c *Cache) detachLocked(e *entry) {
 	if c.entries[e.key] == e {
 		delete(c.entries, e.key)
 	}
+	c.closeIdleLocked(e)
 	if c.journal.f != nil {
 		if err := c.journal.append(&record{Op: "del", File: e.file}); err != nil {
 			c.log.Error("cache index", logErr, err)
 		}
 	}
+}
+
+// closeIdleLocked closes the files e keeps open for reuse.
+func (c *Cache) closeIdleLocked(e *entry) {
+	for _, f := range e.idle {
+		f.Close()
+	}
+	c.idleFiles -= len(e.idle)
+	e.idle = nil
 }
 
 // evictLocked removes an unpinned entry and its file.
@@ -742,18 +769,22 @@ type Handle struct {
 	once sync.Once
 }
 
-// File is the decoded object, open for reading (ReadAt, Seek; sendfile).
+// File is the decoded object, open for reading (ReadAt, Seek; sendfile),
+// at offset 0 when the handle is returned. It may be a file an earlier
+// handle used (the fd cache): do not close it, Close the handle.
 func (h *Handle) File() *os.File { return h.f }
 
 // Read reads the object from the file's offset.
 func (h *Handle) Read(p []byte) (int, error) { return h.f.Read(p) }
 
-// Close closes the file and unpins the entry. It is idempotent.
+// Close unpins the entry and closes the file, or keeps it open for the
+// next hit while the entry is in the index. It is idempotent.
 func (h *Handle) Close() error {
 	var err error
 	h.once.Do(func() {
-		err = h.f.Close()
-		h.c.unpin(h.e)
+		if f := h.c.unpinKeep(h.e, h.f); f != nil {
+			err = f.Close()
+		}
 	})
 	return err
 }
@@ -774,6 +805,25 @@ func (c *Cache) pinLocked(e *entry, n int) {
 func (c *Cache) unpin(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.unpinLocked(e)
+}
+
+// unpinKeep unpins e and keeps f, a file of e no handle uses any more, for
+// the next hit if e is still in the index and the fd cache has room; it
+// returns f for the caller to close otherwise.
+func (c *Cache) unpinKeep(e *entry, f *os.File) *os.File {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed && !e.zombie && c.entries[e.key] == e && c.idleFiles < c.cfg.MaxOpenFiles {
+		e.idle = append(e.idle, f)
+		c.idleFiles++
+		f = nil
+	}
+	c.unpinLocked(e)
+	return f
+}
+
+func (c *Cache) unpinLocked(e *entry) {
 	c.pinLocked(e, -1)
 	if e.pins == 0 {
 		if e.zombie {
@@ -793,11 +843,20 @@ func (c *Cache) unpin(e *entry) {
 // errCorrupt is a hit whose file failed the cheap check.
 var errCorrupt = errors.New("cached file damaged")
 
-// openEntry opens a pinned entry; on error the pin is released.
-func (c *Cache) openEntry(e *entry, hit bool) (*Handle, error) {
-	f, err := os.Open(c.path(e.file))
-	if err == nil {
-		err = c.checkFile(f, e)
+// openEntry opens a pinned entry; on error the pin is released. idle,
+// if not nil, is a file of e from the fd cache: it was checked when it was
+// opened, so only its offset is reset (and its CRC checked if VerifyOnHit).
+func (c *Cache) openEntry(e *entry, idle *os.File, hit bool) (*Handle, error) {
+	f, err := idle, error(nil)
+	if f != nil {
+		if _, err = f.Seek(0, io.SeekStart); err == nil && c.cfg.VerifyOnHit {
+			err = c.checkFile(f, e)
+		}
+	} else {
+		f, err = os.Open(c.path(e.file))
+		if err == nil {
+			err = c.checkFile(f, e)
+		}
 	}
 	if err != nil {
 		if f != nil {
@@ -893,8 +952,13 @@ func (c *Cache) lookup(contractID string, obj *contract.ObjectClaim, stream bool
 			}
 		}
 		c.stats.Hits++
+		var idle *os.File
+		if n := len(e.idle); n > 0 {
+			idle, e.idle = e.idle[n-1], e.idle[:n-1]
+			c.idleFiles--
+		}
 		c.mu.Unlock()
-		h, err := c.openEntry(e, true)
+		h, err := c.openEntry(e, idle, true)
 		return h, nil, err
 	}
 	c.stats.Misses++
@@ -938,7 +1002,7 @@ func (c *Cache) wait(ctx context.Context, f *flight) (*Handle, error) {
 		c.unpin(f.entry)
 		return nil, ctx.Err()
 	}
-	return c.openEntry(f.entry, false)
+	return c.openEntry(f.entry, nil, false)
 }
 
 // leave reports whether f finished with this waiter counted (so that it
@@ -1050,6 +1114,9 @@ func (c *Cache) Close() error {
 	err := c.syncPending()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		c.closeIdleLocked(e)
+	}
 	if cerr := c.compactLocked(); err == nil {
 		err = cerr
 	}

@@ -125,3 +125,21 @@ loop:
 	}
 	return errors.Join(errs...)
 }
+
+// Warm prepares names of a mounted contract for fetching: an origin that
+// is a Warmer (PresignedOrigin) presigns them in batches; for others it
+// does nothing. Read-ahead calls it for the names it will fetch soon.
+func (c *Cache) Warm(ctx context.Context, contractID string, names []string) error {
+	c.mu.Lock()
+	m := c.mounts[contractID]
+	c.mu.Unlock()
+	if m == nil {
+		return fmt.Errorf("cache: %s: %w", contractID, ErrNotMounted)
+	}
+	if w, ok := m.origin.(Warmer); ok {
+		if err := w.Warm(ctx, names); err != nil {
+			return fmt.Errorf("cache: warm: %w", err)
+		}
+	}
+	return nil
+}

@@ -45,21 +45,50 @@ type env struct {
 	alice  *registrytest.Contributor
 	c      *contract.Contract
 	client *contract.Client // through the front
+	// origin is the host:port of the bucket as the registry (presigning)
+	// and `provgate serve` see it: MinIO, or a proxy in front of it that
+	// delays every response (envOpt.originDelay).
+	origin string
+	// originLoad counts the requests in flight at the delaying proxy.
+	originLoad *inflight
 }
+
+// inflight counts requests in flight and their peak.
+type inflight struct{ now, peak atomic.Int64 }
+
+func (f *inflight) enter() {
+	n := f.now.Add(1)
+	for {
+		p := f.peak.Load()
+		if n <= p || f.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
+}
+
+func (f *inflight) leave() { f.now.Add(-1) }
 
 type envOpt struct {
 	regConfig func(*registry.Config)
 	contract  func(*contract.Contract)
+	// originDelay puts a loopback proxy that delays every response by
+	// this much between MinIO and everyone who reads the bucket through
+	// env.origin (a distant origin).
+	originDelay time.Duration
 }
 
 func newEnv(t testing.TB, o envOpt) *env {
 	t.Helper()
 	srv := testenv.MinIO(t)
-	e := &env{t: t, minio: srv, bucket: srv.Bucket(t), s3: srv.Client(t)}
+	e := &env{t: t, minio: srv, bucket: srv.Bucket(t), s3: srv.Client(t), origin: srv.Endpoint}
+	if o.originDelay > 0 {
+		e.originLoad = &inflight{}
+		e.origin = startDelayProxy(t, srv.Endpoint, o.originDelay, e.originLoad)
+	}
 	// The sidecar reaches the registry through the front, so the registry's
 	// public URL (which DPoP proofs name) is the front's.
 	e.front = newFront(t)
-	opts := []registrytest.Option{registrytest.WithMinIO(srv.Endpoint, testenv.MinIOAccessKey, testenv.MinIOSecretKey),
+	opts := []registrytest.Option{registrytest.WithMinIO(e.origin, testenv.MinIOAccessKey, testenv.MinIOSecretKey),
 		registrytest.WithConfig(func(c *registry.Config) {
 			c.PublicURL = e.front.URL()
 			if o.regConfig != nil {
@@ -316,4 +345,37 @@ func drain(t testing.TB, sc *sidecar.Sidecar, id string) {
 		sc.SyncNow(context.Background())
 		return sc.Ledger().OutboxDepth(id) == 0
 	})
+}
+
+// startDelayProxy serves a reverse proxy to target (host:port) that holds
+// every request for delay before forwarding it, as a distant origin's
+// round trip would; it returns its host:port. The Host header goes
+// through unchanged, so that S3 signatures made for the proxy's address
+// (presigned URLs, SigV4) verify at MinIO.
+func startDelayProxy(t testing.TB, target string, delay time.Duration, load *inflight) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.Out.URL.Scheme, r.Out.URL.Host = "http", target
+			r.Out.Host = r.In.Host
+		},
+		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true},
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		load.enter()
+		defer load.leave()
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
 }

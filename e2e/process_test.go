@@ -42,7 +42,7 @@ func (e *env) startServeIn(t testing.TB, dir string, extra ...string) *serveProc
 	}
 	args := append([]string{"serve", "--registry", e.front.URL(), "--contract", e.c.ContractID, "--purpose", "training",
 		"--state-dir", filepath.Join(dir, "state"), "--cache-dir", filepath.Join(dir, "cache"), "--cache-size", "2GiB",
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--s3-endpoint", e.minio.URL(), "--log-level", "warn",
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--s3-endpoint", "http://" + e.origin, "--log-level", "warn",
 		"--enrolment", e.enrolmentFile(filepath.Join(dir, "state")), "--quota-samples", strconv.Itoa(sidecarSlice)}, extra...)
 	cmd := exec.Command(provgateBinary(t), args...)
 	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+testenv.MinIOAccessKey, "AWS_SECRET_ACCESS_KEY="+testenv.MinIOSecretKey,

@@ -112,6 +112,7 @@ type Ledger struct {
 	reserved  map[usageKey]*usageTotals // reserved by responses in flight
 	creserved map[int64]*usageTotals
 
+	commit    committer     // who commits: a waiting caller, or the writer
 	wake      chan struct{} // a group has its first event
 	urgent    chan struct{} // a group has a waiter, or is big
 	committed chan struct{} // tells a Syncer there is new work
@@ -591,15 +592,11 @@ type Pending struct {
 func (p Pending) Done() <-chan struct{} { return p.g.done }
 
 // Wait returns once the event is committed (acknowledged) or has failed.
-// A group with a waiter is committed without delay.
+// A group with a waiter is committed without delay, by the waiter itself
+// when no commit is under way (see Ledger.await).
 func (p Pending) Wait(ctx context.Context) (Receipt, error) {
-	if p.g.waiters.Add(1) == 1 {
-		p.l.nudge()
-	}
-	select {
-	case <-p.g.done:
-	case <-ctx.Done():
-		return Receipt{}, ctx.Err()
+	if err := p.l.await(ctx, p.g); err != nil {
+		return Receipt{}, err
 	}
 	if p.g.err != nil {
 		return Receipt{}, p.g.err

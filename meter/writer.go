@@ -6,15 +6,103 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/provgate/provgate/contract"
 )
 
+// Group commit. A transaction commits every event queued when it
+// begins; the events that arrive while it runs form the next group, which
+// the next transaction takes whole: no timer decides how long a group
+// gathers. When someone waits for a group (Record, Pending.Wait,
+// EndEpoch), the waiter commits it in its own goroutine if no commit is
+// under way: the request that needs the commit runs it, with no hand-off
+// to another goroutine and back, which on a busy machine costs a
+// scheduling delay each way. Waiters that find a commit under way wait
+// for their group, or for that commit to end and then lead the next one.
+// The writer goroutine commits the groups nobody waits for (after letting
+// them grow for Config.CommitDelay), and at shutdown.
+
+// committer serialises commits between waiting callers and the writer.
+type committer struct {
+	mu      sync.Mutex    // held by whoever is committing
+	started atomic.Bool   // the writer runs: callers may commit
+	free    chan struct{} // closed when a commit ends (under Ledger.mu)
+}
+
+// lock takes the commit lock and blocks until it is held.
+func (l *Ledger) lockCommit() { l.commit.mu.Lock() }
+
+// unlockCommit releases the commit lock and wakes the waiters that wait
+// for it to lead their group.
+func (l *Ledger) unlockCommit() {
+	l.commit.mu.Unlock()
+	l.mu.Lock()
+	if l.commit.free != nil {
+		close(l.commit.free)
+		l.commit.free = nil
+	}
+	l.mu.Unlock()
+}
+
+// await returns once g is committed (or failed), committing it in the
+// calling goroutine when no commit is under way.
+func (l *Ledger) await(ctx context.Context, g *group) error {
+	if g.waiters.Add(1) == 1 && !l.commit.started.Load() {
+		l.nudge()
+	}
+	for {
+		// Take the signal of the current commit's end before trying the
+		// lock, so that a commit ending in between is not missed.
+		l.mu.Lock()
+		if l.commit.free == nil {
+			l.commit.free = make(chan struct{})
+		}
+		free := l.commit.free
+		l.mu.Unlock()
+		if l.commit.started.Load() && l.commit.mu.TryLock() {
+			l.commitUntil(g)
+			l.unlockCommit()
+		}
+		select {
+		case <-g.done:
+			return nil
+		default:
+		}
+		if !l.commit.started.Load() {
+			free = nil // the writer will commit (or Stop fails the group)
+		}
+		select {
+		case <-g.done:
+			return nil
+		case <-free:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// commitUntil commits groups until g is done; the commit lock is held.
+func (l *Ledger) commitUntil(g *group) {
+	for {
+		select {
+		case <-g.done:
+			return
+		default:
+		}
+		if !l.commitOne() {
+			return
+		}
+	}
+}
+
 // writer commits queued events, one transaction per group, until ctx
 // ends; then it refuses new events and commits what is queued.
 func (l *Ledger) writer(ctx context.Context) {
 	defer l.wg.Done()
+	l.commit.started.Store(true)
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -34,17 +122,22 @@ func (l *Ledger) writer(ctx context.Context) {
 					t.Stop()
 				}
 			}
+			l.lockCommit()
 			l.drain()
+			l.unlockCommit()
 		case <-ctx.Done():
 			l.mu.Lock()
 			l.closed = true
 			close(l.room) // wake Submits waiting for room: they see closed
 			l.room = make(chan struct{})
 			l.mu.Unlock()
+			l.lockCommit()
 			l.drain()
 			if err := l.snapshot(); err != nil {
 				l.log.Error("ledger snapshot failed", "err", err)
 			}
+			l.commit.started.Store(false)
+			l.unlockCommit()
 			return
 		}
 	}
@@ -78,14 +171,21 @@ func (l *Ledger) checkpointer(ctx context.Context) {
 	}
 }
 
-// drain commits groups until the queue is empty.
+// drain commits groups until the queue is empty; the commit lock is held.
 func (l *Ledger) drain() {
-	for {
+	for l.commitOne() {
+	}
+}
+
+// commitOne commits the current group, if it has events, and reports
+// whether it did; the commit lock is held.
+func (l *Ledger) commitOne() bool {
+	{
 		l.mu.Lock()
 		g := l.cur
 		if len(g.items) == 0 {
 			l.mu.Unlock()
-			return
+			return false
 		}
 		l.cur = newGroup(min(len(g.items), l.cfg.BufferSize)) // about as many as the last
 		l.mu.Unlock()
@@ -117,6 +217,7 @@ func (l *Ledger) drain() {
 		l.mu.Unlock()
 		close(g.done)
 	}
+	return true
 }
 
 // snapshotInterval is how often the writer records the usage totals and

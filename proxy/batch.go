@@ -132,7 +132,9 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 				items[i].obj.Close()
 				items[i].obj = nil
 				items[i].rd.end()
+				continue
 			}
+			s.served(id, job, epoch, items[i].name)
 		}
 	}
 	var length int64
@@ -206,9 +208,6 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 		body := size
 		if final {
 			body = size - 1
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			it.rd.abort(r.Context(), 0)
 		}
 		if n, err := sw.ReadFrom(io.LimitReader(f, body)); err != nil || n != body {
 			it.rd.abort(r.Context(), n) // bills what this frame sent

@@ -135,6 +135,7 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 			return err
 		}
 		defer rc.Close()
+		s.served(src.ID(), job, epoch, e.Name)
 		s.objectHeaders(w, src, e)
 		return s.sendStreamed(r.Context(), w.(*statusWriter), rc, e.DecodedSize, rd, g)
 	}
@@ -150,6 +151,7 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 		s.countRefusal(err)
 		return err
 	}
+	s.served(src.ID(), job, epoch, e.Name)
 	s.objectHeaders(w, src, e)
 	sw := w.(*statusWriter)
 	if partial {
@@ -163,17 +165,44 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 	return s.sendMetered(r.Context(), sw, obj.File(), 0, e.DecodedSize, http.StatusOK, rd, OutcomeServed)
 }
 
+// Header values every object answer shares, set without copying: each has
+// capacity 1, so an Add to one of them by later code reallocates instead of
+// writing into the shared array.
+var (
+	hdrAcceptRanges = []string{"bytes"}
+	hdrCacheControl = []string{"private, max-age=0"}
+	hdrNosniff      = []string{"nosniff"}
+	hdrOctetStream  = []string{"application/octet-stream"}
+)
+
+// lastModified is a contract's Last-Modified value, formatted once.
+type lastModified struct {
+	t time.Time
+	v []string
+}
+
+// lastModifiedOf returns the Last-Modified header value for modTime,
+// formatting it only when it changes (one contract's is fixed).
+func (s *Server) lastModifiedOf(modTime time.Time) []string {
+	if lm := s.lastMod.Load(); lm != nil && lm.t.Equal(modTime) {
+		return lm.v
+	}
+	v := []string{modTime.UTC().Format(http.TimeFormat)}
+	s.lastMod.Store(&lastModified{t: modTime, v: v})
+	return v
+}
+
 // objectHeaders sets the headers every answer about an object carries.
 func (s *Server) objectHeaders(w http.ResponseWriter, src Source, e *ManifestEntry) {
 	h := w.Header()
-	h.Set("ETag", etag(e.DecodedSHA256))
-	h.Set("Accept-Ranges", "bytes")
-	h.Set("Cache-Control", "private, max-age=0")
-	h.Set("X-Content-Type-Options", "nosniff")
+	h["Etag"] = []string{etag(e.DecodedSHA256)}
+	h["Accept-Ranges"] = hdrAcceptRanges
+	h["Cache-Control"] = hdrCacheControl
+	h["X-Content-Type-Options"] = hdrNosniff
 	if e.MediaType != "" {
-		h.Set("Content-Type", e.MediaType)
+		h["Content-Type"] = []string{e.MediaType}
 	} else {
-		h.Set("Content-Type", "application/octet-stream")
+		h["Content-Type"] = hdrOctetStream
 	}
 	// Objects are immutable under their digest; the contract's creation is
 	// their stable Last-Modified (S3 clients require one).
@@ -181,7 +210,7 @@ func (s *Server) objectHeaders(w http.ResponseWriter, src Source, e *ManifestEnt
 	if modTime.IsZero() {
 		modTime = stableModTime
 	}
-	h.Set("Last-Modified", modTime.UTC().Format(http.TimeFormat))
+	h["Last-Modified"] = s.lastModifiedOf(modTime)
 }
 
 // singleRange reads a Range header against an object of size bytes. It
@@ -242,8 +271,11 @@ func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, s
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
 	w.WriteHeader(status)
 	if length > 1 {
-		if _, err := f.Seek(start, io.SeekStart); err != nil {
-			rd.abort(ctx, 0)
+		// An Object's file is handed out at offset 0.
+		if start != 0 {
+			if _, err := f.Seek(start, io.SeekStart); err != nil {
+				rd.abort(ctx, 0)
+			}
 		}
 		n, err := w.ReadFrom(io.LimitReader(f, length-1))
 		if err != nil || n != length-1 {

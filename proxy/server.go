@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,6 +61,15 @@ type Config struct {
 	// remembers (DefaultMaxPasses); a forgotten pass overbills, never
 	// underbills.
 	MaxPasses int
+	// MaxOrderNames bounds an announced epoch order (DefaultMaxOrderNames).
+	// ReadAheadObjects and ReadAheadBytes bound what one order holds and
+	// fetches ahead of its reads, ReadAheadFetches its concurrent fetches
+	// (Default*); ReadAheadObjects < 0 turns read-ahead off (an announced
+	// order is then taken and ignored).
+	MaxOrderNames    int
+	ReadAheadObjects int
+	ReadAheadBytes   int64
+	ReadAheadFetches int
 }
 
 // Server serves the data endpoint, the S3 facade, health and metrics.
@@ -72,6 +82,9 @@ type Server struct {
 	mux     *http.ServeMux
 	gather  prometheus.Gatherer
 	passes  *passTracker
+	// readAhead holds the announced epoch orders.
+	readAhead readAhead
+	lastMod   atomic.Pointer[lastModified]
 }
 
 // NewServer builds a Server.
@@ -84,6 +97,18 @@ func NewServer(cfg Config) *Server {
 	}
 	if cfg.MaxBatchBytes <= 0 {
 		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if cfg.MaxOrderNames <= 0 {
+		cfg.MaxOrderNames = DefaultMaxOrderNames
+	}
+	if cfg.ReadAheadObjects == 0 {
+		cfg.ReadAheadObjects = DefaultReadAheadObjects
+	}
+	if cfg.ReadAheadBytes <= 0 {
+		cfg.ReadAheadBytes = DefaultReadAheadBytes
+	}
+	if cfg.ReadAheadFetches <= 0 {
+		cfg.ReadAheadFetches = DefaultReadAheadFetches
 	}
 	reg, gather := cfg.Registerer, cfg.Gatherer
 	if reg == nil {
@@ -115,6 +140,7 @@ func (s *Server) routes() {
 	m.Handle("HEAD /v1/contracts/{id}/objects/{name...}", s.data("object", s.object))
 	m.Handle("POST /v1/contracts/{id}/batch", s.data("batch", s.batch))
 	m.Handle("POST /v1/contracts/{id}/epochs/{n}/end", s.data("epoch_end", s.endEpoch))
+	m.Handle("POST /v1/contracts/{id}/epochs/{n}/order", s.data("epoch_order", s.announceOrder))
 	m.Handle("/v1/", s.handle("v1", func(w http.ResponseWriter, r *http.Request) error {
 		return contract.Errorf(http.StatusNotFound, contract.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))

@@ -132,7 +132,8 @@ type Cache interface {
 	Purge(contractID, name string) error
 }
 
-// Object is a verified object on disk, pinned until Close.
+// Object is a verified object on disk, pinned until Close. Its File is
+// at offset 0 when it is handed out.
 type Object interface {
 	File() *os.File
 	Close() error

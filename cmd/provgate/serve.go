@@ -68,7 +68,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.DurationVar(&f.pollInterval, "poll-interval", verify.DefaultPollInterval, "how often the log is polled besides the live feed")
 	fs.Int64Var(&f.maxSamples, "quota-samples", 0, "samples asked for in token requests (0: the contract's limit)")
 	fs.Int64Var(&f.maxBytes, "quota-bytes", 0, "bytes asked for in token requests (0: the contract's limit)")
-	fs.IntVar(&f.maxFetches, "max-fetches", 0, "concurrent origin fetches (0: the cache's default)")
+	fs.IntVar(&f.maxFetches, "max-fetches", 0, "concurrent origin fetches, read-ahead included (0: 16)")
 	fs.BoolVar(&f.verifyOnHit, "verify-on-hit", false, "re-check each cached file's checksum on every hit (bit-rot guard)")
 	fs.BoolVar(&f.streamWhileFetching, "stream-while-fetching", false, "serve cold objects as they arrive instead of after verification; a failed verification aborts the response (never a clean end)")
 	fs.StringVar(&f.ledgerSync, "ledger-sync", "normal", "ledger durability: normal (survives process crashes) or full (also power loss; fsync per group commit)")

@@ -18,7 +18,10 @@ import (
 // cacheAdapter makes *cache.Cache a proxy.Cache.
 type cacheAdapter struct{ c *cache.Cache }
 
-var _ proxy.Cache = cacheAdapter{}
+var (
+	_ proxy.Cache  = cacheAdapter{}
+	_ proxy.Warmer = cacheAdapter{}
+)
 
 func (a cacheAdapter) Get(ctx context.Context, contractID string, obj *contract.ObjectClaim) (proxy.Object, error) {
 	h, err := a.c.Get(ctx, contractID, obj)
@@ -34,6 +37,11 @@ func (a cacheAdapter) Stream(ctx context.Context, contractID string, obj *contra
 		return nil, mapCacheError(err)
 	}
 	return streamErrors{rc}, nil
+}
+
+// Warm presigns names ahead of their fetches (read-ahead).
+func (a cacheAdapter) Warm(ctx context.Context, contractID string, names []string) error {
+	return a.c.Warm(ctx, contractID, names)
 }
 
 // Purge drops the object's bytes (a redaction the proxy noticed first).

@@ -105,6 +105,10 @@ type Config struct {
 	// StreamWhileFetching serves cold objects as they arrive (see
 	// proxy.Config.StreamWhileFetching); the default is verify-then-serve.
 	StreamWhileFetching bool
+	// MaxOrderNames and ReadAheadObjects bound announced epoch orders and
+	// their read-ahead (proxy.Config; zero: the defaults).
+	MaxOrderNames    int
+	ReadAheadObjects int
 	// LedgerSync is the ledger's durability (meter.SyncNormal by default).
 	LedgerSync   meter.Sync
 	SyncInterval time.Duration
@@ -203,6 +207,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 	}
 	s.vmetrics = verify.NewMetrics(cfg.Metrics)
 	s.registryKeys = verify.NewJWKSCache(s.client.RegistryJWKSURL(), s.client)
+	if cfg.MaxFetches <= 0 {
+		cfg.MaxFetches = DefaultMaxFetches
+	}
 	if s.cache, err = cache.Open(cache.Config{Dir: cfg.CacheDir, MaxBytes: cfg.CacheSize, MaxFetches: cfg.MaxFetches,
 		VerifyOnHit: cfg.VerifyOnHit, Logger: cfg.Logger.With("part", "cache")}); err != nil {
 		return nil, err
@@ -230,7 +237,8 @@ func Start(ctx context.Context, cfg Config) (_ *Sidecar, err error) {
 	s.syncer.Start(s.ctx)
 	s.server = proxy.NewServer(proxy.Config{Sources: sources, Cache: cacheAdapter{s.cache}, Meter: meterAdapter{s.ledger},
 		Logger: cfg.Logger.With("part", "proxy"), BearerToken: cfg.LocalToken, Registerer: cfg.Metrics, Gatherer: cfg.Metrics,
-		StreamWhileFetching: cfg.StreamWhileFetching})
+		StreamWhileFetching: cfg.StreamWhileFetching, ReadAheadBytes: readAheadBytes(cfg.CacheSize),
+		MaxOrderNames: cfg.MaxOrderNames, ReadAheadObjects: cfg.ReadAheadObjects})
 	s.registerMetrics(cfg.Metrics)
 
 	if err := s.listen(); err != nil {
@@ -498,4 +506,17 @@ func LoadOrCreateKey(path string) (*jose.JSONWebKey, error) {
 		return nil, fmt.Errorf("save sidecar key: %w", err)
 	}
 	return k, nil
+}
+
+// DefaultMaxFetches is the sidecar's concurrent origin fetches: more than
+// a loader's own readers, so that read-ahead keeps a distant origin busy.
+const DefaultMaxFetches = 16
+
+// readAheadBytes bounds what read-ahead holds pinned to a quarter of the
+// cache, so that it never starves the reads it runs ahead of.
+func readAheadBytes(cacheSize int64) int64 {
+	if cacheSize <= 0 {
+		return proxy.DefaultReadAheadBytes
+	}
+	return max(1, min(proxy.DefaultReadAheadBytes, cacheSize/4))
 }

@@ -27,6 +27,8 @@ MAX_MANIFEST_LINE = 1 << 16
 MAX_ERROR_BODY = 1 << 16
 # Batch responses up to this size are read in one call and parsed in memory.
 MAX_BUFFERED_BATCH = 64 << 20
+# The most names one order announcement sends (the sidecar's default bound).
+MAX_ORDER_NAMES = 1 << 18
 
 # Sample is one line of the verified manifest: the decoded size and sha256.
 Sample = namedtuple("Sample", ["name", "size", "sha256", "seq", "license"])
@@ -336,6 +338,21 @@ class Sidecar:
                 self._check(samples[i], f.body)
             out.append(f.body if zero_copy or type(f.body) is bytes else bytes(f.body))
         return out
+
+    def announce_order(self, epoch, samples):
+        """POST /v1/contracts/{id}/epochs/{n}/order: tell the sidecar the
+        order in which this job will read the epoch's samples (manifest
+        Samples, or names), so that it fetches them from the origin ahead
+        of the reads. Read-ahead bills nothing; only reads do. At most
+        MAX_ORDER_NAMES names are sent (the head of the order). Returns
+        the sidecar's answer."""
+        names = [s.name if isinstance(s, Sample) else s for s in samples[:MAX_ORDER_NAMES]]
+        body = json.dumps({"names": names}).encode("utf-8")
+        path = contract_path(self.contract, "epochs", str(int(epoch)), "order")
+        resp = self.request("POST", path, body=body, headers=self._headers(epoch, {"Content-Type": "application/json"}))
+        if resp.status != 200:
+            raise self._fail(resp)
+        return json.loads(self._read_body(resp, "epoch order") or b"null")
 
     def end_epoch(self, epoch):
         """POST /v1/contracts/{id}/epochs/{n}/end: close the epoch's

@@ -13,12 +13,17 @@
 
 Each worker reads its next batches ahead in one background thread with its
 own keep-alive connection (``prefetch`` batches ready, one more under way).
+With ``announce`` (the default) the epoch's order is sent to the sidecar
+when the epoch starts (``POST .../epochs/{n}/order``), so that the sidecar
+fetches cold objects from the origin ahead of the reads; that bills
+nothing, only the reads do.
 
 ``set_epoch(n)`` must be called before each epoch's iterator is created
 (workers get a copy of the dataset then, so use persistent_workers=False):
 the epoch goes to the sidecar as X-Provgate-Epoch for per-epoch metering.
 """
 
+import logging
 import os
 import queue
 import threading
@@ -28,7 +33,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 
 from . import order
 from .client import Sidecar
-from .errors import ProtocolError, Redacted
+from .errors import ProtocolError, ProvgateError, Redacted
+
+log = logging.getLogger("provgate_torch")
 
 # Samples up to this size are read in batch requests; bigger ones stream
 # through their own GET.
@@ -43,6 +50,18 @@ DEFAULT_PREFETCH = 2
 def identity(data, sample):
     """The default transform: the sample's bytes as they are."""
     return data
+
+
+def announce_order(client, epoch, samples):
+    """Tell the sidecar the epoch's read order (best effort: a sidecar that
+    cannot take it only loses the read-ahead, never the reads)."""
+    if not samples:
+        return
+    try:
+        client.announce_order(epoch, samples)
+    except (ProvgateError, OSError) as e:
+        client.close()
+        log.warning("provgate: announcing epoch %d's order failed (no read-ahead): %s", epoch, e)
 
 
 def dist_rank_world(rank=None, world_size=None):
@@ -116,7 +135,7 @@ class _Prefetcher:
     served (and metered) but not delivered.
     """
 
-    def __init__(self, reader, chunks, epoch, skip_redacted, depth):
+    def __init__(self, reader, chunks, epoch, skip_redacted, depth, announce=None):
         if depth < 1:
             raise ValueError("prefetch depth must be at least 1")
         self._reader = reader.clone()
@@ -126,11 +145,15 @@ class _Prefetcher:
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._taken = 0
+        self._announce = announce
         self._thread = threading.Thread(target=self._run, name="provgate-prefetch", daemon=True)
         self._thread.start()
 
     def _run(self):
         try:
+            if self._announce:
+                # On the read-ahead connection, before the first read.
+                announce_order(self._reader.client, self._epoch, self._announce)
             for chunk in self._chunks:
                 if self._stop.is_set():
                     return
@@ -233,11 +256,13 @@ class ProvgateDataset(Dataset):
     prefetch: batch reads each DataLoader worker keeps ready ahead of need
     (with make_loader and an EpochSampler; 0: none). zero_copy: transform
     gets a read-only memoryview into the batch response instead of bytes.
+    announce: make_loader's loader sends each epoch's order to the sidecar
+    when the epoch starts, for its read-ahead from the origin.
     """
 
     def __init__(self, contract, url=None, token=None, job=None, verify=True, transform=None, manifest=None,
                  small_sample=DEFAULT_SMALL_SAMPLE, batch_names=DEFAULT_BATCH_NAMES, batch_bytes=DEFAULT_BATCH_BYTES,
-                 prefetch=DEFAULT_PREFETCH, zero_copy=False):
+                 prefetch=DEFAULT_PREFETCH, zero_copy=False, announce=True):
         if prefetch < 0:
             raise ValueError("prefetch must be non-negative")
         self.client = Sidecar(contract, url=url, token=token, job=job, verify=verify)
@@ -245,6 +270,8 @@ class ProvgateDataset(Dataset):
         self.transform = transform or identity
         self.epoch = 0
         self.prefetch = prefetch
+        self.announce = announce
+        self._announced = None  # (epoch, indices) last announced
         self._reader = _Reader(self.client, small_sample, batch_names, batch_bytes, zero_copy)
         self._loader_plan = None  # (sampler, batch_size, drop_last), set by make_loader
         self._plan = None
@@ -254,6 +281,7 @@ class ProvgateDataset(Dataset):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_plan"] = None
+        state["_announced"] = None
         state["_plan_pid"] = None
         return state
 
@@ -338,17 +366,42 @@ class EpochSampler(Sampler):
         return total - order.consumed_by_rank(self.start_index, self.rank, self.world_size)
 
 
+class _AnnouncingBatchSampler(BatchSampler):
+    """A BatchSampler that, each time an epoch's iteration starts (in the
+    loader's main process), announces the sampler's order to the sidecar."""
+
+    def __init__(self, dataset, sampler, batch_size, drop_last):
+        super().__init__(sampler, batch_size, drop_last)
+        self.dataset = dataset
+
+    def __iter__(self):
+        # A DataLoader may start the sampler's iteration more than once per
+        # epoch (torch 1.x does, to reset it): one announcement per order.
+        s = self.sampler
+        indices = s.indices() if isinstance(s, EpochSampler) else list(s)
+        key = (self.dataset.epoch, indices)
+        if key != self.dataset._announced:
+            self.dataset._announced = key
+            announce_order(self.dataset.client, self.dataset.epoch, [self.dataset.samples[i] for i in indices])
+        return super().__iter__()
+
+
 def make_loader(dataset, sampler, batch_size, num_workers=0, collate_fn=None, **kwargs):
     """A DataLoader that hands each batch of sampler's indices to
     dataset[indices] (one batch read) and collate_fn (default: torch's
-    default_collate, bytes stay a list)."""
+    default_collate, bytes stay a list). For a ProvgateDataset with
+    announce on, each epoch's order goes to the sidecar as it starts."""
     from torch.utils.data import default_collate
 
     if isinstance(dataset, ProvgateDataset) and isinstance(sampler, EpochSampler):
         # The order is deterministic: each worker can read its next
         # batches ahead (see _MapPlan).
         dataset._loader_plan = (sampler, batch_size, False)
-    return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+    if isinstance(dataset, ProvgateDataset) and dataset.announce:
+        batches = _AnnouncingBatchSampler(dataset, sampler, batch_size, drop_last=False)
+    else:
+        batches = BatchSampler(sampler, batch_size, drop_last=False)
+    return DataLoader(dataset, sampler=batches, batch_size=None,
                       num_workers=num_workers, collate_fn=collate_fn or default_collate, **kwargs)
 
 
@@ -362,12 +415,14 @@ class ProvgateIterableDataset(IterableDataset):
     (451) instead of raising Redacted; the batches after one shift.
     prefetch: batch reads each worker keeps ready ahead of need (0: none).
     zero_copy: transform gets a read-only memoryview instead of bytes.
+    announce: the first worker sends the rank's epoch order to the sidecar
+    as the epoch starts, for its read-ahead from the origin.
     """
 
     def __init__(self, contract, url=None, token=None, job=None, verify=True, transform=None, manifest=None,
                  seed=0, shuffle=True, batch_size=1, rank=None, world_size=None, drop_last=False,
                  skip_redacted=False, small_sample=DEFAULT_SMALL_SAMPLE, batch_bytes=DEFAULT_BATCH_BYTES,
-                 prefetch=DEFAULT_PREFETCH, zero_copy=False):
+                 prefetch=DEFAULT_PREFETCH, zero_copy=False, announce=True):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if prefetch < 0:
@@ -384,6 +439,7 @@ class ProvgateIterableDataset(IterableDataset):
         self.epoch = 0
         self.start_index = 0
         self.prefetch = prefetch
+        self.announce = announce
         self._reader = _Reader(self.client, small_sample, max(batch_size, 1), batch_bytes, zero_copy)
 
     def set_epoch(self, epoch, start_index=0):
@@ -411,13 +467,17 @@ class ProvgateIterableDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        chunks = [[self.samples[i] for i in c] for c in order.worker_chunks(self.rank_indices(), worker, workers,
+        indices = self.rank_indices()
+        announce = [self.samples[i] for i in indices] if self.announce and worker == 0 else None
+        chunks = [[self.samples[i] for i in c] for c in order.worker_chunks(indices, worker, workers,
                                                                              self.batch_size)]
         if self.prefetch <= 0 or len(chunks) < 2:
+            if announce:
+                announce_order(self._reader.client, self.epoch, announce)
             for samples in chunks:
                 yield from self._deliver(self._reader.read(samples, self.epoch, self.skip_redacted), samples)
             return
-        ahead = _Prefetcher(self._reader, chunks, self.epoch, self.skip_redacted, self.prefetch)
+        ahead = _Prefetcher(self._reader, chunks, self.epoch, self.skip_redacted, self.prefetch, announce)
         try:
             for samples in chunks:
                 yield from self._deliver(ahead.next(), samples)

@@ -36,6 +36,8 @@ class FakeSidecar:
         self.corrupt = set()  # names whose bytes are served altered
         self.batch_body = None  # names -> the raw batch response body (a full Content-Length)
         self.epochs_ended = []
+        self.orders = []  # (epoch, job, names) of each order announcement
+        self.order_status = 200  # what order announcements answer
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -172,6 +174,20 @@ class FakeSidecar:
                 h.close_connection = True
                 return
             h.wfile.write(out)
+            return
+        if method == "POST" and rest.startswith("epochs/") and rest.endswith("/order"):
+            n = int(rest.split("/")[1])
+            names = json.loads(body)["names"]
+            if self.order_status != 200:
+                return self._error(h, self.order_status, "payload_too_large", "order too large")
+            with self.lock:
+                self.orders.append((n, h.headers.get("X-Provgate-Job"), names))
+            data = json.dumps({"epoch": n, "names": len(names)}).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
             return
         if method == "POST" and rest.startswith("epochs/") and rest.endswith("/end"):
             n = int(rest.split("/")[1])

@@ -69,6 +69,14 @@ class IterableTest(unittest.TestCase):
                 self.assertEqual(self.run_loader(ds, workers, epoch=1), want)
         self.assertNotEqual(self.run_loader(ds, 2, epoch=2), want)
 
+    def test_first_worker_announces_the_ranks_order(self):
+        ds = self.dataset(rank=1, world_size=2)
+        got = self.run_loader(ds, 3, epoch=2)
+        self.assertEqual(self.fake.orders, [(2, None, got)])
+        self.fake.orders.clear()
+        self.run_loader(self.dataset(announce=False), 2, epoch=2)
+        self.assertEqual(self.fake.orders, [])
+
     def test_epoch_header_and_keep_alive(self):
         ds = self.dataset()
         for epoch in (0, 1):
@@ -135,6 +143,27 @@ class MapStyleTest(unittest.TestCase):
                 self.assertEqual(len([r for r in reads if r["path"].endswith("/batch")]), 5)
                 self.ds.end_epoch()
         self.assertEqual(self.fake.epochs_ended, [0, 1, 0, 1])
+
+    def test_loader_announces_each_epochs_order(self):
+        sampler = EpochSampler(len(self.ds), seed=3, rank=0, world_size=1)
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            self.ds.set_epoch(epoch)
+            got = [name for batch in make_loader(self.ds, sampler, batch_size=8, num_workers=2, collate_fn=as_list)
+                   for name, _ in batch]
+            want = [self.ds.samples[i].name for i in order.permutation(len(self.ds), 3, epoch)]
+            self.assertEqual(got, want)
+        self.assertEqual(self.fake.orders, [(0, "j7", [self.ds.samples[i].name for i in order.permutation(len(self.ds), 3, 0)]),
+                                            (1, "j7", [self.ds.samples[i].name for i in order.permutation(len(self.ds), 3, 1)])])
+
+    def test_loader_reads_when_the_announcement_is_refused(self):
+        self.fake.order_status = 413
+        sampler = EpochSampler(len(self.ds), seed=3, rank=0, world_size=1)
+        with self.assertLogs("provgate_torch", level="WARNING"):
+            got = [name for batch in make_loader(self.ds, sampler, batch_size=8, num_workers=2, collate_fn=as_list)
+                   for name, _ in batch]
+        self.assertEqual(sorted(got), sorted(s.name for s in self.ds.samples))
+        self.assertEqual(self.fake.orders, [])
 
     def test_sampler_resume_and_len(self):
         s = EpochSampler(10, seed=1, rank=1, world_size=2)

@@ -139,7 +139,7 @@ class MapPrefetchTest(unittest.TestCase):
                 self.assertEqual(out, [s.name for s in want])
                 self.assertEqual(sorted(self.fake.served()), sorted(s.name for s in want), "no sample read twice")
                 # the workers' own connections stay unused: one per worker
-                peers = {r["peer"] for r in self.fake.requests if r["method"] == "POST"}
+                peers = {r["peer"] for r in self.fake.requests if r["path"].endswith("/batch")}
                 self.assertLessEqual(len(peers), workers)
 
     def test_plan_mismatch_falls_back_without_reading_the_plan(self):
