@@ -328,9 +328,11 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		}
 		r.counted[key] = seq
 		m.accepted[id] = true
-		if ledger, rs, ok := strings.Cut(id, "-"); ok {
-			if n, err := strconv.ParseInt(rs, 10, 64); err == nil {
-				r.single[kid+" "+ledger] = append(r.single[kid+" "+ledger], n)
+		// The ledger id is base64url and may hold "-": the seq is what
+		// follows the last one.
+		if i := strings.LastIndexByte(id, '-'); i > 0 {
+			if n, err := strconv.ParseInt(id[i+1:], 10, 64); err == nil {
+				r.single[kid+" "+id[:i]] = append(r.single[kid+" "+id[:i]], n)
 			}
 		}
 	}

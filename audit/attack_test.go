@@ -1,0 +1,59 @@
+package audit_test
+
+import (
+	"bytes"
+	"strconv"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/provgate/provgate/audit"
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/registry/registrytest"
+	"github.com/provgate/provgate/verify"
+)
+
+// forgedContract is a contract for forged logs: 0.0005 USD a sample.
+func forgedContract(t *testing.T) *contract.Contract {
+	t.Helper()
+	k, err := verify.GenerateKey(jose.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return registrytest.NewContract("did:example:forged", "bucket", &registrytest.Contributor{ID: "did:example:alice", Key: k})
+}
+
+// access is a served access event of ledger row seq: one sample, priced
+// at 500000 nano-USD (the forged contract's price).
+func access(ledger string, seq int64, at time.Time, termsSeq uint64) contract.MeteringEvent {
+	return contract.MeteringEvent{ID: ledger + "-" + strconv.FormatInt(seq, 10), Time: at, Kind: contract.EventAccess, Name: "a.bin",
+		Samples: 1, Bytes: 10, Units: 1, CostNanoUSD: 500000, Epoch: 1, TermsSeq: termsSeq}
+}
+
+// aggregateOf is an aggregate batch of rows (after, last] of ledger, all
+// served accesses of one sample each.
+func aggregateOf(ledger string, after, last int64, at time.Time, termsSeq uint64, nano int64) *contract.MeteringBatch {
+	n := last - after
+	return &contract.MeteringBatch{BatchID: "agg-" + strconv.FormatInt(after, 10),
+		Rows: &contract.RowCommitment{Ledger: ledger, AfterSeq: after, LastSeq: last, Count: n, Root: bytes.Repeat([]byte{7}, 32)},
+		Aggregates: []contract.MeteringAggregate{{Kind: contract.EventAccess, Epoch: 1, TermsSeq: termsSeq, Events: n, Samples: n, Bytes: 10 * n,
+			Units: n, CostNanoUSD: nano * n, FirstTime: at, LastTime: at}}}
+}
+
+// TestVerifyRefusesRowsCountedTwiceWhenTheLedgerIDHasAHyphen: ledger ids
+// are base64url, so a quarter of them hold a "-". A registry that counts
+// row 3 of such a ledger as an event and again in an aggregate batch of
+// rows (0, 5] bills it twice; the bundle must not verify.
+func TestVerifyRefusesRowsCountedTwiceWhenTheLedgerIDHasAHyphen(t *testing.T) {
+	for _, ledger := range []string{"Qx7Lm2", "Qx-7L_m2"} {
+		t.Run(ledger, func(t *testing.T) {
+			at := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+			f := newForgery(t, forgedContract(t), at.Add(-time.Hour))
+			ev := access(ledger, 3, at, 0)
+			f.meter(&contract.MeteringBatch{BatchID: "ev-3", Events: []contract.MeteringEvent{ev}}, []string{ev.ID}, at)
+			f.meter(aggregateOf(ledger, 0, 5, at, 0, 500000), nil, at)
+			wantIn(t, problems(t, f.bundle("another"), audit.VerifyOptions{}), "entry 3: ", "counted one by one")
+		})
+	}
+}
