@@ -57,3 +57,46 @@ func TestVerifyRefusesRowsCountedTwiceWhenTheLedgerIDHasAHyphen(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyRefusesSupersededCheaperTerms: the price rose at entry 2; a
+// batch of reads two hours later priced under entry 1's cheaper terms is
+// what the registry refuses (terms superseded beyond the clock skew), so
+// a log that counts it must not verify: as an aggregate nor as events.
+func TestVerifyRefusesSupersededCheaperTerms(t *testing.T) {
+	start := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	at := start.Add(2 * time.Hour)
+	for _, tc := range []struct {
+		name     string
+		termsSeq uint64
+		nano     int64
+		want     string
+	}{
+		{"in force", 2, 1000000, ""},
+		{"superseded", 1, 500000, "superseded"},
+	} {
+		for _, agg := range []bool{true, false} {
+			t.Run(tc.name+"/"+strconv.FormatBool(agg), func(t *testing.T) {
+				c := forgedContract(t)
+				f := newForgery(t, c, start)
+				dear := *f.terms
+				dear.Pricing.PriceUSD = 0.001
+				f.addTerms(&dear, start.Add(time.Hour))
+				if agg {
+					f.meter(aggregateOf("L1", 0, 4, at, tc.termsSeq, tc.nano), nil, at)
+				} else {
+					ev := access("L1", 1, at, tc.termsSeq)
+					ev.CostNanoUSD = tc.nano
+					f.meter(&contract.MeteringBatch{BatchID: "ev-1", Events: []contract.MeteringEvent{ev}}, []string{ev.ID}, at)
+				}
+				b := f.bundle("another")
+				if tc.want == "" {
+					if _, err := audit.Verify(b, audit.VerifyOptions{}); err != nil {
+						t.Fatal(err)
+					}
+					return
+				}
+				wantIn(t, problems(t, b, audit.VerifyOptions{}), "entry 3: ", tc.want)
+			})
+		}
+	}
+}

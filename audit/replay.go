@@ -315,7 +315,7 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		if m.accepted[id] {
 			return fmt.Errorf("batch %s: event %q accepted twice", b.BatchID, id)
 		}
-		pricing, err := r.pricing(seq, ev.TermsSeq, tv)
+		pricing, err := r.pricing(seq, ev.TermsSeq, tv, ev.Time)
 		if err != nil {
 			return fmt.Errorf("batch %s: event %q: %w", b.BatchID, id, err)
 		}
@@ -341,17 +341,35 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 	return nil
 }
 
+// TermsSkew is how far past the end of a terms version (the next
+// version's effective_from) an event or an aggregate's last row may be
+// priced under it, as the registry allows.
+const TermsSkew = 5 * time.Minute
+
 // pricing is the pricing of the terms of entry termsSeq (an event or
 // aggregate names the terms it was priced under), or of the terms in
-// force at the entry when it names none.
-func (r *replay) pricing(seq, termsSeq uint64, tv *Terms) (contract.Pricing, error) {
+// force at the entry when it names none. Terms superseded (by a version
+// logged before the entry) more than TermsSkew before at, the time of the
+// event or of the aggregate's last row, price nothing: a sender may not
+// pick older, cheaper terms.
+func (r *replay) pricing(seq, termsSeq uint64, tv *Terms, at time.Time) (contract.Pricing, error) {
 	if termsSeq == 0 {
 		return tv.Terms.Pricing, nil
 	}
-	if t := r.facts.TermsAt(termsSeq); t != nil && t.Seq < seq {
-		return t.Terms.Pricing, nil
+	t := r.facts.TermsAt(termsSeq)
+	if t == nil || t.Seq >= seq {
+		return contract.Pricing{}, fmt.Errorf("priced under entry %d, which holds no earlier terms", termsSeq)
 	}
-	return contract.Pricing{}, fmt.Errorf("priced under entry %d, which holds no earlier terms", termsSeq)
+	for i := range r.facts.Terms {
+		if n := &r.facts.Terms[i]; n.Seq > t.Seq && n.Seq < seq {
+			if at.After(n.EffectiveFrom.Add(TermsSkew)) {
+				return contract.Pricing{}, fmt.Errorf("at %s priced under the terms of entry %d, superseded by entry %d from %s",
+					at.UTC().Format(time.RFC3339), t.Seq, n.Seq, n.EffectiveFrom.UTC().Format(time.RFC3339))
+			}
+			break
+		}
+	}
+	return t.Terms.Pricing, nil
 }
 
 // aggregateEntry checks an aggregate metering entry: it lists no events,
@@ -364,7 +382,7 @@ func (r *replay) aggregateEntry(kid string, m *metered, tv *Terms) error {
 	}
 	for i := range b.Aggregates {
 		a := &b.Aggregates[i]
-		pricing, err := r.pricing(m.seq, a.TermsSeq, tv)
+		pricing, err := r.pricing(m.seq, a.TermsSeq, tv, a.LastTime)
 		if err != nil {
 			return fmt.Errorf("batch %s: aggregate %d: %w", b.BatchID, i, err)
 		}
