@@ -2,7 +2,9 @@ package audit_test
 
 import (
 	"bytes"
+	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +100,34 @@ func TestVerifyRefusesSupersededCheaperTerms(t *testing.T) {
 				wantIn(t, problems(t, b, audit.VerifyOptions{}), "entry 3: ", tc.want)
 			})
 		}
+	}
+}
+
+// TestCheckFindsReadsUnderSupersededTerms: the price rises; a ledger that
+// keeps pricing reads under the older, cheaper terms pays less. A read
+// stamped within the registry's clock skew of the change is no finding; one
+// ten minutes after it is not_in_force.
+func TestCheckFindsReadsUnderSupersededTerms(t *testing.T) {
+	w := newWorld(t, nil)
+	w.alice.Attest(t, w.c.ContractID, registrytest.Object("a.bin", []byte("data of a.bin")))
+	dear := *w.c
+	dear.Pricing.PriceUSD = 0.001
+	updated, err := w.h.Client.UpdateContract(context.Background(), w.h.AdminToken, &dear, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	w.read(t, "a.bin", 1, "train", now.Add(time.Minute))    // row 1: within the skew
+	w.read(t, "a.bin", 1, "train", now.Add(10*time.Minute)) // row 2: ledger still on entry 1's terms
+	var seqs []int64
+	for _, f := range audit.Check(w.checkInput(t)) {
+		if f.Kind != audit.FindingNotInForce || !strings.Contains(f.Detail, "superseded by entry "+strconv.FormatUint(updated.TermsSeq, 10)) {
+			t.Errorf("unexpected finding %+v", f)
+			continue
+		}
+		seqs = append(seqs, f.Seq)
+	}
+	if !sameSeqs(seqs, []int64{2}) {
+		t.Fatalf("not_in_force findings at rows %v, want [2]", seqs)
 	}
 }

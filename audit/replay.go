@@ -69,6 +69,20 @@ func (f *Facts) TermsAt(seq uint64) *Terms {
 	return nil
 }
 
+// SupersededAt is the version after t when it came into force more than
+// TermsSkew before at (t no longer prices what happened at at), or nil.
+func (f *Facts) SupersededAt(t *Terms, at time.Time) *Terms {
+	for i := range f.Terms {
+		if n := &f.Terms[i]; n.Seq > t.Seq {
+			if at.After(n.EffectiveFrom.Add(TermsSkew)) {
+				return n
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
 // InForce is the version in force at t: the latest logged by t whose
 // effective_from is not after t, or the first version when none is.
 func (f *Facts) InForce(t time.Time) *Terms {
@@ -360,14 +374,9 @@ func (r *replay) pricing(seq, termsSeq uint64, tv *Terms, at time.Time) (contrac
 	if t == nil || t.Seq >= seq {
 		return contract.Pricing{}, fmt.Errorf("priced under entry %d, which holds no earlier terms", termsSeq)
 	}
-	for i := range r.facts.Terms {
-		if n := &r.facts.Terms[i]; n.Seq > t.Seq && n.Seq < seq {
-			if at.After(n.EffectiveFrom.Add(TermsSkew)) {
-				return contract.Pricing{}, fmt.Errorf("at %s priced under the terms of entry %d, superseded by entry %d from %s",
-					at.UTC().Format(time.RFC3339), t.Seq, n.Seq, n.EffectiveFrom.UTC().Format(time.RFC3339))
-			}
-			break
-		}
+	if n := r.facts.SupersededAt(t, at); n != nil && n.Seq < seq {
+		return contract.Pricing{}, fmt.Errorf("at %s priced under the terms of entry %d, superseded by entry %d from %s",
+			at.UTC().Format(time.RFC3339), t.Seq, n.Seq, n.EffectiveFrom.UTC().Format(time.RFC3339))
 	}
 	return t.Terms.Pricing, nil
 }
