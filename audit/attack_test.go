@@ -3,6 +3,7 @@ package audit_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -129,5 +130,39 @@ func TestCheckFindsReadsUnderSupersededTerms(t *testing.T) {
 	}
 	if !sameSeqs(seqs, []int64{2}) {
 		t.Fatalf("not_in_force findings at rows %v, want [2]", seqs)
+	}
+}
+
+// TestParseRefusesDuplicateKeys: Go's decoder keeps the last of two equal
+// keys and matches keys without regard to case; other readers keep the
+// first, or see "Totals" as another key. A bundle whose inflated totals a
+// reader of "totals" sees, while provgate verifies the real ones after
+// them, must not parse.
+func TestParseRefusesDuplicateKeys(t *testing.T) {
+	w := newWorld(t, nil)
+	w.traffic(t)
+	data, err := w.export(t, audit.ExportOptions{}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.ParseBytes(data); err != nil {
+		t.Fatal(err)
+	}
+	inflated := `{"events": 999, "samples": 999, "bytes": 0, "units": 999, "cost_nano_usd": 999000000}`
+	for name, edit := range map[string][2]string{
+		"totals twice":  {`"totals": `, `"totals": ` + inflated + `, "totals": `},
+		"Totals":        {`"totals": `, `"totals": ` + inflated + `, "Totals": `},
+		"counted twice": {`"counted": `, `"counted": ` + inflated + `, "counted": `},
+		"FORMAT alone":  {`"format": `, `"FORMAT": `},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if !strings.Contains(string(data), edit[0]) {
+				t.Fatalf("no %s in the bundle", edit[0])
+			}
+			forged := strings.Replace(string(data), edit[0], edit[1], 1)
+			if _, err := audit.ParseBytes([]byte(forged)); !errors.Is(err, audit.ErrMalformed) {
+				t.Fatalf("ParseBytes: %v, want ErrMalformed", err)
+			}
+		})
 	}
 }
