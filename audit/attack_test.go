@@ -13,6 +13,7 @@ import (
 
 	"github.com/provgate/provgate/audit"
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/meter"
 	"github.com/provgate/provgate/registry/registrytest"
 	"github.com/provgate/provgate/verify"
 )
@@ -163,6 +164,54 @@ func TestParseRefusesDuplicateKeys(t *testing.T) {
 			if _, err := audit.ParseBytes([]byte(forged)); !errors.Is(err, audit.ErrMalformed) {
 				t.Fatalf("ParseBytes: %v, want ErrMalformed", err)
 			}
+		})
+	}
+}
+
+// TestVerifyRefusesAggregatesThatMisstateTheirRows: four rows, two of job
+// train and two of job eval, one sample each, every one disclosed. The
+// sidecar's aggregates move two samples from train to eval: the batch's
+// sums are right, each aggregate is priced right, but a bill for job
+// train counts one sample, not two. Each aggregate must be the sum of the
+// disclosed rows it holds.
+func TestVerifyRefusesAggregatesThatMisstateTheirRows(t *testing.T) {
+	at := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	const ledger = "L1"
+	var rows []meter.Row
+	for i, job := range []string{"train", "eval", "train", "eval"} {
+		seq := int64(i + 1)
+		rows = append(rows, meter.Row{Seq: seq, ID: ledger + "-" + strconv.FormatInt(seq, 10), Kind: contract.EventAccess, Time: at,
+			Contract: "did:example:forged", Name: "a.bin", Samples: 1, Bytes: 10, Units: 1, CostNanoUSD: 500000, Epoch: 1, Job: job,
+			TermsSeq: 1, Outcome: contract.OutcomeServed})
+	}
+	agg := func(job string, samples int64) contract.MeteringAggregate {
+		return contract.MeteringAggregate{Kind: contract.EventAccess, Outcome: contract.OutcomeServed, Job: job, Epoch: 1, TermsSeq: 1,
+			Events: 2, Samples: samples, Bytes: 20, Units: samples, CostNanoUSD: 500000 * samples, FirstTime: at, LastTime: at}
+	}
+	for _, tc := range []struct {
+		name        string
+		train, eval int64
+		want        string
+	}{
+		{"true", 2, 2, ""},
+		{"shifted", 1, 3, "aggregate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newForgery(t, forgedContract(t), at.Add(-time.Hour))
+			seq := f.meter(&contract.MeteringBatch{BatchID: "agg-0",
+				Rows:       &contract.RowCommitment{Ledger: ledger, AfterSeq: 0, LastSeq: 4, Count: 4, Root: meter.RowsRoot(rows)},
+				Aggregates: []contract.MeteringAggregate{agg("train", tc.train), agg("eval", tc.eval)}}, nil, at)
+			b := f.bundle(ledger)
+			b.Ledger.Job = "train"
+			f.withBatches(b, seq)
+			disclose(t, b, "agg-0", rows)
+			if tc.want == "" {
+				if _, err := audit.Verify(b, audit.VerifyOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantIn(t, problems(t, b, audit.VerifyOptions{}), "batch agg-0: ", tc.want)
 		})
 	}
 }

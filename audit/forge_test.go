@@ -7,9 +7,11 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/transparency-dev/merkle/rfc6962"
+	"github.com/transparency-dev/merkle/testonly"
 
 	"github.com/provgate/provgate/audit"
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/meter"
 	"github.com/provgate/provgate/verify"
 )
 
@@ -104,6 +106,61 @@ func (f *forgery) bundle(ledgerID string) *audit.Bundle {
 	return &audit.Bundle{Format: audit.Format, Contract: f.terms.ContractID, Created: time.Now().UTC(), Log: f.info,
 		Checkpoint: string(cp), Entries: f.entries, Ledger: audit.LedgerScope{ID: ledgerID},
 		Keys: audit.Keys{Sidecars: map[string]jose.JSONWebKey{f.sidecar.KeyID: f.sidecar.Public()}}}
+}
+
+// withBatches adds to b the aggregate batches of entries seqs, each with
+// a receipt against b's checkpoint and what it counts in b's scope, and
+// sets the totals.
+func (f *forgery) withBatches(b *audit.Bundle, seqs ...uint64) *audit.Bundle {
+	f.t.Helper()
+	tree := testonly.New(rfc6962.DefaultHasher)
+	tree.AppendData(f.entries...)
+	for _, seq := range seqs {
+		e, err := contract.DecodeEntry(f.entries[seq-1])
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		pub := f.sidecar.Public()
+		mb, err := verify.VerifyMeteringBatch(e.JWS, &pub)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		hashes, err := tree.InclusionProof(seq-1, uint64(len(f.entries)))
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		bt := audit.Batch{Batch: mb.BatchID, AfterSeq: mb.Rows.AfterSeq, LastSeq: mb.Rows.LastSeq, Entry: f.entries[seq-1],
+			Proof: audit.MarshalTLogProof(&audit.TLogProof{Index: seq - 1, Hashes: hashes, Checkpoint: []byte(b.Checkpoint)}),
+			Rows:  &audit.RowsRoot{Count: uint64(mb.Rows.Count), Root: mb.Rows.Root}}
+		for _, a := range mb.Aggregates {
+			if mb.Rows.Ledger == b.Ledger.ID && (b.Ledger.Job == "" || a.Job == b.Ledger.Job) && b.Ledger.Epochs.Contains(a.Epoch) {
+				bt.Counted.Sums.Add(a.Sums())
+				bt.Counted.Events += a.Events
+			}
+		}
+		b.Totals.Sums.Add(bt.Counted.Sums)
+		b.Totals.Events += bt.Counted.Events
+		b.Batches = append(b.Batches, bt)
+	}
+	return b
+}
+
+// disclose adds every row of rows (the whole of batch's tree) to b.
+func disclose(t *testing.T, b *audit.Bundle, batch string, rows []meter.Row) {
+	t.Helper()
+	leaves := make([][]byte, len(rows))
+	for i := range rows {
+		leaves[i] = meter.RowLeaf(&rows[i])
+	}
+	tree := testonly.New(rfc6962.DefaultHasher)
+	tree.AppendData(leaves...)
+	for i := range rows {
+		p, err := tree.InclusionProof(uint64(i), uint64(len(rows)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Rows = append(b.Rows, audit.DisclosedRow{Seq: rows[i].Seq, Batch: batch, Index: uint64(i), Row: string(leaves[i]), Proof: p})
+	}
 }
 
 // rootOf is the RFC 6962 root of leaf hashes.

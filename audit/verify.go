@@ -401,6 +401,7 @@ func (v *verifier) checkRows() {
 	type cover struct {
 		seen map[uint64]bool
 		sum  Totals
+		agg  map[int]*Totals // an aggregate batch's sums by aggregate
 	}
 	covers := map[string]*cover{}
 	for i := range v.b.Rows {
@@ -438,8 +439,9 @@ func (v *verifier) checkRows() {
 			v.failf(where, "the leaf proven is row %d (%s) of contract %q, not %s", row.Seq, row.ID, row.Contract, id)
 			continue
 		}
+		agg := -1
 		if m.batch.Aggregated() {
-			if a := m.aggregateOf(row); a == nil {
+			if agg = m.aggregateOf(row); agg < 0 {
 				v.failf(where, "no aggregate of batch %s sums a row like it (%s/%s job %q epoch %d at %s)", r.Batch,
 					row.Kind, row.Outcome, row.Job, row.Epoch, row.Time.UTC().Format(time.RFC3339Nano))
 				continue
@@ -457,13 +459,20 @@ func (v *verifier) checkRows() {
 		}
 		c := covers[r.Batch]
 		if c == nil {
-			c = &cover{seen: map[uint64]bool{}}
+			c = &cover{seen: map[uint64]bool{}, agg: map[int]*Totals{}}
 			covers[r.Batch] = c
 		}
 		if !c.seen[r.Index] {
 			c.seen[r.Index] = true
 			c.sum.Events++
 			c.sum.Sums.Add(rowSums(row))
+			if agg >= 0 {
+				if c.agg[agg] == nil {
+					c.agg[agg] = &Totals{}
+				}
+				c.agg[agg].Events++
+				c.agg[agg].Sums.Add(rowSums(row))
+			}
 		}
 		v.rep.Rows++
 	}
@@ -476,6 +485,20 @@ func (v *verifier) checkRows() {
 		}
 		if want := m.sums(); c.sum != want {
 			v.failf("batch "+n, "its %d disclosed rows sum to %s, the batch commits to %s", len(c.seen), c.sum, want)
+		}
+		// Each aggregate is the sum of the rows it holds: sums moved
+		// between aggregates (another job, epoch or lease) keep the
+		// batch's total, not its scoped bills.
+		for i := range m.batch.Aggregates {
+			a := &m.batch.Aggregates[i]
+			var got Totals
+			if t := c.agg[i]; t != nil {
+				got = *t
+			}
+			if want := (Totals{Events: a.Events, Sums: a.Sums()}); got != want {
+				v.failf("batch "+n, "aggregate %d (%s/%s job %q epoch %d) sums %s, its disclosed rows sum to %s", i,
+					a.Kind, a.Outcome, a.Job, a.Epoch, want, got)
+			}
 		}
 	}
 }
