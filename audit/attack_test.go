@@ -215,3 +215,27 @@ func TestVerifyRefusesAggregatesThatMisstateTheirRows(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyRefusesAnEventInsideACountedRange: the aggregate batch of
+// entry 2 counted rows (0, 5]; entry 3 counts row 3 again, as an event of
+// a batch that lists its events. The registry calls such an event a
+// duplicate; a log that counts it bills the row twice.
+func TestVerifyRefusesAnEventInsideACountedRange(t *testing.T) {
+	for _, seq := range []int64{6, 3} {
+		t.Run(strconv.FormatInt(seq, 10), func(t *testing.T) {
+			at := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+			f := newForgery(t, forgedContract(t), at.Add(-time.Hour))
+			f.meter(aggregateOf("L1", 0, 5, at, 0, 500000), nil, at)
+			ev := access("L1", seq, at, 0)
+			f.meter(&contract.MeteringBatch{BatchID: "ev", Events: []contract.MeteringEvent{ev}}, []string{ev.ID}, at)
+			b := f.bundle("another")
+			if seq > 5 {
+				if _, err := audit.Verify(b, audit.VerifyOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantIn(t, problems(t, b, audit.VerifyOptions{}), "entry 3: ", "counted")
+		})
+	}
+}
