@@ -239,3 +239,37 @@ func TestVerifyRefusesAnEventInsideACountedRange(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyRefusesAggregatesUnderTermsNotYetInForce: the price halved at
+// entry 2; an aggregate whose first row was read an hour before, priced
+// under entry 2's cheaper terms, is what the registry refuses.
+func TestVerifyRefusesAggregatesUnderTermsNotYetInForce(t *testing.T) {
+	start := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	cut := start.Add(2 * time.Hour)
+	for _, tc := range []struct {
+		name  string
+		first time.Time
+		want  string
+	}{
+		{"after the cut", cut.Add(time.Minute), ""},
+		{"before the cut", cut.Add(-time.Hour), "in force only from"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newForgery(t, forgedContract(t), start)
+			cheap := *f.terms
+			cheap.Pricing.PriceUSD = 0.00025
+			f.addTerms(&cheap, cut)
+			mb := aggregateOf("L1", 0, 4, cut.Add(2*time.Minute), 2, 250000)
+			mb.Aggregates[0].FirstTime = tc.first
+			f.meter(mb, nil, cut.Add(3*time.Minute))
+			b := f.bundle("another")
+			if tc.want == "" {
+				if _, err := audit.Verify(b, audit.VerifyOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			wantIn(t, problems(t, b, audit.VerifyOptions{}), "entry 3: ", tc.want)
+		})
+	}
+}

@@ -412,6 +412,12 @@ func (r *replay) aggregateEntry(kid string, m *metered, tv *Terms) error {
 		if err != nil {
 			return fmt.Errorf("batch %s: aggregate %d: %w", b.BatchID, i, err)
 		}
+		// Nor newer terms for rows read before them (as the registry
+		// refuses): a price cut would reprice rows read under dearer terms.
+		if t := r.facts.TermsAt(a.TermsSeq); a.TermsSeq != 0 && t != nil && a.FirstTime.Add(TermsSkew).Before(t.EffectiveFrom) {
+			return fmt.Errorf("batch %s: aggregate %d: its first row at %s is priced under the terms of entry %d, in force only from %s", b.BatchID, i,
+				a.FirstTime.UTC().Format(time.RFC3339), t.Seq, t.EffectiveFrom.UTC().Format(time.RFC3339))
+		}
 		if err := contract.CheckAggregateAmounts(a, pricing); err != nil {
 			return fmt.Errorf("batch %s: accepted %w", b.BatchID, err)
 		}
