@@ -273,3 +273,37 @@ func TestVerifyRefusesAggregatesUnderTermsNotYetInForce(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyOfManyRowsDecodesTheirBatchOnce: a bundle of 20,000 junk rows
+// of one batch whose entry is some 250 KB (a thousand aggregates). Each
+// row must not cost a decoding of the batch's entry: 5 GB of JSON for a
+// 2 MB bundle would keep a verifier busy for minutes.
+func TestVerifyOfManyRowsDecodesTheirBatchOnce(t *testing.T) {
+	at := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	f := newForgery(t, forgedContract(t), at.Add(-time.Hour))
+	const n = 1000
+	mb := &contract.MeteringBatch{BatchID: "agg-0", Rows: &contract.RowCommitment{Ledger: "L1", AfterSeq: 0, LastSeq: n, Count: n,
+		Root: bytes.Repeat([]byte{7}, 32)}}
+	for i := range n {
+		job := strconv.Itoa(i) + strings.Repeat("j", 10)
+		mb.Aggregates = append(mb.Aggregates, contract.MeteringAggregate{Kind: contract.EventAccess, Job: job, Epoch: 1, Events: 1,
+			Samples: 1, Units: 1, CostNanoUSD: 500000, FirstTime: at, LastTime: at})
+	}
+	seq := f.meter(mb, nil, at)
+	if len(f.entries[seq-1]) < 200<<10 {
+		t.Fatalf("entry of %d bytes, want some 250 KB", len(f.entries[seq-1]))
+	}
+	b := f.withBatches(f.bundle("L1"), seq)
+	for i := range 20000 {
+		b.Rows = append(b.Rows, audit.DisclosedRow{Seq: int64(i%n) + 1, Batch: "agg-0", Row: "x"})
+	}
+	start := time.Now()
+	_, err := audit.Verify(b, audit.VerifyOptions{})
+	if took := time.Since(start); took > 20*time.Second {
+		t.Fatalf("Verify took %s", took)
+	}
+	var ve *audit.VerifyError
+	if !errors.As(err, &ve) || len(ve.Problems) != 20000 {
+		t.Fatalf("Verify: want one problem per junk row, got %v", err)
+	}
+}

@@ -122,6 +122,8 @@ type verifier struct {
 	roots   map[uint64][]byte
 	replay  *replay
 	byBatch map[string]int // batch id -> index in b.Batches
+	// meteredBy caches meteredOf.
+	meteredBy map[*Batch]*metered
 }
 
 func (v *verifier) fail(where string, err error) {
@@ -512,13 +514,21 @@ func treeOf(bt *Batch, m *metered) RowsRoot {
 	return *bt.Rows
 }
 
-// meteredOf is the verified metering entry of a batch, or nil.
+// meteredOf is the verified metering entry of a batch, or nil; its
+// entry is decoded once, however many rows name it.
 func (v *verifier) meteredOf(bt *Batch) *metered {
-	e, err := contract.DecodeEntry(bt.Entry)
-	if err != nil {
-		return nil
+	if m, ok := v.meteredBy[bt]; ok {
+		return m
 	}
-	return v.replay.meteringAt(e.Seq)
+	var m *metered
+	if e, err := contract.DecodeEntry(bt.Entry); err == nil {
+		m = v.replay.meteringAt(e.Seq)
+	}
+	if v.meteredBy == nil {
+		v.meteredBy = map[*Batch]*metered{}
+	}
+	v.meteredBy[bt] = m
+	return m
 }
 
 func keysOf[V any](m map[string]V) map[string]bool {
