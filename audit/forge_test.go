@@ -21,14 +21,13 @@ import (
 // (encoded, chained, signed); only the choice of what goes in is the
 // attacker's.
 type forgery struct {
-	t        *testing.T
-	info     contract.LogInfo
-	signer   *verify.CheckpointSigner
-	terms    *contract.Contract
-	entries  [][]byte
-	sidecar  *jose.JSONWebKey
-	start    time.Time
-	ledgerID string
+	t       *testing.T
+	info    contract.LogInfo
+	signer  *verify.CheckpointSigner
+	terms   *contract.Contract
+	entries [][]byte
+	sidecar *jose.JSONWebKey
+	start   time.Time
 }
 
 // newForgery starts a log of terms c (entry 1, in force from start) under
