@@ -307,3 +307,19 @@ func TestVerifyOfManyRowsDecodesTheirBatchOnce(t *testing.T) {
 		t.Fatalf("Verify: want one problem per junk row, got %v", err)
 	}
 }
+
+// TestScopeIsTheLedgerNotAPrefix: ledger ids may hold "-", so the events
+// of ledger "Qx-9" ("Qx-9-5") start with "Qx-". A bundle of ledger Qx
+// must not count them (another sidecar could name its ledger so, to put
+// its use on Qx's bill): with no batch of its own, it verifies with no
+// totals; a bundle of ledger Qx-9 counts them.
+func TestScopeIsTheLedgerNotAPrefix(t *testing.T) {
+	at := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	f := newForgery(t, forgedContract(t), at.Add(-time.Hour))
+	ev := access("Qx-9", 5, at, 0)
+	f.meter(&contract.MeteringBatch{BatchID: "ev-5", Events: []contract.MeteringEvent{ev}}, []string{ev.ID}, at)
+	if rep, err := audit.Verify(f.bundle("Qx"), audit.VerifyOptions{}); err != nil || rep.Totals.Events != 0 {
+		t.Fatalf("ledger Qx: %v, totals %s; want none", err, rep.Totals)
+	}
+	wantIn(t, problems(t, f.bundle("Qx-9"), audit.VerifyOptions{}), "batch ev-5: ", "leaves it out")
+}

@@ -112,10 +112,12 @@ func (r *EpochRange) Contains(e int64) bool {
 	return r == nil || (e >= r.From && e <= r.To)
 }
 
-// In reports whether an event is in the scope: the ledger's own, of the
-// job and epochs asked.
+// In reports whether an event is in the scope: the ledger's own (its id
+// is ID + "-" + a row seq; ledger ids may hold "-", so no prefix will do),
+// of the job and epochs asked.
 func (s *LedgerScope) In(ev *contract.MeteringEvent) bool {
-	return strings.HasPrefix(ev.ID, s.ID+"-") && (s.Job == "" || ev.Job == s.Job) && s.Epochs.Contains(ev.Epoch)
+	_, ok := s.rowSeq(ev.ID)
+	return ok && (s.Job == "" || ev.Job == s.Job) && s.Epochs.Contains(ev.Epoch)
 }
 
 // Batch is one of the ledger's metering batches: its rows (AfterSeq,

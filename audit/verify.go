@@ -542,15 +542,8 @@ func keysOf[V any](m map[string]V) map[string]bool {
 // rowSeq is the ledger row seq of event id, when the event is this
 // ledger's.
 func (s *LedgerScope) rowSeq(id string) (int64, bool) {
-	rest, ok := strings.CutPrefix(id, s.ID+"-")
-	if !ok {
-		return 0, false
-	}
-	var n int64
-	if _, err := fmt.Sscan(rest, &n); err != nil || fmt.Sprint(n) != rest {
-		return 0, false
-	}
-	return n, true
+	ledger, n, ok := eventSeq(id)
+	return n, ok && ledger == s.ID
 }
 
 func (t Totals) String() string {
