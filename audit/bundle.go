@@ -112,10 +112,12 @@ func (r *EpochRange) Contains(e int64) bool {
 	return r == nil || (e >= r.From && e <= r.To)
 }
 
-// In reports whether an event is in the scope: the ledger's own, of the
-// job and epochs asked.
+// In reports whether an event is in the scope: the ledger's own (its id
+// is ID + "-" + a row seq; ledger ids may hold "-", so no prefix will do),
+// of the job and epochs asked.
 func (s *LedgerScope) In(ev *contract.MeteringEvent) bool {
-	return strings.HasPrefix(ev.ID, s.ID+"-") && (s.Job == "" || ev.Job == s.Job) && s.Epochs.Contains(ev.Epoch)
+	_, ok := s.rowSeq(ev.ID)
+	return ok && (s.Job == "" || ev.Job == s.Job) && s.Epochs.Contains(ev.Epoch)
 }
 
 // Batch is one of the ledger's metering batches: its rows (AfterSeq,
@@ -191,10 +193,70 @@ func ParseBytes(b []byte) (*Bundle, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("%w: trailing data after the object", ErrMalformed)
 	}
+	if err := checkKeys(b); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
 	if err := bu.checkShape(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return &bu, nil
+}
+
+// checkKeys refuses what Go's decoder reads one way and other JSON
+// readers another: an object with two keys equal but for case (Go keeps
+// the last, matching fields without regard to case; others keep the
+// first, or see two fields), and a field name not in lower case. Keys of
+// keys.sidecars (thumbprints) are map keys and keep their case. b has
+// decoded, so its nesting is bounded.
+func checkKeys(b []byte) error {
+	type frame struct {
+		object, expectKey, mapKeys bool
+		keys                       map[string]bool
+		lastKey                    string
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var top *frame
+		if n := len(stack); n > 0 {
+			top = stack[n-1]
+		}
+		if k, ok := tok.(string); ok && top != nil && top.object && top.expectKey {
+			low := strings.ToLower(k)
+			switch {
+			case top.keys[low]:
+				return fmt.Errorf("key %q appears twice in one object (keys are compared without regard to case)", k)
+			case !top.mapKeys && k != low && k != "x5t#S256":
+				return fmt.Errorf("key %q is not in lower case", k)
+			}
+			top.keys[low], top.lastKey, top.expectKey = true, k, false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			f := &frame{object: tok == json.Delim('{'), expectKey: true, keys: map[string]bool{}}
+			f.mapKeys = f.object && top != nil && top.object && top.lastKey == "sidecars"
+			stack = append(stack, f)
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			if n := len(stack); n > 0 {
+				top = stack[n-1]
+			} else {
+				top = nil
+			}
+		}
+		if top != nil && top.object {
+			top.expectKey = true // a value ended
+		}
+	}
 }
 
 func (b *Bundle) checkShape() error {

@@ -23,7 +23,8 @@ const (
 	// max_bytes (or the contract's usage limits).
 	FindingQuota = "quota"
 	// FindingNotInForce: a read priced under terms whose effective_from
-	// is after it, or under an entry that holds no terms.
+	// is after it, or that a later version superseded more than
+	// TermsSkew before it, or under an entry that holds no terms.
 	FindingNotInForce = "not_in_force"
 	// FindingExpired: a billed read after the licensee's terms expired.
 	FindingExpired = "expired"
@@ -148,6 +149,13 @@ func (c *checker) rows() {
 			case t.EffectiveFrom.After(r.Time):
 				c.add(FindingNotInForce, r, "read at %s under the terms of entry %d, in force only from %s",
 					r.Time.UTC().Format(time.RFC3339), t.Seq, t.EffectiveFrom.UTC().Format(time.RFC3339))
+			default:
+				n := f.SupersededAt(t, r.Time)
+				if n == nil {
+					break
+				}
+				c.add(FindingNotInForce, r, "read at %s under the terms of entry %d, superseded by entry %d from %s",
+					r.Time.UTC().Format(time.RFC3339), t.Seq, n.Seq, n.EffectiveFrom.UTC().Format(time.RFC3339))
 			}
 		}
 		if red := f.RedactedAt(r.Name, r.Time.Add(-c.in.RedactionGrace)); red != nil {

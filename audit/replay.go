@@ -69,6 +69,20 @@ func (f *Facts) TermsAt(seq uint64) *Terms {
 	return nil
 }
 
+// SupersededAt is the version after t when it came into force more than
+// TermsSkew before at (t no longer prices what happened at at), or nil.
+func (f *Facts) SupersededAt(t *Terms, at time.Time) *Terms {
+	for i := range f.Terms {
+		if n := &f.Terms[i]; n.Seq > t.Seq {
+			if at.After(n.EffectiveFrom.Add(TermsSkew)) {
+				return n
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
 // InForce is the version in force at t: the latest logged by t whose
 // effective_from is not after t, or the first version when none is.
 func (f *Facts) InForce(t time.Time) *Terms {
@@ -315,7 +329,7 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		if m.accepted[id] {
 			return fmt.Errorf("batch %s: event %q accepted twice", b.BatchID, id)
 		}
-		pricing, err := r.pricing(seq, ev.TermsSeq, tv)
+		pricing, err := r.pricing(seq, ev.TermsSeq, tv, ev.Time)
 		if err != nil {
 			return fmt.Errorf("batch %s: event %q: %w", b.BatchID, id, err)
 		}
@@ -326,30 +340,62 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		if prev, ok := r.counted[key]; ok {
 			return fmt.Errorf("%w: batch %s: event %q of sidecar %s was already counted by entry %d", verify.ErrDuplicate, b.BatchID, id, kid, prev)
 		}
+		if ledger, n, ok := eventSeq(id); ok {
+			for _, prev := range r.ranges[kid+" "+ledger] {
+				if rs := prev.batch.Rows; n > rs.AfterSeq && n <= rs.LastSeq {
+					return fmt.Errorf("%w: batch %s: event %q of sidecar %s is row %d of ledger %s, which entry %d counted in rows (%d, %d]",
+						verify.ErrDuplicate, b.BatchID, id, kid, n, ledger, prev.seq, rs.AfterSeq, rs.LastSeq)
+				}
+			}
+			r.single[kid+" "+ledger] = append(r.single[kid+" "+ledger], n)
+		}
 		r.counted[key] = seq
 		m.accepted[id] = true
-		if ledger, rs, ok := strings.Cut(id, "-"); ok {
-			if n, err := strconv.ParseInt(rs, 10, 64); err == nil {
-				r.single[kid+" "+ledger] = append(r.single[kid+" "+ledger], n)
-			}
-		}
 	}
 	r.meter = append(r.meter, m)
 	r.bySeq[seq] = m
 	return nil
 }
 
+// TermsSkew is how far past the end of a terms version (the next
+// version's effective_from) an event or an aggregate's last row may be
+// priced under it, as the registry allows.
+const TermsSkew = 5 * time.Minute
+
+// eventSeq splits a sidecar event id "<ledger id>-<row seq>" as the
+// registry does: the ledger id is base64url and may hold "-", the seq is
+// the canonical decimal after the last one.
+func eventSeq(id string) (string, int64, bool) {
+	i := strings.LastIndexByte(id, '-')
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseInt(id[i+1:], 10, 64)
+	if err != nil || n <= 0 || strconv.FormatInt(n, 10) != id[i+1:] {
+		return "", 0, false
+	}
+	return id[:i], n, true
+}
+
 // pricing is the pricing of the terms of entry termsSeq (an event or
 // aggregate names the terms it was priced under), or of the terms in
-// force at the entry when it names none.
-func (r *replay) pricing(seq, termsSeq uint64, tv *Terms) (contract.Pricing, error) {
+// force at the entry when it names none. Terms superseded (by a version
+// logged before the entry) more than TermsSkew before at, the time of the
+// event or of the aggregate's last row, price nothing: a sender may not
+// pick older, cheaper terms.
+func (r *replay) pricing(seq, termsSeq uint64, tv *Terms, at time.Time) (contract.Pricing, error) {
 	if termsSeq == 0 {
 		return tv.Terms.Pricing, nil
 	}
-	if t := r.facts.TermsAt(termsSeq); t != nil && t.Seq < seq {
-		return t.Terms.Pricing, nil
+	t := r.facts.TermsAt(termsSeq)
+	if t == nil || t.Seq >= seq {
+		return contract.Pricing{}, fmt.Errorf("priced under entry %d, which holds no earlier terms", termsSeq)
 	}
-	return contract.Pricing{}, fmt.Errorf("priced under entry %d, which holds no earlier terms", termsSeq)
+	if n := r.facts.SupersededAt(t, at); n != nil && n.Seq < seq {
+		return contract.Pricing{}, fmt.Errorf("at %s priced under the terms of entry %d, superseded by entry %d from %s",
+			at.UTC().Format(time.RFC3339), t.Seq, n.Seq, n.EffectiveFrom.UTC().Format(time.RFC3339))
+	}
+	return t.Terms.Pricing, nil
 }
 
 // aggregateEntry checks an aggregate metering entry: it lists no events,
@@ -362,9 +408,15 @@ func (r *replay) aggregateEntry(kid string, m *metered, tv *Terms) error {
 	}
 	for i := range b.Aggregates {
 		a := &b.Aggregates[i]
-		pricing, err := r.pricing(m.seq, a.TermsSeq, tv)
+		pricing, err := r.pricing(m.seq, a.TermsSeq, tv, a.LastTime)
 		if err != nil {
 			return fmt.Errorf("batch %s: aggregate %d: %w", b.BatchID, i, err)
+		}
+		// Nor newer terms for rows read before them (as the registry
+		// refuses): a price cut would reprice rows read under dearer terms.
+		if t := r.facts.TermsAt(a.TermsSeq); a.TermsSeq != 0 && t != nil && a.FirstTime.Add(TermsSkew).Before(t.EffectiveFrom) {
+			return fmt.Errorf("batch %s: aggregate %d: its first row at %s is priced under the terms of entry %d, in force only from %s", b.BatchID, i,
+				a.FirstTime.UTC().Format(time.RFC3339), t.Seq, t.EffectiveFrom.UTC().Format(time.RFC3339))
 		}
 		if err := contract.CheckAggregateAmounts(a, pricing); err != nil {
 			return fmt.Errorf("batch %s: accepted %w", b.BatchID, err)

@@ -96,9 +96,9 @@ func rowSums(r *meter.Row) contract.Sums {
 	return s
 }
 
-// aggregateOf is the aggregate of the batch whose key the row has and
-// whose time span holds it, or nil.
-func (m *metered) aggregateOf(r *meter.Row) *contract.MeteringAggregate {
+// aggregateOf is the index of the aggregate of the batch whose key the
+// row has and whose time span holds it, or -1.
+func (m *metered) aggregateOf(r *meter.Row) int {
 	outcome := r.Outcome
 	if r.Kind == contract.EventAccess && outcome == "" {
 		outcome = contract.OutcomeServed
@@ -111,8 +111,8 @@ func (m *metered) aggregateOf(r *meter.Row) *contract.MeteringAggregate {
 		}
 		if a.Kind == r.Kind && ao == outcome && a.Job == r.Job && a.Epoch == r.Epoch && a.Lease == r.Lease && a.TermsSeq == r.TermsSeq &&
 			!r.Time.Before(a.FirstTime) && !r.Time.After(a.LastTime) {
-			return a
+			return i
 		}
 	}
-	return nil
+	return -1
 }

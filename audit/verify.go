@@ -122,6 +122,8 @@ type verifier struct {
 	roots   map[uint64][]byte
 	replay  *replay
 	byBatch map[string]int // batch id -> index in b.Batches
+	// meteredBy caches meteredOf.
+	meteredBy map[*Batch]*metered
 }
 
 func (v *verifier) fail(where string, err error) {
@@ -401,6 +403,7 @@ func (v *verifier) checkRows() {
 	type cover struct {
 		seen map[uint64]bool
 		sum  Totals
+		agg  map[int]*Totals // an aggregate batch's sums by aggregate
 	}
 	covers := map[string]*cover{}
 	for i := range v.b.Rows {
@@ -438,8 +441,9 @@ func (v *verifier) checkRows() {
 			v.failf(where, "the leaf proven is row %d (%s) of contract %q, not %s", row.Seq, row.ID, row.Contract, id)
 			continue
 		}
+		agg := -1
 		if m.batch.Aggregated() {
-			if a := m.aggregateOf(row); a == nil {
+			if agg = m.aggregateOf(row); agg < 0 {
 				v.failf(where, "no aggregate of batch %s sums a row like it (%s/%s job %q epoch %d at %s)", r.Batch,
 					row.Kind, row.Outcome, row.Job, row.Epoch, row.Time.UTC().Format(time.RFC3339Nano))
 				continue
@@ -457,13 +461,20 @@ func (v *verifier) checkRows() {
 		}
 		c := covers[r.Batch]
 		if c == nil {
-			c = &cover{seen: map[uint64]bool{}}
+			c = &cover{seen: map[uint64]bool{}, agg: map[int]*Totals{}}
 			covers[r.Batch] = c
 		}
 		if !c.seen[r.Index] {
 			c.seen[r.Index] = true
 			c.sum.Events++
 			c.sum.Sums.Add(rowSums(row))
+			if agg >= 0 {
+				if c.agg[agg] == nil {
+					c.agg[agg] = &Totals{}
+				}
+				c.agg[agg].Events++
+				c.agg[agg].Sums.Add(rowSums(row))
+			}
 		}
 		v.rep.Rows++
 	}
@@ -477,6 +488,20 @@ func (v *verifier) checkRows() {
 		if want := m.sums(); c.sum != want {
 			v.failf("batch "+n, "its %d disclosed rows sum to %s, the batch commits to %s", len(c.seen), c.sum, want)
 		}
+		// Each aggregate is the sum of the rows it holds: sums moved
+		// between aggregates (another job, epoch or lease) keep the
+		// batch's total, not its scoped bills.
+		for i := range m.batch.Aggregates {
+			a := &m.batch.Aggregates[i]
+			var got Totals
+			if t := c.agg[i]; t != nil {
+				got = *t
+			}
+			if want := (Totals{Events: a.Events, Sums: a.Sums()}); got != want {
+				v.failf("batch "+n, "aggregate %d (%s/%s job %q epoch %d) sums %s, its disclosed rows sum to %s", i,
+					a.Kind, a.Outcome, a.Job, a.Epoch, want, got)
+			}
+		}
 	}
 }
 
@@ -489,13 +514,21 @@ func treeOf(bt *Batch, m *metered) RowsRoot {
 	return *bt.Rows
 }
 
-// meteredOf is the verified metering entry of a batch, or nil.
+// meteredOf is the verified metering entry of a batch, or nil; its
+// entry is decoded once, however many rows name it.
 func (v *verifier) meteredOf(bt *Batch) *metered {
-	e, err := contract.DecodeEntry(bt.Entry)
-	if err != nil {
-		return nil
+	if m, ok := v.meteredBy[bt]; ok {
+		return m
 	}
-	return v.replay.meteringAt(e.Seq)
+	var m *metered
+	if e, err := contract.DecodeEntry(bt.Entry); err == nil {
+		m = v.replay.meteringAt(e.Seq)
+	}
+	if v.meteredBy == nil {
+		v.meteredBy = map[*Batch]*metered{}
+	}
+	v.meteredBy[bt] = m
+	return m
 }
 
 func keysOf[V any](m map[string]V) map[string]bool {
@@ -509,15 +542,8 @@ func keysOf[V any](m map[string]V) map[string]bool {
 // rowSeq is the ledger row seq of event id, when the event is this
 // ledger's.
 func (s *LedgerScope) rowSeq(id string) (int64, bool) {
-	rest, ok := strings.CutPrefix(id, s.ID+"-")
-	if !ok {
-		return 0, false
-	}
-	var n int64
-	if _, err := fmt.Sscan(rest, &n); err != nil || fmt.Sprint(n) != rest {
-		return 0, false
-	}
-	return n, true
+	ledger, n, ok := eventSeq(id)
+	return n, ok && ledger == s.ID
 }
 
 func (t Totals) String() string {

@@ -45,8 +45,9 @@ func (r *RowCommitment) Overlaps(o *RowCommitment) bool {
 
 // MeteringAggregate sums the rows of an aggregate batch that share a key:
 // kind, outcome (accesses), job, epoch, lease and terms version. Events
-// is the number of rows; FirstTime and LastTime bound their times (the
-// terms version must be in force at LastTime, within the skew).
+// is the number of rows; FirstTime and LastTime bound their times (a
+// terms version it names must not be superseded at LastTime, nor come
+// into force after FirstTime, within the skew).
 type MeteringAggregate struct {
 	Kind     string `json:"kind"`
 	Outcome  string `json:"outcome,omitempty"`
