@@ -329,7 +329,7 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		if m.accepted[id] {
 			return fmt.Errorf("batch %s: event %q accepted twice", b.BatchID, id)
 		}
-		pricing, err := r.pricing(seq, ev.TermsSeq, tv, ev.Time)
+		pricing, err := r.pricing(seq, ev.TermsSeq, tv, ev.Time, ev.Time)
 		if err != nil {
 			return fmt.Errorf("batch %s: event %q: %w", b.BatchID, id, err)
 		}
@@ -383,17 +383,43 @@ func eventSeq(id string) (string, int64, bool) {
 // logged before the entry) more than TermsSkew before at, the time of the
 // event or of the aggregate's last row, price nothing: a sender may not
 // pick older, cheaper terms.
-func (r *replay) pricing(seq, termsSeq uint64, tv *Terms, at time.Time) (contract.Pricing, error) {
-	if termsSeq == 0 {
+func (r *replay) pricing(seq, termsSeq uint64, tv *Terms, first, last time.Time) (contract.Pricing, error) {
+	if last.IsZero() {
+		// Undated: the registry prices it as of when it counts it, under
+		// the terms current at the batch's entry.
+		if termsSeq != 0 && termsSeq != tv.Seq {
+			return contract.Pricing{}, fmt.Errorf("undated, priced under the terms of entry %d, not those current (entry %d)", termsSeq, tv.Seq)
+		}
 		return tv.Terms.Pricing, nil
 	}
-	t := r.facts.TermsAt(termsSeq)
-	if t == nil || t.Seq >= seq {
+	if first.IsZero() || first.After(last) {
+		first = last
+	}
+	var t *Terms
+	if termsSeq == 0 {
+		// What names no version is priced under the version in force at
+		// its time, as the registry does.
+		for i := range r.facts.Terms {
+			v := &r.facts.Terms[i]
+			if v.Seq < seq && (t == nil || !last.Before(v.EffectiveFrom)) {
+				t = v
+			}
+		}
+		if t == nil {
+			return tv.Terms.Pricing, nil
+		}
+	} else if t = r.facts.TermsAt(termsSeq); t == nil || t.Seq >= seq {
 		return contract.Pricing{}, fmt.Errorf("priced under entry %d, which holds no earlier terms", termsSeq)
 	}
-	if n := r.facts.SupersededAt(t, at); n != nil && n.Seq < seq {
+	if n := r.facts.SupersededAt(t, last); n != nil && n.Seq < seq {
 		return contract.Pricing{}, fmt.Errorf("at %s priced under the terms of entry %d, superseded by entry %d from %s",
-			at.UTC().Format(time.RFC3339), t.Seq, n.Seq, n.EffectiveFrom.UTC().Format(time.RFC3339))
+			last.UTC().Format(time.RFC3339), t.Seq, n.Seq, n.EffectiveFrom.UTC().Format(time.RFC3339))
+	}
+	// Nor newer terms for what happened before them (as the registry
+	// refuses): a price cut would reprice rows read under dearer terms.
+	if len(r.facts.Terms) > 0 && t.Seq != r.facts.Terms[0].Seq && first.Add(TermsSkew).Before(t.EffectiveFrom) {
+		return contract.Pricing{}, fmt.Errorf("from %s priced under the terms of entry %d, in force only from %s",
+			first.UTC().Format(time.RFC3339), t.Seq, t.EffectiveFrom.UTC().Format(time.RFC3339))
 	}
 	return t.Terms.Pricing, nil
 }
@@ -408,15 +434,9 @@ func (r *replay) aggregateEntry(kid string, m *metered, tv *Terms) error {
 	}
 	for i := range b.Aggregates {
 		a := &b.Aggregates[i]
-		pricing, err := r.pricing(m.seq, a.TermsSeq, tv, a.LastTime)
+		pricing, err := r.pricing(m.seq, a.TermsSeq, tv, a.FirstTime, a.LastTime)
 		if err != nil {
 			return fmt.Errorf("batch %s: aggregate %d: %w", b.BatchID, i, err)
-		}
-		// Nor newer terms for rows read before them (as the registry
-		// refuses): a price cut would reprice rows read under dearer terms.
-		if t := r.facts.TermsAt(a.TermsSeq); a.TermsSeq != 0 && t != nil && a.FirstTime.Add(TermsSkew).Before(t.EffectiveFrom) {
-			return fmt.Errorf("batch %s: aggregate %d: its first row at %s is priced under the terms of entry %d, in force only from %s", b.BatchID, i,
-				a.FirstTime.UTC().Format(time.RFC3339), t.Seq, t.EffectiveFrom.UTC().Format(time.RFC3339))
 		}
 		if err := contract.CheckAggregateAmounts(a, pricing); err != nil {
 			return fmt.Errorf("batch %s: accepted %w", b.BatchID, err)

@@ -9,10 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/provgate/provgate/contract"
-	"github.com/provgate/provgate/verify"
 )
 
 // Aggregate metering: a batch that carries sums per key and the Merkle
@@ -140,7 +138,6 @@ func (s *Server) ingestAggregate(w http.ResponseWriter, r *http.Request, c *cont
 	b := in.batch
 	prices := termsPrices{c: c}
 	var sums contract.Sums
-	var froms map[uint64]time.Time
 	leases := map[string]bool{}
 	for i := range b.Aggregates {
 		a := &b.Aggregates[i]
@@ -148,23 +145,12 @@ func (s *Server) ingestAggregate(w http.ResponseWriter, r *http.Request, c *cont
 			return contract.Errorf(http.StatusForbidden, contract.CodeForbidden,
 				"metering batch refused: aggregate %d is for licensee %q, sidecar %s is enrolled by %q", i, a.Licensee, in.sender, in.licensee)
 		}
-		p, err := prices.atSeq(ctx, s, a.TermsSeq, a.LastTime, fmt.Sprintf("aggregate %d", i))
+		// Rows read before a price cut cannot name the cheaper terms,
+		// nor rows read after one the dearer: the terms must be in force
+		// from the aggregate's first row to its last.
+		p, err := prices.atSeq(ctx, s, a.TermsSeq, a.FirstTime, a.LastTime, fmt.Sprintf("aggregate %d", i))
 		if err != nil {
 			return err
-		}
-		if a.TermsSeq != 0 {
-			// Nor newer terms for rows read before them: a price cut
-			// would otherwise reprice rows read under the dearer terms.
-			if froms == nil {
-				if froms, err = s.termsFroms(ctx, c); err != nil {
-					return err
-				}
-			}
-			if from := froms[a.TermsSeq]; a.FirstTime.Add(termsSkew).Before(from) {
-				return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
-					"metering batch refused: aggregate %d: its first row at %s is priced under terms %d, in force only from %s", i,
-					a.FirstTime.UTC().Format(time.RFC3339), a.TermsSeq, from.UTC().Format(time.RFC3339))
-			}
 		}
 		if err := contract.CheckAggregateAmounts(a, p); err != nil {
 			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "metering batch refused: %v", err)
@@ -246,32 +232,6 @@ func (s *Server) ingestAggregate(w http.ResponseWriter, r *http.Request, c *cont
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
-}
-
-// termsFroms is the effective_from of each terms version of c's log, by
-// entry seq, checked with the log's key.
-func (s *Server) termsFroms(ctx context.Context, c *contract.Contract) (map[uint64]time.Time, error) {
-	bodies, err := s.st.termsEntries(ctx, c.ContractID)
-	if err != nil {
-		return nil, err
-	}
-	cpv, err := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[uint64]time.Time, len(bodies))
-	for _, b := range bodies {
-		e, err := contract.DecodeEntry(b)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errCorrupted, err)
-		}
-		v, err := cpv.OpenTerms(e.Note)
-		if err != nil {
-			return nil, fmt.Errorf("%w: terms entry %d: %v", errCorrupted, e.Seq, err)
-		}
-		out[e.Seq] = v.EffectiveFrom
-	}
-	return out, nil
 }
 
 // countedRange returns a counted range of the sender's ledger that

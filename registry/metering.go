@@ -284,38 +284,64 @@ func (s *Server) handleTotals(w http.ResponseWriter, r *http.Request) error {
 // termsPrices finds the pricing of the terms version an event names, so
 // that rows priced before a contract update and synced after it are
 // checked against the terms they were billed under. A version counts only
-// for events of its time: one stamped after the next version came into
-// force (beyond a clock skew) is refused, so a sender cannot pick older,
-// cheaper terms.
+// for what happened while it was in force (within a clock skew either
+// way): a sender can pick neither older, cheaper terms for later reads nor
+// newer, cheaper terms for earlier ones. What names no version (terms_seq
+// 0: rows written before terms were logged) is priced under the version in
+// force at its time, not under the latest.
 type termsPrices struct {
 	c    *contract.Contract
 	byAt map[uint64]termsSpan
+	seqs []uint64 // byAt's keys in log order
 }
 
 type termsSpan struct {
 	pricing contract.Pricing
+	from    time.Time // effective_from
 	until   time.Time // the next version's effective_from; zero: none
 }
 
-// termsSkew is how far an event's time may pass the end of its terms.
+// termsSkew is how far an event's time may pass either end of its terms.
 const termsSkew = 5 * time.Minute
 
-// at is the pricing of the terms entry seq for event e (seq 0, or the
-// latest: the contract's own); a seq that is no terms entry of the log,
-// or terms superseded before the event, is a 400.
+// at is the pricing of the terms entry an event names for that event.
 func (t *termsPrices) at(ctx context.Context, s *Server, e *contract.MeteringEvent) (contract.Pricing, error) {
-	return t.atSeq(ctx, s, e.TermsSeq, e.Time, fmt.Sprintf("event %q", e.ID))
+	return t.atSeq(ctx, s, e.TermsSeq, e.Time, e.Time, fmt.Sprintf("event %q", e.ID))
 }
 
-// atSeq is the pricing of the terms entry seq for what happened at time
-// at (an event, or the last row of an aggregate), named what in errors.
-func (t *termsPrices) atSeq(ctx context.Context, s *Server, seq uint64, at time.Time, what string) (contract.Pricing, error) {
-	if seq == 0 || seq == t.c.TermsSeq {
-		return t.c.Pricing, nil
-	}
+// atSeq is the pricing of the terms entry seq (0: the version in force at
+// last) for what happened from first to last (an event, or the rows of an
+// aggregate), named what in errors. A seq that is no terms entry of the
+// log, terms superseded before last or not yet in force at first (the
+// first version covers all before it) is a 400.
+func (t *termsPrices) atSeq(ctx context.Context, s *Server, seq uint64, first, last time.Time, what string) (contract.Pricing, error) {
 	if t.byAt == nil {
 		if err := t.load(ctx, s); err != nil {
 			return contract.Pricing{}, err
+		}
+	}
+	if last.IsZero() {
+		// What is not dated is priced as of now: undated rows cannot
+		// pick superseded terms.
+		last = time.Now()
+	}
+	if first.IsZero() || first.After(last) {
+		first = last
+	}
+	if len(t.seqs) == 0 {
+		// A log from before terms were logged: the contract's own.
+		if seq != 0 && seq != t.c.TermsSeq {
+			return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
+				"metering batch refused: %s: terms_seq %d is not a terms entry of contract %q", what, seq, t.c.ContractID)
+		}
+		return t.c.Pricing, nil
+	}
+	if seq == 0 {
+		seq = t.seqs[0]
+		for _, v := range t.seqs[1:] {
+			if !last.Before(t.byAt[v].from) {
+				seq = v
+			}
 		}
 	}
 	span, ok := t.byAt[seq]
@@ -323,10 +349,15 @@ func (t *termsPrices) atSeq(ctx context.Context, s *Server, seq uint64, at time.
 		return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
 			"metering batch refused: %s: terms_seq %d is not a terms entry of contract %q", what, seq, t.c.ContractID)
 	}
-	if !span.until.IsZero() && at.After(span.until.Add(termsSkew)) {
+	if !span.until.IsZero() && last.After(span.until.Add(termsSkew)) {
 		return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
 			"metering batch refused: %s at %s is priced under terms %d, superseded at %s", what,
-			at.UTC().Format(time.RFC3339), seq, span.until.UTC().Format(time.RFC3339))
+			last.UTC().Format(time.RFC3339), seq, span.until.UTC().Format(time.RFC3339))
+	}
+	if seq != t.seqs[0] && first.Add(termsSkew).Before(span.from) {
+		return contract.Pricing{}, contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
+			"metering batch refused: %s from %s is priced under terms %d, in force only from %s", what,
+			first.UTC().Format(time.RFC3339), seq, span.from.UTC().Format(time.RFC3339))
 	}
 	return span.pricing, nil
 }
@@ -357,7 +388,8 @@ func (t *termsPrices) load(ctx context.Context, s *Server) error {
 			span.until = v.EffectiveFrom
 			t.byAt[prev] = span
 		}
-		t.byAt[e.Seq] = termsSpan{pricing: v.Terms.Pricing}
+		t.byAt[e.Seq] = termsSpan{pricing: v.Terms.Pricing, from: v.EffectiveFrom}
+		t.seqs = append(t.seqs, e.Seq)
 		prev = e.Seq
 	}
 	return nil

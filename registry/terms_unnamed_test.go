@@ -1,0 +1,54 @@
+package registry_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/verify"
+)
+
+// The price halves. Rows read an hour before the cut cannot get the new
+// price by naming no terms version (terms_seq 0, as rows written before
+// terms were logged carry) nor by naming the new version: what names no
+// version is priced under the version in force at its time, and nothing
+// is priced under terms not yet in force then (beyond the skew). A row of
+// the old time at the old price, naming none, is counted.
+func TestRowsNamingNoTermsArePricedUnderTheTermsOfTheirTime(t *testing.T) {
+	ctx := context.Background()
+	h, c, acme, _, tok, _ := licensedSetup(t)
+	next := *c
+	next.Version, next.Pricing.PriceUSD = "2026-02-01", c.Pricing.PriceUSD/2
+	updated, err := h.Client.UpdateContract(ctx, h.AdminToken, &next, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hourAgo := time.Now().Add(-time.Hour)
+
+	unnamed := served("unnamed-cheap")
+	unnamed.TermsSeq, unnamed.Time, unnamed.CostNanoUSD = 0, hourAgo, sampleNano/2
+	named := served("named-cheap")
+	named.TermsSeq, named.Time, named.CostNanoUSD = updated.TermsSeq, hourAgo, sampleNano/2
+	agg := servedAgg(4)
+	agg.TermsSeq, agg.CostNanoUSD, agg.FirstTime = 0, 4*sampleNano/2, hourAgo
+	for name, jws := range map[string]string{
+		"an event naming no terms, at the new price":      signEvents(t, acme, c.ContractID, unnamed),
+		"an event naming the new terms, read before them": signEvents(t, acme, c.ContractID, named),
+		"an aggregate naming no terms, at the new price":  signAggregate(t, acme, c.ContractID, rowsOf("L", 0, 4, 4, "agg"), agg),
+	} {
+		t.Run(name, func(t *testing.T) {
+			mustStatus(t, acme, c.ContractID, tok, jws, http.StatusBadRequest, contract.CodeBadRequest)
+		})
+	}
+
+	old := served("unnamed-old")
+	old.TermsSeq, old.Time = 0, hourAgo
+	if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signEvents(t, acme, c.ContractID, old)); err != nil {
+		t.Fatalf("a row of the old time at the old price, naming no terms: %v", err)
+	}
+	if _, samples, cost := billed(t, acme, c.ContractID); samples != 1 || cost != sampleNano {
+		t.Errorf("billed %d samples for %d nano-USD, want 1 at the old price %d", samples, cost, sampleNano)
+	}
+}
