@@ -472,7 +472,7 @@ type owner struct {
 // Bulk statement sizes: rows per multi-row INSERT and names per IN list,
 // well under SQLite's limit of 32766 parameters.
 const (
-	bulkRows  = 500
+	bulkRows  = 1000
 	bulkNames = 2000
 )
 
@@ -547,12 +547,7 @@ func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs [
 			d.objDelta++
 		}
 	}
-	if err := d.bulk(len(sorted), "INSERT OR REPLACE INTO manifest (contract, "+putColumns+") VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "",
-		func(i int, args []any) []any {
-			o := sorted[i]
-			return append(args, d.contract, o.Name, seq, issuer, kid, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
-				o.License, o.MediaType, o.Tokens, owners[i].Issuer, owners[i].Seq)
-		}); err != nil {
+	if err := d.putRows(seq, issuer, kid, sorted, owners); err != nil {
 		return err
 	}
 	if d.redactions == 0 {
@@ -605,23 +600,28 @@ func (d *delta) inNames(names []string, query string, scan func(*sql.Rows) error
 	return nil
 }
 
-// bulk inserts n rows with multi-row statements of bulkRows rows: head,
-// then row ("(?, ...)") once per row, then tail; args appends row i's
-// values.
-func (d *delta) bulk(n int, head, row, tail string, args func(i int, a []any) []any) error {
-	for start := 0; start < n; start += bulkRows {
-		end := min(n, start+bulkRows)
+// putRows writes a batch's rows with multi-row statements of bulkRows
+// rows. What every row shares (contract, seq, issuer, kid) is bound once
+// per statement (?1 to ?4); each row binds its own 11 values.
+func (d *delta) putRows(seq uint64, issuer, kid string, objs []*contract.ObjectClaim, owners []owner) error {
+	const perRow = 11
+	for start := 0; start < len(objs); start += bulkRows {
+		end := min(len(objs), start+bulkRows)
 		var q strings.Builder
-		q.WriteString(head)
-		var a []any
+		q.WriteString("INSERT OR REPLACE INTO manifest (contract, " + putColumns + ") VALUES ")
+		a := make([]any, 0, 4+perRow*(end-start))
+		a = append(a, d.contract, seq, issuer, kid)
 		for i := start; i < end; i++ {
 			if i > start {
 				q.WriteString(", ")
 			}
-			q.WriteString(row)
-			a = args(i, a)
+			p := len(a) + 1
+			fmt.Fprintf(&q, "(?1, ?%d, ?2, ?3, ?4, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d)",
+				p, p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10)
+			o := objs[i]
+			a = append(a, o.Name, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
+				o.License, o.MediaType, o.Tokens, owners[i].Issuer, owners[i].Seq)
 		}
-		q.WriteString(tail)
 		if err := d.exec(q.String(), a...); err != nil {
 			return err
 		}
