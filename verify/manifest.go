@@ -490,8 +490,14 @@ func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs [
 	for i, o := range sorted {
 		names[i] = o.Name
 	}
+	if !d.ownersKept {
+		if err := d.addBatchNew(t, seq, issuer, kid, sorted, names); err != nil {
+			return err
+		}
+		return d.unredactAll(names)
+	}
 	// The live versions and their owners, then the owners of names with
-	// none (when any are kept).
+	// none.
 	live := map[string]bool{}
 	owned := map[string]owner{}
 	err := d.inNames(names, "SELECT name, owner_issuer, owner_seq FROM manifest WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
@@ -547,9 +553,67 @@ func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs [
 			d.objDelta++
 		}
 	}
-	if err := d.putRows(seq, issuer, kid, sorted, owners); err != nil {
+	if _, err := d.putRows(seq, issuer, kid, sorted, owners, false); err != nil {
 		return err
 	}
+	return d.unredactAll(names)
+}
+
+// addBatchNew is addBatch while no name without a live version has an
+// owner (the owners table holds none of the contract's): then a name
+// that is not live is new, and its first attester's. Every row is
+// written as a new name's, but where a live version is (ON CONFLICT DO
+// NOTHING); only when some were live are those looked up (the rows
+// whose seq is not this entry's), checked against their owners and
+// replaced. The sync's transaction is rolled back on an error, rows
+// written before it with it.
+func (d *delta) addBatchNew(t *termsVersion, seq uint64, issuer, kid string, sorted []*contract.ObjectClaim, names []string) error {
+	added, err := d.putRows(seq, issuer, kid, sorted, nil, true)
+	if err != nil {
+		return err
+	}
+	d.objDelta += added
+	if added == int64(len(sorted)) {
+		return nil
+	}
+	owned := map[string]owner{}
+	if err := d.inNames(names, "SELECT name, seq, owner_issuer, owner_seq FROM manifest WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+		var name string
+		var rowSeq uint64
+		var o owner
+		if err := rows.Scan(&name, &rowSeq, &o.Issuer, &o.Seq); err != nil {
+			return err
+		}
+		if rowSeq != seq {
+			owned[name] = o
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	var again []*contract.ObjectClaim
+	var owners []owner
+	for _, o := range sorted {
+		own, ok := owned[o.Name]
+		if !ok {
+			continue
+		}
+		if own.Issuer == "" {
+			// Not kept in the row, and no owners kept: nobody's.
+			own = owner{Issuer: issuer, Seq: seq}
+		} else if !t.Terms.MayRewrite(issuer, own.Issuer) {
+			return &OwnershipError{Seq: seq, Issuer: issuer, Action: "replaces", Name: o.Name, Owner: own.Issuer, OwnedSince: own.Seq}
+		}
+		d.purged = append(d.purged, o.Name) // a new version: the old bytes go
+		again = append(again, o)
+		owners = append(owners, own)
+	}
+	_, err = d.putRows(seq, issuer, kid, again, owners, false)
+	return err
+}
+
+// unredactAll clears the redactions of names, where there are some.
+func (d *delta) unredactAll(names []string) error {
 	if d.redactions == 0 {
 		return nil
 	}
@@ -601,14 +665,22 @@ func (d *delta) inNames(names []string, query string, scan func(*sql.Rows) error
 }
 
 // putRows writes a batch's rows with multi-row statements of bulkRows
-// rows. What every row shares (contract, seq, issuer, kid) is bound once
-// per statement (?1 to ?4); each row binds its own 11 values.
-func (d *delta) putRows(seq uint64, issuer, kid string, objs []*contract.ObjectClaim, owners []owner) error {
+// rows, and returns how many it wrote. What every row shares (contract,
+// seq, issuer, kid) is bound once per statement (?1 to ?4); each row binds
+// its own 11 values. With owners nil, each row is owned by issuer at seq.
+// With onlyNew, a name's live row is kept (not counted) rather than
+// replaced.
+func (d *delta) putRows(seq uint64, issuer, kid string, objs []*contract.ObjectClaim, owners []owner, onlyNew bool) (int64, error) {
 	const perRow = 11
+	var wrote int64
 	for start := 0; start < len(objs); start += bulkRows {
 		end := min(len(objs), start+bulkRows)
 		var q strings.Builder
-		q.WriteString("INSERT OR REPLACE INTO manifest (contract, " + putColumns + ") VALUES ")
+		if onlyNew {
+			q.WriteString("INSERT INTO manifest (contract, " + putColumns + ") VALUES ")
+		} else {
+			q.WriteString("INSERT OR REPLACE INTO manifest (contract, " + putColumns + ") VALUES ")
+		}
 		a := make([]any, 0, 4+perRow*(end-start))
 		a = append(a, d.contract, seq, issuer, kid)
 		for i := start; i < end; i++ {
@@ -618,33 +690,44 @@ func (d *delta) putRows(seq uint64, issuer, kid string, objs []*contract.ObjectC
 			p := len(a) + 1
 			fmt.Fprintf(&q, "(?1, ?%d, ?2, ?3, ?4, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d)",
 				p, p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10)
-			o := objs[i]
+			o, own := objs[i], owner{Issuer: issuer, Seq: seq}
+			if owners != nil {
+				own = owners[i]
+			}
 			a = append(a, o.Name, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
-				o.License, o.MediaType, o.Tokens, owners[i].Issuer, owners[i].Seq)
+				o.License, o.MediaType, o.Tokens, own.Issuer, own.Seq)
 		}
-		if err := d.exec(q.String(), a...); err != nil {
-			return err
+		if onlyNew {
+			q.WriteString(" ON CONFLICT DO NOTHING")
 		}
+		n, err := d.exec(q.String(), a...)
+		if err != nil {
+			return wrote, err
+		}
+		wrote += n
 	}
-	return nil
+	return wrote, nil
 }
 
 // exec runs a bulk statement, prepared once per sync and kept (a full
 // chunk's statement is the same text every time).
-func (d *delta) exec(q string, args ...any) error {
+func (d *delta) exec(q string, args ...any) (int64, error) {
 	st, ok := d.bulkStmts[q]
 	if !ok {
 		var err error
 		if st, err = d.tx.PrepareContext(d.ctx, q); err != nil {
-			return err
+			return 0, err
 		}
 		if d.bulkStmts == nil {
 			d.bulkStmts = map[string]*sql.Stmt{}
 		}
 		d.bulkStmts[q] = st
 	}
-	_, err := st.ExecContext(d.ctx, args...)
-	return err
+	res, err := st.ExecContext(d.ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 func placeholders(n int) string {
