@@ -311,3 +311,48 @@ func TestFollowerLookupsDuringALongSync(t *testing.T) {
 		t.Fatalf("after the sync: %v", err)
 	}
 }
+
+// A batch that gives live names of its contributor new versions, in a
+// state where no name was ever redacted (so no owner is kept apart from
+// the manifest rows): the new versions replace the old (purged), the
+// counts count each name once, the names stay their owner's, and a
+// restart sees the same.
+func TestFollowerBatchReplacesLiveNames(t *testing.T) {
+	bob := verifytest.NewContributor(t, "did:example:bob", jose.ES256)
+	fx := newFixture(t, bob.Info())
+	jws, manifest := fx.alice.Batch(t, cid, batchObjs("a", 3))
+	first := fx.log.AppendBatch(t, jws, manifest)
+	f := fx.follower(t, verify.WithTrustOnFirstUse())
+	mustSync(t, f)
+	objs := []contract.ObjectClaim{*verifytest.Object("a/0", []byte("v2")), *verifytest.Object("a/2", []byte("v2")), *verifytest.Object("a/7", []byte("new"))}
+	jws, manifest = fx.alice.Batch(t, cid, objs)
+	seq := fx.log.AppendBatch(t, jws, manifest)
+	mustSync(t, f)
+	for _, o := range objs {
+		if got, err := f.Lookup(o.Name); err != nil || got.ObjectClaim != o || got.Seq != seq {
+			t.Fatalf("Lookup(%s) = %+v, %v; want %+v from entry %d", o.Name, got, err, o, seq)
+		}
+	}
+	if got, err := f.Lookup("a/1"); err != nil || got.Seq != first {
+		t.Fatalf("Lookup(a/1) = %+v, %v; want the first batch's", got, err)
+	}
+	if st := f.Status(); st.Objects != 4 || st.Redacted != 0 {
+		t.Fatalf("status %+v: want 4 objects, 0 redacted", st)
+	}
+	if got := fx.purged(); !slices.Equal(got, []string{"a/0", "a/2"}) {
+		t.Fatalf("purged %v, want [a/0 a/2]", got)
+	}
+	// A replaced name is still alice's: bob's batch naming it is one the
+	// registry must have refused.
+	bj, bm := bob.Batch(t, cid, []contract.ObjectClaim{*verifytest.Object("b/0", []byte("b")), *verifytest.Object("a/2", []byte("poison"))})
+	bseq := fx.log.AppendBatch(t, bj, bm)
+	g := fx.follower(t, verify.WithTrustOnFirstUse())
+	if st := g.Status(); st.Objects != 4 {
+		t.Fatalf("after restart: status %+v, want 4 objects", st)
+	}
+	err := g.Sync(t.Context())
+	var oe *verify.OwnershipError
+	if !errors.Is(err, verify.ErrQuarantined) || !errors.As(err, &oe) || oe.Seq != bseq || oe.Name != "a/2" || oe.Owner != fx.alice.ID || oe.OwnedSince != first {
+		t.Fatalf("sync = %v (%+v), want a quarantine for a/2 owned by alice since entry %d", err, oe, first)
+	}
+}

@@ -238,6 +238,11 @@ type delta struct {
 	// redactions is how many redacted names there are, seen through the
 	// delta: while none, a new name needs no redaction check.
 	redactions int64
+	// ownersKept is whether the owners table holds any name of the
+	// contract (a name whose versions are all gone, or a state from before
+	// owners were kept in the manifest rows): while not, a name without a
+	// live version has no owner, and no lookup there is needed.
+	ownersKept bool
 }
 
 type revKey struct{ issuer, kid string }
@@ -253,8 +258,15 @@ type rejection struct {
 }
 
 type deltaStmts struct {
-	ownerGet, ownerPut, objGet, objPut, objDel, redGet, redPut, redDel *sql.Stmt
+	ownerGet, ownerKeep, objGet, objPut, objDel, redGet, redPut, redDel *sql.Stmt
 }
+
+// A live name's owner is kept in its manifest row (owner_issuer,
+// owner_seq): one row written per new name. When a name's last version
+// goes (redaction, retroactive revocation) its owner moves to the owners
+// table (a name's owner outlives its versions). A row of a state
+// from before has an empty owner_issuer, and its owner in the owners table.
+const putColumns = manifestColumns + ", owner_issuer, owner_seq"
 
 func prepareDelta(ctx context.Context, tx *sql.Tx) (*deltaStmts, error) {
 	st := &deltaStmts{}
@@ -263,9 +275,10 @@ func prepareDelta(ctx context.Context, tx *sql.Tx) (*deltaStmts, error) {
 		q string
 	}{
 		{&st.ownerGet, "SELECT issuer, seq FROM owners WHERE contract = ? AND name = ?"},
-		{&st.ownerPut, "INSERT INTO owners (contract, name, issuer, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"},
-		{&st.objGet, "SELECT seq FROM manifest WHERE contract = ? AND name = ?"},
-		{&st.objPut, `INSERT OR REPLACE INTO manifest (contract, ` + manifestColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		{&st.ownerKeep, `INSERT OR IGNORE INTO owners (contract, name, issuer, seq)
+			SELECT contract, name, owner_issuer, owner_seq FROM manifest WHERE contract = ? AND name = ? AND owner_issuer != ''`},
+		{&st.objGet, "SELECT seq, owner_issuer, owner_seq FROM manifest WHERE contract = ? AND name = ?"},
+		{&st.objPut, `INSERT OR REPLACE INTO manifest (contract, ` + putColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 		{&st.objDel, "DELETE FROM manifest WHERE contract = ? AND name = ?"},
 		{&st.redGet, "SELECT seq FROM redactions WHERE contract = ? AND name = ?"},
 		{&st.redPut, "INSERT OR REPLACE INTO redactions (contract, name, seq) VALUES (?, ?, ?)"},
@@ -297,29 +310,35 @@ func (d *delta) revocation(k revKey) (revocation, bool) {
 	return r, ok
 }
 
-// owner returns who owns name, seen through the delta.
-func (d *delta) owner(name string) (owner, bool, error) {
-	var o owner
-	err := d.st.ownerGet.QueryRowContext(d.ctx, d.contract, name).Scan(&o.Issuer, &o.Seq)
-	if errors.Is(err, sql.ErrNoRows) {
-		return owner{}, false, nil
+// name returns name's live version's seq (live false when there is
+// none) and its owner (owned false when nobody owns it), seen through the
+// delta.
+func (d *delta) name(name string) (seq uint64, live bool, o owner, owned bool, err error) {
+	err = d.st.objGet.QueryRowContext(d.ctx, d.contract, name).Scan(&seq, &o.Issuer, &o.Seq)
+	switch {
+	case err == nil:
+		live = true
+		if o.Issuer != "" {
+			return seq, true, o, true, nil
+		}
+	case errors.Is(err, sql.ErrNoRows):
+	default:
+		return 0, false, owner{}, false, err
 	}
-	return o, err == nil, err
+	if !d.ownersKept {
+		return seq, live, owner{}, false, nil
+	}
+	o = owner{}
+	err = d.st.ownerGet.QueryRowContext(d.ctx, d.contract, name).Scan(&o.Issuer, &o.Seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return seq, live, owner{}, false, nil
+	}
+	return seq, live, o, err == nil, err
 }
 
-// object returns the seq of name's live version, seen through the delta.
-func (d *delta) object(name string) (uint64, bool, error) {
-	var seq uint64
-	err := d.st.objGet.QueryRowContext(d.ctx, d.contract, name).Scan(&seq)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, nil
-	}
-	return seq, err == nil, err
-}
-
-func (d *delta) putRow(e *ManifestEntry) error {
+func (d *delta) putRow(e *ManifestEntry, o owner) error {
 	_, err := d.st.objPut.ExecContext(d.ctx, d.contract, e.Name, e.Seq, e.Issuer, e.KeyID, e.StoredSHA256, e.StoredSize, e.Encoding,
-		e.DecodedSHA256, e.DecodedSize, e.License, e.MediaType, e.Tokens)
+		e.DecodedSHA256, e.DecodedSize, e.License, e.MediaType, e.Tokens, o.Issuer, o.Seq)
 	return err
 }
 
@@ -344,36 +363,22 @@ func (d *delta) unredact(name string) error {
 // version (its old bytes must leave the cache), but only from its owner
 // or a curator (an *OwnershipError otherwise).
 func (d *delta) addObject(t *termsVersion, e *ManifestEntry) error {
-	res, err := d.st.ownerPut.ExecContext(d.ctx, d.contract, e.Name, e.Issuer, e.Seq)
+	_, live, o, owned, err := d.name(e.Name)
 	if err != nil {
 		return err
 	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		// A name never seen before: nobody else owns it, no version of it
-		// is live (a name's owner outlives its versions).
-		if err := d.putRow(e); err != nil {
-			return err
-		}
-		d.objDelta++
-		return d.unredact(e.Name)
-	}
-	o, _, err := d.owner(e.Name)
-	if err != nil {
-		return err
-	}
-	if !t.Terms.MayRewrite(e.Issuer, o.Issuer) {
+	if !owned {
+		// A name nobody owns yet: it is its first attester's for good.
+		o = owner{Issuer: e.Issuer, Seq: e.Seq}
+	} else if !t.Terms.MayRewrite(e.Issuer, o.Issuer) {
 		return &OwnershipError{Seq: e.Seq, Issuer: e.Issuer, Action: "replaces", Name: e.Name, Owner: o.Issuer, OwnedSince: o.Seq}
-	}
-	_, live, err := d.object(e.Name)
-	if err != nil {
-		return err
 	}
 	if live {
 		d.purged = append(d.purged, e.Name)
 	} else {
 		d.objDelta++
 	}
-	if err := d.putRow(e); err != nil {
+	if err := d.putRow(e, o); err != nil {
 		return err
 	}
 	return d.unredact(e.Name)
@@ -381,16 +386,12 @@ func (d *delta) addObject(t *termsVersion, e *ManifestEntry) error {
 
 // redact applies a verified redaction by issuer at seq.
 func (d *delta) redact(t *termsVersion, issuer string, seq uint64, r *contract.RedactionClaim) error {
-	o, owned, err := d.owner(r.Name)
+	cur, live, o, owned, err := d.name(r.Name)
 	if err != nil {
 		return err
 	}
 	if owned && !t.Terms.MayRewrite(issuer, o.Issuer) {
 		return &OwnershipError{Seq: seq, Issuer: issuer, Action: "redacts", Name: r.Name, Owner: o.Issuer, OwnedSince: o.Seq}
-	}
-	cur, live, err := d.object(r.Name)
-	if err != nil {
-		return err
 	}
 	switch {
 	case !live:
@@ -414,7 +415,16 @@ func (d *delta) redact(t *termsVersion, issuer string, seq uint64, r *contract.R
 	return err
 }
 
+// remove deletes name's live version; its owner stays, in the owners
+// table.
 func (d *delta) remove(name string) error {
+	res, err := d.st.ownerKeep.ExecContext(d.ctx, d.contract, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		d.ownersKept = true
+	}
 	if _, err := d.st.objDel.ExecContext(d.ctx, d.contract, name); err != nil {
 		return err
 	}
@@ -462,7 +472,7 @@ type owner struct {
 // Bulk statement sizes: rows per multi-row INSERT and names per IN list,
 // well under SQLite's limit of 32766 parameters.
 const (
-	bulkRows  = 500
+	bulkRows  = 1000
 	bulkNames = 2000
 )
 
@@ -480,40 +490,61 @@ func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs [
 	for i, o := range sorted {
 		names[i] = o.Name
 	}
+	if !d.ownersKept {
+		if err := d.addBatchNew(t, seq, issuer, kid, sorted, names); err != nil {
+			return err
+		}
+		return d.unredactAll(names)
+	}
+	// The live versions and their owners, then the owners of names with
+	// none.
+	live := map[string]bool{}
 	owned := map[string]owner{}
-	err := d.inNames(names, "SELECT name, issuer, seq FROM owners WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+	err := d.inNames(names, "SELECT name, owner_issuer, owner_seq FROM manifest WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
 		var name string
 		var o owner
 		if err := rows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
 			return err
 		}
-		owned[name] = o
+		live[name] = true
+		if o.Issuer != "" {
+			owned[name] = o
+		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	var known []string
-	for _, o := range sorted {
-		own, ok := owned[o.Name]
-		if !ok {
-			continue
+	if d.ownersKept {
+		var rest []string
+		for _, n := range names {
+			if _, ok := owned[n]; !ok {
+				rest = append(rest, n)
+			}
 		}
-		if !t.Terms.MayRewrite(issuer, own.Issuer) {
-			return &OwnershipError{Seq: seq, Issuer: issuer, Action: "replaces", Name: o.Name, Owner: own.Issuer, OwnedSince: own.Seq}
-		}
-		known = append(known, o.Name)
-	}
-	live := map[string]bool{}
-	if err := d.inNames(known, "SELECT name FROM manifest WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
-		var name string
-		if err := rows.Scan(&name); err != nil {
+		if err := d.inNames(rest, "SELECT name, issuer, seq FROM owners WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+			var name string
+			var o owner
+			if err := rows.Scan(&name, &o.Issuer, &o.Seq); err != nil {
+				return err
+			}
+			owned[name] = o
+			return nil
+		}); err != nil {
 			return err
 		}
-		live[name] = true
-		return nil
-	}); err != nil {
-		return err
+	}
+	owners := make([]owner, len(sorted))
+	for i, o := range sorted {
+		own, ok := owned[o.Name]
+		if !ok {
+			// A name nobody owns yet: it is its first attester's for good.
+			owners[i] = owner{Issuer: issuer, Seq: seq}
+		} else if !t.Terms.MayRewrite(issuer, own.Issuer) {
+			return &OwnershipError{Seq: seq, Issuer: issuer, Action: "replaces", Name: o.Name, Owner: own.Issuer, OwnedSince: own.Seq}
+		} else {
+			owners[i] = own
+		}
 	}
 	for _, o := range sorted {
 		if live[o.Name] {
@@ -522,19 +553,67 @@ func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs [
 			d.objDelta++
 		}
 	}
-	// Owners: a name's first attester for good (known names keep theirs).
-	if err := d.bulk(len(sorted), "INSERT INTO owners (contract, name, issuer, seq) VALUES ", "(?, ?, ?, ?)", " ON CONFLICT DO NOTHING",
-		func(i int, args []any) []any { return append(args, d.contract, sorted[i].Name, issuer, seq) }); err != nil {
+	if _, err := d.putRows(seq, issuer, kid, sorted, owners, false); err != nil {
 		return err
 	}
-	if err := d.bulk(len(sorted), "INSERT OR REPLACE INTO manifest (contract, "+manifestColumns+") VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "",
-		func(i int, args []any) []any {
-			o := sorted[i]
-			return append(args, d.contract, o.Name, seq, issuer, kid, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
-				o.License, o.MediaType, o.Tokens)
-		}); err != nil {
+	return d.unredactAll(names)
+}
+
+// addBatchNew is addBatch while no name without a live version has an
+// owner (the owners table holds none of the contract's): then a name
+// that is not live is new, and its first attester's. Every row is
+// written as a new name's, but where a live version is (ON CONFLICT DO
+// NOTHING); only when some were live are those looked up (the rows
+// whose seq is not this entry's), checked against their owners and
+// replaced. The sync's transaction is rolled back on an error, rows
+// written before it with it.
+func (d *delta) addBatchNew(t *termsVersion, seq uint64, issuer, kid string, sorted []*contract.ObjectClaim, names []string) error {
+	added, err := d.putRows(seq, issuer, kid, sorted, nil, true)
+	if err != nil {
 		return err
 	}
+	d.objDelta += added
+	if added == int64(len(sorted)) {
+		return nil
+	}
+	owned := map[string]owner{}
+	if err := d.inNames(names, "SELECT name, seq, owner_issuer, owner_seq FROM manifest WHERE contract = ? AND name IN ", func(rows *sql.Rows) error {
+		var name string
+		var rowSeq uint64
+		var o owner
+		if err := rows.Scan(&name, &rowSeq, &o.Issuer, &o.Seq); err != nil {
+			return err
+		}
+		if rowSeq != seq {
+			owned[name] = o
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	var again []*contract.ObjectClaim
+	var owners []owner
+	for _, o := range sorted {
+		own, ok := owned[o.Name]
+		if !ok {
+			continue
+		}
+		if own.Issuer == "" {
+			// Not kept in the row, and no owners kept: nobody's.
+			own = owner{Issuer: issuer, Seq: seq}
+		} else if !t.Terms.MayRewrite(issuer, own.Issuer) {
+			return &OwnershipError{Seq: seq, Issuer: issuer, Action: "replaces", Name: o.Name, Owner: own.Issuer, OwnedSince: own.Seq}
+		}
+		d.purged = append(d.purged, o.Name) // a new version: the old bytes go
+		again = append(again, o)
+		owners = append(owners, own)
+	}
+	_, err = d.putRows(seq, issuer, kid, again, owners, false)
+	return err
+}
+
+// unredactAll clears the redactions of names, where there are some.
+func (d *delta) unredactAll(names []string) error {
 	if d.redactions == 0 {
 		return nil
 	}
@@ -585,46 +664,70 @@ func (d *delta) inNames(names []string, query string, scan func(*sql.Rows) error
 	return nil
 }
 
-// bulk inserts n rows with multi-row statements of bulkRows rows: head,
-// then row ("(?, ...)") once per row, then tail; args appends row i's
-// values.
-func (d *delta) bulk(n int, head, row, tail string, args func(i int, a []any) []any) error {
-	for start := 0; start < n; start += bulkRows {
-		end := min(n, start+bulkRows)
+// putRows writes a batch's rows with multi-row statements of bulkRows
+// rows, and returns how many it wrote. What every row shares (contract,
+// seq, issuer, kid) is bound once per statement (?1 to ?4); each row binds
+// its own 11 values. With owners nil, each row is owned by issuer at seq.
+// With onlyNew, a name's live row is kept (not counted) rather than
+// replaced.
+func (d *delta) putRows(seq uint64, issuer, kid string, objs []*contract.ObjectClaim, owners []owner, onlyNew bool) (int64, error) {
+	const perRow = 11
+	var wrote int64
+	for start := 0; start < len(objs); start += bulkRows {
+		end := min(len(objs), start+bulkRows)
 		var q strings.Builder
-		q.WriteString(head)
-		var a []any
+		if onlyNew {
+			q.WriteString("INSERT INTO manifest (contract, " + putColumns + ") VALUES ")
+		} else {
+			q.WriteString("INSERT OR REPLACE INTO manifest (contract, " + putColumns + ") VALUES ")
+		}
+		a := make([]any, 0, 4+perRow*(end-start))
+		a = append(a, d.contract, seq, issuer, kid)
 		for i := start; i < end; i++ {
 			if i > start {
 				q.WriteString(", ")
 			}
-			q.WriteString(row)
-			a = args(i, a)
+			p := len(a) + 1
+			fmt.Fprintf(&q, "(?1, ?%d, ?2, ?3, ?4, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d)",
+				p, p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10)
+			o, own := objs[i], owner{Issuer: issuer, Seq: seq}
+			if owners != nil {
+				own = owners[i]
+			}
+			a = append(a, o.Name, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
+				o.License, o.MediaType, o.Tokens, own.Issuer, own.Seq)
 		}
-		q.WriteString(tail)
-		if err := d.exec(q.String(), a...); err != nil {
-			return err
+		if onlyNew {
+			q.WriteString(" ON CONFLICT DO NOTHING")
 		}
+		n, err := d.exec(q.String(), a...)
+		if err != nil {
+			return wrote, err
+		}
+		wrote += n
 	}
-	return nil
+	return wrote, nil
 }
 
 // exec runs a bulk statement, prepared once per sync and kept (a full
 // chunk's statement is the same text every time).
-func (d *delta) exec(q string, args ...any) error {
+func (d *delta) exec(q string, args ...any) (int64, error) {
 	st, ok := d.bulkStmts[q]
 	if !ok {
 		var err error
 		if st, err = d.tx.PrepareContext(d.ctx, q); err != nil {
-			return err
+			return 0, err
 		}
 		if d.bulkStmts == nil {
 			d.bulkStmts = map[string]*sql.Stmt{}
 		}
 		d.bulkStmts[q] = st
 	}
-	_, err := st.ExecContext(d.ctx, args...)
-	return err
+	res, err := st.ExecContext(d.ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 func placeholders(n int) string {

@@ -9,6 +9,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/verify"
 	"github.com/provgate/provgate/verify/verifytest"
 )
@@ -113,5 +114,47 @@ func TestStateFromBeforeOwnersIsSeeded(t *testing.T) {
 	var oe *verify.OwnershipError
 	if err := f.Sync(t.Context()); !errors.As(err, &oe) || oe.Seq != seq || oe.Owner != fx.alice.ID {
 		t.Fatalf("after the upgrade: %v, want an OwnershipError for entry %d", err, seq)
+	}
+}
+
+// A state database from before a live name's owner was kept in its
+// manifest row (every owner in the owners table, no owner columns) keeps
+// its owners once opened: a replacement by the owner keeps the name hers,
+// and another contributor's batch naming it is quarantined.
+func TestStateFromBeforeOwnersInRowsKeepsOwners(t *testing.T) {
+	bob := verifytest.NewContributor(t, "did:example:bob", jose.EdDSA)
+	fx := newFixture(t, bob.Info())
+	jws, manifest := fx.alice.Batch(t, cid, batchObjs("a", 2))
+	first := fx.log.AppendBatch(t, jws, manifest)
+	mustSync(t, fx.follower(t, verify.WithTrustOnFirstUse()))
+	db, err := sql.Open("sqlite3", filepath.Join(fx.dir, verify.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`INSERT OR IGNORE INTO owners (contract, name, issuer, seq) SELECT contract, name, owner_issuer, owner_seq FROM manifest`,
+		`ALTER TABLE manifest DROP COLUMN owner_issuer`,
+		`ALTER TABLE manifest DROP COLUMN owner_seq`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+
+	cfg := fx.config(fx.log)
+	cfg.Store = mustStore(t, fx.dir)
+	f := mustFollower(t, cfg, verify.WithTrustOnFirstUse())
+	jws, manifest = fx.alice.Batch(t, cid, []contract.ObjectClaim{*verifytest.Object("a/0", []byte("v2"))})
+	fx.log.AppendBatch(t, jws, manifest)
+	mustSync(t, f)
+	if st := f.Status(); st.Objects != 2 {
+		t.Fatalf("status %+v, want 2 objects", st)
+	}
+	bj, bm := bob.Batch(t, cid, []contract.ObjectClaim{*verifytest.Object("a/0", []byte("poison"))})
+	seq := fx.log.AppendBatch(t, bj, bm)
+	var oe *verify.OwnershipError
+	if err := f.Sync(t.Context()); !errors.As(err, &oe) || oe.Seq != seq || oe.Owner != fx.alice.ID || oe.OwnedSince != first {
+		t.Fatalf("after the upgrade: %v (%+v), want an OwnershipError for entry %d, owner alice since %d", err, oe, seq, first)
 	}
 }

@@ -6,12 +6,18 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -162,4 +168,101 @@ func TestScaleFollowerProcess(t *testing.T) {
 		t.Fatalf("%d objects, want %d", got, n)
 	}
 	fmt.Printf("scale-ready: %s\n", ready)
+}
+
+// A fresh sidecar killed (SIGKILL) in the middle of its first replay, its
+// first batch written into the sync's transaction and the next manifest
+// not yet come, leaves no trusted state behind: the next start finds no
+// objects and no checkpoint, follows the log from first contact again, and
+// is ready with every object.
+func TestFreshBuildKilledMidwayIsDiscarded(t *testing.T) {
+	const perBatch, batches = 2000, 3
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	c := h.CreateContract(t, registrytest.NewContract("did:example:crash", "bucket", alice))
+	for b := range batches {
+		objs := make([]contract.ObjectClaim, perBatch)
+		for i := range objs {
+			objs[i] = scaleObject(b*perBatch + i)
+		}
+		jws, manifest, err := verify.SignBatch(alice.Key, alice.ID, c.ContractID, objs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.Client.AppendBatch(t.Context(), c.ContractID, jws, manifest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The registry, but every batch manifest after the first stalls.
+	target, err := url.Parse(h.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var manifests atomic.Int32
+	stalled := make(chan struct{})
+	var once sync.Once
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/manifests/") && manifests.Add(1) > 1 {
+			once.Do(func() { close(stalled) })
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	defer close(release)
+
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestScaleFollowerProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "PROVGATE_SCALE_REGISTRY="+srv.URL, "PROVGATE_SCALE_CONTRACT="+c.ContractID,
+		"PROVGATE_SCALE_DIR="+dir, "PROVGATE_SCALE_OBJECTS="+strconv.Itoa(perBatch*batches))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stalled:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the sidecar fetched no second manifest")
+	}
+	// Its first batch is applied while the second manifest is awaited.
+	time.Sleep(500 * time.Millisecond)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+
+	store, err := verify.OpenStore(filepath.Join(dir, verify.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	cfg := verify.FollowerConfig{Contract: c, Source: h.Client, Store: store, PageSize: contract.MaxEventsLimit}
+	f, err := verify.NewFollower(t.Context(), cfg, verify.WithTrustOnFirstUse())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := f.Status(); st.Objects != 0 || st.Size != 0 || f.Ready() == nil {
+		t.Fatalf("after the kill: status %+v, ready %v; want nothing trusted", st, f.Ready())
+	}
+	if err := f.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.Status(); st.Objects != perBatch*batches {
+		t.Fatalf("status %+v, want %d objects", st, perBatch*batches)
+	}
+	for _, i := range []int{0, perBatch*batches - 1} {
+		want := scaleObject(i)
+		if e, err := f.Lookup(want.Name); err != nil || e.ObjectClaim != want {
+			t.Fatalf("Lookup(%s) = %+v, %v", want.Name, e, err)
+		}
+	}
 }

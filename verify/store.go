@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // the SQLite driver
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS manifest (
 	license        TEXT NOT NULL,
 	media_type     TEXT NOT NULL,
 	tokens         INTEGER NOT NULL DEFAULT 0,
+	owner_issuer   TEXT NOT NULL DEFAULT '',
+	owner_seq      INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (contract, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS redactions (
@@ -65,7 +68,7 @@ CREATE TABLE IF NOT EXISTS owners (
 	issuer   TEXT NOT NULL,
 	seq      INTEGER NOT NULL,
 	PRIMARY KEY (contract, name)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS terms (
 	contract TEXT NOT NULL,
 	seq      INTEGER NOT NULL,
@@ -115,6 +118,22 @@ func OpenStore(path string) (*Store, error) {
 		if _, err := db.Exec(`ALTER TABLE manifest ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0`); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("open state %s: tokens: %w", path, err)
+		}
+	}
+	for _, col := range []string{"owner_issuer TEXT NOT NULL DEFAULT ''", "owner_seq INTEGER NOT NULL DEFAULT 0"} {
+		name, _, _ := strings.Cut(col, " ")
+		var has int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('manifest') WHERE name = ?`, name).Scan(&has); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open state %s: %w", path, err)
+		}
+		if has == 0 {
+			// A state from before owners were kept in the manifest rows:
+			// its owners are in the owners table.
+			if _, err := db.Exec(`ALTER TABLE manifest ADD COLUMN ` + col); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("open state %s: %s: %w", path, name, err)
+			}
 		}
 	}
 	for _, col := range []string{"objects", "redacted"} {
@@ -243,6 +262,10 @@ func (s *Store) begin(ctx context.Context, contractID string, m *Manifest, revs 
 	}
 	d := &delta{ctx: ctx, tx: tx, st: st, contract: contractID, revs: revs, newRevs: map[revKey]revocation{}, terms: terms}
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM redactions WHERE contract = ?", contractID).Scan(&d.redactions); err != nil {
+		tx.Rollback()
+		return nil, fmt.Errorf("begin sync: %w", err)
+	}
+	if err := tx.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM owners WHERE contract = ?)", contractID).Scan(&d.ownersKept); err != nil {
 		tx.Rollback()
 		return nil, fmt.Errorf("begin sync: %w", err)
 	}
