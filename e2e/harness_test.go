@@ -364,6 +364,13 @@ func startDelayProxy(t testing.TB, target string, delay time.Duration, load *inf
 			r.Out.Host = r.In.Host
 		},
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true},
+		// A client that lets go mid-response (a killed sidecar) is no
+		// error of the origin's; logging it would break benchmark lines.
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() == nil {
+				w.WriteHeader(http.StatusBadGateway)
+			}
+		},
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		load.enter()
