@@ -69,6 +69,8 @@ type ObjectClaim struct {
 	// Tokens is the decoded object's token count under the contract's
 	// pricing tokenizer, when it has one.
 	Tokens int64 `json:"tokens,omitempty"`
+	// Shard is, for a tar shard, its member index (contract/shard.go).
+	Shard *ShardIndex `json:"shard,omitempty"`
 }
 
 // RedactionClaim names what is redacted: an object name, and optionally the
@@ -168,6 +170,11 @@ func (o *ObjectClaim) Validate() error {
 	case EncodingGzip, EncodingZstd:
 	default:
 		return fmt.Errorf("attestation: object %q: unknown encoding %q", o.Name, o.Encoding)
+	}
+	if o.Shard != nil {
+		if err := o.Shard.Check(o.DecodedSize, o.Tokens); err != nil {
+			return fmt.Errorf("attestation: object %q: %w", o.Name, err)
+		}
 	}
 	return nil
 }
