@@ -72,6 +72,7 @@ type Server struct {
 	mux     *http.ServeMux
 	gather  prometheus.Gatherer
 	passes  *passTracker
+	shards  *shardState
 }
 
 // NewServer builds a Server.
@@ -90,7 +91,8 @@ func NewServer(cfg Config) *Server {
 		r := prometheus.NewRegistry()
 		reg, gather = r, r
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather, passes: newPassTracker(cfg.MaxPasses)}
+	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather, passes: newPassTracker(cfg.MaxPasses),
+		shards: newShardState()}
 	for _, src := range cfg.Sources {
 		s.sources[src.ID()] = src
 	}
