@@ -171,10 +171,5 @@ func (o *ObjectClaim) Validate() error {
 	default:
 		return fmt.Errorf("attestation: object %q: unknown encoding %q", o.Name, o.Encoding)
 	}
-	if o.Shard != nil {
-		if err := o.Shard.Check(o.DecodedSize, o.Tokens); err != nil {
-			return fmt.Errorf("attestation: object %q: %w", o.Name, err)
-		}
-	}
-	return nil
+	return o.validateShard()
 }

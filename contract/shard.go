@@ -124,6 +124,21 @@ func (x *ShardIndex) Check(decodedSize, tokens int64) error {
 	return nil
 }
 
+// validateShard checks the member index of a shard's claim, if it has one:
+// the name ends in .tar and the index passes Check.
+func (o *ObjectClaim) validateShard() error {
+	if o.Shard == nil {
+		return nil
+	}
+	if !strings.HasSuffix(o.Name, ShardExt) {
+		return fmt.Errorf("attestation: object %q: %w: a shard's name ends in %s", o.Name, ErrShardIndex, ShardExt)
+	}
+	if err := o.Shard.Check(o.DecodedSize, o.Tokens); err != nil {
+		return fmt.Errorf("attestation: object %q: %w", o.Name, err)
+	}
+	return nil
+}
+
 // KeyIndex returns, for each member, the ordinal of its sample key (in
 // order of first appearance); the number of keys is x.Samples once the
 // index has passed Check.

@@ -115,15 +115,21 @@ func TestShardIndexAttacks(t *testing.T) {
 		{"traversal name", func(x *contract.ShardIndex) { x.Members[0].Name = "../k1.jpg" }},
 		{"no members", func(x *contract.ShardIndex) { x.Members = nil; x.Samples = 0 }},
 		{"tokens not the claim's", func(x *contract.ShardIndex) { x.Members[0].Tokens = 5 }},
+		{"on a name without .tar", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x := mustIndex(t, b)
-			tc.edit(x)
-			if err := x.Check(size, 0); !errors.Is(err, contract.ErrShardIndex) {
-				t.Fatalf("Check = %v, want ErrShardIndex", err)
+			name := "s.tar"
+			if tc.edit == nil {
+				name = "s.bin"
+			} else {
+				tc.edit(x)
+				if err := x.Check(size, 0); !errors.Is(err, contract.ErrShardIndex) {
+					t.Fatalf("Check = %v, want ErrShardIndex", err)
+				}
 			}
 			h := strings.Repeat("ab", 32)
-			o := contract.ObjectClaim{Name: "s.tar", StoredSHA256: h, StoredSize: size, Encoding: contract.EncodingIdentity,
+			o := contract.ObjectClaim{Name: name, StoredSHA256: h, StoredSize: size, Encoding: contract.EncodingIdentity,
 				DecodedSHA256: h, DecodedSize: size, Shard: x}
 			if err := o.Validate(); !errors.Is(err, contract.ErrShardIndex) {
 				t.Fatalf("ObjectClaim.Validate = %v, want ErrShardIndex", err)
