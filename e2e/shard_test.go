@@ -275,3 +275,52 @@ func TestShardAbortBillsTheMembersSent(t *testing.T) {
 }
 
 type contractTotals = contract.MeteringTotals
+
+// TestShardTokens: under per-token pricing a shard's members carry their
+// token counts (contribute counts them), the sidecar counts them again
+// against the index before serving, a whole read bills their sum and a
+// member read its own; an index that moves tokens from one member to
+// another (same sum) is refused (502).
+func TestShardTokens(t *testing.T) {
+	e := newEnv(t, envOpt{contract: func(c *contract.Contract) {
+		c.Pricing = contract.Pricing{Unit: contract.UnitToken, PriceUSD: 1e-6, Tokenizer: "whitespace-v1"}
+	}})
+	text := func(members ...string) []byte {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for i := 0; i+1 < len(members); i += 2 {
+			tw.WriteHeader(&tar.Header{Name: members[i], Mode: 0o644, Size: int64(len(members[i+1])), Typeflag: tar.TypeReg})
+			tw.Write([]byte(members[i+1]))
+		}
+		tw.Close()
+		return buf.Bytes()
+	}
+	dir := t.TempDir()
+	good := text("k1.txt", "one two three", "k1.json", `{"a": 1}`, "k2.txt", "four five")
+	os.WriteFile(filepath.Join(dir, "t.tar"), good, 0o644)
+	contributeDir(t, e, dir)
+	moved := text("k1.txt", "a b c", "k2.txt", "d")
+	e.putRaw("moved.tar", moved)
+	obj := registrytest.Object("moved.tar", moved)
+	obj.Shard = shardIndex(t, moved)
+	obj.Shard.Members[0].Tokens, obj.Shard.Members[1].Tokens, obj.Tokens = 1, 3, 4
+	e.alice.AttestBatch(t, e.c.ContractID, []contract.ObjectClaim{obj})
+
+	sc := e.sidecar(nil)
+	id := e.c.ContractID
+	if code, b := get(t, http.DefaultClient, sc.URL(), id, "t.tar", 0, "tok"); code != http.StatusOK || !bytes.Equal(b, good) {
+		t.Fatalf("whole shard: %d", code)
+	}
+	if code, b, _ := getMember(t, sc.URL(), id, "t.tar", "k2.txt", "tok-member"); code != http.StatusOK || string(b) != "four five" {
+		t.Fatalf("member: %d %q", code, b)
+	}
+	if code, b := get(t, http.DefaultClient, sc.URL(), id, "moved.tar", 0, "tok"); code != http.StatusBadGateway {
+		t.Fatalf("tokens moved between members: %d (%s), want 502", code, errorCode(b))
+	}
+	if tot := totals(t, e, sc, "tok", 1); tot.Units != 3+2+2 {
+		t.Errorf("whole shard billed %d tokens, want 7", tot.Units)
+	}
+	if tot := totals(t, e, sc, "tok-member", 1); tot.Units != 2 {
+		t.Errorf("member read billed %d tokens, want 2", tot.Units)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/tokenize"
 	"github.com/provgate/provgate/verify"
 )
 
@@ -165,7 +166,11 @@ func (s *Server) checkShard(src Source, e *ManifestEntry, x *contract.ShardIndex
 	if done {
 		return err
 	}
-	if err = verify.CheckShard(io.NewSectionReader(obj.File(), 0, e.DecodedSize), e.Name, x); err != nil {
+	var newCounter func() (contract.TokenCounter, error)
+	if p := src.Contract().Pricing; p.Unit == contract.UnitToken && p.Tokenizer != "" {
+		newCounter = func() (contract.TokenCounter, error) { return tokenize.New(p.Tokenizer) }
+	}
+	if err = verify.CheckShard(io.NewSectionReader(obj.File(), 0, e.DecodedSize), e.Name, x, newCounter); err != nil {
 		err = &VerificationError{Kind: "shard_index", Err: err}
 		if perr := s.cfg.Cache.Purge(src.ID(), e.Name); perr != nil {
 			s.log.Error("purging a shard that fails its index failed", "contract", src.ID(), "name", e.Name, "err", perr)
@@ -214,7 +219,9 @@ func (s *Server) serveShard(w http.ResponseWriter, r *http.Request, src Source, 
 		w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
 		return err
 	}
-	obj, err := s.cfg.Cache.Get(r.Context(), src.ID(), &e.ObjectClaim)
+	claim := e.ObjectClaim
+	claim.Shard = x // its tokens are checked per member (checkShard)
+	obj, err := s.cfg.Cache.Get(r.Context(), src.ID(), &claim)
 	if err == nil {
 		defer obj.Close()
 		if err = s.checkShard(src, e, x, obj); err == nil && m != nil {

@@ -100,14 +100,22 @@ var ErrShardMismatch = errors.New("shard does not match its attested member inde
 // caller has checked against the claim) and checks that the attested
 // index describes them: the tar parses as a well-formed WebDataset shard
 // and lists the same members, at the same offsets, of the same sizes and
-// sha256. Any difference is a *ShardMismatchError.
-func CheckShard(r io.Reader, name string, x *contract.ShardIndex) error {
-	got, err := contract.BuildShardIndex(r, nil)
+// sha256 and, when newCounter is given (the contract bills tokens), the
+// same token count each. Any difference is a *ShardMismatchError.
+func CheckShard(r io.Reader, name string, x *contract.ShardIndex, newCounter func() (contract.TokenCounter, error)) error {
+	got, err := contract.BuildShardIndex(r, newCounter)
 	if err != nil {
 		return &ShardMismatchError{Name: name, Err: err}
 	}
 	if err := x.Equal(got); err != nil {
 		return &ShardMismatchError{Name: name, Err: err}
+	}
+	if newCounter != nil {
+		for i := range x.Members {
+			if a, b := x.Members[i].Tokens, got.Members[i].Tokens; a != b {
+				return &ShardMismatchError{Name: name, Err: fmt.Errorf("%w: member %q attests %d tokens, counted %d", contract.ErrShardIndex, x.Members[i].Name, a, b)}
+			}
+		}
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func TestFollowerKeepsShardIndex(t *testing.T) {
 func TestCheckShardRefusesAnIndexThatIsNotTheTar(t *testing.T) {
 	b := tarOf(t, "k1.jpg", "one", "k1.cls", "1", "k2.jpg", "two")
 	good := shardClaim(t, "s.tar", b).Shard
-	if err := verify.CheckShard(bytes.NewReader(b), "s.tar", good); err != nil {
+	if err := verify.CheckShard(bytes.NewReader(b), "s.tar", good, nil); err != nil {
 		t.Fatalf("the true index: %v", err)
 	}
 	other := tarOf(t, "k1.jpg", "ONE", "k1.cls", "1", "k2.jpg", "two") // same layout, other bytes
@@ -108,7 +108,7 @@ func TestCheckShardRefusesAnIndexThatIsNotTheTar(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(&x)
 			}
-			err := verify.CheckShard(bytes.NewReader(tc.tar), "s.tar", &x)
+			err := verify.CheckShard(bytes.NewReader(tc.tar), "s.tar", &x, nil)
 			var me *verify.ShardMismatchError
 			if !errors.As(err, &me) || !errors.Is(err, verify.ErrShardMismatch) {
 				t.Fatalf("CheckShard = %v, want a ShardMismatchError", err)
