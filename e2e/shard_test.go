@@ -124,6 +124,7 @@ func TestShardsEndToEnd(t *testing.T) {
 	obj.Shard.Members[2].SHA256 = sha([]byte("something else"))
 	e.alice.AttestBatch(t, e.c.ContractID, []contract.ObjectClaim{obj})
 
+	e.put("plain.bin", []byte("not a shard"), false)
 	sc := e.sidecar(nil)
 	id := e.c.ContractID
 	base := sc.URL() + "/v1/contracts/" + id + "/objects/"
@@ -178,6 +179,26 @@ func TestShardsEndToEnd(t *testing.T) {
 	if code, _, _ := getMember(t, sc.URL(), id, s50, "nope.jpg", "members"); code != http.StatusNotFound {
 		t.Fatalf("an unknown member: %d, want 404", code)
 	}
+	if code, _, _ := getMember(t, sc.URL(), id, "plain.bin", "a.jpg", "members"); code != http.StatusNotFound {
+		t.Fatalf("?member= on a name that is no shard: %d, want 404", code)
+	}
+	// HEAD of a member: its size, no bill. A range within a member: its
+	// bytes, and a sample for its key.
+	m2 := x50.Members[x50.Member("s000050_2.jpg")]
+	req, _ := http.NewRequest(http.MethodHead, base+s50+"?member=s000050_2.jpg", nil)
+	req.Header.Set("X-Provgate-Job", "head")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != m2.Size || resp.Header.Get("X-Provgate-Shard-Samples") != "3" {
+		t.Fatalf("HEAD member: %d, %d bytes, samples %q", resp.StatusCode, resp.ContentLength, resp.Header.Get("X-Provgate-Shard-Samples"))
+	}
+	if code, b := rangeGet(t, base+s50+"?member=s000050_2.jpg", "bytes=2-", "range"); code != http.StatusPartialContent ||
+		!bytes.Equal(b, tars[s50][m2.Offset+2:m2.Offset+m2.Size]) {
+		t.Fatalf("range of a member: %d, %d bytes", code, len(b))
+	}
 
 	// Refused: the tampered shard and the lying index, whole and by member.
 	for _, name := range []string{"shard-000099.tar", "liar.tar"} {
@@ -203,12 +224,17 @@ func TestShardsEndToEnd(t *testing.T) {
 	if tot := totals(t, e, sc, "members", 4); tot.Units != 3 {
 		t.Errorf("member reads: %d samples, want 3", tot.Units)
 	}
-	tot, err := e.client.MeteringTotals(context.Background(), id, "refused", -1)
-	if err != nil {
-		t.Fatal(err)
+	if tot := totals(t, e, sc, "range", 1); tot.Units != 1 || tot.AccessBytes != m2.Size-2 {
+		t.Errorf("range of a member: %d samples, %d bytes; want 1, %d", tot.Units, tot.AccessBytes, m2.Size-2)
 	}
-	if tot.Units != 0 || tot.BilledBytes != 0 {
-		t.Errorf("refused reads billed %d samples, %d bytes; want nothing", tot.Units, tot.BilledBytes)
+	for _, job := range []string{"refused", "head"} {
+		tot, err := e.client.MeteringTotals(context.Background(), id, job, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tot.Units != 0 || tot.BilledBytes != 0 || tot.AccessBytes != 0 {
+			t.Errorf("job %s billed %d samples, %d bytes; want nothing", job, tot.Units, tot.BilledBytes)
+		}
 	}
 }
 
