@@ -55,12 +55,25 @@ func isShardName(name string) bool { return strings.HasSuffix(name, contract.Sha
 var errShardInBatch error = contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
 	"a shard is read whole or by member from the objects endpoint, not in a batch")
 
-// shardState remembers the shards checked against their index and the open
-// shard passes, both bounded.
+// maxShardIndexes bounds the parsed indexes kept (one is up to ~1.5 MiB
+// of JSON in the state database, a few hundred KiB parsed).
+const maxShardIndexes = 256
+
+// shardState remembers parsed indexes, the shards checked against their
+// index and the open shard passes, all bounded. Indexes and checks are
+// keyed by (contract, name, decoded sha256): immutable for that key.
 type shardState struct {
 	mu      sync.Mutex
-	checked map[passKey]error // key without job/epoch: nil = matches its index
+	indexes map[passKey]*shardInfo
+	checked map[passKey]error // nil = matches its index
 	passes  map[passKey]*shardPass
+}
+
+// shardInfo is a parsed index with its lookups.
+type shardInfo struct {
+	x      *contract.ShardIndex
+	keyOf  []int          // member -> key ordinal
+	byName map[string]int // member name -> member
 }
 
 type shardPass struct {
@@ -70,7 +83,7 @@ type shardPass struct {
 }
 
 func newShardState() *shardState {
-	return &shardState{checked: map[passKey]error{}, passes: map[passKey]*shardPass{}}
+	return &shardState{indexes: map[passKey]*shardInfo{}, checked: map[passKey]error{}, passes: map[passKey]*shardPass{}}
 }
 
 // shardRead is one read's place in a shard pass: the members its span
@@ -147,12 +160,34 @@ func (r *shardRead) settle(sent int64) (samples, tokens int64) {
 }
 
 // shardIndex returns e's member index when it is a shard, or nil.
-func (s *Server) shardIndex(ctx context.Context, src Source, e *ManifestEntry) (*contract.ShardIndex, error) {
+func (s *Server) shardIndex(ctx context.Context, src Source, e *ManifestEntry) (*shardInfo, error) {
 	ss, ok := src.(ShardSource)
 	if !ok || !isShardName(e.Name) {
 		return nil, nil
 	}
-	return ss.ShardIndex(ctx, e)
+	k := passKey{contract: src.ID(), name: e.Name, sha: e.DecodedSHA256}
+	st := s.shards
+	st.mu.Lock()
+	info := st.indexes[k]
+	st.mu.Unlock()
+	if info != nil {
+		return info, nil
+	}
+	x, err := ss.ShardIndex(ctx, e)
+	if x == nil || err != nil {
+		return nil, err
+	}
+	info = &shardInfo{x: x, keyOf: x.KeyIndex(), byName: make(map[string]int, len(x.Members))}
+	for i, m := range x.Members {
+		info.byName[m.Name] = i
+	}
+	st.mu.Lock()
+	if len(st.indexes) >= maxShardIndexes {
+		clear(st.indexes)
+	}
+	st.indexes[k] = info
+	st.mu.Unlock()
+	return info, nil
 }
 
 // checkShard checks the verified cached shard against its index, once per
@@ -186,11 +221,12 @@ func (s *Server) checkShard(src Source, e *ManifestEntry, x *contract.ShardIndex
 }
 
 // serveShard serves a shard whole (Range supported) or one member of it.
-func (s *Server) serveShard(w http.ResponseWriter, r *http.Request, src Source, e *ManifestEntry, g Grant, x *contract.ShardIndex, epoch int64, job string) error {
+func (s *Server) serveShard(w http.ResponseWriter, r *http.Request, src Source, e *ManifestEntry, g Grant, info *shardInfo, epoch int64, job string) error {
+	x := info.x
 	var m *contract.ShardMember
 	if r.URL.Query().Has(MemberParam) {
-		i := x.Member(r.URL.Query().Get(MemberParam))
-		if i < 0 {
+		i, ok := info.byName[r.URL.Query().Get(MemberParam)]
+		if !ok {
 			return fmt.Errorf("%w: shard %q has no member %q", ErrNotFound, e.Name, r.URL.Query().Get(MemberParam))
 		}
 		m = &x.Members[i]
@@ -239,7 +275,7 @@ func (s *Server) serveShard(w http.ResponseWriter, r *http.Request, src Source, 
 		return err
 	}
 	sr := &shardRead{st: s.shards, key: passKey{contract: src.ID(), job: job, name: e.Name, sha: e.DecodedSHA256, epoch: epoch},
-		x: x, keyOf: x.KeyIndex(), start: base + start}
+		x: x, keyOf: info.keyOf, start: base + start}
 	res, err := s.cfg.Meter.Reserve(src.ID(), g, src.Contract().Usage, sr.upper(length), length)
 	if err != nil {
 		s.countRefusal(err)
