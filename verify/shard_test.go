@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/verify"
@@ -114,5 +116,34 @@ func TestCheckShardRefusesAnIndexThatIsNotTheTar(t *testing.T) {
 				t.Fatalf("CheckShard = %v, want a ShardMismatchError", err)
 			}
 		})
+	}
+}
+
+// A batch whose manifest carries a forged shard index (here: more samples
+// than keys, which would overbill every licensee) is refused on replay
+// even if a registry appended it: the shard is not served, the entries
+// around it are.
+func TestFollowerRefusesAForgedShardIndex(t *testing.T) {
+	fx := newFixture(t)
+	forged := shardClaim(t, "forged.tar", tarOf(t, "k1.jpg", "one", "k1.cls", "1"))
+	forged.Shard.Samples = 2
+	raw, err := json.Marshal(&contract.BatchManifest{V: contract.BatchManifestVersion, Contract: cid, Objects: []contract.ObjectClaim{*forged}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &contract.Attestation{Issuer: fx.alice.ID, Subject: cid, IssuedAt: time.Now().Unix(), ID: "forged-shard", Type: contract.Batch,
+		Batch: &contract.BatchClaim{ManifestSHA256: contract.ManifestDigest(raw), ManifestSize: int64(len(raw)), Objects: 1}}
+	fx.log.AppendBatch(t, fx.alice.Sign(t, a), raw)
+	fx.log.AppendAttestation(t, fx.alice.Contribution(t, cid, verifytest.Object("after.txt", []byte("after"))))
+	f := fx.follower(t, verify.WithTrustOnFirstUse())
+	mustSync(t, f)
+	if _, err := f.Lookup("forged.tar"); !errors.Is(err, verify.ErrNotFound) {
+		t.Fatalf("Lookup(forged.tar) = %v, want not found", err)
+	}
+	if _, err := f.Lookup("after.txt"); err != nil {
+		t.Fatalf("the entry after the forged one: %v", err)
+	}
+	if st := f.Status(); st.Rejected != 1 {
+		t.Fatalf("status %+v: want 1 rejected entry", st)
 	}
 }
