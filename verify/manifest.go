@@ -320,9 +320,6 @@ func (d *delta) object(name string) (uint64, bool, error) {
 func (d *delta) putRow(e *ManifestEntry) error {
 	_, err := d.st.objPut.ExecContext(d.ctx, d.contract, e.Name, e.Seq, e.Issuer, e.KeyID, e.StoredSHA256, e.StoredSize, e.Encoding,
 		e.DecodedSHA256, e.DecodedSize, e.License, e.MediaType, e.Tokens)
-	if err == nil {
-		err = d.putShards(&e.ObjectClaim)
-	}
 	return err
 }
 
@@ -536,9 +533,6 @@ func (d *delta) addBatch(t *termsVersion, seq uint64, issuer, kid string, objs [
 			return append(args, d.contract, o.Name, seq, issuer, kid, o.StoredSHA256, o.StoredSize, o.Encoding, o.DecodedSHA256, o.DecodedSize,
 				o.License, o.MediaType, o.Tokens)
 		}); err != nil {
-		return err
-	}
-	if err := d.putShards(sorted...); err != nil {
 		return err
 	}
 	if d.redactions == 0 {

@@ -29,9 +29,11 @@ CREATE TABLE IF NOT EXISTS shards (
 // ErrNotShard: the object has no member index.
 var ErrNotShard = errors.New("object is not a shard")
 
-// putShards records the member indexes of the shards among objs.
-func (d *delta) putShards(objs ...*contract.ObjectClaim) error {
-	for _, o := range objs {
+// putShards records the member indexes of the shards among objs, once
+// they are applied to the manifest.
+func (d *delta) putShards(objs ...contract.ObjectClaim) error {
+	for i := range objs {
+		o := &objs[i]
 		if o.Shard == nil {
 			continue
 		}
