@@ -66,13 +66,13 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
+	shards  *shardState
 	mu      sync.RWMutex
 	sources map[string]Source
 	metrics *Metrics
 	mux     *http.ServeMux
 	gather  prometheus.Gatherer
 	passes  *passTracker
-	shards  *shardState
 }
 
 // NewServer builds a Server.
