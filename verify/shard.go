@@ -41,7 +41,7 @@ func (d *delta) putShards(objs ...contract.ObjectClaim) error {
 		if err != nil {
 			return fmt.Errorf("shard %q: %w", o.Name, err)
 		}
-		if err := d.exec("INSERT OR REPLACE INTO shards (contract, name, decoded_sha256, idx) VALUES (?, ?, ?, ?)",
+		if _, err := d.tx.ExecContext(d.ctx, "INSERT OR REPLACE INTO shards (contract, name, decoded_sha256, idx) VALUES (?, ?, ?, ?)",
 			d.contract, o.Name, o.DecodedSHA256, b); err != nil {
 			return fmt.Errorf("shard %q: %w", o.Name, err)
 		}
