@@ -331,7 +331,9 @@ func fetchVerified(ctx context.Context, m *mount, obj *contract.ObjectClaim, pol
 		decodedHash = sha256.New()
 	}
 	var tokens tokenize.Counter
-	if m.tokenizer != "" {
+	// A shard's tokens are its members', checked against its index by
+	// verify.CheckShard before it is served.
+	if m.tokenizer != "" && obj.Shard == nil {
 		var err error
 		if tokens, err = tokenize.New(m.tokenizer); err != nil {
 			return res, err

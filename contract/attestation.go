@@ -69,6 +69,8 @@ type ObjectClaim struct {
 	// Tokens is the decoded object's token count under the contract's
 	// pricing tokenizer, when it has one.
 	Tokens int64 `json:"tokens,omitempty"`
+	// Shard is, for a tar shard, its member index (contract/shard.go).
+	Shard *ShardIndex `json:"shard,omitempty"`
 }
 
 // RedactionClaim names what is redacted: an object name, and optionally the
@@ -169,5 +171,5 @@ func (o *ObjectClaim) Validate() error {
 	default:
 		return fmt.Errorf("attestation: object %q: unknown encoding %q", o.Name, o.Encoding)
 	}
-	return nil
+	return o.validateShard()
 }

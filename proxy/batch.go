@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -79,6 +80,11 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request) error {
 	for i, name := range req.Names {
 		items[i].name = name
 		sr, e, g, err := s.resolve(id, name)
+		if err == nil {
+			if x, serr := s.shardIndex(r.Context(), sr, e); serr != nil || x != nil {
+				err = cmp.Or(serr, errShardInBatch)
+			}
+		}
 		if err == nil {
 			total += e.DecodedSize
 			if total > s.cfg.MaxBatchBytes {

@@ -18,6 +18,7 @@ type read struct {
 	tokens  int64
 	length  int64
 	claim   *passClaim
+	shard   *shardRead // a shard's read bills by key instead (shard.go)
 	res     Reservation
 	settled bool
 	// submitted: the ledger took the access in place of the reservation,
@@ -52,6 +53,13 @@ func (rd *read) bill(sent int64, outcome string) Access {
 	rd.settled = true
 	a := rd.a
 	a.Bytes, a.Outcome = sent, outcome
+	if rd.shard != nil {
+		a.Samples, a.Tokens = rd.shard.settle(sent)
+		if a.Samples == 0 && outcome != OutcomeAborted {
+			a.Outcome = OutcomeRange // bytes only
+		}
+		return a
+	}
 	if rd.claim.settle(sent) {
 		a.Samples, a.Tokens = 1, rd.tokens
 	}
@@ -98,7 +106,9 @@ func (rd *read) abort(ctx context.Context, sent int64) {
 func (rd *read) end() {
 	if !rd.settled {
 		rd.settled = true
-		rd.claim.settle(0)
+		if rd.claim != nil {
+			rd.claim.settle(0)
+		}
 	}
 	if !rd.submitted {
 		rd.res.Release()

@@ -98,6 +98,15 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, id, name st
 		s.countRefusal(err)
 		return err
 	}
+	if x, err := s.shardIndex(r.Context(), src, e); err != nil || x != nil {
+		if err != nil {
+			return err
+		}
+		return s.serveShard(w, r, src, e, g, x, epoch, job)
+	}
+	if r.URL.Query().Has(MemberParam) {
+		return fmt.Errorf("%w: %q is not a shard", ErrNotFound, name)
+	}
 	tag := etag(e.DecodedSHA256)
 	inm := r.Header.Get("If-None-Match")
 	notModified := inm != "" && etagMatch(inm, tag)

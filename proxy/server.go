@@ -76,6 +76,7 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
+	shards  *shardState
 	mu      sync.RWMutex
 	sources map[string]Source
 	metrics *Metrics
@@ -115,7 +116,8 @@ func NewServer(cfg Config) *Server {
 		r := prometheus.NewRegistry()
 		reg, gather = r, r
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather, passes: newPassTracker(cfg.MaxPasses)}
+	s := &Server{cfg: cfg, log: cfg.Logger, sources: map[string]Source{}, gather: gather, passes: newPassTracker(cfg.MaxPasses),
+		shards: newShardState()}
 	for _, src := range cfg.Sources {
 		s.sources[src.ID()] = src
 	}

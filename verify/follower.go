@@ -1060,9 +1060,15 @@ func (f *Follower) apply(d *delta, c *checked, batch *contract.BatchManifest) er
 	}
 	switch a.Type {
 	case contract.Contribution, contract.Transformation:
-		return d.addObject(c.terms, &ManifestEntry{ObjectClaim: *a.Object, Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid})
+		if err := d.addObject(c.terms, &ManifestEntry{ObjectClaim: *a.Object, Seq: e.Seq, Issuer: a.Issuer, KeyID: c.kid}); err != nil {
+			return err
+		}
+		return d.putShards(*a.Object)
 	case contract.Batch:
-		return d.addBatch(c.terms, e.Seq, a.Issuer, c.kid, batch.Objects)
+		if err := d.addBatch(c.terms, e.Seq, a.Issuer, c.kid, batch.Objects); err != nil {
+			return err
+		}
+		return d.putShards(batch.Objects...)
 	case contract.Redaction:
 		return d.redact(c.terms, a.Issuer, e.Seq, a.Redaction)
 	case contract.Revocation:

@@ -40,7 +40,9 @@ const contributeSynopsis = "contribute --registry URL --contract ID --key FILE -
 	"by the contract, --name-prefix is yours to choose.\n\n" +
 	"More than one file is attested in batches: one signed attestation per manifest of up\n" +
 	"to --batch-size objects (and 8 MiB), appended once its objects are uploaded.\n" +
-	"--batch-size 1 signs one attestation per file."
+	"--batch-size 1 signs one attestation per file.\n\n" +
+	"With --shards (the default), a .tar file is a WebDataset shard: its member index\n" +
+	"(name, offset, size, sha256 of each member; samples = distinct keys) is attested with it."
 
 type contributeOpts struct {
 	client      *contract.Client
@@ -51,6 +53,7 @@ type contributeOpts struct {
 	encoding    string
 	tmpDir      string
 	existing    map[string]contract.ObjectClaim
+	shards      bool
 }
 
 type contributeItem struct {
@@ -70,6 +73,7 @@ func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer)
 	contributor := fs.String("contributor", "", "contributor id (default: the contract's contributor whose keys include --key)")
 	jobs := fs.Int("jobs", 4, "files processed in parallel")
 	batchSize := fs.Int("batch-size", defaultBatchSize, fmt.Sprintf("objects per batch attestation (1: one attestation per file; at most %d)", contract.MaxBatchObjects))
+	shards := fs.Bool("shards", true, "contribute .tar files as WebDataset shards, their member index in the claim")
 	progressEvery := fs.Duration("progress-interval", 5*time.Second, "when stderr is not a terminal, one progress line per interval")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -100,7 +104,7 @@ func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("contribute: contract %s: %w", *contractID, err)
 	}
-	o := &contributeOpts{client: client, c: c, key: key, contributor: *contributor, encoding: *encoding, tmpDir: os.TempDir()}
+	o := &contributeOpts{client: client, c: c, key: key, contributor: *contributor, encoding: *encoding, tmpDir: os.TempDir(), shards: *shards}
 	if o.contributor == "" {
 		if o.contributor, err = contributorOf(c, key); err != nil {
 			return err
@@ -124,7 +128,8 @@ func runContribute(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer cancel()
 	prog := newProgress(stderr, len(items), *progressEvery)
 	var batches *batcher
-	if len(items) > 1 && *batchSize > 1 {
+	if len(items) > 1 && *batchSize > 1 || o.shards && anyShard(items) {
+		// A shard's index needs a batch manifest's room.
 		batches = &batcher{o: o, max: *batchSize, prog: prog}
 	}
 	work := make(chan contributeItem)
@@ -196,11 +201,22 @@ func (o *contributeOpts) prepare(ctx context.Context, it contributeItem) (obj *c
 	if err != nil {
 		return nil, 0, err
 	}
-	if prev, ok := o.existing[it.name]; ok && prev.DecodedSHA256 == decSHA && prev.Encoding == o.encoding && prev.Tokens == tokens {
+	var shard *contract.ShardIndex
+	if o.shards && isShardFile(it.name) {
+		if shard, err = shardIndexFile(it.path, tokenizer); err != nil {
+			return nil, 0, err
+		}
+		tokens = shard.Tokens()
+	}
+	if prev, ok := o.existing[it.name]; ok && prev.DecodedSHA256 == decSHA && prev.Encoding == o.encoding && prev.Tokens == tokens &&
+		(prev.Shard != nil) == (shard != nil) {
 		return nil, decSize, nil
 	}
 	obj = &contract.ObjectClaim{Name: it.name, Encoding: o.encoding, DecodedSHA256: decSHA, DecodedSize: decSize,
-		MediaType: mime.TypeByExtension(path.Ext(it.name)), Tokens: tokens}
+		MediaType: mime.TypeByExtension(path.Ext(it.name)), Tokens: tokens, Shard: shard}
+	if shard != nil {
+		obj.MediaType = shardMediaType
+	}
 	upload := it.path
 	if o.encoding == contract.EncodingIdentity {
 		obj.StoredSHA256, obj.StoredSize = decSHA, decSize
