@@ -20,6 +20,10 @@ import (
 	"github.com/provgate/provgate/verify"
 )
 
+// streamPoll is how often a live stream reads the log for entries that
+// another replica appended, when replicas share the database.
+const streamPoll = time.Second
+
 var rangeFactory = compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
 
 // head is a log's Merkle state: the compact range over all entries and the
@@ -42,15 +46,38 @@ func (h *head) root() []byte {
 	return root
 }
 
-// head returns the cached Merkle state of a log, loading it from the
-// stored nodes on first use. Callers hold s.mu.
-func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
-	if h, ok := s.heads[contractID]; ok {
-		return h, nil
+// withLog runs fn as the one writer of a contract's log: it holds s.mu in
+// this process and the store's log lock across the replicas that share
+// the database, and fn's store calls (made with the context it is given)
+// run in one transaction. Appends become visible together, when it
+// commits; then live streams are woken and witnesses asked. A head cached
+// by a failed fn is dropped, never reused.
+func (s *Server) withLog(ctx context.Context, contractID string, fn func(ctx context.Context) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.grown = false
+	if err := s.st.inLogTx(ctx, contractID, fn); err != nil {
+		delete(s.heads, contractID)
+		return err
 	}
+	if s.grown {
+		s.wake(contractID)
+		s.cosign(contractID)
+	}
+	return nil
+}
+
+// head returns the Merkle state of a log: the cached one while the log's
+// size (read in the log transaction) is the cached size, else loaded from
+// the stored nodes, since another replica may have appended. Callers are
+// in withLog.
+func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
 	size, err := s.st.logSize(ctx, contractID)
 	if err != nil {
 		return nil, err
+	}
+	if h, ok := s.heads[contractID]; ok && h.size() == size {
+		return h, nil
 	}
 	h := &head{last: contract.ZeroHash}
 	if size == 0 {
@@ -74,7 +101,7 @@ func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
 }
 
 // appendLocked builds the entry for rec (kind, jws, accepted already set by
-// the caller, who holds s.mu), computes its Merkle nodes and a checkpoint
+// the caller, who is in withLog), computes its Merkle nodes and a checkpoint
 // over the new size, and stores all of it in one transaction.
 func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head, kind contract.EntryKind, jws string, accepted []string, rec *appendRecord) error {
 	rec.Seq = h.size() + 1
@@ -118,13 +145,11 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 		}
 	}
 	if err := s.st.appendEntry(ctx, c.ContractID, rec); err != nil {
-		// Reload the head next time, in case another writer moved the log.
-		delete(s.heads, c.ContractID)
 		return err
 	}
+	// withLog drops it if the transaction does not commit.
 	s.heads[c.ContractID] = next
-	s.wake(c.ContractID)
-	s.cosign(c.ContractID)
+	s.grown = true
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
 	return nil
 }
@@ -257,6 +282,12 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 	}
 	heartbeat := time.NewTicker(15 * time.Second)
 	defer heartbeat.Stop()
+	var poll <-chan time.Time // entries other replicas append wake no one here
+	if s.pollEvery > 0 {
+		t := time.NewTicker(s.pollEvery)
+		defer t.Stop()
+		poll = t.C
+	}
 	ctx := r.Context()
 	for {
 		wait := s.waiter(c.ContractID)
@@ -288,6 +319,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 		case <-s.done:
 			return nil
 		case <-wait:
+		case <-poll:
 		case <-heartbeat.C:
 			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
 				return nil
