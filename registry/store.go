@@ -624,22 +624,44 @@ func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint
 	return out, rows.Err()
 }
 
+// nodes reads the hashes of ids, in order, a few hundred per query (one
+// round trip each: a head reload reads every node of the compact range).
 func (s *sqliteStore) nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error) {
 	out := make([][]byte, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	stmt, err := s.db.PrepareContext(ctx, `SELECT hash FROM nodes WHERE contract = ? AND level = ? AND idx = ?`)
-	if err != nil {
-		return nil, err
-	}
-	defer stmt.Close()
+	at := make(map[compact.NodeID][]int, len(ids))
 	for i, id := range ids {
-		if err := stmt.QueryRowContext(ctx, contractID, id.Level, id.Index).Scan(&out[i]); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return nil, fmt.Errorf("%w: node %d/%d missing", errCorrupted, id.Level, id.Index)
-			}
+		at[id] = append(at[id], i)
+	}
+	for start := 0; start < len(ids); start += 200 {
+		chunk := ids[start:min(start+200, len(ids))]
+		args := make([]any, 0, 1+2*len(chunk))
+		args = append(args, contractID)
+		for _, id := range chunk {
+			args = append(args, id.Level, id.Index)
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT level, idx, hash FROM nodes WHERE contract = ? AND (level, idx) IN ((?, ?)`+
+			strings.Repeat(", (?, ?)", len(chunk)-1)+`)`, args...)
+		if err != nil {
 			return nil, err
+		}
+		for rows.Next() {
+			var id compact.NodeID
+			var h []byte
+			if err := rows.Scan(&id.Level, &id.Index, &h); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			for _, i := range at[id] {
+				out[i] = h
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+	}
+	for i, h := range out {
+		if h == nil {
+			return nil, fmt.Errorf("%w: node %d/%d missing", errCorrupted, ids[i].Level, ids[i].Index)
 		}
 	}
 	return out, nil

@@ -132,7 +132,7 @@ func (t *sqlTx) Commit() error {
 		return sql.ErrTxDone
 	}
 	t.done = true
-	_, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "RELEASE SAVEPOINT " + t.savepoint)
+	_, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "RELEASE SAVEPOINT "+t.savepoint)
 	return err
 }
 
@@ -146,10 +146,10 @@ func (t *sqlTx) Rollback() error {
 		return sql.ErrTxDone
 	}
 	t.done = true
-	if _, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "ROLLBACK TO SAVEPOINT " + t.savepoint); err != nil {
+	if _, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "ROLLBACK TO SAVEPOINT "+t.savepoint); err != nil {
 		return err
 	}
-	_, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "RELEASE SAVEPOINT " + t.savepoint)
+	_, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "RELEASE SAVEPOINT "+t.savepoint)
 	return err
 }
 

@@ -24,7 +24,7 @@ func testNote(size uint64, root, sig string) []byte {
 // testRecord is an append of entry seq with a checkpoint over it.
 func testRecord(seq uint64) *appendRecord {
 	return &appendRecord{Seq: seq, Entry: fmt.Appendf(nil, `{"seq":%d}`, seq), Time: time.Unix(1_800_000_000+int64(seq), 0),
-		Nodes: map[compact.NodeID][]byte{compact.NewNodeID(0, seq-1): fmt.Appendf(nil, "leaf-%d", seq)},
+		Nodes:          map[compact.NodeID][]byte{compact.NewNodeID(0, seq-1): fmt.Appendf(nil, "leaf-%d", seq)},
 		CheckpointNote: testNote(seq, fmt.Sprintf("root-%d", seq), "s")}
 }
 
