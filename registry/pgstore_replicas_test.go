@@ -32,20 +32,21 @@ import (
 const replicaPublicURL = "http://registry.test"
 
 // startReplicas starts n registries on one PostgreSQL database, each on
-// its own loopback listener, presigning on the test MinIO.
-func startReplicas(t *testing.T, n int) []*registrytest.Harness {
+// its own loopback listener, presigning on the test MinIO; opts apply
+// after the replicas' shared configuration.
+func startReplicas(t *testing.T, n int, opts ...registrytest.Option) []*registrytest.Harness {
 	t.Helper()
 	db := testenv.Postgres(t).NewDatabase(t)
 	mio := testenv.MinIO(t)
 	var hs []*registrytest.Harness
 	for range n {
-		hs = append(hs, registrytest.Start(t,
+		hs = append(hs, registrytest.Start(t, append([]registrytest.Option{
 			registrytest.WithMinIO(mio.Endpoint, testenv.MinIOAccessKey, testenv.MinIOSecretKey),
 			registrytest.WithConfig(func(c *registry.Config) {
 				c.DBPath = db
 				c.PublicURL = replicaPublicURL
 				c.CheckpointInterval = 200 * time.Millisecond // replicas re-sign while others append
-			})))
+			})}, opts...)...))
 	}
 	return hs
 }

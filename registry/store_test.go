@@ -333,3 +333,20 @@ func TestPostgresMigrationsOnceAcrossReplicas(t *testing.T) {
 		t.Fatalf("opening a database of a newer schema: %v, want refused", err)
 	}
 }
+
+// initMeta keeps the first value set: replicas starting together on a
+// fresh database all use the log key that one of them stored.
+func TestStoreInitMetaFirstValueWins(t *testing.T) {
+	backends(t, func(t *testing.T, st *sqlStore) {
+		ctx := context.Background()
+		if v, err := st.initMeta(ctx, "checkpoint_skey", "first"); err != nil || v != "first" {
+			t.Fatalf("initMeta on a fresh database = %q, %v; want first", v, err)
+		}
+		if v, err := st.initMeta(ctx, "checkpoint_skey", "second"); err != nil || v != "first" {
+			t.Fatalf("initMeta of a set key = %q, %v; want the stored first", v, err)
+		}
+		if v, err := st.meta(ctx, "checkpoint_skey"); err != nil || v != "first" {
+			t.Fatalf("meta = %q, %v; want first", v, err)
+		}
+	})
+}
