@@ -115,7 +115,22 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // metering event is counted exactly once, and the log is one log whose
 // every checkpoint (served, or in a receipt) verifies and is a prefix of
 // it. The log output reports req/s and p99 per endpoint.
-func TestReplicasOnPostgres(t *testing.T) {
+func TestReplicasOnPostgres(t *testing.T) { replicaLoad(t, startReplicas(t, 3)) }
+
+// TestReplicaLoadOnOneSQLiteRegistry is the same load on one registry on
+// SQLite (each "replica" is the one server): the same guarantees, and the
+// baseline for the figures of the replicated run.
+func TestReplicaLoadOnOneSQLiteRegistry(t *testing.T) {
+	mio := testenv.MinIO(t)
+	h := registrytest.Start(t, registrytest.WithMinIO(mio.Endpoint, testenv.MinIOAccessKey, testenv.MinIOSecretKey),
+		registrytest.WithConfig(func(c *registry.Config) {
+			c.PublicURL = replicaPublicURL
+			c.CheckpointInterval = 200 * time.Millisecond
+		}))
+	replicaLoad(t, []*registrytest.Harness{h, h, h})
+}
+
+func replicaLoad(t *testing.T, hs []*registrytest.Harness) {
 	const (
 		sidecars    = 200
 		concurrency = 32
@@ -126,7 +141,6 @@ func TestReplicasOnPostgres(t *testing.T) {
 		appendsEach = 10
 	)
 	ctx := context.Background()
-	hs := startReplicas(t, 3)
 	contributors := []*registrytest.Contributor{
 		hs[0].NewContributor(t, "did:example:alice"), hs[1].NewContributor(t, "did:example:bob"), hs[2].NewContributor(t, "did:example:carol")}
 	spec := registrytest.NewContract("did:example:replicated", "bucket", contributors...)
