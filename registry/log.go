@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -46,25 +47,61 @@ func (h *head) root() []byte {
 	return root
 }
 
-// withLog runs fn as the one writer of a contract's log: it holds s.mu in
-// this process and the store's log lock across the replicas that share
-// the database, and fn's store calls (made with the context it is given)
-// run in one transaction. Appends become visible together, when it
-// commits; then live streams are woken and witnesses asked. A head cached
-// by a failed fn is dropped, never reused.
+// withLog runs fn as the one writer of a contract's log: it holds the
+// log's lock in this process (logLock) and the store's log lock across the
+// replicas that share the database, and fn's store calls (made with the
+// context it is given) run in one transaction. Appends become visible
+// together, when it commits; then live streams are woken and witnesses
+// asked. A head cached by a failed fn is dropped, never reused.
 func (s *Server) withLog(ctx context.Context, contractID string, fn func(ctx context.Context) error) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.grown = false
+	l := s.logLock(contractID)
+	l.Lock()
+	defer l.Unlock()
+	before := s.cachedHead(contractID)
 	if err := s.st.inLogTx(ctx, contractID, fn); err != nil {
-		delete(s.heads, contractID)
+		s.setHead(contractID, nil)
 		return err
 	}
-	if s.grown {
+	if s.cachedHead(contractID) != before { // appended, or found appended by another replica
 		s.wake(contractID)
 		s.cosign(contractID)
 	}
 	return nil
+}
+
+// logLock is the in-process lock of a contract's log. On SQLite, where a
+// write transaction locks the whole database, it is one lock for every
+// log (writers queue here rather than in SQLite's busy loop); on
+// PostgreSQL one per log, so that appends to different logs run at once.
+func (s *Server) logLock(contractID string) *sync.Mutex {
+	if s.pollEvery == 0 {
+		return &s.allLogs
+	}
+	s.headsMu.Lock()
+	defer s.headsMu.Unlock()
+	l, ok := s.logLocks[contractID]
+	if !ok {
+		l = &sync.Mutex{}
+		s.logLocks[contractID] = l
+	}
+	return l
+}
+
+func (s *Server) cachedHead(contractID string) *head {
+	s.headsMu.Lock()
+	defer s.headsMu.Unlock()
+	return s.heads[contractID]
+}
+
+// setHead caches a log's head (nil: drops it). Callers hold the log's lock.
+func (s *Server) setHead(contractID string, h *head) {
+	s.headsMu.Lock()
+	defer s.headsMu.Unlock()
+	if h == nil {
+		delete(s.heads, contractID)
+		return
+	}
+	s.heads[contractID] = h
 }
 
 // head returns the Merkle state of a log: the cached one while the log's
@@ -76,7 +113,7 @@ func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
 	if err != nil {
 		return nil, err
 	}
-	if h, ok := s.heads[contractID]; ok && h.size() == size {
+	if h := s.cachedHead(contractID); h != nil && h.size() == size {
 		return h, nil
 	}
 	h := &head{last: contract.ZeroHash}
@@ -96,7 +133,7 @@ func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
 		}
 		h.last = last[0]
 	}
-	s.heads[contractID] = h
+	s.setHead(contractID, h)
 	return h, nil
 }
 
@@ -148,8 +185,7 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 		return err
 	}
 	// withLog drops it if the transaction does not commit.
-	s.heads[c.ContractID] = next
-	s.grown = true
+	s.setHead(c.ContractID, next)
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
 	return nil
 }

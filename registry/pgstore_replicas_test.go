@@ -60,6 +60,9 @@ func replicaClient(t *testing.T, h *registrytest.Harness, key *jose.JSONWebKey) 
 		t.Fatal(err)
 	}
 	c.MaxAttempts = 1
+	// Correctness, not latency, is checked: on a starved machine (the race
+	// detector, other work) a request may queue for long behind the log.
+	c.HTTP = &http.Client{Timeout: 3 * time.Minute}
 	if key != nil {
 		c.Proof = func(method, url, token string) (string, error) {
 			return verify.NewDPoPProof(key, method, replicaPublicURL+strings.TrimPrefix(url, h.URL), token, time.Now())

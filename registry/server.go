@@ -118,12 +118,14 @@ type Server struct {
 	cpVKey   string
 	wits     *witnesses // nil: no witness configured
 
-	// mu serialises this process's appends (withLog); heads caches each
-	// log's Merkle state, checked against the stored size at each use;
-	// grown says that the current withLog appended.
-	mu    sync.Mutex
-	heads map[string]*head
-	grown bool
+	// allLogs (SQLite) or logLocks[contract] (PostgreSQL) serialise this
+	// process's writers of a log (withLog); heads caches each log's Merkle
+	// state, checked against the stored size at each use. headsMu guards
+	// the maps.
+	allLogs  sync.Mutex
+	headsMu  sync.Mutex
+	logLocks map[string]*sync.Mutex
+	heads    map[string]*head
 	// pollEvery is how often live streams look for entries appended by
 	// other replicas (0: one registry on its database, which wakes its
 	// streams itself).
@@ -206,6 +208,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		logger:    cfg.Logger,
 		now:       cfg.Clock,
 		heads:     map[string]*head{},
+		logLocks:  map[string]*sync.Mutex{},
 		notify:    map[string]chan struct{}{},
 		streamsBy: map[string]int{},
 		keyCache:  map[string]*jose.JSONWebKey{},
@@ -351,7 +354,7 @@ func (s *Server) ResignCheckpoints(ctx context.Context) error {
 }
 
 func (s *Server) resign(ctx context.Context, c *contract.Contract) error {
-	return s.withLog(ctx, c.ContractID, func(ctx context.Context) error {
+	err := s.withLog(ctx, c.ContractID, func(ctx context.Context) error {
 		h, err := s.head(ctx, c.ContractID)
 		if err != nil {
 			return err
@@ -360,12 +363,13 @@ func (s *Server) resign(ctx context.Context, c *contract.Contract) error {
 		if err != nil {
 			return err
 		}
-		if err := s.st.addCheckpoint(ctx, c.ContractID, h.size(), s.now(), note); err != nil {
-			return err
-		}
-		s.grown = true // a fresh checkpoint for the witnesses
-		return nil
+		return s.st.addCheckpoint(ctx, c.ContractID, h.size(), s.now(), note)
 	})
+	if err != nil {
+		return err
+	}
+	s.cosign(c.ContractID) // a fresh checkpoint for the witnesses
+	return nil
 }
 
 // ---- HTTP plumbing

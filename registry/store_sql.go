@@ -33,6 +33,20 @@ type sqlDB struct {
 	d  dialect
 	// rebound caches the $n form of each query (PostgreSQL only).
 	rebound sync.Map
+	// wmu queues this process's SQLite writers (transactions and writing
+	// statements) in Go, fairly, rather than in SQLite's busy loop, where
+	// a writer can starve past its busy timeout while the log's writers
+	// take the lock in turn. Readers (WAL) do not take it.
+	wmu sync.Mutex
+}
+
+// writeLock takes wmu on SQLite; the returned func releases it.
+func (d *sqlDB) writeLock() func() {
+	if d.d != dialectSQLite {
+		return func() {}
+	}
+	d.wmu.Lock()
+	return d.wmu.Unlock
 }
 
 // querier is what *sql.DB and *sql.Tx share.
@@ -62,7 +76,11 @@ func (d *sqlDB) on(ctx context.Context) querier {
 }
 
 func (d *sqlDB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	return d.on(ctx).ExecContext(ctx, d.rebind(query), args...)
+	q := d.on(ctx)
+	if q == querier(d.db) {
+		defer d.writeLock()()
+	}
+	return q.ExecContext(ctx, d.rebind(query), args...)
 }
 
 func (d *sqlDB) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
@@ -91,11 +109,13 @@ func (d *sqlDB) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sqlTx, error
 		}
 		return &sqlTx{d: d, tx: lt.tx, ctx: ctx, savepoint: sp}, nil
 	}
+	unlock := d.writeLock()
 	tx, err := d.db.BeginTx(ctx, opts)
 	if err != nil {
+		unlock()
 		return nil, err
 	}
-	return &sqlTx{d: d, tx: tx, ctx: ctx}, nil
+	return &sqlTx{d: d, tx: tx, ctx: ctx, unlock: unlock}, nil
 }
 
 // sqlTx is a transaction (or a savepoint of the log transaction) with
@@ -104,6 +124,7 @@ type sqlTx struct {
 	d         *sqlDB
 	tx        *sql.Tx
 	ctx       context.Context // of a savepoint: its release or rollback
+	unlock    func()          // of a transaction: releases sqlDB.wmu
 	savepoint string
 	done      bool
 }
@@ -125,13 +146,14 @@ func (t *sqlTx) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 }
 
 func (t *sqlTx) Commit() error {
-	if t.savepoint == "" {
-		return t.tx.Commit()
-	}
 	if t.done {
 		return sql.ErrTxDone
 	}
 	t.done = true
+	if t.savepoint == "" {
+		defer t.unlock()
+		return t.tx.Commit()
+	}
 	_, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "RELEASE SAVEPOINT "+t.savepoint)
 	return err
 }
@@ -139,13 +161,14 @@ func (t *sqlTx) Commit() error {
 // Rollback undoes the transaction (or the savepoint) unless it was
 // committed; like sql.Tx's, it is safe to defer.
 func (t *sqlTx) Rollback() error {
-	if t.savepoint == "" {
-		return t.tx.Rollback()
-	}
 	if t.done {
 		return sql.ErrTxDone
 	}
 	t.done = true
+	if t.savepoint == "" {
+		defer t.unlock()
+		return t.tx.Rollback()
+	}
 	if _, err := t.tx.ExecContext(context.WithoutCancel(t.ctx), "ROLLBACK TO SAVEPOINT "+t.savepoint); err != nil {
 		return err
 	}
@@ -164,6 +187,7 @@ func (d *sqlDB) inLogTx(ctx context.Context, contractID string, fn func(ctx cont
 	if _, ok := ctx.Value(logTxKey{}).(*logTx); ok {
 		return errors.New("registry: nested log transactions")
 	}
+	defer d.writeLock()()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
