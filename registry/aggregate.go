@@ -66,6 +66,20 @@ func migrateAggregates(ctx context.Context, db *sql.DB) error {
 		return err
 	}
 	defer tx.Rollback()
+	if err := backfillEventSeqs(ctx, tx); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('metering_aggregates_schema', ?)
+		ON CONFLICT (k) DO UPDATE SET v = excluded.v`, aggregateSchemaVersion); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// backfillEventSeqs fills metering_event_seqs from the events counted
+// one by one before it existed (ids that are no "<ledger>-<seq>" have no
+// seq to mark). tx takes ? placeholders.
+func backfillEventSeqs(ctx context.Context, tx querier) error {
 	rows, err := tx.QueryContext(ctx, `SELECT contract, sender, id FROM metering_events`)
 	if err != nil {
 		return err
@@ -96,11 +110,7 @@ func migrateAggregates(ctx context.Context, db *sql.DB) error {
 			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('metering_aggregates_schema', ?)
-		ON CONFLICT (k) DO UPDATE SET v = excluded.v`, aggregateSchemaVersion); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return nil
 }
 
 // ledgerSeq splits a sidecar event id "<ledger id>-<seq>".

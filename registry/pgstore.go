@@ -58,6 +58,9 @@ type pgMigration struct {
 	version int
 	name    string
 	sql     string
+	// then, when set, runs after sql in the migration's transaction (with
+	// ? placeholders): a backfill of what the new tables derive from.
+	then func(ctx context.Context, tx querier) error
 }
 
 // pgMigrations is the PostgreSQL schema: the SQLite schema's tables with
@@ -124,12 +127,37 @@ CREATE TABLE lease_objects (
 CREATE TABLE idempotency (
 	contract TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, response BYTEA NOT NULL,
 	PRIMARY KEY (contract, key));
-`},
+`, nil},
 	{2, "witness cosignatures", `
 CREATE TABLE witness_cosigs (
 	contract TEXT NOT NULL, witness TEXT NOT NULL, size BIGINT NOT NULL, body TEXT NOT NULL, line TEXT NOT NULL,
 	PRIMARY KEY (contract, witness));
-`},
+`, nil},
+	// Aggregate metering (aggregate.go's aggregateSchema): counted seq
+	// ranges of each sender's ledger, their sums by key, and the ledger
+	// seqs of events counted one by one, backfilled from metering_events.
+	// A range counts once: its insertion runs in the log transaction
+	// (under the contract's advisory lock, after the overlap check), and
+	// the primary key refuses a second range from the same row.
+	{3, "metering aggregates", `
+CREATE TABLE metering_ranges (
+	contract TEXT NOT NULL, sender TEXT NOT NULL, ledger TEXT NOT NULL,
+	after_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL, count BIGINT NOT NULL, root BYTEA NOT NULL,
+	seq BIGINT NOT NULL,
+	PRIMARY KEY (contract, sender, ledger, after_seq),
+	CHECK (last_seq > after_seq));
+CREATE TABLE metering_aggregates (
+	contract TEXT NOT NULL, sender TEXT NOT NULL, ledger TEXT NOT NULL, after_seq BIGINT NOT NULL, idx BIGINT NOT NULL,
+	seq BIGINT NOT NULL, licensee TEXT NOT NULL, lease TEXT NOT NULL, kind TEXT NOT NULL, outcome TEXT NOT NULL,
+	job TEXT NOT NULL, epoch BIGINT NOT NULL, terms_seq BIGINT NOT NULL, events BIGINT NOT NULL,
+	samples BIGINT NOT NULL, bytes BIGINT NOT NULL, units BIGINT NOT NULL, cost BIGINT NOT NULL,
+	PRIMARY KEY (contract, sender, ledger, after_seq, idx),
+	FOREIGN KEY (contract, sender, ledger, after_seq) REFERENCES metering_ranges);
+CREATE INDEX metering_aggregates_job ON metering_aggregates (contract, job, epoch);
+CREATE TABLE metering_event_seqs (
+	contract TEXT NOT NULL, sender TEXT NOT NULL, ledger TEXT NOT NULL, lseq BIGINT NOT NULL,
+	PRIMARY KEY (contract, sender, ledger, lseq));
+`, backfillEventSeqs},
 }
 
 // pgMigrationsLock names the advisory lock that migrations run under, so
@@ -168,6 +196,11 @@ func migratePostgres(ctx context.Context, db *sql.DB) error {
 		}
 		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
 			return fmt.Errorf("migration %d (%s): %w", m.version, m.name, err)
+		}
+		if m.then != nil {
+			if err := m.then(ctx, &sqlTx{d: &sqlDB{d: dialectPostgres}, tx: tx}); err != nil {
+				return fmt.Errorf("migration %d (%s): %w", m.version, m.name, err)
+			}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.version, m.name); err != nil {
 			if isUnique(err) {
