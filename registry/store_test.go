@@ -350,3 +350,155 @@ func TestStoreInitMetaFirstValueWins(t *testing.T) {
 		}
 	})
 }
+
+// aggRecord is an append of entry seq counting an aggregate batch of
+// sender's ledger rows (after, last] (tag names their root) that served
+// last-after samples.
+func aggRecord(seq uint64, sender string, after, last int64, tag string) *appendRecord {
+	r := testRecord(seq)
+	n := last - after
+	r.Sender, r.Licensee = sender, "acme"
+	r.Aggregate = &aggregateRecord{
+		Rows: contract.RowCommitment{Ledger: "L", AfterSeq: after, LastSeq: last, Count: n, Root: []byte(tag)},
+		Aggregates: []contract.MeteringAggregate{{Kind: contract.EventAccess, Outcome: contract.OutcomeServed, Job: "j", Epoch: 1,
+			Events: n, Samples: n, Bytes: 100 * n, Units: n}},
+	}
+	return r
+}
+
+// Replicas given the same rows of a sender's ledger at once, or
+// overlapping rows, count them once: each checks the counted ranges and
+// inserts its own in the log transaction, so the later ones see the
+// first's range (the same rows: a duplicate; others: a conflict).
+func TestStoreAggregateRangeCountedOnceAcrossReplicas(t *testing.T) {
+	backendURLs(t, func(t *testing.T, db string) {
+		ctx := context.Background()
+		var replicas []*sqlStore
+		for range 3 {
+			st, err := openStore(ctx, db, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.close() })
+			replicas = append(replicas, st)
+		}
+		const senders = 8
+		var mu sync.Mutex
+		counted, dups, conflicts := map[string]int{}, 0, 0
+		var wg sync.WaitGroup
+		for s := range senders {
+			sender := fmt.Sprintf("sc%d", s)
+			// The batch twice (a retry at another replica), and rows
+			// overlapping it under another root.
+			for k, b := range []struct {
+				after, last int64
+				tag         string
+			}{{0, 4, "a"}, {0, 4, "a"}, {2, 6, "b"}} {
+				st := replicas[(s+k)%len(replicas)]
+				wg.Go(func() {
+					err := st.inLogTx(ctx, "c1", func(ctx context.Context) error {
+						n, err := st.logSize(ctx, "c1")
+						if err != nil {
+							return err
+						}
+						rec := aggRecord(n+1, sender, b.after, b.last, b.tag)
+						prev, err := st.countedRange(ctx, "c1", sender, &rec.Aggregate.Rows)
+						switch {
+						case err == nil && prev.Same(&rec.Aggregate.Rows):
+							mu.Lock()
+							dups++
+							mu.Unlock()
+							return nil
+						case err == nil:
+							mu.Lock()
+							conflicts++
+							mu.Unlock()
+							return nil
+						case !errors.Is(err, errNotFound):
+							return err
+						}
+						time.Sleep(time.Millisecond) // widen the window between check and insert
+						if err := st.appendEntry(ctx, "c1", rec); err != nil {
+							return err
+						}
+						mu.Lock()
+						counted[sender]++
+						mu.Unlock()
+						return nil
+					})
+					if err != nil {
+						t.Error(err)
+					}
+				})
+			}
+		}
+		wg.Wait()
+		for s := range senders {
+			if n := counted[fmt.Sprintf("sc%d", s)]; n != 1 {
+				t.Errorf("sender sc%d: %d batches counted, want 1", s, n)
+			}
+		}
+		// Per sender: the first counted; the retry a duplicate or a
+		// conflict (when the overlapping rows won); the overlap a conflict
+		// when it lost.
+		if dups+conflicts != 2*senders {
+			t.Errorf("%d duplicates and %d conflicts, want %d refusals in all", dups, conflicts, 2*senders)
+		}
+		sums, err := replicas[1].meteringSums(ctx, "c1")
+		if err != nil || sums.Samples != 4*senders || sums.Bytes != 400*senders {
+			t.Errorf("sums %+v, %v; want %d samples counted once each", sums, err, 4*senders)
+		}
+		tot, err := replicas[2].meteringTotals(ctx, "c1", contract.TotalsFilter{Epoch: -1})
+		if err != nil || tot.Events != 4*senders || tot.Licensees["acme"].Events != 4*senders {
+			t.Errorf("totals %+v, %v; want %d events", tot, err, 4*senders)
+		}
+		if n, _ := replicas[0].logSize(ctx, "c1"); n != senders {
+			t.Errorf("log size %d, want one metering entry per sender (%d)", n, senders)
+		}
+	})
+}
+
+// A counted range is refused (errConflict) by the store itself, also when
+// two appends of the same rows run at once outside any log lock: the
+// range's primary key admits one.
+func TestStoreAggregateRangeUniqueWithoutTheLogLock(t *testing.T) {
+	backendURLs(t, func(t *testing.T, db string) {
+		ctx := context.Background()
+		a, err := openStore(ctx, db, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.close()
+		b, err := openStore(ctx, db, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.close()
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for i, st := range []*sqlStore{a, b} {
+			wg.Go(func() { errs[i] = st.appendEntry(ctx, "c1", aggRecord(uint64(i+1), "sc", 0, 4, "a")) })
+		}
+		wg.Wait()
+		ok, refused := 0, 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, errConflict):
+				refused++
+			default:
+				t.Errorf("append: %v", err)
+			}
+		}
+		if ok != 1 || refused != 1 {
+			t.Fatalf("the same rows appended twice at once: %d counted, %d refused; want 1 and 1 (%v)", ok, refused, errs)
+		}
+		if err := a.appendEntry(ctx, "c1", aggRecord(3, "sc", 3, 8, "c")); !errors.Is(err, errConflict) {
+			t.Errorf("rows (3, 8] over counted (0, 4]: %v, want errConflict", err)
+		}
+		if sums, err := b.meteringSums(ctx, "c1"); err != nil || sums.Samples != 4 {
+			t.Errorf("sums %+v, %v; want the 4 samples once", sums, err)
+		}
+	})
+}
