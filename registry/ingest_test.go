@@ -20,9 +20,9 @@ const sampleNano = 500_000
 
 // licensedSetup is a registry with a contract naming two licensees, acme
 // and evil, each with one enrolled sidecar that holds a token.
-func licensedSetup(t *testing.T) (h *registrytest.Harness, c *contract.Contract, acme, evil *sidecar, acmeTok, evilTok string) {
+func licensedSetup(t *testing.T, opts ...registrytest.Option) (h *registrytest.Harness, c *contract.Contract, acme, evil *sidecar, acmeTok, evilTok string) {
 	t.Helper()
-	h = registrytest.Start(t)
+	h = registrytest.Start(t, opts...)
 	alice := h.NewContributor(t, "did:example:alice")
 	cc := registrytest.NewContract("did:example:licensed", "bucket", alice)
 	acmeL, evilL := registrytest.NewLicensee(t, "acme", contract.LicenseTerms{}), registrytest.NewLicensee(t, "evil", contract.LicenseTerms{})
