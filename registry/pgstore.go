@@ -170,6 +170,12 @@ const pgMigrationsLock = "provgate registry schema migrations"
 // schema as it was) holding pgMigrationsLock. A database migrated by a
 // newer registry is refused: this one does not know its schema.
 func migratePostgres(ctx context.Context, db *sql.DB) error {
+	return migratePostgresTo(ctx, db, pgMigrations)
+}
+
+// migratePostgresTo applies migrations, the first steps of pgMigrations
+// (a test leaves a database as an older registry did).
+func migratePostgresTo(ctx context.Context, db *sql.DB, migrations []pgMigration) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -186,11 +192,11 @@ func migratePostgres(ctx context.Context, db *sql.DB) error {
 	if err := tx.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&have); err != nil {
 		return err
 	}
-	latest := pgMigrations[len(pgMigrations)-1].version
+	latest := migrations[len(migrations)-1].version
 	if int(have.Int64) > latest {
 		return fmt.Errorf("the database's schema is at version %d, newer than this registry's %d: upgrade the registry", have.Int64, latest)
 	}
-	for _, m := range pgMigrations {
+	for _, m := range migrations {
 		if m.version <= int(have.Int64) {
 			continue
 		}
