@@ -3,6 +3,7 @@ package registry_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -111,11 +112,14 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // TestReplicasOnPostgres runs three registry replicas on one PostgreSQL
 // database under ~200 sidecars (32 at a time) that each request a token
 // (and replay its proof at another replica), presign two objects and send
-// one metering batch to two replicas at once, while three contributors
+// one metering batch to two replicas at once (mostly aggregate batches,
+// half of them raced by a batch of overlapping rows at the third replica;
+// every fourth sidecar sends events one by one), while three contributors
 // append through all three. It checks what a deployment relies on:
 // no DPoP proof is accepted twice, no token id repeats, the licensee's
 // quota is never overrun (exactly the leases it holds are granted), every
-// metering event is counted exactly once, and the log is one log whose
+// sidecar's use is counted by exactly one batch and the totals are exact,
+// and the log is one log whose
 // every checkpoint (served, or in a receipt) verifies and is a prefix of
 // it. The log output reports req/s and p99 per endpoint.
 func TestReplicasOnPostgres(t *testing.T) { replicaLoad(t, startReplicas(t, 3)) }
@@ -169,6 +173,7 @@ func replicaLoad(t *testing.T, hs []*registrytest.Harness) {
 		refused   int
 		replays   int
 		accepted  int
+		conflicts int
 		receipts  []*contract.MeteringReceipt
 		served    [][]byte // checkpoints served while the run went on
 		presigned int
@@ -308,38 +313,80 @@ func replicaLoad(t *testing.T, hs []*registrytest.Harness) {
 				}
 			}
 
-			// One batch, sent to two replicas at once under two idempotency keys.
+			// Its use, sent to two replicas at once under two idempotency
+			// keys: an aggregate batch of its ledger rows (0, 4] (the
+			// default), or from every fourth sidecar the events one by one
+			// (an older sidecar). Every other aggregate sender races, at
+			// the third replica, a batch of rows (2, 6] under another root
+			// (a sidecar whose ledger was rebuilt): of the two, exactly one
+			// counts, the other is a 409 conflict.
 			bt := &contract.MeteringBatch{Contract: c.ContractID, BatchID: fmt.Sprintf("b%d", i), Sidecar: jkt, IssuedAt: time.Now().Unix()}
-			for k := range eventsEach {
-				bt.Events = append(bt.Events, contract.MeteringEvent{ID: fmt.Sprintf("e%d-%d", i, k), Time: time.Now().UTC(),
-					Kind: contract.EventAccess, Name: names[k], Bytes: 100, Samples: 1, Units: 1, CostNanoUSD: 500000, Epoch: 1, Job: "job1"})
+			aggregate := i%4 != 3
+			if aggregate {
+				bt.Rows, bt.Aggregates = replicaRows(i, 0, eventsEach, "x"), []contract.MeteringAggregate{replicaAggregate(eventsEach)}
+			} else {
+				for k := range eventsEach {
+					bt.Events = append(bt.Events, contract.MeteringEvent{ID: fmt.Sprintf("e%d-%d", i, k), Time: time.Now().UTC(),
+						Kind: contract.EventAccess, Name: names[k], Bytes: 100, Samples: 1, Units: 1, CostNanoUSD: 500000, Epoch: 1, Job: "job1"})
+				}
 			}
 			jws, err := verify.SignMeteringBatch(key, bt)
 			if err != nil {
 				t.Error(err)
 				return
 			}
+			sends := []struct {
+				h   *registrytest.Harness
+				jws string
+			}{{hs[(i+2)%3], jws}, {a, jws}}
+			if aggregate && i%2 == 0 {
+				rival := &contract.MeteringBatch{Contract: c.ContractID, BatchID: fmt.Sprintf("r%d", i), Sidecar: jkt, IssuedAt: time.Now().Unix(),
+					Rows: replicaRows(i, 2, 2+eventsEach, "y"), Aggregates: []contract.MeteringAggregate{replicaAggregate(eventsEach)}}
+				rjws, err := verify.SignMeteringBatch(key, rival)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				sends = append(sends, struct {
+					h   *registrytest.Harness
+					jws string
+				}{b, rjws})
+			}
 			var twice sync.WaitGroup
-			for r, h := range []*registrytest.Harness{hs[(i+2)%3], a} {
+			var counted, dups, refused int
+			for r, send := range sends {
 				twice.Go(func() {
 					var mr *contract.MeteringResponse
 					err := lat.time("POST metering", func() (err error) {
-						mr, err = replicaClient(t, h, key).PostMetering(ctx, c.ContractID, tok.Token, fmt.Sprintf("idem-%d-%d", i, r), jws)
+						mr, err = replicaClient(t, send.h, key).PostMetering(ctx, c.ContractID, tok.Token, fmt.Sprintf("idem-%d-%d", i, r), send.jws)
 						return err
 					})
-					if err != nil {
-						t.Errorf("metering: %v", err)
-						return
-					}
 					mu.Lock()
 					defer mu.Unlock()
-					accepted += mr.Accepted
-					if mr.Receipt != nil {
+					switch {
+					case err == nil && mr.Accepted == eventsEach && mr.Receipt != nil:
+						counted++
+						accepted += mr.Accepted
 						receipts = append(receipts, mr.Receipt)
+					case err == nil && mr.Accepted == 0 && mr.Duplicates == eventsEach:
+						dups++
+					case len(sends) == 3 && contract.StatusOf(err) == http.StatusConflict && contract.CodeOf(err) == contract.CodeConflict:
+						refused++ // the rival lost, or won over the batch
+					default:
+						t.Errorf("sidecar %d's metering batch %d: %+v, %v; want all %d rows counted, all duplicates, or a conflict",
+							i, r, mr, err, eventsEach)
 					}
 				})
 			}
 			twice.Wait()
+			mu.Lock()
+			// Exactly one batch counts; with a rival, the losers are refused
+			// (the batch's copy after it is a duplicate when it won).
+			if counted != 1 || len(sends) == 2 && dups != 1 || len(sends) == 3 && (refused == 0 || refused+dups != 2) {
+				t.Errorf("sidecar %d: of %d batches %d counted, %d duplicates, %d refused; want exactly one counted", i, len(sends), counted, dups, refused)
+			}
+			conflicts += refused
+			mu.Unlock()
 			mu.Lock()
 			presigned += len(pr.URLs)
 			mu.Unlock()
@@ -367,6 +414,7 @@ func replicaLoad(t *testing.T, hs []*registrytest.Harness) {
 	if int64(accepted) != want {
 		t.Errorf("metering answers accepted %d events, want %d", accepted, want)
 	}
+	t.Logf("metering: %d events counted once, %d rival batches refused", accepted, conflicts)
 	for i, cl := range clients {
 		tot, err := cl.MeteringTotals(ctx, c.ContractID, "", -1)
 		if err != nil {
@@ -474,6 +522,20 @@ func replicaLoad(t *testing.T, hs []*registrytest.Harness) {
 		t.Errorf("%d receipts for %d metering entries", len(receipts), leases)
 	}
 	t.Logf("log: %d entries, %d served checkpoints and %d receipts verified", len(entries), len(served), len(receipts))
+}
+
+// replicaRows are sidecar i's ledger rows (after, last], whose root tag
+// names.
+func replicaRows(i int, after, last int64, tag string) *contract.RowCommitment {
+	root := sha256.Sum256(fmt.Appendf(nil, "%s-%d", tag, i))
+	return &contract.RowCommitment{Ledger: fmt.Sprintf("ledger-%d", i), AfterSeq: after, LastSeq: last, Count: last - after, Root: root[:]}
+}
+
+// replicaAggregate sums n served reads of one 100-byte sample each.
+func replicaAggregate(n int64) contract.MeteringAggregate {
+	now := time.Now().UTC()
+	return contract.MeteringAggregate{Kind: contract.EventAccess, Outcome: contract.OutcomeServed, Job: "job1", Epoch: 1,
+		Events: n, Samples: n, Bytes: 100 * n, Units: n, CostNanoUSD: 500000 * n, FirstTime: now.Add(-time.Second), LastTime: now}
 }
 
 // tokenClaims reads a capability token's claims (the registry signed
