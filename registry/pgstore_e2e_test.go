@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -164,4 +166,84 @@ func signBatch(t *testing.T, key *jose.JSONWebKey, jkt, contractID string, ids .
 		t.Fatal(err)
 	}
 	return jws
+}
+
+// Two replicas given one aggregate batch at once (under one idempotency
+// key at both, and under another), and a batch of overlapping rows under
+// another root, count the rows once: every answer that counts names the
+// same log entry, the others are duplicates or 409 conflicts, and both
+// replicas' totals count each round's rows exactly once.
+func TestReplicasCountAnAggregateOnce(t *testing.T) {
+	ctx := context.Background()
+	hs := startReplicas(t, 2)
+	alice := hs[0].NewContributor(t, "did:example:alice")
+	c := hs[0].CreateContract(t, registrytest.NewContract("did:example:c1", "bucket", alice))
+	key, jkt := newKey(t)
+	a, b := replicaClient(t, hs[0], key), replicaClient(t, hs[1], key)
+	tok, err := a.RequestToken(ctx, c.ContractID, contract.TokenRequest{Purpose: "training", JWK: key.Public(),
+		Enrolment: hs[0].Enrol(t, c.ContractID, key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(rows *contract.RowCommitment) string {
+		t.Helper()
+		jws, err := verify.SignMeteringBatch(key, &contract.MeteringBatch{Contract: c.ContractID, BatchID: verify.NewID(), Sidecar: jkt,
+			IssuedAt: time.Now().Unix(), Rows: rows, Aggregates: []contract.MeteringAggregate{replicaAggregate(rows.Count)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return jws
+	}
+	const rounds, n = 12, 5
+	for r := range rounds {
+		x, y := sign(replicaRows(r, 0, n, "x")), sign(replicaRows(r, 2, 2+n, "y"))
+		sends := []struct {
+			c        *contract.Client
+			idem, jw string
+		}{{a, "k1", x}, {b, "k1", x}, {b, "k2", x}, {a, "k3", y}}
+		answers := make([]*contract.MeteringResponse, len(sends))
+		errs := make([]error, len(sends))
+		var wg sync.WaitGroup
+		for i, s := range sends {
+			wg.Go(func() {
+				answers[i], errs[i] = s.c.PostMetering(ctx, c.ContractID, tok.Token, fmt.Sprintf("r%d-%s", r, s.idem), s.jw)
+			})
+		}
+		wg.Wait()
+		// The winner: the batch whose answers count the rows. Its every
+		// copy is counted (one entry) or a duplicate; the other batch is
+		// refused for the overlap.
+		seqs, winner := map[uint64]bool{}, ""
+		for i, ans := range answers {
+			if errs[i] == nil && ans.Accepted == n {
+				seqs[ans.Seq], winner = true, sends[i].jw
+			}
+		}
+		if len(seqs) != 1 {
+			t.Fatalf("round %d: the rows were counted by log entries %v (%v), want one", r, seqs, errs)
+		}
+		for i, ans := range answers {
+			err := errs[i]
+			switch {
+			case sends[i].jw == winner && err == nil && (ans.Accepted == n || ans.Duplicates == n):
+			case sends[i].jw != winner && contract.StatusOf(err) == http.StatusConflict && strings.Contains(err.Error(), "overlap"):
+			default:
+				t.Fatalf("round %d, send %d (of the batch that %s): %+v, %v; want it counted or a duplicate, or the loser refused for the overlap",
+					r, i, map[bool]string{true: "won", false: "lost"}[sends[i].jw == winner], ans, err)
+			}
+		}
+	}
+	for i, h := range hs {
+		tot, err := h.Client.MeteringTotals(ctx, c.ContractID, "", -1)
+		if err != nil || tot.Events != rounds*n || tot.AccessBytes != 100*rounds*n || tot.CostNanoUSD != 500000*rounds*n {
+			t.Fatalf("replica %d totals %+v, %v; want %d events", i, tot, err, rounds*n)
+		}
+		raw, err := h.Client.Checkpoint(ctx, c.ContractID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lines := strings.Split(string(raw), "\n"); len(lines) < 2 || lines[1] != fmt.Sprint(1+rounds) {
+			t.Fatalf("replica %d's checkpoint %q: want size %d (terms and one entry per round)", i, raw, 1+rounds)
+		}
+	}
 }
