@@ -24,7 +24,8 @@ import (
 // the totals; metering_event_seqs the ledger seq of every event counted
 // one by one (ids "<ledger>-<seq>"), so that a range over rows already
 // counted as events is refused and an event inside a counted range is a
-// duplicate.
+// duplicate. On PostgreSQL its migration 3 (pgstore.go) makes the same
+// tables.
 const aggregateSchema = `
 CREATE TABLE IF NOT EXISTS metering_ranges (
 	contract TEXT NOT NULL, sender TEXT NOT NULL, ledger TEXT NOT NULL,
