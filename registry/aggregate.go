@@ -24,7 +24,8 @@ import (
 // the totals; metering_event_seqs the ledger seq of every event counted
 // one by one (ids "<ledger>-<seq>"), so that a range over rows already
 // counted as events is refused and an event inside a counted range is a
-// duplicate.
+// duplicate. On PostgreSQL its migration 3 (pgstore.go) makes the same
+// tables.
 const aggregateSchema = `
 CREATE TABLE IF NOT EXISTS metering_ranges (
 	contract TEXT NOT NULL, sender TEXT NOT NULL, ledger TEXT NOT NULL,
@@ -66,6 +67,20 @@ func migrateAggregates(ctx context.Context, db *sql.DB) error {
 		return err
 	}
 	defer tx.Rollback()
+	if err := backfillEventSeqs(ctx, tx); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('metering_aggregates_schema', ?)
+		ON CONFLICT (k) DO UPDATE SET v = excluded.v`, aggregateSchemaVersion); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// backfillEventSeqs fills metering_event_seqs from the events counted
+// one by one before it existed (ids that are no "<ledger>-<seq>" have no
+// seq to mark). tx takes ? placeholders.
+func backfillEventSeqs(ctx context.Context, tx querier) error {
 	rows, err := tx.QueryContext(ctx, `SELECT contract, sender, id FROM metering_events`)
 	if err != nil {
 		return err
@@ -96,11 +111,7 @@ func migrateAggregates(ctx context.Context, db *sql.DB) error {
 			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES ('metering_aggregates_schema', ?)
-		ON CONFLICT (k) DO UPDATE SET v = excluded.v`, aggregateSchemaVersion); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return nil
 }
 
 // ledgerSeq splits a sidecar event id "<ledger id>-<seq>".
@@ -179,56 +190,66 @@ func (s *Server) ingestAggregate(w http.ResponseWriter, r *http.Request, c *cont
 		}
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if in.idem != "" { // a concurrent retry may have landed while we verified
-		if done, err := s.replayIdempotent(w, r, c.ContractID, in.idem, in.bodyHash); done || err != nil {
-			return err
-		}
-	}
-	resp := contract.MeteringResponse{Licensee: in.licensee}
-	prev, err := s.st.countedRange(ctx, c.ContractID, in.sender, b.Rows)
-	switch {
-	case err == nil && !prev.Legacy && prev.Same(b.Rows):
-		// These rows were counted: a duplicate, counted once.
-		resp.Duplicates = int(b.Rows.Count)
-		if in.idem != "" {
-			raw, _ := json.Marshal(resp)
-			if err := s.st.putIdempotent(ctx, c.ContractID, in.idem, in.bodyHash, raw); err != nil {
+	var (
+		replay []byte // the stored answer to a retry that landed meanwhile
+		resp   = contract.MeteringResponse{Licensee: in.licensee}
+	)
+	// The check that the range is new and its insertion run in the log
+	// transaction, under the contract's log lock: of two replicas given
+	// the same or overlapping rows at once, the second sees the first's
+	// range (a duplicate or a conflict), never counts them again.
+	err := s.withLog(ctx, c.ContractID, func(ctx context.Context) error {
+		if in.idem != "" { // a concurrent retry may have landed while we verified
+			var err error
+			if replay, err = s.idempotentAnswer(ctx, c.ContractID, in.idem, in.bodyHash); replay != nil || err != nil {
 				return err
 			}
 		}
-		writeJSON(w, http.StatusOK, resp)
+		prev, err := s.st.countedRange(ctx, c.ContractID, in.sender, b.Rows)
+		switch {
+		case err == nil && !prev.Legacy && prev.Same(b.Rows):
+			// These rows were counted: a duplicate, counted once.
+			resp.Duplicates = int(b.Rows.Count)
+			if in.idem != "" {
+				raw, _ := json.Marshal(resp)
+				return s.st.putIdempotent(ctx, c.ContractID, in.idem, in.bodyHash, raw)
+			}
+			return nil
+		case err == nil && prev.Legacy:
+			return contract.Errorf(http.StatusConflict, contract.CodeConflict,
+				"metering batch refused: rows (%d, %d] of ledger %q include row %d, which sidecar %s already sent as an event",
+				b.Rows.AfterSeq, b.Rows.LastSeq, b.Rows.Ledger, prev.LastSeq, in.sender)
+		case err == nil:
+			return contract.Errorf(http.StatusConflict, contract.CodeConflict,
+				"metering batch refused: rows (%d, %d] of ledger %q overlap rows (%d, %d] that sidecar %s's batch in log entry %d counted with another root or count",
+				b.Rows.AfterSeq, b.Rows.LastSeq, b.Rows.Ledger, prev.AfterSeq, prev.LastSeq, in.sender, prev.Seq)
+		case !errors.Is(err, errNotFound):
+			return err
+		}
+		total, err := s.st.meteringSums(ctx, c.ContractID)
+		if err != nil {
+			return err
+		}
+		if !total.Add(sums) {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
+				"metering batch refused: it would make the contract's metering totals overflow int64")
+		}
+		h, err := s.head(ctx, c.ContractID)
+		if err != nil {
+			return err
+		}
+		resp.Accepted, resp.Counted = int(b.Rows.Count), sums
+		resp.Seq = h.size() + 1 // appendLocked assigns exactly this seq
+		rec := &appendRecord{Sender: in.sender, Licensee: in.licensee, IdemKey: in.idem, IdemBodyHash: in.bodyHash, Lease: in.lease,
+			Aggregate: &aggregateRecord{Rows: *b.Rows, Aggregates: b.Aggregates}, Metering: &resp}
+		return s.appendLocked(ctx, c, h, contract.EntryMetering, in.jws, nil, rec)
+	})
+	if err != nil {
+		return err
+	}
+	if replay != nil {
+		writeReplay(w, replay)
 		return nil
-	case err == nil && prev.Legacy:
-		return contract.Errorf(http.StatusConflict, contract.CodeConflict,
-			"metering batch refused: rows (%d, %d] of ledger %q include row %d, which sidecar %s already sent as an event",
-			b.Rows.AfterSeq, b.Rows.LastSeq, b.Rows.Ledger, prev.LastSeq, in.sender)
-	case err == nil:
-		return contract.Errorf(http.StatusConflict, contract.CodeConflict,
-			"metering batch refused: rows (%d, %d] of ledger %q overlap rows (%d, %d] that sidecar %s's batch in log entry %d counted with another root or count",
-			b.Rows.AfterSeq, b.Rows.LastSeq, b.Rows.Ledger, prev.AfterSeq, prev.LastSeq, in.sender, prev.Seq)
-	case !errors.Is(err, errNotFound):
-		return err
-	}
-	total, err := s.st.meteringSums(ctx, c.ContractID)
-	if err != nil {
-		return err
-	}
-	if !total.Add(sums) {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
-			"metering batch refused: it would make the contract's metering totals overflow int64")
-	}
-	h, err := s.head(ctx, c.ContractID)
-	if err != nil {
-		return err
-	}
-	resp.Accepted, resp.Counted = int(b.Rows.Count), sums
-	resp.Seq = h.size() + 1
-	rec := &appendRecord{Sender: in.sender, Licensee: in.licensee, IdemKey: in.idem, IdemBodyHash: in.bodyHash, Lease: in.lease,
-		Aggregate: &aggregateRecord{Rows: *b.Rows, Aggregates: b.Aggregates}, Metering: &resp}
-	if err := s.appendLocked(ctx, c, h, contract.EntryMetering, in.jws, nil, rec); err != nil {
-		return err
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
@@ -291,7 +312,7 @@ func (s *sqliteStore) senderLeases(ctx context.Context, contractID, sender strin
 // errConflict when it overlaps a counted one: the durable guarantee that a
 // range counts once), its aggregates, the contract's sums (errOverflow)
 // and the leases' metered use.
-func insertAggregate(ctx context.Context, tx *sql.Tx, contractID string, rec *appendRecord) error {
+func insertAggregate(ctx context.Context, tx *sqlTx, contractID string, rec *appendRecord) error {
 	a := rec.Aggregate
 	if _, err := queryCountedRange(ctx, tx, contractID, rec.Sender, &a.Rows); err == nil {
 		return fmt.Errorf("%w: rows (%d, %d] of ledger %q of %s already counted", errConflict, a.Rows.AfterSeq, a.Rows.LastSeq, a.Rows.Ledger, rec.Sender)
@@ -362,7 +383,7 @@ func insertAggregate(ctx context.Context, tx *sql.Tx, contractID string, rec *ap
 }
 
 // markEventSeqs records the ledger seqs of events counted one by one.
-func markEventSeqs(ctx context.Context, tx *sql.Tx, contractID, sender string, events []contract.MeteringEvent) error {
+func markEventSeqs(ctx context.Context, tx *sqlTx, contractID, sender string, events []contract.MeteringEvent) error {
 	st, err := tx.PrepareContext(ctx, `INSERT INTO metering_event_seqs (contract, sender, ledger, lseq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`)
 	if err != nil {
 		return err
@@ -432,7 +453,7 @@ func (s *sqliteStore) inCountedRanges(ctx context.Context, contractID, sender st
 	return out, nil
 }
 
-func txMeteringSums(ctx context.Context, tx *sql.Tx, contractID string) (contract.Sums, error) {
+func txMeteringSums(ctx context.Context, tx *sqlTx, contractID string) (contract.Sums, error) {
 	var sums contract.Sums
 	err := tx.QueryRowContext(ctx, `SELECT samples, bytes, units, cost FROM metering_sums WHERE contract = ?`, contractID).
 		Scan(&sums.Samples, &sums.Bytes, &sums.Units, &sums.CostNanoUSD)
@@ -442,7 +463,7 @@ func txMeteringSums(ctx context.Context, tx *sql.Tx, contractID string) (contrac
 	return sums, nil
 }
 
-func putMeteringSums(ctx context.Context, tx *sql.Tx, contractID string, sums contract.Sums) error {
+func putMeteringSums(ctx context.Context, tx *sqlTx, contractID string, sums contract.Sums) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO metering_sums (contract, samples, bytes, units, cost) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT (contract) DO UPDATE SET samples = excluded.samples, bytes = excluded.bytes, units = excluded.units, cost = excluded.cost`,
 		contractID, sums.Samples, sums.Bytes, sums.Units, sums.CostNanoUSD)

@@ -13,8 +13,20 @@ import (
 	"time"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/testenv"
+	"github.com/provgate/provgate/registry"
+	"github.com/provgate/provgate/registry/registrytest"
 	"github.com/provgate/provgate/verify"
 )
+
+// onDatabases runs a test of the registry's HTTP API on a registry over
+// SQLite, then on one over PostgreSQL: db is the option that picks it.
+func onDatabases(t *testing.T, test func(t *testing.T, db registrytest.Option)) {
+	t.Run("sqlite", func(t *testing.T) { test(t, registrytest.WithConfig(func(*registry.Config) {})) })
+	t.Run("postgres", func(t *testing.T) {
+		test(t, registrytest.WithConfig(func(c *registry.Config) { c.DBPath = testenv.Postgres(t).NewDatabase(t) }))
+	})
+}
 
 // rowsOf names rows (after, last] of ledger, count of them, with a root
 // derived from tag (the registry cannot check it; it keeps it).
@@ -67,45 +79,47 @@ func billed(t *testing.T, sc *sidecar, contractID string) (int64, int64, int64) 
 // batch again under its Idempotency-Key (the first answer), under another
 // key or re-signed (a duplicate); totals count it once.
 func TestAggregateCountedOnce(t *testing.T) {
-	ctx := context.Background()
-	h, c, acme, _, tok, _ := licensedSetup(t)
-	jws := signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 12, 10, "a"), servedAgg(7), func() contract.MeteringAggregate {
-		a := servedAgg(3)
-		a.Epoch = 2
-		return a
-	}())
-	first, err := acme.client.PostMetering(ctx, c.ContractID, tok, "k1", jws)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := contract.Sums{Samples: 10, Bytes: 1000, Units: 10, CostNanoUSD: 10 * sampleNano}
-	if first.Accepted != 10 || first.Duplicates != 0 || first.Counted != want || first.Licensee != "acme" || first.Receipt == nil {
-		t.Fatalf("first answer %+v, want 10 rows accepted with their sums for acme, and a receipt", first)
-	}
-	e, err := contract.DecodeEntry(first.Receipt.Entry)
-	if err != nil || e.JWS != jws || len(e.Accepted) != 0 {
-		t.Fatalf("receipted entry %+v, %v: want the batch as sent, listing no events", e, err)
-	}
-	again, err := acme.client.PostMetering(ctx, c.ContractID, tok, "k1", jws)
-	if err != nil || again.Accepted != 10 || again.Seq != first.Seq {
-		t.Errorf("retry under the same key = %+v, %v; want the first answer", again, err)
-	}
-	for name, body := range map[string]string{
-		"the same batch under another key": jws,
-		"the same rows re-signed":          signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 12, 10, "a"), servedAgg(10)),
-	} {
-		dup, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), body)
-		if err != nil || dup.Accepted != 0 || dup.Duplicates != 10 || dup.Counted != (contract.Sums{}) || dup.Receipt != nil {
-			t.Errorf("%s = %+v, %v; want 10 duplicates, nothing counted", name, dup, err)
+	onDatabases(t, func(t *testing.T, db registrytest.Option) {
+		ctx := context.Background()
+		h, c, acme, _, tok, _ := licensedSetup(t, db)
+		jws := signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 12, 10, "a"), servedAgg(7), func() contract.MeteringAggregate {
+			a := servedAgg(3)
+			a.Epoch = 2
+			return a
+		}())
+		first, err := acme.client.PostMetering(ctx, c.ContractID, tok, "k1", jws)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if n, samples, cost := billed(t, acme, c.ContractID); n != 10 || samples != 10 || cost != 10*sampleNano {
-		t.Errorf("totals: %d events, %d samples, %d nano-USD; want 10 once", n, samples, cost)
-	}
-	r, err := h.Client.MeteringTotals(ctx, c.ContractID, "job1", 2)
-	if err != nil || r.BilledSamples != 3 {
-		t.Errorf("totals of job1 epoch 2 = %+v, %v; want 3 samples", r, err)
-	}
+		want := contract.Sums{Samples: 10, Bytes: 1000, Units: 10, CostNanoUSD: 10 * sampleNano}
+		if first.Accepted != 10 || first.Duplicates != 0 || first.Counted != want || first.Licensee != "acme" || first.Receipt == nil {
+			t.Fatalf("first answer %+v, want 10 rows accepted with their sums for acme, and a receipt", first)
+		}
+		e, err := contract.DecodeEntry(first.Receipt.Entry)
+		if err != nil || e.JWS != jws || len(e.Accepted) != 0 {
+			t.Fatalf("receipted entry %+v, %v: want the batch as sent, listing no events", e, err)
+		}
+		again, err := acme.client.PostMetering(ctx, c.ContractID, tok, "k1", jws)
+		if err != nil || again.Accepted != 10 || again.Seq != first.Seq {
+			t.Errorf("retry under the same key = %+v, %v; want the first answer", again, err)
+		}
+		for name, body := range map[string]string{
+			"the same batch under another key": jws,
+			"the same rows re-signed":          signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 12, 10, "a"), servedAgg(10)),
+		} {
+			dup, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), body)
+			if err != nil || dup.Accepted != 0 || dup.Duplicates != 10 || dup.Counted != (contract.Sums{}) || dup.Receipt != nil {
+				t.Errorf("%s = %+v, %v; want 10 duplicates, nothing counted", name, dup, err)
+			}
+		}
+		if n, samples, cost := billed(t, acme, c.ContractID); n != 10 || samples != 10 || cost != 10*sampleNano {
+			t.Errorf("totals: %d events, %d samples, %d nano-USD; want 10 once", n, samples, cost)
+		}
+		r, err := h.Client.MeteringTotals(ctx, c.ContractID, "job1", 2)
+		if err != nil || r.BilledSamples != 3 {
+			t.Errorf("totals of job1 epoch 2 = %+v, %v; want 3 samples", r, err)
+		}
+	})
 }
 
 // Overlapping ranges of one sender's ledger are refused with 409; the
@@ -113,52 +127,54 @@ func TestAggregateCountedOnce(t *testing.T) {
 // Events inside a counted range are duplicates; a range over an event
 // counted one by one is refused.
 func TestAggregateOverlapRefused(t *testing.T) {
-	ctx := context.Background()
-	_, c, acme, evil, tok, evilTok := licensedSetup(t)
-	post := func(sc *sidecar, token, jws string) *contract.MeteringResponse {
-		t.Helper()
-		r, err := sc.client.PostMetering(ctx, c.ContractID, token, verify.NewID(), jws)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
-	post(acme, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 10, 20, 10, "a"), servedAgg(10)))
-	for name, rows := range map[string]*contract.RowCommitment{
-		"overlapping the end":   rowsOf("L1", 15, 25, 10, "b"),
-		"overlapping the start": rowsOf("L1", 5, 11, 6, "b"),
-		"inside":                rowsOf("L1", 12, 14, 2, "b"),
-		"around":                rowsOf("L1", 0, 30, 30, "b"),
-		"same range, new root":  rowsOf("L1", 10, 20, 10, "b"),
-		"same range, new count": rowsOf("L1", 10, 20, 9, "a"),
-	} {
-		t.Run(name, func(t *testing.T) {
-			err := mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rows, servedAgg(rows.Count)), http.StatusConflict, contract.CodeConflict)
-			if !strings.Contains(err.Error(), "overlap") {
-				t.Errorf("409 does not say why: %v", err)
+	onDatabases(t, func(t *testing.T, db registrytest.Option) {
+		ctx := context.Background()
+		_, c, acme, evil, tok, evilTok := licensedSetup(t, db)
+		post := func(sc *sidecar, token, jws string) *contract.MeteringResponse {
+			t.Helper()
+			r, err := sc.client.PostMetering(ctx, c.ContractID, token, verify.NewID(), jws)
+			if err != nil {
+				t.Fatal(err)
 			}
-		})
-	}
-	if n, _, _ := billed(t, acme, c.ContractID); n != 10 {
-		t.Fatalf("after refused overlaps: %d events counted, want 10", n)
-	}
-	post(acme, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 20, 30, 10, "c"), servedAgg(10)))
-	post(acme, tok, signAggregate(t, acme, c.ContractID, rowsOf("L2", 10, 20, 10, "a"), servedAgg(10)))
-	post(evil, evilTok, signAggregate(t, evil, c.ContractID, rowsOf("L1", 10, 20, 10, "a"), servedAgg(10)))
-	if n, _, _ := billed(t, acme, c.ContractID); n != 40 {
-		t.Fatalf("%d events counted, want 40", n)
-	}
+			return r
+		}
+		post(acme, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 10, 20, 10, "a"), servedAgg(10)))
+		for name, rows := range map[string]*contract.RowCommitment{
+			"overlapping the end":   rowsOf("L1", 15, 25, 10, "b"),
+			"overlapping the start": rowsOf("L1", 5, 11, 6, "b"),
+			"inside":                rowsOf("L1", 12, 14, 2, "b"),
+			"around":                rowsOf("L1", 0, 30, 30, "b"),
+			"same range, new root":  rowsOf("L1", 10, 20, 10, "b"),
+			"same range, new count": rowsOf("L1", 10, 20, 9, "a"),
+		} {
+			t.Run(name, func(t *testing.T) {
+				err := mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rows, servedAgg(rows.Count)), http.StatusConflict, contract.CodeConflict)
+				if !strings.Contains(err.Error(), "overlap") {
+					t.Errorf("409 does not say why: %v", err)
+				}
+			})
+		}
+		if n, _, _ := billed(t, acme, c.ContractID); n != 10 {
+			t.Fatalf("after refused overlaps: %d events counted, want 10", n)
+		}
+		post(acme, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 20, 30, 10, "c"), servedAgg(10)))
+		post(acme, tok, signAggregate(t, acme, c.ContractID, rowsOf("L2", 10, 20, 10, "a"), servedAgg(10)))
+		post(evil, evilTok, signAggregate(t, evil, c.ContractID, rowsOf("L1", 10, 20, 10, "a"), servedAgg(10)))
+		if n, _, _ := billed(t, acme, c.ContractID); n != 40 {
+			t.Fatalf("%d events counted, want 40", n)
+		}
 
-	// Events of counted rows, sent one by one: duplicates; others count.
-	r := post(acme, tok, signEvents(t, acme, c.ContractID, servedIDs("L1", 19, 31)...))
-	if r.Accepted != 1 || r.Duplicates != 12 {
-		t.Errorf("events 19..31 of L1 after ranges (10, 30]: accepted %d, duplicates %d; want 1 and 12", r.Accepted, r.Duplicates)
-	}
-	// A range over row 31, counted as an event: refused.
-	mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 30, 40, 10, "d"), servedAgg(10)), http.StatusConflict, contract.CodeConflict)
-	if n, _, _ := billed(t, acme, c.ContractID); n != 41 {
-		t.Errorf("%d events counted, want 41", n)
-	}
+		// Events of counted rows, sent one by one: duplicates; others count.
+		r := post(acme, tok, signEvents(t, acme, c.ContractID, servedIDs("L1", 19, 31)...))
+		if r.Accepted != 1 || r.Duplicates != 12 {
+			t.Errorf("events 19..31 of L1 after ranges (10, 30]: accepted %d, duplicates %d; want 1 and 12", r.Accepted, r.Duplicates)
+		}
+		// A range over row 31, counted as an event: refused.
+		mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 30, 40, 10, "d"), servedAgg(10)), http.StatusConflict, contract.CodeConflict)
+		if n, _, _ := billed(t, acme, c.ContractID); n != 41 {
+			t.Errorf("%d events counted, want 41", n)
+		}
+	})
 }
 
 // An aggregate whose cost, units or amounts are not what the contract's
@@ -202,102 +218,108 @@ func TestAggregateForgedAmountsRefused(t *testing.T) {
 // Sums that overflow int64, within a batch or with what the contract
 // counted, are refused.
 func TestAggregateSumsOverflowRefused(t *testing.T) {
-	_, c, acme, _, tok, _ := licensedSetup(t)
-	// As many samples as int64 cost allows, over enough events.
-	big := func(epoch int64) contract.MeteringAggregate {
-		a := servedAgg(1 << 10)
-		a.Epoch = epoch
-		a.Samples = math.MaxInt64 / sampleNano
-		a.Units, a.CostNanoUSD, a.Bytes = a.Samples, a.Samples*sampleNano, 0
-		return a
-	}
-	err := mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 2048, 2048, "x"), big(1), big(2)),
-		http.StatusBadRequest, contract.CodeBadRequest)
-	if !strings.Contains(err.Error(), "overflow") {
-		t.Errorf("error does not say overflow: %v", err)
-	}
-	if _, err := acme.client.PostMetering(context.Background(), c.ContractID, tok, verify.NewID(),
-		signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 1024, 1024, "y"), big(1))); err != nil {
-		t.Fatal(err)
-	}
-	err = mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 1024, 2048, 1024, "z"), big(2)),
-		http.StatusBadRequest, contract.CodeBadRequest)
-	if !strings.Contains(err.Error(), "overflow") {
-		t.Errorf("error does not say overflow: %v", err)
-	}
+	onDatabases(t, func(t *testing.T, db registrytest.Option) {
+		_, c, acme, _, tok, _ := licensedSetup(t, db)
+		// As many samples as int64 cost allows, over enough events.
+		big := func(epoch int64) contract.MeteringAggregate {
+			a := servedAgg(1 << 10)
+			a.Epoch = epoch
+			a.Samples = math.MaxInt64 / sampleNano
+			a.Units, a.CostNanoUSD, a.Bytes = a.Samples, a.Samples*sampleNano, 0
+			return a
+		}
+		err := mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 2048, 2048, "x"), big(1), big(2)),
+			http.StatusBadRequest, contract.CodeBadRequest)
+		if !strings.Contains(err.Error(), "overflow") {
+			t.Errorf("error does not say overflow: %v", err)
+		}
+		if _, err := acme.client.PostMetering(context.Background(), c.ContractID, tok, verify.NewID(),
+			signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 1024, 1024, "y"), big(1))); err != nil {
+			t.Fatal(err)
+		}
+		err = mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L1", 1024, 2048, 1024, "z"), big(2)),
+			http.StatusBadRequest, contract.CodeBadRequest)
+		if !strings.Contains(err.Error(), "overflow") {
+			t.Errorf("error does not say overflow: %v", err)
+		}
+	})
 }
 
 // An aggregate naming a lease or a licensee that is not the sender's is
 // refused: no sender can move its use onto another's quota or bill.
 func TestAggregateForAnotherLeaseOrLicenseeRefused(t *testing.T) {
-	_, c, acme, evil, acmeTok, evilTok := licensedSetup(t)
-	acmeClaims, _ := peekClaims(acmeTok)
-	evilClaims, _ := peekClaims(evilTok)
-	if acmeClaims.Lease == "" || evilClaims.Lease == "" {
-		t.Fatal("tokens without leases")
-	}
-	a := servedAgg(5)
-	a.Lease = acmeClaims.Lease
-	err := mustStatus(t, evil, c.ContractID, evilTok, signAggregate(t, evil, c.ContractID, rowsOf("E", 0, 5, 5, "x"), a), http.StatusForbidden, contract.CodeForbidden)
-	if !strings.Contains(err.Error(), "lease") {
-		t.Errorf("error does not name the lease: %v", err)
-	}
-	a = servedAgg(5)
-	a.Licensee = "acme"
-	mustStatus(t, evil, c.ContractID, evilTok, signAggregate(t, evil, c.ContractID, rowsOf("E", 0, 5, 5, "x"), a), http.StatusForbidden, contract.CodeForbidden)
-	if n, _, _ := billed(t, acme, c.ContractID); n != 0 {
-		t.Fatalf("%d events counted", n)
-	}
-	// Its own lease and licensee: counted, for evil.
-	a.Licensee, a.Lease = "evil", evilClaims.Lease
-	r, err := evil.client.PostMetering(context.Background(), c.ContractID, evilTok, verify.NewID(), signAggregate(t, evil, c.ContractID, rowsOf("E", 0, 5, 5, "x"), a))
-	if err != nil || r.Accepted != 5 || r.Licensee != "evil" {
-		t.Fatalf("evil's own aggregate = %+v, %v", r, err)
-	}
+	onDatabases(t, func(t *testing.T, db registrytest.Option) {
+		_, c, acme, evil, acmeTok, evilTok := licensedSetup(t, db)
+		acmeClaims, _ := peekClaims(acmeTok)
+		evilClaims, _ := peekClaims(evilTok)
+		if acmeClaims.Lease == "" || evilClaims.Lease == "" {
+			t.Fatal("tokens without leases")
+		}
+		a := servedAgg(5)
+		a.Lease = acmeClaims.Lease
+		err := mustStatus(t, evil, c.ContractID, evilTok, signAggregate(t, evil, c.ContractID, rowsOf("E", 0, 5, 5, "x"), a), http.StatusForbidden, contract.CodeForbidden)
+		if !strings.Contains(err.Error(), "lease") {
+			t.Errorf("error does not name the lease: %v", err)
+		}
+		a = servedAgg(5)
+		a.Licensee = "acme"
+		mustStatus(t, evil, c.ContractID, evilTok, signAggregate(t, evil, c.ContractID, rowsOf("E", 0, 5, 5, "x"), a), http.StatusForbidden, contract.CodeForbidden)
+		if n, _, _ := billed(t, acme, c.ContractID); n != 0 {
+			t.Fatalf("%d events counted", n)
+		}
+		// Its own lease and licensee: counted, for evil.
+		a.Licensee, a.Lease = "evil", evilClaims.Lease
+		r, err := evil.client.PostMetering(context.Background(), c.ContractID, evilTok, verify.NewID(), signAggregate(t, evil, c.ContractID, rowsOf("E", 0, 5, 5, "x"), a))
+		if err != nil || r.Accepted != 5 || r.Licensee != "evil" {
+			t.Fatalf("evil's own aggregate = %+v, %v", r, err)
+		}
+	})
 }
 
 // The receipt's entry commits the aggregate batch: a count or a sum
 // changed in the entry no longer proves against the signed checkpoint.
 func TestAggregateReceiptCommitsTheBatch(t *testing.T) {
-	ctx := context.Background()
-	_, c, acme, _, tok, _ := licensedSetup(t)
-	resp, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 10, 10, "a"), servedAgg(10)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpv, err := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := verify.VerifyMeteringReceipt(cpv, c.ContractID, resp.Receipt); err != nil {
-		t.Fatalf("receipt: %v", err)
-	}
-	for name, edit := range map[string]func(b map[string]any){
-		"rows.count": func(b map[string]any) { b["rows"].(map[string]any)["count"] = 11 },
-		"samples":    func(b map[string]any) { b["aggregates"].([]any)[0].(map[string]any)["samples"] = 9 },
-	} {
-		t.Run(name, func(t *testing.T) {
-			var e map[string]any
-			if err := json.Unmarshal(resp.Receipt.Entry, &e); err != nil {
-				t.Fatal(err)
-			}
-			parts := strings.Split(e["jws"].(string), ".")
-			payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
-			var b map[string]any
-			if err := json.Unmarshal(payload, &b); err != nil {
-				t.Fatal(err)
-			}
-			edit(b)
-			payload, _ = json.Marshal(b)
-			e["jws"] = fmt.Sprintf("%s.%s.%s", parts[0], base64.RawURLEncoding.EncodeToString(payload), parts[2])
-			forged := *resp.Receipt
-			forged.Entry, _ = json.Marshal(e)
-			forged.Leaf = contract.LeafHash(forged.Entry)
-			if _, _, err := verify.VerifyMeteringReceipt(cpv, c.ContractID, &forged); err == nil {
-				t.Fatal("a receipt with the entry's batch changed verifies")
-			}
-		})
-	}
+	onDatabases(t, func(t *testing.T, db registrytest.Option) {
+		ctx := context.Background()
+		_, c, acme, _, tok, _ := licensedSetup(t, db)
+		resp, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L1", 0, 10, 10, "a"), servedAgg(10)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cpv, err := verify.NewCheckpointVerifier(c.Log.Origin, c.Log.CheckpointKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := verify.VerifyMeteringReceipt(cpv, c.ContractID, resp.Receipt); err != nil {
+			t.Fatalf("receipt: %v", err)
+		}
+		for name, edit := range map[string]func(b map[string]any){
+			"rows.count": func(b map[string]any) { b["rows"].(map[string]any)["count"] = 11 },
+			"samples":    func(b map[string]any) { b["aggregates"].([]any)[0].(map[string]any)["samples"] = 9 },
+		} {
+			t.Run(name, func(t *testing.T) {
+				var e map[string]any
+				if err := json.Unmarshal(resp.Receipt.Entry, &e); err != nil {
+					t.Fatal(err)
+				}
+				parts := strings.Split(e["jws"].(string), ".")
+				payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
+				var b map[string]any
+				if err := json.Unmarshal(payload, &b); err != nil {
+					t.Fatal(err)
+				}
+				edit(b)
+				payload, _ = json.Marshal(b)
+				e["jws"] = fmt.Sprintf("%s.%s.%s", parts[0], base64.RawURLEncoding.EncodeToString(payload), parts[2])
+				forged := *resp.Receipt
+				forged.Entry, _ = json.Marshal(e)
+				forged.Leaf = contract.LeafHash(forged.Entry)
+				if _, _, err := verify.VerifyMeteringReceipt(cpv, c.ContractID, &forged); err == nil {
+					t.Fatal("a receipt with the entry's batch changed verifies")
+				}
+			})
+		}
+	})
 }
 
 // An aggregate is priced under the terms version it names while that
@@ -306,33 +328,35 @@ func TestAggregateReceiptCommitsTheBatch(t *testing.T) {
 // later rows cannot pick the older, cheaper terms, nor terms not in the
 // log.
 func TestAggregatePricedUnderTheTermsOfItsTime(t *testing.T) {
-	ctx := context.Background()
-	h, c, acme, _, tok, _ := licensedSetup(t)
-	next := *c
-	next.Version, next.Pricing.PriceUSD = "2026-02-01", c.Pricing.PriceUSD*2
-	updated, err := h.Client.UpdateContract(ctx, h.AdminToken, &next, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	late := servedAgg(4)
-	late.TermsSeq = c.TermsSeq
-	if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L", 0, 4, 4, "a"), late)); err != nil {
-		t.Errorf("rows of the old terms synced after the update: %v", err)
-	}
-	cheap := servedAgg(4)
-	cheap.TermsSeq, cheap.LastTime = c.TermsSeq, time.Now().Add(time.Hour)
-	nowhere := servedAgg(4)
-	nowhere.TermsSeq = updated.TermsSeq + 7
-	for name, a := range map[string]contract.MeteringAggregate{"old terms for later rows": cheap, "terms not in the log": nowhere} {
-		mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L", 4, 8, 4, name), a), http.StatusBadRequest, contract.CodeBadRequest)
-	}
-	// The current terms: twice the price.
-	now := servedAgg(4)
-	now.TermsSeq, now.CostNanoUSD = updated.TermsSeq, 4*2*sampleNano
-	if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L", 4, 8, 4, "b"), now)); err != nil {
-		t.Fatal(err)
-	}
-	if _, samples, cost := billed(t, acme, c.ContractID); samples != 8 || cost != 4*sampleNano+4*2*sampleNano {
-		t.Errorf("billed %d samples for %d nano-USD, want 4 at the old price and 4 at the new", samples, cost)
-	}
+	onDatabases(t, func(t *testing.T, db registrytest.Option) {
+		ctx := context.Background()
+		h, c, acme, _, tok, _ := licensedSetup(t, db)
+		next := *c
+		next.Version, next.Pricing.PriceUSD = "2026-02-01", c.Pricing.PriceUSD*2
+		updated, err := h.Client.UpdateContract(ctx, h.AdminToken, &next, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		late := servedAgg(4)
+		late.TermsSeq = c.TermsSeq
+		if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L", 0, 4, 4, "a"), late)); err != nil {
+			t.Errorf("rows of the old terms synced after the update: %v", err)
+		}
+		cheap := servedAgg(4)
+		cheap.TermsSeq, cheap.LastTime = c.TermsSeq, time.Now().Add(time.Hour)
+		nowhere := servedAgg(4)
+		nowhere.TermsSeq = updated.TermsSeq + 7
+		for name, a := range map[string]contract.MeteringAggregate{"old terms for later rows": cheap, "terms not in the log": nowhere} {
+			mustStatus(t, acme, c.ContractID, tok, signAggregate(t, acme, c.ContractID, rowsOf("L", 4, 8, 4, name), a), http.StatusBadRequest, contract.CodeBadRequest)
+		}
+		// The current terms: twice the price.
+		now := servedAgg(4)
+		now.TermsSeq, now.CostNanoUSD = updated.TermsSeq, 4*2*sampleNano
+		if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signAggregate(t, acme, c.ContractID, rowsOf("L", 4, 8, 4, "b"), now)); err != nil {
+			t.Fatal(err)
+		}
+		if _, samples, cost := billed(t, acme, c.ContractID); samples != 8 || cost != 4*sampleNano+4*2*sampleNano {
+			t.Errorf("billed %d samples for %d nano-USD, want 4 at the old price and 4 at the new", samples, cost)
+		}
+	})
 }

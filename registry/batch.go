@@ -137,7 +137,8 @@ type ownerRow struct {
 	Seq    uint64
 }
 
-// batchManifestsTable holds batch manifests by digest.
+// batchManifestsTable holds batch manifests by digest (pgMigrations step
+// 4 is its PostgreSQL counterpart).
 const batchManifestsTable = `CREATE TABLE IF NOT EXISTS batch_manifests (
 	contract TEXT NOT NULL, sha256 TEXT NOT NULL, body BLOB NOT NULL,
 	PRIMARY KEY (contract, sha256)) WITHOUT ROWID;`
@@ -195,7 +196,7 @@ const insertChunk = 500
 // putObjects records the objects an attestation adds (one, or a batch's):
 // the first attester of a name owns it for good; the object row is its
 // live version. It runs in appendEntry's transaction.
-func putObjects(ctx context.Context, tx *sql.Tx, contractID string, rec *appendRecord) error {
+func putObjects(ctx context.Context, tx *sqlTx, contractID string, rec *appendRecord) error {
 	if rec.Manifest != nil {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO batch_manifests (contract, sha256, body) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
 			contractID, rec.ManifestSHA256, rec.Manifest); err != nil {

@@ -43,34 +43,36 @@ func (s *Server) handleCreateContract(w http.ResponseWriter, r *http.Request) er
 	if err != nil {
 		return err
 	}
+	var etag string
 	if len(body) > maxContractSize {
 		// Its terms must fit entry 1 of its log, which is appended after the
 		// contract is stored: refuse it before anything is written.
 		return contract.Errorf(http.StatusRequestEntityTooLarge, contract.CodeTooLarge,
 			"the contract is %d bytes, over the limit of %d bytes (its terms must fit one log entry)", len(body), maxContractSize)
 	}
-	etag := etagOf(body)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.st.createContract(r.Context(), c.ContractID, body, etag, c.CreatedAt); err != nil {
-		if err == errExists {
-			return contract.Errorf(http.StatusConflict, contract.CodeConflict, "contract %q already exists", c.ContractID)
+	err = s.withLog(r.Context(), c.ContractID, func(ctx context.Context) error {
+		if err := s.st.createContract(ctx, c.ContractID, body, etagOf(body), c.CreatedAt); err != nil {
+			if err == errExists {
+				return contract.Errorf(http.StatusConflict, contract.CodeConflict, "contract %q already exists", c.ContractID)
+			}
+			return err
 		}
+		h, err := s.head(ctx, c.ContractID)
+		if err != nil {
+			return err
+		}
+		note, err := s.cpSigner.Sign(c.Log.Origin, 0, h.root())
+		if err != nil {
+			return err
+		}
+		if err := s.st.addCheckpoint(ctx, c.ContractID, 0, s.now(), note); err != nil {
+			return err
+		}
+		// Entry 1: the first version of the terms.
+		body, etag, err = s.appendTermsLocked(ctx, &c, h, c.CreatedAt)
 		return err
-	}
-	h, err := s.head(r.Context(), c.ContractID)
+	})
 	if err != nil {
-		return err
-	}
-	note, err := s.cpSigner.Sign(c.Log.Origin, 0, h.root())
-	if err != nil {
-		return err
-	}
-	if err := s.st.addCheckpoint(r.Context(), c.ContractID, 0, s.now(), note); err != nil {
-		return err
-	}
-	// Entry 1: the first version of the terms.
-	if body, etag, err = s.appendTermsLocked(r.Context(), &c, h, c.CreatedAt); err != nil {
 		return err
 	}
 	s.logger.Info("contract created", logKeyContract, c.ContractID)
@@ -115,7 +117,7 @@ func checkTerms(c *contract.Contract) error {
 
 // appendTermsLocked appends a version of c's terms (signed by the log's
 // key) to its log, and makes it the document GET /contracts/{id} serves.
-// The caller holds s.mu; h is the log's head.
+// The caller is in withLog; h is the log's head.
 func (s *Server) appendTermsLocked(ctx context.Context, c *contract.Contract, h *head, effective time.Time) ([]byte, string, error) {
 	terms := *c
 	terms.TermsSeq = 0
@@ -148,47 +150,54 @@ func (s *Server) handleUpdateContract(w http.ResponseWriter, r *http.Request) er
 		return err
 	}
 	id := r.PathValue("id")
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, err := s.loadContract(r.Context(), id)
+	var (
+		body []byte
+		etag string
+		seq  uint64
+	)
+	err := s.withLog(r.Context(), id, func(ctx context.Context) error {
+		cur, err := s.loadContract(ctx, id)
+		if err != nil {
+			return err
+		}
+		c := u.Terms
+		if c.ContractID != id {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "the terms are of contract %q, not %q", c.ContractID, id)
+		}
+		if (c.Log != contract.LogInfo{}) && c.Log != cur.Log {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "a contract's log (origin and checkpoint key) cannot change")
+		}
+		if err := checkTerms(&c); err != nil {
+			return err
+		}
+		if c.Origin.Mode == "" {
+			c.Origin.Mode = contract.ModeMarketplace
+		}
+		c.Log, c.ProvenanceEndpoint, c.CreatedAt = cur.Log, cur.ProvenanceEndpoint, cur.CreatedAt
+		now := s.now().UTC()
+		eff := u.EffectiveFrom
+		switch {
+		case eff.IsZero():
+			eff = now
+		case eff.Before(now.Add(-time.Minute)):
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the past: terms cannot change what was billed", eff.Format(time.RFC3339))
+		case eff.After(now.Add(time.Minute)):
+			// Tokens, presigning and metering checks here use the latest
+			// terms; scheduled terms would make them disagree with sidecars.
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the future: this registry applies new terms at once", eff.Format(time.RFC3339))
+		}
+		h, err := s.head(ctx, id)
+		if err != nil {
+			return err
+		}
+		seq = h.size() + 1
+		body, etag, err = s.appendTermsLocked(ctx, &c, h, eff)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	c := u.Terms
-	if c.ContractID != id {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "the terms are of contract %q, not %q", c.ContractID, id)
-	}
-	if (c.Log != contract.LogInfo{}) && c.Log != cur.Log {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "a contract's log (origin and checkpoint key) cannot change")
-	}
-	if err := checkTerms(&c); err != nil {
-		return err
-	}
-	if c.Origin.Mode == "" {
-		c.Origin.Mode = contract.ModeMarketplace
-	}
-	c.Log, c.ProvenanceEndpoint, c.CreatedAt = cur.Log, cur.ProvenanceEndpoint, cur.CreatedAt
-	now := s.now().UTC()
-	eff := u.EffectiveFrom
-	switch {
-	case eff.IsZero():
-		eff = now
-	case eff.Before(now.Add(-time.Minute)):
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the past: terms cannot change what was billed", eff.Format(time.RFC3339))
-	case eff.After(now.Add(time.Minute)):
-		// Tokens, presigning and metering checks here use the latest
-		// terms; scheduled terms would make them disagree with sidecars.
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest, "effective_from %s is in the future: this registry applies new terms at once", eff.Format(time.RFC3339))
-	}
-	h, err := s.head(r.Context(), id)
-	if err != nil {
-		return err
-	}
-	body, etag, err := s.appendTermsLocked(r.Context(), &c, h, eff)
-	if err != nil {
-		return err
-	}
-	s.logger.Info("contract terms updated", logKeyContract, id, logKeySeq, h.size())
+	s.logger.Info("contract terms updated", logKeyContract, id, logKeySeq, seq)
 	w.Header().Set("ETag", etag)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)

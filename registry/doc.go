@@ -1,5 +1,5 @@
 // Package registry is provgate's reference contract and provenance API
-// server, backed by one SQLite file.
+// server, backed by one SQLite file, or by PostgreSQL for several replicas.
 //
 // It holds data contracts, issues DPoP-bound capability tokens signed with
 // its JWK (with rotation: a retired key stays in the JWKS for a transition
@@ -26,7 +26,12 @@
 // last (tiles_publish.go). GET /metrics serves the registry's Prometheus
 // metrics (metrics.go).
 //
-// Persistence sits behind the unexported store interface; SQLite (WAL,
-// synchronous=FULL) implements it. The wire contract is in package
+// Persistence sits behind the unexported store interface, implemented once
+// (sqlStore) over SQLite (WAL, synchronous=FULL) and PostgreSQL (pgx's
+// database/sql driver): queries are written with ? placeholders, which
+// sqlDB rebinds to $n for PostgreSQL. Appends run in Server.withLog: one
+// transaction under the log's lock (SQLite's write lock, or a per-contract
+// pg_advisory_xact_lock shared by every replica), in which the cached
+// Merkle state is checked against the stored size. The wire contract is in package
 // contract; registry/registrytest starts a real server for tests.
 package registry

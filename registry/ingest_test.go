@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/registry/registrytest"
 	"github.com/provgate/provgate/verify"
 )
@@ -19,9 +20,9 @@ const sampleNano = 500_000
 
 // licensedSetup is a registry with a contract naming two licensees, acme
 // and evil, each with one enrolled sidecar that holds a token.
-func licensedSetup(t *testing.T) (h *registrytest.Harness, c *contract.Contract, acme, evil *sidecar, acmeTok, evilTok string) {
+func licensedSetup(t *testing.T, opts ...registrytest.Option) (h *registrytest.Harness, c *contract.Contract, acme, evil *sidecar, acmeTok, evilTok string) {
 	t.Helper()
-	h = registrytest.Start(t)
+	h = registrytest.Start(t, opts...)
 	alice := h.NewContributor(t, "did:example:alice")
 	cc := registrytest.NewContract("did:example:licensed", "bucket", alice)
 	acmeL, evilL := registrytest.NewLicensee(t, "acme", contract.LicenseTerms{}), registrytest.NewLicensee(t, "evil", contract.LicenseTerms{})
@@ -307,12 +308,16 @@ func TestMeteringUnenrolledSenderRefused(t *testing.T) {
 			t.Errorf("%s: token request got %v, want 403", name, err)
 		}
 	}
-	db, err := sql.Open("sqlite3", "file:"+h.DBPath+"?_busy_timeout=10000")
+	driver, dsn, del := "sqlite3", "file:"+h.DBPath+"?_busy_timeout=10000", `DELETE FROM enrolments WHERE jkt = ?`
+	if registry.IsPostgresURL(h.DBPath) {
+		driver, dsn, del = "pgx", h.DBPath, `DELETE FROM enrolments WHERE jkt = $1`
+	}
+	db, err := sql.Open(driver, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := db.Exec(`DELETE FROM enrolments WHERE jkt = ?`, acme.jkt); err != nil {
+	if _, err := db.Exec(del, acme.jkt); err != nil {
 		t.Fatal(err)
 	}
 	_, err = acme.client.PostMetering(ctx, c.ContractID, acmeTok, "k", signEvents(t, acme, c.ContractID, served("e1")))

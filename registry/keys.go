@@ -65,7 +65,7 @@ func (s *Server) RotateKey(ctx context.Context, key *jose.JSONWebKey) error {
 // up for the next token it signs, and keeps publishing the old key for its
 // transition window.
 func RotateKey(ctx context.Context, dbPath string, key *jose.JSONWebKey, now time.Time) error {
-	st, err := openSQLite(ctx, dbPath, false)
+	st, err := openStore(ctx, dbPath, false)
 	if err != nil {
 		return fmt.Errorf("rotate key: %w", err)
 	}

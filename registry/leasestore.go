@@ -37,23 +37,30 @@ type leaseRow struct {
 // its whole grant (or what it used, if more); a dead one only what it
 // used: the larger of the objects presigned under it and the samples and
 // bytes metered for it.
-const leaseUsage = `COALESCE(SUM(CASE WHEN expires > ?1
-		THEN MAX(max_samples, presigned_samples, metered_samples) ELSE MAX(presigned_samples, metered_samples) END), 0),
-	COALESCE(SUM(CASE WHEN expires > ?1
-		THEN MAX(max_bytes, presigned_bytes, metered_bytes) ELSE MAX(presigned_bytes, metered_bytes) END), 0)
-	FROM leases WHERE contract_id = ?2`
+func (s *sqlStore) leaseUsage() string {
+	return `COALESCE(SUM(CASE WHEN expires > ?
+		THEN ` + s.db.greatest("max_samples", "presigned_samples", "metered_samples") + ` ELSE ` + s.db.greatest("presigned_samples", "metered_samples") + ` END), 0),
+	COALESCE(SUM(CASE WHEN expires > ?
+		THEN ` + s.db.greatest("max_bytes", "presigned_bytes", "metered_bytes") + ` ELSE ` + s.db.greatest("presigned_bytes", "metered_bytes") + ` END), 0)
+	FROM leases WHERE contract_id = ?`
+}
 
 // grantLease reuses the key's live lease (extending it to req.Expires), or
 // grants a new one of min(asked, available) in each limited dimension, in
-// one transaction (the database's write lock is taken at BEGIN), so that
-// concurrent requests can never reserve more than the limits in total. A
-// grant of nothing in a limited dimension is errQuota.
+// one transaction holding the licensee's lease lock (SQLite: the database's
+// write lock, taken at BEGIN; PostgreSQL: an advisory lock, which every
+// replica takes), so that concurrent requests can never reserve more than
+// the limits in total. A grant of nothing in a limited dimension is
+// errQuota.
 func (s *sqliteStore) grantLease(ctx context.Context, req *leaseRequest) (*leaseRow, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback()
+	if err := s.db.lockKey(ctx, tx, "leases "+req.Contract+" "+req.Licensee); err != nil {
+		return nil, err
+	}
 	now, exp := req.Now.UnixNano(), req.Expires.UnixNano()
 	l := &leaseRow{Licensee: req.Licensee}
 	var lexp int64
@@ -72,7 +79,7 @@ func (s *sqliteStore) grantLease(ctx context.Context, req *leaseRequest) (*lease
 		return nil, err
 	}
 	var licS, licB int64
-	if err := tx.QueryRowContext(ctx, `SELECT `+leaseUsage+` AND licensee = ?3`, now, req.Contract, req.Licensee).Scan(&licS, &licB); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT `+s.leaseUsage()+` AND licensee = ?`, now, now, req.Contract, req.Licensee).Scan(&licS, &licB); err != nil {
 		return nil, err
 	}
 	l.Grant.MaxSamples, err = grantOf("samples", req.Asked.MaxSamples, req.LicenseeMax.MaxSamples, licS)
@@ -112,13 +119,18 @@ func grantOf(what string, asked, licMax, licUsed int64) (int64, error) {
 // presign records objects as presigned under a lease, refusing (and
 // recording nothing) when the distinct objects presigned under it would
 // exceed its max_samples, or their stored bytes its max_bytes (zero: no
-// limit). Presigning a name again under the same lease counts once.
+// limit). Presigning a name again under the same lease counts once. The
+// lease's row is locked for the transaction, so that concurrent presigns
+// under one lease (from any replica) count one after the other.
 func (s *sqliteStore) presign(ctx context.Context, leaseID string, objects []*objectRow) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
+	if err := s.db.lockKey(ctx, tx, "lease "+leaseID); err != nil {
+		return err
+	}
 	var maxS, maxB, usedS, usedB int64
 	err = tx.QueryRowContext(ctx, `SELECT max_samples, max_bytes, presigned_samples, presigned_bytes FROM leases WHERE id = ?`, leaseID).
 		Scan(&maxS, &maxB, &usedS, &usedB)
@@ -156,7 +168,7 @@ func (s *sqliteStore) presign(ctx context.Context, leaseID string, objects []*ob
 // lease of the token the batch came with) when it names none. Only leases
 // of the sending key under this contract are charged: a sender cannot
 // move its use onto another's lease.
-func addLeaseMetered(ctx context.Context, tx *sql.Tx, contractID, sender, fallback string, events []contract.MeteringEvent) error {
+func addLeaseMetered(ctx context.Context, tx *sqlTx, contractID, sender, fallback string, events []contract.MeteringEvent) error {
 	type sums struct{ samples, bytes int64 }
 	by := map[string]*sums{}
 	for _, e := range events {

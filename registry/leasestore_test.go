@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,13 +12,10 @@ import (
 // TestLeaseStoreMethods checks the store calls other parts of the
 // registry build on: enrolment (who enrolled a key, errNotFound when
 // nobody did) and presignedTotals (per licensee, and for all).
-func TestLeaseStoreMethods(t *testing.T) {
+func TestLeaseStoreMethods(t *testing.T) { backends(t, testLeaseStoreMethods) }
+
+func testLeaseStoreMethods(t *testing.T, st *sqlStore) {
 	ctx := context.Background()
-	st, err := openSQLite(ctx, filepath.Join(t.TempDir(), "r.db"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
 	now := time.Unix(1_800_000_000, 0)
 	if _, _, err := st.enrolment(ctx, "c1", "jkt-a"); !errors.Is(err, errNotFound) {
 		t.Fatalf("enrolment of an unknown key: %v, want errNotFound", err)
@@ -77,13 +73,10 @@ func TestLeaseStoreMethods(t *testing.T) {
 // Metered use is charged to the lease each row was served under (rows a
 // sidecar syncs after its lease changed belong to the old one), falling
 // back to the batch token's lease, and never to a lease of another key.
-func TestLeaseMeteredPerRowLease(t *testing.T) {
+func TestLeaseMeteredPerRowLease(t *testing.T) { backends(t, testLeaseMeteredPerRowLease) }
+
+func testLeaseMeteredPerRowLease(t *testing.T, st *sqlStore) {
 	ctx := context.Background()
-	st, err := openSQLite(ctx, filepath.Join(t.TempDir(), "r.db"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
 	now := time.Unix(1_800_000_000, 0)
 	for _, l := range []struct{ jkt, id string }{{"jkt-a", "old"}, {"jkt-a", "new"}, {"jkt-b", "other"}} {
 		if _, err := st.db.ExecContext(ctx, `INSERT INTO leases (id, contract_id, licensee, jkt, max_samples, max_bytes, created, expires)

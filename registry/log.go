@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -19,6 +20,10 @@ import (
 	"github.com/provgate/provgate/contract"
 	"github.com/provgate/provgate/verify"
 )
+
+// streamPoll is how often a live stream reads the log for entries that
+// another replica appended, when replicas share the database.
+const streamPoll = time.Second
 
 var rangeFactory = compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
 
@@ -42,15 +47,74 @@ func (h *head) root() []byte {
 	return root
 }
 
-// head returns the cached Merkle state of a log, loading it from the
-// stored nodes on first use. Callers hold s.mu.
-func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
-	if h, ok := s.heads[contractID]; ok {
-		return h, nil
+// withLog runs fn as the one writer of a contract's log: it holds the
+// log's lock in this process (logLock) and the store's log lock across the
+// replicas that share the database, and fn's store calls (made with the
+// context it is given) run in one transaction. Appends become visible
+// together, when it commits; then live streams are woken and witnesses
+// asked. A head cached by a failed fn is dropped, never reused.
+func (s *Server) withLog(ctx context.Context, contractID string, fn func(ctx context.Context) error) error {
+	l := s.logLock(contractID)
+	l.Lock()
+	defer l.Unlock()
+	before := s.cachedHead(contractID)
+	if err := s.st.inLogTx(ctx, contractID, fn); err != nil {
+		s.setHead(contractID, nil)
+		return err
 	}
+	if s.cachedHead(contractID) != before { // appended, or found appended by another replica
+		s.wake(contractID)
+		s.cosign(contractID)
+	}
+	return nil
+}
+
+// logLock is the in-process lock of a contract's log. On SQLite, where a
+// write transaction locks the whole database, it is one lock for every
+// log (writers queue here rather than in SQLite's busy loop); on
+// PostgreSQL one per log, so that appends to different logs run at once.
+func (s *Server) logLock(contractID string) *sync.Mutex {
+	if s.pollEvery == 0 {
+		return &s.allLogs
+	}
+	s.headsMu.Lock()
+	defer s.headsMu.Unlock()
+	l, ok := s.logLocks[contractID]
+	if !ok {
+		l = &sync.Mutex{}
+		s.logLocks[contractID] = l
+	}
+	return l
+}
+
+func (s *Server) cachedHead(contractID string) *head {
+	s.headsMu.Lock()
+	defer s.headsMu.Unlock()
+	return s.heads[contractID]
+}
+
+// setHead caches a log's head (nil: drops it). Callers hold the log's lock.
+func (s *Server) setHead(contractID string, h *head) {
+	s.headsMu.Lock()
+	defer s.headsMu.Unlock()
+	if h == nil {
+		delete(s.heads, contractID)
+		return
+	}
+	s.heads[contractID] = h
+}
+
+// head returns the Merkle state of a log: the cached one while the log's
+// size (read in the log transaction) is the cached size, else loaded from
+// the stored nodes, since another replica may have appended. Callers are
+// in withLog.
+func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
 	size, err := s.st.logSize(ctx, contractID)
 	if err != nil {
 		return nil, err
+	}
+	if h := s.cachedHead(contractID); h != nil && h.size() == size {
+		return h, nil
 	}
 	h := &head{last: contract.ZeroHash}
 	if size == 0 {
@@ -69,12 +133,12 @@ func (s *Server) head(ctx context.Context, contractID string) (*head, error) {
 		}
 		h.last = last[0]
 	}
-	s.heads[contractID] = h
+	s.setHead(contractID, h)
 	return h, nil
 }
 
 // appendLocked builds the entry for rec (kind, jws, accepted already set by
-// the caller, who holds s.mu), computes its Merkle nodes and a checkpoint
+// the caller, who is in withLog), computes its Merkle nodes and a checkpoint
 // over the new size, and stores all of it in one transaction.
 func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head, kind contract.EntryKind, jws string, accepted []string, rec *appendRecord) error {
 	rec.Seq = h.size() + 1
@@ -118,14 +182,11 @@ func (s *Server) appendLocked(ctx context.Context, c *contract.Contract, h *head
 		}
 	}
 	if err := s.st.appendEntry(ctx, c.ContractID, rec); err != nil {
-		// Reload the head next time, in case another writer moved the log.
-		delete(s.heads, c.ContractID)
 		return err
 	}
-	s.heads[c.ContractID] = next
+	// withLog drops it if the transaction does not commit.
+	s.setHead(c.ContractID, next)
 	s.metrics.appends.WithLabelValues(string(kind)).Inc()
-	s.wake(c.ContractID)
-	s.cosign(c.ContractID)
 	s.logger.Debug("appended", logKeyContract, c.ContractID, logKeySeq, rec.Seq, logKeyKind, string(kind))
 	return nil
 }
@@ -258,6 +319,12 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 	}
 	heartbeat := time.NewTicker(15 * time.Second)
 	defer heartbeat.Stop()
+	var poll <-chan time.Time // entries other replicas append wake no one here
+	if s.pollEvery > 0 {
+		t := time.NewTicker(s.pollEvery)
+		defer t.Stop()
+		poll = t.C
+	}
 	ctx := r.Context()
 	for {
 		wait := s.waiter(c.ContractID)
@@ -289,6 +356,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) error {
 		case <-s.done:
 			return nil
 		case <-wait:
+		case <-poll:
 		case <-heartbeat.C:
 			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
 				return nil

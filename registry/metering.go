@@ -105,60 +105,67 @@ func (s *Server) handleMetering(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if idem != "" { // a concurrent retry may have landed while we verified
-		if done, err := s.replayIdempotent(w, r, c.ContractID, idem, bodyHash); done || err != nil {
-			return err
-		}
-	}
-	ids := make([]string, len(batch.Events))
-	for i, e := range batch.Events {
-		ids[i] = e.ID
-	}
-	known, err := s.st.knownEvents(ctx, c.ContractID, sender, ids)
-	if err != nil {
-		return err
-	}
-	rec := &appendRecord{Sender: sender, Licensee: licensee, IdemKey: idem, IdemBodyHash: bodyHash, Lease: claims.Lease}
-	resp := contract.MeteringResponse{Licensee: licensee}
-	var accepted []string
-	for _, e := range batch.Events {
-		if known[e.ID] {
-			resp.DuplicateIDs = append(resp.DuplicateIDs, e.ID)
-			continue
-		}
-		rec.Events = append(rec.Events, e)
-		accepted = append(accepted, e.ID)
-		resp.Counted.Add(e.Sums()) // within batchSums, which fit
-	}
-	resp.Accepted, resp.Duplicates = len(accepted), len(resp.DuplicateIDs)
-	if len(accepted) == 0 {
-		if idem != "" {
-			b, _ := json.Marshal(resp)
-			if err := s.st.putIdempotent(ctx, c.ContractID, idem, bodyHash, b); err != nil {
+	var (
+		replay []byte // the stored answer to a retry that landed meanwhile
+		resp   contract.MeteringResponse
+	)
+	err = s.withLog(ctx, c.ContractID, func(ctx context.Context) error {
+		if idem != "" { // a concurrent retry may have landed while we verified
+			var err error
+			if replay, err = s.idempotentAnswer(ctx, c.ContractID, idem, bodyHash); replay != nil || err != nil {
 				return err
 			}
 		}
-		writeJSON(w, http.StatusOK, resp)
+		ids := make([]string, len(batch.Events))
+		for i, e := range batch.Events {
+			ids[i] = e.ID
+		}
+		known, err := s.st.knownEvents(ctx, c.ContractID, sender, ids)
+		if err != nil {
+			return err
+		}
+		rec := &appendRecord{Sender: sender, Licensee: licensee, IdemKey: idem, IdemBodyHash: bodyHash, Lease: claims.Lease}
+		resp = contract.MeteringResponse{Licensee: licensee}
+		var accepted []string
+		for _, e := range batch.Events {
+			if known[e.ID] {
+				resp.DuplicateIDs = append(resp.DuplicateIDs, e.ID)
+				continue
+			}
+			rec.Events = append(rec.Events, e)
+			accepted = append(accepted, e.ID)
+			resp.Counted.Add(e.Sums()) // within batchSums, which fit
+		}
+		resp.Accepted, resp.Duplicates = len(accepted), len(resp.DuplicateIDs)
+		if len(accepted) == 0 {
+			if idem != "" {
+				b, _ := json.Marshal(resp)
+				return s.st.putIdempotent(ctx, c.ContractID, idem, bodyHash, b)
+			}
+			return nil
+		}
+		total, err := s.st.meteringSums(ctx, c.ContractID)
+		if err != nil {
+			return err
+		}
+		if !total.Add(resp.Counted) {
+			return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
+				"metering batch refused: it would make the contract's metering totals overflow int64")
+		}
+		h, err := s.head(ctx, c.ContractID)
+		if err != nil {
+			return err
+		}
+		resp.Seq = h.size() + 1 // appendLocked assigns exactly this seq
+		rec.Metering = &resp    // appendLocked adds the receipt and stores the answer
+		return s.appendLocked(ctx, c, h, contract.EntryMetering, jws, accepted, rec)
+	})
+	if err != nil {
+		return err
+	}
+	if replay != nil {
+		writeReplay(w, replay)
 		return nil
-	}
-	total, err := s.st.meteringSums(ctx, c.ContractID)
-	if err != nil {
-		return err
-	}
-	if !total.Add(resp.Counted) {
-		return contract.Errorf(http.StatusBadRequest, contract.CodeBadRequest,
-			"metering batch refused: it would make the contract's metering totals overflow int64")
-	}
-	h, err := s.head(ctx, c.ContractID)
-	if err != nil {
-		return err
-	}
-	resp.Seq = h.size() + 1 // appendLocked assigns exactly this seq
-	rec.Metering = &resp    // appendLocked adds the receipt and stores the answer
-	if err := s.appendLocked(ctx, c, h, contract.EntryMetering, jws, accepted, rec); err != nil {
-		return err
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
@@ -203,24 +210,36 @@ func (s *Server) meteringLicensee(ctx context.Context, c *contract.Contract, sen
 // replayIdempotent answers a request whose Idempotency-Key was seen: the
 // stored response for the same body, 409 for another body.
 func (s *Server) replayIdempotent(w http.ResponseWriter, r *http.Request, contractID, key, bodyHash string) (bool, error) {
-	h, resp, err := s.st.idempotent(r.Context(), contractID, key)
+	resp, err := s.idempotentAnswer(r.Context(), contractID, key, bodyHash)
+	if resp == nil || err != nil {
+		return err != nil, err
+	}
+	writeReplay(w, resp)
+	return true, nil
+}
+
+// idempotentAnswer is the stored answer to a request whose
+// Idempotency-Key was seen with the same body (nil: the key is new); 409
+// for another body.
+func (s *Server) idempotentAnswer(ctx context.Context, contractID, key, bodyHash string) ([]byte, error) {
+	h, resp, err := s.st.idempotent(ctx, contractID, key)
 	if errors.Is(err, errNotFound) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return true, err
+		return nil, err
 	}
 	if h != bodyHash {
-		return true, contract.Errorf(http.StatusConflict, contract.CodeConflict, "Idempotency-Key %q was used with another batch", key)
+		return nil, contract.Errorf(http.StatusConflict, contract.CodeConflict, "Idempotency-Key %q was used with another batch", key)
 	}
-	if resp, err = s.withReceiptEntry(r.Context(), contractID, resp); err != nil {
-		return true, err
-	}
+	return s.withReceiptEntry(ctx, contractID, resp)
+}
+
+func writeReplay(w http.ResponseWriter, resp []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Idempotent-Replayed", "true")
 	w.WriteHeader(http.StatusOK)
 	w.Write(append(resp, '\n'))
-	return true, nil
 }
 
 // withReceiptEntry puts the log entry back into a stored answer's

@@ -68,12 +68,12 @@ type logSizes struct{ s *Server }
 func (c *logSizes) Describe(ch chan<- *prometheus.Desc) { ch <- logSizeDesc }
 
 func (c *logSizes) Collect(ch chan<- prometheus.Metric) {
-	c.s.mu.Lock()
+	c.s.headsMu.Lock()
 	sizes := make(map[string]uint64, len(c.s.heads))
 	for id, h := range c.s.heads {
 		sizes[id] = h.size()
 	}
-	c.s.mu.Unlock()
+	c.s.headsMu.Unlock()
 	for id, n := range sizes {
 		ch <- prometheus.MustNewConstMetric(logSizeDesc, prometheus.GaugeValue, float64(n), id)
 	}

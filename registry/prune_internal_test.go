@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,12 +15,14 @@ import (
 // Sidecar keys and proof ids grow with token requests; pruning keeps the
 // keys a log entry needs (a sidecar that signed a metering batch: auditors
 // verify it) and the recently used ones, and drops the rest.
-func TestPruneSidecarKeysAndProofIDs(t *testing.T) {
+func TestPruneSidecarKeysAndProofIDs(t *testing.T) { backendURLs(t, testPruneSidecarKeysAndProofIDs) }
+
+func testPruneSidecarKeysAndProofIDs(t *testing.T, db string) {
 	ctx := context.Background()
 	var now atomic.Pointer[time.Time]
 	t0 := time.Now()
 	now.Store(&t0)
-	s, err := New(ctx, Config{DBPath: filepath.Join(t.TempDir(), "r.db"), Clock: func() time.Time { return *now.Load() },
+	s, err := New(ctx, Config{DBPath: db, Clock: func() time.Time { return *now.Load() },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), SidecarKeyRetention: time.Hour, CheckpointInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)

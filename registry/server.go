@@ -45,7 +45,9 @@ const (
 
 // Config configures a registry Server.
 type Config struct {
-	// DBPath is the SQLite database file; it is created if missing.
+	// DBPath is the SQLite database file, created if missing; or a
+	// PostgreSQL URL (postgres://…), a database that several registry
+	// replicas may share.
 	DBPath string
 	// SigningKey is the registry's token signing key (ES256 or EdDSA, with
 	// a kid). When it is not the database's active key it becomes the
@@ -121,9 +123,18 @@ type Server struct {
 	cpVKey   string
 	wits     *witnesses // nil: no witness configured
 
-	// mu serialises appends; heads caches each log's Merkle state.
-	mu    sync.Mutex
-	heads map[string]*head
+	// allLogs (SQLite) or logLocks[contract] (PostgreSQL) serialise this
+	// process's writers of a log (withLog); heads caches each log's Merkle
+	// state, checked against the stored size at each use. headsMu guards
+	// the maps.
+	allLogs  sync.Mutex
+	headsMu  sync.Mutex
+	logLocks map[string]*sync.Mutex
+	heads    map[string]*head
+	// pollEvery is how often live streams look for entries appended by
+	// other replicas (0: one registry on its database, which wakes its
+	// streams itself).
+	pollEvery time.Duration
 
 	notifyMu sync.Mutex
 	notify   map[string]chan struct{}
@@ -192,7 +203,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
-	st, err := openSQLite(ctx, cfg.DBPath, cfg.SyncNormalUnsafe)
+	st, err := openStore(ctx, cfg.DBPath, cfg.SyncNormalUnsafe)
 	if err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
@@ -203,11 +214,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		logger:    cfg.Logger,
 		now:       cfg.Clock,
 		heads:     map[string]*head{},
+		logLocks:  map[string]*sync.Mutex{},
 		notify:    map[string]chan struct{}{},
 		streamsBy: map[string]int{},
 		keyCache:  map[string]*jose.JSONWebKey{},
 		jwksCache: map[string]cachedJWKS{},
 		done:      make(chan struct{}),
+	}
+	if IsPostgresURL(cfg.DBPath) {
+		s.pollEvery = streamPoll
 	}
 	if err := s.initCheckpointKey(ctx); err != nil {
 		st.close()
@@ -266,9 +281,16 @@ func (s *Server) initCheckpointKey(ctx context.Context) error {
 		}
 	}
 	if stored == "" {
-		if err := s.st.setMeta(ctx, "checkpoint_skey", skey); err != nil {
+		// A replica starting at the same time may have stored its key
+		// first: that one is the log's key.
+		won, err := s.st.initMeta(ctx, "checkpoint_skey", skey)
+		if err != nil {
 			return err
 		}
+		if won != skey && s.cfg.CheckpointKey != "" {
+			return errors.New("the given checkpoint key differs from the one in the database; contracts publish the stored one")
+		}
+		skey = won
 	}
 	signer, err := verify.NewCheckpointSigner(skey)
 	if err != nil {
@@ -339,20 +361,21 @@ func (s *Server) ResignCheckpoints(ctx context.Context) error {
 }
 
 func (s *Server) resign(ctx context.Context, c *contract.Contract) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	h, err := s.head(ctx, c.ContractID)
+	err := s.withLog(ctx, c.ContractID, func(ctx context.Context) error {
+		h, err := s.head(ctx, c.ContractID)
+		if err != nil {
+			return err
+		}
+		note, err := s.cpSigner.Sign(c.Log.Origin, h.size(), h.root())
+		if err != nil {
+			return err
+		}
+		return s.st.addCheckpoint(ctx, c.ContractID, h.size(), s.now(), note)
+	})
 	if err != nil {
 		return err
 	}
-	note, err := s.cpSigner.Sign(c.Log.Origin, h.size(), h.root())
-	if err != nil {
-		return err
-	}
-	if err := s.st.addCheckpoint(ctx, c.ContractID, h.size(), s.now(), note); err != nil {
-		return err
-	}
-	s.cosign(c.ContractID)
+	s.cosign(c.ContractID) // a fresh checkpoint for the witnesses
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/base64"
@@ -12,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mattn/go-sqlite3"
 	"github.com/transparency-dev/merkle/compact"
 
 	"github.com/provgate/provgate/contract"
@@ -27,6 +27,9 @@ import (
 type store interface {
 	meta(ctx context.Context, key string) (string, error)
 	setMeta(ctx context.Context, key, value string) error
+	// initMeta sets key to value unless it is set, and returns the value
+	// it holds: of several replicas starting together, one value wins.
+	initMeta(ctx context.Context, key, value string) (string, error)
 
 	signingKeys(ctx context.Context) ([]signingKey, error)
 	addSigningKey(ctx context.Context, k signingKey, retireAt time.Time) error
@@ -44,6 +47,9 @@ type store interface {
 	nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error)
 	appendEntry(ctx context.Context, contractID string, rec *appendRecord) error
 
+	// addCheckpoint stores a checkpoint note signed at at; a checkpoint of
+	// a size signed before with another body (origin, size, root) is
+	// refused (errCorrupted): the log never forks, whatever replica signs.
 	addCheckpoint(ctx context.Context, contractID string, size uint64, at time.Time, note []byte) error
 	latestCheckpoint(ctx context.Context, contractID string) ([]byte, error)
 	checkpointAt(ctx context.Context, contractID string, at time.Time) ([]byte, error)
@@ -92,10 +98,15 @@ type store interface {
 	putIdempotent(ctx context.Context, contractID, key, bodyHash string, response []byte) error
 	meteringTotals(ctx context.Context, contractID string, f contract.TotalsFilter) (*contract.MeteringReport, error)
 
+	// inLogTx runs fn holding the log lock of contractID, in one
+	// transaction that fn's store calls join through its context (see
+	// sqlDB.inLogTx).
+	inLogTx(ctx context.Context, contractID string, fn func(ctx context.Context) error) error
+
 	close() error
 }
 
-var _ store = (*sqliteStore)(nil)
+var _ store = (*sqlStore)(nil)
 
 // Store errors.
 var (
@@ -168,10 +179,17 @@ type appendRecord struct {
 	ContractETag string
 }
 
-type sqliteStore struct {
-	db  *sql.DB
+// sqlStore is the store on SQLite (one registry process) or PostgreSQL
+// (several replicas on one database). Its methods are shared: the queries
+// are written once with ? placeholders, which sqlDB adapts; what differs
+// (schema types, migrations, locks) is in openSQLite and openPostgres.
+type sqlStore struct {
+	db  *sqlDB
 	now func() time.Time
 }
+
+// sqliteStore is the name the store's methods were first written on.
+type sqliteStore = sqlStore
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -191,6 +209,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 	contract TEXT NOT NULL, time INTEGER NOT NULL, size INTEGER NOT NULL, note BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS checkpoints_time ON checkpoints (contract, time);
 CREATE INDEX IF NOT EXISTS checkpoints_size ON checkpoints (contract, size, time);
+CREATE TABLE IF NOT EXISTS checkpoint_bodies (
+	contract TEXT NOT NULL, size INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (contract, size)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attestations (
 	contract TEXT NOT NULL, issuer TEXT NOT NULL, jti TEXT NOT NULL, seq INTEGER NOT NULL,
 	PRIMARY KEY (contract, issuer, jti)) WITHOUT ROWID;
@@ -283,7 +303,7 @@ func openSQLite(ctx context.Context, path string, relaxed bool) (*sqliteStore, e
 			return nil, fmt.Errorf("open %s: %w", path, err)
 		}
 	}
-	return &sqliteStore{db: db, now: time.Now}, nil
+	return &sqliteStore{db: &sqlDB{db: db, d: dialectSQLite}, now: time.Now}, nil
 }
 
 // migrate brings a database written by an older registry up to the
@@ -415,6 +435,10 @@ func entryBatch(body []byte) *contract.MeteringBatch {
 
 func (s *sqliteStore) close() error { return s.db.Close() }
 
+func (s *sqliteStore) inLogTx(ctx context.Context, contractID string, fn func(ctx context.Context) error) error {
+	return s.db.inLogTx(ctx, contractID, fn)
+}
+
 // addColumn adds a column (name and definition) to a table that lacks it.
 func addColumn(ctx context.Context, db *sql.DB, table, def string) error {
 	name, _, _ := strings.Cut(def, " ")
@@ -491,6 +515,13 @@ func (s *sqliteStore) meta(ctx context.Context, key string) (string, error) {
 func (s *sqliteStore) setMeta(ctx context.Context, key, value string) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, key, value)
 	return err
+}
+
+func (s *sqliteStore) initMeta(ctx context.Context, key, value string) (string, error) {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING`, key, value); err != nil {
+		return "", err
+	}
+	return s.meta(ctx, key)
 }
 
 func (s *sqliteStore) signingKeys(ctx context.Context) ([]signingKey, error) {
@@ -617,22 +648,44 @@ func (s *sqliteStore) entries(ctx context.Context, contractID string, since uint
 	return out, rows.Err()
 }
 
+// nodes reads the hashes of ids, in order, a few hundred per query (one
+// round trip each: a head reload reads every node of the compact range).
 func (s *sqliteStore) nodes(ctx context.Context, contractID string, ids []compact.NodeID) ([][]byte, error) {
 	out := make([][]byte, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	stmt, err := s.db.PrepareContext(ctx, `SELECT hash FROM nodes WHERE contract = ? AND level = ? AND idx = ?`)
-	if err != nil {
-		return nil, err
-	}
-	defer stmt.Close()
+	at := make(map[compact.NodeID][]int, len(ids))
 	for i, id := range ids {
-		if err := stmt.QueryRowContext(ctx, contractID, id.Level, id.Index).Scan(&out[i]); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return nil, fmt.Errorf("%w: node %d/%d missing", errCorrupted, id.Level, id.Index)
-			}
+		at[id] = append(at[id], i)
+	}
+	for start := 0; start < len(ids); start += 200 {
+		chunk := ids[start:min(start+200, len(ids))]
+		args := make([]any, 0, 1+2*len(chunk))
+		args = append(args, contractID)
+		for _, id := range chunk {
+			args = append(args, id.Level, id.Index)
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT level, idx, hash FROM nodes WHERE contract = ? AND (level, idx) IN ((?, ?)`+
+			strings.Repeat(", (?, ?)", len(chunk)-1)+`)`, args...)
+		if err != nil {
 			return nil, err
+		}
+		for rows.Next() {
+			var id compact.NodeID
+			var h []byte
+			if err := rows.Scan(&id.Level, &id.Index, &h); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			for _, i := range at[id] {
+				out[i] = h
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+	}
+	for i, h := range out {
+		if h == nil {
+			return nil, fmt.Errorf("%w: node %d/%d missing", errCorrupted, ids[i].Level, ids[i].Index)
 		}
 	}
 	return out, nil
@@ -657,8 +710,7 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 			return fmt.Errorf("node %d/%d: %w", id.Level, id.Index, err)
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (contract, time, size, note) VALUES (?, ?, ?, ?)`,
-		contractID, rec.Time.UnixNano(), rec.Seq, rec.CheckpointNote); err != nil {
+	if err := insertCheckpoint(ctx, tx, contractID, rec.Seq, rec.Time, rec.CheckpointNote); err != nil {
 		return err
 	}
 	if rec.JTI != "" {
@@ -734,7 +786,7 @@ func (s *sqliteStore) appendEntry(ctx context.Context, contractID string, rec *a
 // insertEvents counts rec's new events and adds them to the contract's
 // sums, refusing (errOverflow) events that would make a sum overflow: then
 // every total, whatever its filter, fits in int64.
-func insertEvents(ctx context.Context, tx *sql.Tx, contractID string, rec *appendRecord) error {
+func insertEvents(ctx context.Context, tx *sqlTx, contractID string, rec *appendRecord) error {
 	sums, err := txMeteringSums(ctx, tx, contractID)
 	if err != nil {
 		return err
@@ -770,7 +822,7 @@ func insertEvents(ctx context.Context, tx *sql.Tx, contractID string, rec *appen
 	return putMeteringSums(ctx, tx, contractID, sums)
 }
 
-func putIdempotent(ctx context.Context, tx *sql.Tx, contractID, key, bodyHash string, response []byte) error {
+func putIdempotent(ctx context.Context, tx *sqlTx, contractID, key, bodyHash string, response []byte) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO idempotency (contract, key, body_hash, response) VALUES (?, ?, ?, ?)`,
 		contractID, key, bodyHash, response)
 	if isUnique(err) {
@@ -794,7 +846,38 @@ func (s *sqliteStore) putIdempotent(ctx context.Context, contractID, key, bodyHa
 }
 
 func (s *sqliteStore) addCheckpoint(ctx context.Context, contractID string, size uint64, at time.Time, note []byte) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO checkpoints (contract, time, size, note) VALUES (?, ?, ?, ?)`, contractID, at.UnixNano(), size, note)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := insertCheckpoint(ctx, tx, contractID, size, at, note); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// insertCheckpoint stores a checkpoint note, after claiming its body for
+// its size: the primary key of checkpoint_bodies lets the first body
+// signed for a size win (across replicas too); a later one must be the
+// same, or it is refused as a fork.
+func insertCheckpoint(ctx context.Context, tx *sqlTx, contractID string, size uint64, at time.Time, note []byte) error {
+	// The body is the note's text, before its signature lines (which
+	// differ between signings: a cosignature carries its time).
+	body, _, _ := bytes.Cut(note, []byte("\n\n"))
+	if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoint_bodies (contract, size, body) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+		contractID, size, string(body)); err != nil {
+		return err
+	}
+	var stored string
+	if err := tx.QueryRowContext(ctx, `SELECT body FROM checkpoint_bodies WHERE contract = ? AND size = ?`, contractID, size).Scan(&stored); err != nil {
+		return err
+	}
+	if stored != string(body) {
+		return fmt.Errorf("%w: a checkpoint of size %d with another root was signed already (%q, now %q): refusing the fork",
+			errCorrupted, size, stored, body)
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (contract, time, size, note) VALUES (?, ?, ?, ?)`, contractID, at.UnixNano(), size, note)
 	return err
 }
 
@@ -1039,9 +1122,4 @@ func addTotals(t *contract.MeteringTotals, kind, outcome string, n int64, sums c
 		t.UnbilledEvents += n
 		t.UnbilledBytes += sums.Bytes
 	}
-}
-
-func isUnique(err error) bool {
-	var se sqlite3.Error
-	return errors.As(err, &se) && (se.ExtendedCode == sqlite3.ErrConstraintUnique || se.ExtendedCode == sqlite3.ErrConstraintPrimaryKey)
 }

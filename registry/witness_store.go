@@ -21,15 +21,22 @@ type cosigRow struct {
 }
 
 func (s *sqliteStore) initWitnessTables(ctx context.Context) error {
+	if s.db.d == dialectPostgres {
+		return nil // a versioned migration made it
+	}
 	_, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS witness_cosigs (
 		contract TEXT NOT NULL, witness TEXT NOT NULL, size INTEGER NOT NULL, body TEXT NOT NULL, line TEXT NOT NULL,
 		PRIMARY KEY (contract, witness)) WITHOUT ROWID`)
 	return err
 }
 
+// putCosignature keeps a witness's cosignature of a log unless one of a
+// larger size is kept already (another replica may have stored a newer one
+// while this one waited for the witness).
 func (s *sqliteStore) putCosignature(ctx context.Context, contractID, witness string, size uint64, body, line string) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO witness_cosigs (contract, witness, size, body, line) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (contract, witness) DO UPDATE SET size = excluded.size, body = excluded.body, line = excluded.line`,
+		ON CONFLICT (contract, witness) DO UPDATE SET size = excluded.size, body = excluded.body, line = excluded.line
+		WHERE excluded.size >= witness_cosigs.size`,
 		contractID, witness, size, body, line)
 	return err
 }

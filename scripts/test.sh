@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need (idempotently), then
 # runs formatting and static checks and every test, against a real MinIO
-# server, real SQLite files, loopback HTTP and Debian's PyTorch.
+# server, a throwaway PostgreSQL cluster, real SQLite files, loopback HTTP
+# and Debian's PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 PROVGATE_MINIO_BIN="$(./scripts/install-minio.sh)"
 export PROVGATE_MINIO_BIN
+# Set, so that the PostgreSQL tests fail rather than skip when the cluster
+# cannot start.
+PROVGATE_POSTGRES_BIN="$(./scripts/install-postgres.sh)"
+export PROVGATE_POSTGRES_BIN
 staticcheck="$(./scripts/install-staticcheck.sh)"
 
 echo "== gofmt"

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -23,7 +24,7 @@ func init() {
 	commands["registry"] = command{summary: "run the reference contract + provenance registry; 'registry rotate-key' rotates its signing key; 'registry publish-tiles' writes its logs as static tiles to S3", run: runRegistry}
 }
 
-const registrySynopsis = "registry --listen ADDR --db FILE --key FILE [--admin-token-file FILE] [--s3-endpoint URL]\n       provgate registry rotate-key --db FILE --key FILE [--alg EdDSA|ES256]\n       provgate " + publishTilesSynopsis
+const registrySynopsis = "registry --listen ADDR --db FILE|postgres://URL --key FILE [--admin-token-file FILE] [--s3-endpoint URL]\n       provgate registry rotate-key --db FILE|postgres://URL --key FILE [--alg EdDSA|ES256]\n       provgate " + publishTilesSynopsis
 
 func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "rotate-key" {
@@ -34,7 +35,7 @@ func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fs := newFlagSet("registry", registrySynopsis, stderr)
 	listen := fs.String("listen", "127.0.0.1:8700", "address to serve on")
-	db := fs.String("db", "", "SQLite database file (created if missing)")
+	db := fs.String("db", "", "SQLite database file (created if missing), or a PostgreSQL URL (postgres://USER@HOST/DB) that several replicas share")
 	keyFile := fs.String("key", "", "the registry's token signing key, a private JWK (generated if the file is missing)")
 	adminFile := fs.String("admin-token-file", "", "file with the admin token for POST /contracts (a random token is written there if missing); without it contracts cannot be created")
 	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL; enables presigning with AWS_* credentials (marketplace mode)")
@@ -90,7 +91,7 @@ func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("registry: %w", err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
-	logger.Info("registry listening", "url", "http://"+ln.Addr().String(), "db", *db, "kid", key.KeyID, "presign", cfg.S3 != nil)
+	logger.Info("registry listening", "url", "http://"+ln.Addr().String(), "db", dbForLog(*db), "kid", key.KeyID, "presign", cfg.S3 != nil)
 	// Closing the registry ends live streams, so that Shutdown does not
 	// wait for them.
 	if err := serveUntilDone(ctx, "registry", ln, hs, func() { srv.Close() }); err != nil {
@@ -98,6 +99,18 @@ func runRegistry(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	logger.Info("registry stopped")
 	return nil
+}
+
+// dbForLog is the --db value without a PostgreSQL URL's password.
+func dbForLog(db string) string {
+	if !registry.IsPostgresURL(db) {
+		return db
+	}
+	u, err := url.Parse(db)
+	if err != nil {
+		return "postgres://(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func loadOrCreateKey(path string, logger *slog.Logger) (*jose.JSONWebKey, error) {
@@ -137,8 +150,8 @@ func loadOrCreateAdminToken(path string, logger *slog.Logger) (string, error) {
 }
 
 func runRotateKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("registry rotate-key", "registry rotate-key --db FILE --key FILE [--alg EdDSA|ES256]", stderr)
-	db := fs.String("db", "", "the registry's SQLite database")
+	fs := newFlagSet("registry rotate-key", "registry rotate-key --db FILE|postgres://URL --key FILE [--alg EdDSA|ES256]", stderr)
+	db := fs.String("db", "", "the registry's SQLite database file or PostgreSQL URL")
 	keyFile := fs.String("key", "", "the registry's key file: the new key is written there")
 	alg := fs.String("alg", "EdDSA", "algorithm of the new key: EdDSA or ES256")
 	if err := parseFlags(fs, args); err != nil {
@@ -147,8 +160,10 @@ func runRotateKey(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *db == "" || *keyFile == "" {
 		return &usageError{msg: "registry rotate-key: --db and --key are required"}
 	}
-	if _, err := os.Stat(*db); err != nil {
-		return fmt.Errorf("registry rotate-key: %w", err)
+	if !registry.IsPostgresURL(*db) {
+		if _, err := os.Stat(*db); err != nil {
+			return fmt.Errorf("registry rotate-key: %w", err)
+		}
 	}
 	k, err := verify.GenerateKey(jose.SignatureAlgorithm(*alg))
 	if err != nil {

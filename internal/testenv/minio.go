@@ -1,7 +1,7 @@
 // Package testenv starts the real servers that provgate's tests talk to:
-// a MinIO server on a free loopback port, shared by the tests of one test
-// binary. It never skips: a test that needs MinIO fails when MinIO cannot
-// be had.
+// a MinIO server on a free loopback port, and a PostgreSQL cluster, each
+// shared by the tests of one test binary. MinIO never skips: a test that
+// needs it fails when it cannot be had (PostgreSQL: see Postgres).
 package testenv
 
 import (
@@ -61,11 +61,12 @@ func MinIO(tb testing.TB) *MinIOServer {
 	return minioSrv
 }
 
-// Main runs a test binary's tests and stops its MinIO server afterwards:
-// func TestMain(m *testing.M) { testenv.Main(m) }.
+// Main runs a test binary's tests and stops its MinIO server and
+// PostgreSQL cluster afterwards: func TestMain(m *testing.M) { testenv.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
 	StopMinIO()
+	StopPostgres()
 	os.Exit(code)
 }
 

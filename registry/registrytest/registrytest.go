@@ -21,6 +21,10 @@
 //
 // NewLicensee makes others (with terms) for tests of the licensee model.
 //
+// PROVGATE_REGISTRY_TEST_DB=postgres puts every harness on a fresh database
+// of the test binary's PostgreSQL cluster (internal/testenv) instead, to
+// run a whole suite on PostgreSQL; DBPath is then its URL.
+//
 // Options: WithMinIO gives the registry S3 credentials, so that it
 // presigns (marketplace mode); WithClock injects the registry's clock;
 // WithConfig edits the registry.Config before the server starts.
@@ -35,6 +39,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -46,6 +51,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/provgate/provgate/contract"
+	"github.com/provgate/provgate/internal/testenv"
 	"github.com/provgate/provgate/registry"
 	"github.com/provgate/provgate/verify"
 )
@@ -98,6 +104,9 @@ func Start(tb testing.TB, opts ...Option) *Harness {
 	o.cfg.AdminToken = AdminToken
 	o.cfg.Name = "registrytest"
 	o.cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("PROVGATE_REGISTRY_TEST_DB") == "postgres" {
+		o.cfg.DBPath = testenv.Postgres(tb).NewDatabase(tb)
+	}
 	for _, opt := range opts {
 		opt(o)
 	}
