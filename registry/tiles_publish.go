@@ -71,7 +71,7 @@ func PublishTiles(ctx context.Context, cfg PublishConfig) ([]PublishReport, erro
 	if cfg.Prefix != "" && !strings.HasSuffix(cfg.Prefix, "/") {
 		cfg.Prefix += "/"
 	}
-	st, err := openSQLite(ctx, cfg.DBPath, false)
+	st, err := openStore(ctx, cfg.DBPath, false)
 	if err != nil {
 		return nil, fmt.Errorf("publish tiles: %w", err)
 	}

@@ -294,6 +294,9 @@ func TestPublishTilesIncremental(t *testing.T) {
 		t.Fatalf("full tile in the bucket: %v, Cache-Control %q", err, st.Metadata.Get("Cache-Control"))
 	}
 
+	if registry.IsPostgresURL(h.DBPath) {
+		return // the rollback below snapshots a SQLite file
+	}
 	snap := snapshotDB(t, h.DBPath) // the log at size 300
 
 	attest(t, c, alice, 300, 1)

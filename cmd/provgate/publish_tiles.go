@@ -16,7 +16,7 @@ const publishTilesSynopsis = "registry publish-tiles --db FILE --s3-endpoint URL
 // uploads only what changed, the checkpoint last).
 func runPublishTiles(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("registry publish-tiles", publishTilesSynopsis, stderr)
-	db := fs.String("db", "", "the registry's database (read only; the registry may be running)")
+	db := fs.String("db", "", "the registry's database, a SQLite file or a PostgreSQL URL (read only; the registry may be running)")
 	endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL (credentials: AWS_* environment or shared files)")
 	bucket := fs.String("bucket", "", "bucket to publish to")
 	prefix := fs.String("prefix", "", "key prefix: a contract's log goes under PREFIX/<contract id>/")
