@@ -20,10 +20,11 @@ import (
 )
 
 // store is the registry's persistence: contracts, signing keys, and one
-// append-only log per contract with its Merkle nodes and side tables. The
-// server serialises writers itself; a store only has to make each call
-// atomic and durable. SQLite implements it for one machine; a larger
-// deployment would put the same calls on PostgreSQL or on a tessera log.
+// append-only log per contract with its Merkle nodes and side tables.
+// sqlStore implements it over SQLite (one machine) and PostgreSQL (several
+// replicas); the server runs each log's writers in Server.withLog, one
+// transaction under the log's lock, and a store makes each call atomic and
+// durable.
 type store interface {
 	meta(ctx context.Context, key string) (string, error)
 	setMeta(ctx context.Context, key, value string) error
