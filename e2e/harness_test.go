@@ -236,6 +236,15 @@ type front struct {
 	lie atomic.Pointer[func(*contract.MeteringResponse)]
 }
 
+// quietProxyError answers 502 for a proxy's failed upstream call, and
+// nothing, unlogged, when the client let go first (a killed sidecar's
+// live feed): a log line there would break benchmark output lines.
+func quietProxyError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() == nil {
+		w.WriteHeader(http.StatusBadGateway)
+	}
+}
+
 func newFront(t testing.TB) *front {
 	t.Helper()
 	f := &front{}
@@ -244,6 +253,7 @@ func newFront(t testing.TB) *front {
 			r.SetURL(f.target.Load())
 		},
 		FlushInterval: -1,
+		ErrorHandler:  quietProxyError,
 		ModifyResponse: func(r *http.Response) error {
 			lie := f.lie.Load()
 			if lie == nil || r.Request.Method != http.MethodPost || !strings.HasSuffix(r.Request.URL.Path, "/metering") || r.StatusCode != http.StatusOK {
@@ -363,14 +373,8 @@ func startDelayProxy(t testing.TB, target string, delay time.Duration, load *inf
 			r.Out.URL.Scheme, r.Out.URL.Host = "http", target
 			r.Out.Host = r.In.Host
 		},
-		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true},
-		// A client that lets go mid-response (a killed sidecar) is no
-		// error of the origin's; logging it would break benchmark lines.
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if r.Context().Err() == nil {
-				w.WriteHeader(http.StatusBadGateway)
-			}
-		},
+		Transport:    &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true},
+		ErrorHandler: quietProxyError,
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		load.enter()
