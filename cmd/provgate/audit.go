@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -274,6 +275,9 @@ func auditCheck(ctx context.Context, a checkArgs, asJSON bool, stdout io.Writer)
 	if err != nil {
 		return fmt.Errorf("audit check: %w", err)
 	}
+	if err := checkLicenseeNamed(rep.Facts, a.licensee); err != nil {
+		return err
+	}
 	in := audit.CheckInput{Facts: rep.Facts, Purpose: a.purpose, Licensee: a.licensee, RedactionGrace: a.grace}
 	err = l.Rows(ctx, 0, func(r *meter.Row) error {
 		if r.Contract == b.Contract {
@@ -325,6 +329,30 @@ func auditCheck(ctx context.Context, a checkArgs, asJSON bool, stdout io.Writer)
 	}
 	if !asJSON {
 		fmt.Fprintf(stdout, "audit check: OK %s: no findings in ledger %s (%d rows)\n", b.Contract, l.ID(), len(in.Rows))
+	}
+	return nil
+}
+
+// checkLicenseeNamed refuses a check whose licensee is unknown, or left to
+// guess among several: the quota, expiry and purpose checks are one
+// licensee's, and leaving them out unsaid would pass what they would find.
+func checkLicenseeNamed(f *audit.Facts, licensee string) error {
+	if f == nil || len(f.Terms) == 0 {
+		return nil
+	}
+	var ids []string
+	for _, t := range f.Terms {
+		for _, l := range t.Terms.Licensees {
+			if !slices.Contains(ids, l.ID) {
+				ids = append(ids, l.ID)
+			}
+		}
+	}
+	switch {
+	case licensee != "" && !slices.Contains(ids, licensee):
+		return &usageError{msg: fmt.Sprintf("audit check: --licensee %q is no licensee of the contract (%s)", licensee, strings.Join(ids, ", "))}
+	case licensee == "" && len(ids) > 1:
+		return &usageError{msg: fmt.Sprintf("audit check: the contract has %d licensees (%s); name whose terms apply with --licensee", len(ids), strings.Join(ids, ", "))}
 	}
 	return nil
 }

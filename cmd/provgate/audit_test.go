@@ -137,3 +137,41 @@ func TestAuditCLI(t *testing.T) {
 		t.Errorf("audit verify of the evidence: exit %d\n%s", code, errs)
 	}
 }
+
+// On a contract with several licensees, `audit check` without --licensee
+// cannot tell whose quota, expiry and purposes apply: it refuses (exit 2,
+// naming them) rather than leave those checks out unsaid; with one named
+// it checks.
+func TestAuditCheckNamesTheLicensee(t *testing.T) {
+	ctx := context.Background()
+	h := registrytest.Start(t)
+	alice := h.NewContributor(t, "did:example:alice")
+	nc := registrytest.NewContract("did:example:audit-two", "datasets", alice)
+	other := registrytest.DefaultLicensee().Entry()
+	other.ID = "did:example:other-lab"
+	nc.Licensees = append(nc.Licensees, other)
+	c := h.CreateContract(t, nc)
+	alice.Attest(t, c.ContractID, registrytest.Object("a.bin", []byte("a")))
+	dir := t.TempDir()
+	ledger := filepath.Join(dir, "ledger.db")
+	l, err := meter.Open(ctx, ledger, meter.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "bundle.json")
+	mustCLI(t, "audit", "export", "--registry", h.URL, "--ledger", ledger, "--contract", c.ContractID, "-o", bundle)
+
+	code, out, errs := cli(t, "audit", "check", "--ledger", ledger, "--bundle", bundle)
+	if code != 2 || !strings.Contains(errs, "--licensee") || !strings.Contains(errs, other.ID) {
+		t.Errorf("audit check on two licensees without --licensee: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs := cli(t, "audit", "check", "--ledger", ledger, "--bundle", bundle, "--licensee", other.ID); code != 0 {
+		t.Errorf("audit check --licensee %s: exit %d\n%s%s", other.ID, code, out, errs)
+	}
+	if code, out, errs := cli(t, "audit", "check", "--ledger", ledger, "--bundle", bundle, "--licensee", "did:example:nobody"); code != 2 {
+		t.Errorf("audit check --licensee of no licensee: exit %d\n%s%s", code, out, errs)
+	}
+}
