@@ -383,6 +383,13 @@ func (t *termsPrices) atSeq(ctx context.Context, s *Server, seq uint64, first, l
 
 // load reads every terms version of the log, checked with the log's key.
 func (t *termsPrices) load(ctx context.Context, s *Server) error {
+	// Terms entries never change once logged: a contract's history is read
+	// and its signatures checked once per latest version (another
+	// replica's update moves TermsSeq, and so reloads), not per batch.
+	if h, ok := s.termsHistories.Load(t.c.ContractID); ok && h.(*termsHistory).latest == t.c.TermsSeq {
+		t.byAt, t.seqs = h.(*termsHistory).byAt, h.(*termsHistory).seqs
+		return nil
+	}
 	bodies, err := s.st.termsEntries(ctx, t.c.ContractID)
 	if err != nil {
 		return err
@@ -391,7 +398,8 @@ func (t *termsPrices) load(ctx context.Context, s *Server) error {
 	if err != nil {
 		return err
 	}
-	t.byAt = map[uint64]termsSpan{}
+	byAt := map[uint64]termsSpan{}
+	var seqs []uint64
 	var prev uint64
 	for _, b := range bodies {
 		e, err := contract.DecodeEntry(b)
@@ -403,13 +411,25 @@ func (t *termsPrices) load(ctx context.Context, s *Server) error {
 			return fmt.Errorf("%w: terms entry %d: %v", errCorrupted, e.Seq, err)
 		}
 		if prev != 0 {
-			span := t.byAt[prev]
+			span := byAt[prev]
 			span.until = v.EffectiveFrom
-			t.byAt[prev] = span
+			byAt[prev] = span
 		}
-		t.byAt[e.Seq] = termsSpan{pricing: v.Terms.Pricing, from: v.EffectiveFrom}
-		t.seqs = append(t.seqs, e.Seq)
+		byAt[e.Seq] = termsSpan{pricing: v.Terms.Pricing, from: v.EffectiveFrom}
+		seqs = append(seqs, e.Seq)
 		prev = e.Seq
 	}
+	t.byAt, t.seqs = byAt, seqs
+	if len(seqs) == 0 || seqs[len(seqs)-1] == t.c.TermsSeq {
+		s.termsHistories.Store(t.c.ContractID, &termsHistory{latest: t.c.TermsSeq, byAt: byAt, seqs: seqs})
+	}
 	return nil
+}
+
+// termsHistory is a contract's checked terms versions up to latest, shared
+// read-only by the batches priced under them.
+type termsHistory struct {
+	latest uint64
+	byAt   map[uint64]termsSpan
+	seqs   []uint64
 }

@@ -131,6 +131,9 @@ type Server struct {
 	headsMu  sync.Mutex
 	logLocks map[string]*sync.Mutex
 	heads    map[string]*head
+	// termsHistories caches each contract's checked terms versions for
+	// pricing metering (metering.go's termsPrices).
+	termsHistories sync.Map
 	// pollEvery is how often live streams look for entries appended by
 	// other replicas (0: one registry on its database, which wakes its
 	// streams itself).

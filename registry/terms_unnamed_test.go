@@ -52,3 +52,34 @@ func TestRowsNamingNoTermsArePricedUnderTheTermsOfTheirTime(t *testing.T) {
 		t.Errorf("billed %d samples for %d nano-USD, want 1 at the old price %d", samples, cost, sampleNano)
 	}
 }
+
+// The registry keeps each contract's checked terms between batches; an
+// update must still price what follows it: a batch before the update, then
+// one under the new terms at the new price, and one under the old terms
+// read after the update (refused), all as if nothing were kept.
+func TestTermsKeptBetweenBatchesFollowAnUpdate(t *testing.T) {
+	ctx := context.Background()
+	h, c, acme, _, tok, _ := licensedSetup(t)
+	before := served("before")
+	before.TermsSeq = c.TermsSeq
+	if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signEvents(t, acme, c.ContractID, before)); err != nil {
+		t.Fatal(err)
+	}
+	next := *c
+	next.Version, next.Pricing.PriceUSD = "2026-02-01", c.Pricing.PriceUSD/2
+	updated, err := h.Client.UpdateContract(ctx, h.AdminToken, &next, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := served("after")
+	after.TermsSeq, after.CostNanoUSD = updated.TermsSeq, sampleNano/2
+	if _, err := acme.client.PostMetering(ctx, c.ContractID, tok, verify.NewID(), signEvents(t, acme, c.ContractID, after)); err != nil {
+		t.Fatalf("a read under the new terms at the new price: %v", err)
+	}
+	stale := served("stale")
+	stale.TermsSeq, stale.Time = c.TermsSeq, time.Now().Add(time.Hour)
+	mustStatus(t, acme, c.ContractID, tok, signEvents(t, acme, c.ContractID, stale), http.StatusBadRequest, contract.CodeBadRequest)
+	if _, samples, cost := billed(t, acme, c.ContractID); samples != 2 || cost != sampleNano+sampleNano/2 {
+		t.Errorf("billed %d samples for %d nano-USD, want 2 for %d", samples, cost, sampleNano+sampleNano/2)
+	}
+}
