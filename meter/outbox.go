@@ -203,11 +203,23 @@ func (s *Syncer) run(ctx context.Context) {
 		case <-wait:
 		case <-s.l.committed:
 			// New rows: sync now if a full batch is waiting, else on the tick.
-			if err != nil || s.l.Stats().Outbox < int64(s.cfg.BatchSize) {
+			if err != nil || s.l.Stats().Outbox < s.fullBatch() {
 				goto wait
 			}
 		}
 	}
+}
+
+// fullBatch is how many rows in the outbox make a full batch, which is
+// shipped without waiting for the tick: BatchSize events, or AggregateRows
+// rows summed into one aggregate batch. Shipping sooner would not bill
+// sooner than the tick allows, only append more, smaller batches to the
+// contract's log (each an entry every follower replays).
+func (s *Syncer) fullBatch() int64 {
+	if s.cfg.PerEvent {
+		return int64(s.cfg.BatchSize)
+	}
+	return int64(s.cfg.AggregateRows)
 }
 
 // Sync sends batches until the outbox is empty or a post fails, and

@@ -244,6 +244,7 @@ func NewFollower(ctx context.Context, cfg FollowerConfig, opts ...Option) (*Foll
 	if f.manifest, err = cfg.Store.manifestFor(ctx, f.id); err != nil {
 		return nil, fmt.Errorf("follower %s: %w", f.id, err)
 	}
+	f.manifest.fromCache, f.manifest.fromState = cfg.Metrics.lookupCounters(f.id)
 	if err := f.load(ctx); err != nil {
 		return nil, fmt.Errorf("follower %s: %w", f.id, err)
 	}
@@ -1049,6 +1050,7 @@ func (f *Follower) apply(d *delta, c *checked, batch *contract.BatchManifest) er
 	if e.Kind != contract.EntryAttestation {
 		return nil
 	}
+	d.attested = true
 	if c.err != nil {
 		d.rejected = append(d.rejected, rejection{Seq: e.Seq, Err: &EntryError{Seq: e.Seq, Err: c.err}})
 		return nil

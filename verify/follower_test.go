@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -422,5 +423,56 @@ func TestFollowerRegistryDown(t *testing.T) {
 	}
 	if st := f.Status(); st.State != verify.StateReady || st.LastError == "" || st.Size != 3 {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// A busy sidecar ships a metering batch every few seconds, each an entry
+// in the contract's log: syncing those must not send every next lookup
+// to the state database, while an attestation still must (a new version
+// or a redaction is never answered from the cache).
+func TestLookupCacheOutlivesMeteringEntries(t *testing.T) {
+	fx := newFixture(t)
+	contribute(t, fx.log, fx.alice, "a", 3)
+	f := fx.follower(t, verify.WithTrustOnFirstUse())
+	mustSync(t, f)
+	lookups := func() (cache, state float64) {
+		return counter(t, fx, "provgate_manifest_lookups_total", "from", "cache"),
+			counter(t, fx, "provgate_manifest_lookups_total", "from", "state")
+	}
+	lookup := func(name string) verify.ManifestEntry {
+		t.Helper()
+		e, err := f.Lookup(name)
+		if err != nil {
+			t.Fatalf("Lookup(%s): %v", name, err)
+		}
+		return e
+	}
+	lookup("a-0")
+	lookup("a-1")
+	if c, s := lookups(); c != 0 || s != 2 {
+		t.Fatalf("first lookups: %v from cache, %v from state; want 0 and 2", c, s)
+	}
+	for i := range 3 {
+		fx.log.Append(t, contract.EntryMetering, "not.a.jws", fmt.Sprintf("ev-%d", i))
+		mustSync(t, f)
+		lookup("a-0")
+		lookup("a-1")
+	}
+	if st := f.Status(); st.Size != 7 {
+		t.Fatalf("log size %d after the metering entries, want 7", st.Size)
+	}
+	if c, s := lookups(); c != 6 || s != 2 {
+		t.Fatalf("after metering entries: %v from cache, %v from state; want 6 and 2", c, s)
+	}
+
+	v2 := verifytest.Object("a-0", []byte("other"))
+	fx.log.AppendAttestation(t, fx.alice.Contribution(t, cid, v2))
+	fx.log.AppendAttestation(t, fx.alice.Redaction(t, cid, "a-1", 0))
+	mustSync(t, f)
+	if e := lookup("a-0"); e.DecodedSHA256 != v2.DecodedSHA256 {
+		t.Fatalf("after a new version: Lookup(a-0) answered the old one (%s)", e.DecodedSHA256)
+	}
+	if _, err := f.Lookup("a-1"); !errors.Is(err, verify.ErrRedacted) {
+		t.Fatalf("after a redaction: Lookup(a-1) = %v, want ErrRedacted", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/provgate/provgate/contract"
 )
 
@@ -41,6 +43,10 @@ type Manifest struct {
 	lru      *lru
 	objects  int64
 	redacted int64
+
+	// fromCache and fromState count lookups by where they were answered
+	// (nil: not counted).
+	fromCache, fromState prometheus.Counter
 }
 
 func (s *Store) manifestFor(ctx context.Context, contractID string) (*Manifest, error) {
@@ -78,10 +84,16 @@ func (m *Manifest) Lookup(name string) (ManifestEntry, error) {
 	m.mu.Lock()
 	if e, ok := m.lru.get(name); ok {
 		m.mu.Unlock()
+		if m.fromCache != nil {
+			m.fromCache.Inc()
+		}
 		return *e, nil
 	}
 	gen := m.gen
 	m.mu.Unlock()
+	if m.fromState != nil {
+		m.fromState.Inc()
+	}
 	ctx := context.Background()
 	e, err := scanEntry(m.db.QueryRowContext(ctx, "SELECT "+manifestColumns+" FROM manifest WHERE contract = ? AND name = ?", m.contract, name))
 	if err == nil {
@@ -161,13 +173,18 @@ func (m *Manifest) counts() (objects, redacted int64) {
 	return m.objects, m.redacted
 }
 
-// apply makes a committed delta current: the counts move, the lookup
-// cache is dropped.
+// apply makes a committed delta current: the counts move and, when the
+// delta applied an attestation, the lookup cache is dropped. A delta of
+// other entries only (metering batches, terms) wrote no manifest row, and
+// the cache stays: otherwise every metering batch a busy sidecar ships
+// would send its next lookups to the database.
 func (m *Manifest) apply(d *delta) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.gen++
-	m.lru.clear()
+	if d.attested {
+		m.gen++
+		m.lru.clear()
+	}
 	m.objects += d.objDelta
 	m.redacted += d.redDelta
 }
@@ -235,6 +252,9 @@ type delta struct {
 	newTerms []TermsVersion // versions verified in this delta
 
 	objDelta, redDelta int64
+	// attested is set when an attestation entry was applied: only those
+	// write manifest, redaction and owner rows.
+	attested bool
 	// redactions is how many redacted names there are, seen through the
 	// delta: while none, a new name needs no redaction check.
 	redactions int64

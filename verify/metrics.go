@@ -9,6 +9,7 @@ type Metrics struct {
 	rejected    *prometheus.CounterVec
 	refusals    *prometheus.CounterVec
 	quarantines *prometheus.CounterVec
+	lookups     *prometheus.CounterVec
 }
 
 // NewMetrics makes the followers' metrics and registers them on reg (nil:
@@ -18,6 +19,7 @@ type Metrics struct {
 //	provgate_log_entries_rejected_total{contract,reason}   entries in the log whose attestation was refused
 //	provgate_log_refusals_total{contract,reason}           checkpoints or pages refused (stale, bad signature, fork, ...)
 //	provgate_log_quarantines_total{contract}
+//	provgate_manifest_lookups_total{contract,from}         object lookups answered from the cache or the state database
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		entries: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -32,9 +34,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		quarantines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "provgate_log_quarantines_total", Help: "Contracts quarantined after a fork or rollback of their log.",
 		}, []string{"contract"}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "provgate_manifest_lookups_total", Help: "Verified-manifest lookups, by where they were answered from (cache, state).",
+		}, []string{"contract", "from"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.entries, m.rejected, m.refusals, m.quarantines)
+		reg.MustRegister(m.entries, m.rejected, m.refusals, m.quarantines, m.lookups)
 	}
 	return m
 }
@@ -61,4 +66,13 @@ func (m *Metrics) quarantine(contract string) {
 	if m != nil {
 		m.quarantines.WithLabelValues(contract).Inc()
 	}
+}
+
+// lookupCounters are a contract's lookup counters, resolved once (nil
+// when m is nil).
+func (m *Metrics) lookupCounters(contract string) (cache, state prometheus.Counter) {
+	if m == nil {
+		return nil, nil
+	}
+	return m.lookups.WithLabelValues(contract, "cache"), m.lookups.WithLabelValues(contract, "state")
 }
