@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,7 @@ func (l *Ledger) await(ctx context.Context, g *group) error {
 		free := l.commit.free
 		l.mu.Unlock()
 		if l.commit.started.Load() && l.commit.mu.TryLock() {
+			l.gather()
 			l.commitUntil(g)
 			l.unlockCommit()
 		}
@@ -81,6 +83,34 @@ func (l *Ledger) await(ctx context.Context, g *group) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// gatherRounds bounds how often a committing request yields for others.
+const gatherRounds = 8
+
+// gather lets the requests that are about to submit join the group a
+// committing request is about to write: it yields the processor while
+// the group still grows, at most gatherRounds times, and no longer once a
+// yield brought nobody. No timer: a lone request commits at once (one
+// yield that brings nothing). Under load on few cores, a request that
+// finished its body is often runnable but not yet queued; without this
+// nearly every request committed alone (0.94 commits per request at 8 in
+// flight, BenchmarkHit/meter=ack), and a commit costs some 30 µs of CPU
+// whatever its size.
+func (l *Ledger) gather() {
+	l.mu.Lock()
+	n := len(l.cur.items)
+	l.mu.Unlock()
+	for range gatherRounds {
+		runtime.Gosched()
+		l.mu.Lock()
+		m := len(l.cur.items)
+		l.mu.Unlock()
+		if m == n {
+			return
+		}
+		n = m
 	}
 }
 
