@@ -222,8 +222,10 @@ func (s *Syncer) fullBatch() int64 {
 	return int64(s.cfg.AggregateRows)
 }
 
-// Sync sends batches until the outbox is empty or a post fails, and
-// returns the number of rows the registry acknowledged.
+// Sync sends batches until the rows in the outbox when it started are
+// acknowledged and less than a full batch is left, or a post fails, and
+// returns the number of rows the registry acknowledged. On an idle ledger
+// that empties the outbox.
 func (s *Syncer) Sync(ctx context.Context) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -265,7 +267,15 @@ type batch struct {
 
 func (s *Syncer) syncContract(ctx context.Context, c *contractState) (int, error) {
 	total := 0
+	// A pass ships the rows there were when it started, and goes on only
+	// while a full batch waits: rows that keep coming under load wait for
+	// the next tick (or a full batch), instead of leaving in a stream of
+	// small batches, each an entry in the contract's log.
+	start := c.outbox.Load()
 	for {
+		if total > 0 && int64(total) >= start && c.outbox.Load() < s.fullBatch() {
+			return total, nil
+		}
 		b, err := s.nextBatch(ctx, c)
 		if err != nil || b == nil {
 			return total, err

@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -472,3 +474,49 @@ func TestConflictingBatchIDIsReminted(t *testing.T) {
 	}
 	assertTotalsEqual(t, admin, l, c.ContractID, 50)
 }
+
+// Under load rows keep coming while a pass posts. A pass ships the rows
+// there were when it started and stops once less than a full batch is
+// left: it does not chase the new rows in a stream of small batches (each
+// an entry in the contract's log that every sidecar's follower replays).
+func TestSyncPassDoesNotChaseNewRows(t *testing.T) {
+	h := registrytest.Start(t)
+	c := h.CreateContract(t, newContract(t, "did:example:metered-steady"))
+	l := openLedger(t, filepath.Join(t.TempDir(), "ledger.db"), c.ContractID)
+	sc := newSidecar(t, h.URL, nil)
+	// While each metering batch is in flight, 50 more rows are written
+	// (for the first 20 batches: the old loop ends too).
+	var posts atomic.Int64
+	var inject atomic.Bool
+	inject.Store(true)
+	sc.client.HTTP.Transport = roundTrip(func(r *http.Request) (*http.Response, error) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/metering") {
+			if n := posts.Add(1); n <= 20 && inject.Load() {
+				write(t, l, c.ContractID, 1000*int(n), 50)
+			}
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	write(t, l, c.ContractID, 0, 300)
+	sy := sc.syncer(t, l)
+	sent, err := sy.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sent != 300 || posts.Load() != 1 {
+		t.Errorf("one pass shipped %d rows in %d batches, want the 300 there were in 1", sent, posts.Load())
+	}
+	if got := l.OutboxDepth(c.ContractID); got != 50 {
+		t.Errorf("outbox after the pass: %d rows, want the 50 written during it", got)
+	}
+	inject.Store(false)
+	// The next pass ships them (a quiet ledger empties).
+	if sent, err := sy.Sync(context.Background()); err != nil || sent != 50 {
+		t.Fatalf("second pass: %d rows, %v; want 50", sent, err)
+	}
+	assertTotalsEqual(t, h.Client, l, c.ContractID, 350)
+}
+
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
