@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,16 +90,18 @@ type Config struct {
 // Cache is a verified, size-bounded disk cache of decoded objects. It is
 // safe for concurrent use.
 type Cache struct {
-	cfg      Config
-	log      *slog.Logger
-	dir      string
-	objDir   string
-	tmpDir   string
-	lock     *os.File
-	fetchSem chan struct{}
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	cfg    Config
+	log    *slog.Logger
+	dir    string
+	objDir string
+	tmpDir string
+	// noTmpfile is set once the file system refused an unnamed file.
+	noTmpfile atomic.Bool
+	lock      *os.File
+	fetchSem  chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	mu         sync.Mutex
 	closed     bool

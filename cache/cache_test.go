@@ -231,3 +231,54 @@ func TestIndexSurvivesRestart(t *testing.T) {
 		t.Errorf("second Open of a directory in use: err = %v, want ErrLocked", err)
 	}
 }
+
+// A fetch writes an unnamed file linked into place once verified, or, on
+// a file system without unnamed files, a temporary file renamed into
+// place. Either way: streamed and verified reads get the object, a fetch
+// that fails verification leaves no file, and objects/ holds exactly the
+// entries' files.
+func TestFetchFilesEitherWay(t *testing.T) {
+	for _, mode := range []string{"unnamed", "temporary"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnv(t, cache.Config{MaxBytes: 64 << 20})
+			if mode == "temporary" {
+				cache.WithoutUnnamedFiles(e.c)
+			}
+			for i := range 3 {
+				data := textish(uint64(40+i), 200<<10)
+				obj := putObject(t, e.mc, e.bucket, fmt.Sprintf("either-%d", i), data, contract.EncodingZstd)
+				if i == 0 {
+					rc, err := e.c.Stream(context.Background(), testContract, &obj)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got, err := io.ReadAll(rc)
+					rc.Close()
+					if err != nil || !bytes.Equal(got, data) {
+						t.Fatalf("streamed read: %d bytes, %v; want the object", len(got), err)
+					}
+					continue
+				}
+				mustGet(t, e.c, &obj, data).Close()
+			}
+			bad := textish(50, 100<<10)
+			obj := putObject(t, e.mc, e.bucket, "either-bad", bad, contract.EncodingIdentity)
+			tampered := bytes.Clone(bad)
+			tampered[10] ^= 1
+			putRaw(t, e.mc, e.bucket, "either-bad", tampered)
+			if h, err := e.c.Get(context.Background(), testContract, &obj); err == nil {
+				h.Close()
+				t.Fatal("a tampered object was served")
+			}
+			if mode == "unnamed" && !cache.UsesUnnamedFiles(e.c) {
+				t.Errorf("the cache fell back to temporary files on %s (no O_TMPFILE?)", e.dir)
+			}
+			if n := len(diskFiles(t, e.dir, "tmp")); n != 0 {
+				t.Errorf("%d temporary files left", n)
+			}
+			if n, s := len(diskFiles(t, e.dir, "objects")), e.c.Stats(); n != 3 || s.Entries != 3 {
+				t.Errorf("%d files in objects/, %d entries; want 3 and 3", n, s.Entries)
+			}
+		})
+	}
+}
