@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/provgate/provgate/contract"
@@ -276,9 +277,32 @@ var errUnsatisfiable = contract.Errorf(http.StatusRequestedRangeNotSatisfiable, 
 // clean, unmetered one. A response cut short bills what it sent (rd.abort).
 // A crash between the commit and the last byte bills bytes the client did
 // not finish reading; nothing is ever served unbilled.
+//
+// A small body (up to smallBody bytes) is read with one pread and written
+// from memory: its header and first bytes then leave in one write and the
+// rest with the last byte, where sendfile took a write for the header,
+// one for the body and one for the last byte (and a pread for it).
 func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, start, length int64, status int, rd *read, outcome string) error {
 	w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
 	w.WriteHeader(status)
+	if length > 1 && length <= smallBody {
+		bp := smallBodies.Get().(*[]byte)
+		defer smallBodies.Put(bp)
+		body := (*bp)[:length]
+		if n, err := f.ReadAt(body, start); n != len(body) {
+			s.log.Warn("reading a cached object failed", "contract", rd.a.Contract, "name", rd.a.Name, "err", err)
+			rd.abort(ctx, 0)
+		}
+		if n, err := w.Write(body[:length-1]); err != nil || int64(n) != length-1 {
+			rd.abort(ctx, int64(n))
+		}
+		if err := rd.commit(ctx, outcome); err != nil {
+			s.log.Error("metering failed; aborting the response", "contract", rd.a.Contract, "name", rd.a.Name, "err", err)
+			panic(http.ErrAbortHandler)
+		}
+		w.Write(body[length-1:])
+		return nil
+	}
 	if length > 1 {
 		// An Object's file is handed out at offset 0.
 		if start != 0 {
@@ -304,6 +328,11 @@ func (s *Server) sendMetered(ctx context.Context, w *statusWriter, f *os.File, s
 	}
 	return nil
 }
+
+// smallBody is the largest body sendMetered writes from memory.
+const smallBody = 32 << 10
+
+var smallBodies = sync.Pool{New: func() any { b := make([]byte, smallBody); return &b }}
 
 // sendStreamed sends an object while it is fetched: all but the last byte
 // as they arrive; then the stream must end cleanly (the cache verified
