@@ -45,6 +45,20 @@ func openCacheFiles(tb testing.TB, dir string) (open, deleted int) {
 	return open, deleted
 }
 
+// settledOpenFiles is openCacheFiles once ok holds, or after 2 s. The
+// cache's background syncer opens each new file once to fsync it, and on
+// a loaded machine one such open may be under way when a test looks; a
+// kept or leaked descriptor stays, the syncer's goes within moments.
+func settledOpenFiles(tb testing.TB, dir string, ok func(open, deleted int) bool) (open, deleted int) {
+	tb.Helper()
+	open, deleted = openCacheFiles(tb, dir)
+	for deadline := time.Now().Add(2 * time.Second); !ok(open, deleted) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		open, deleted = openCacheFiles(tb, dir)
+	}
+	return open, deleted
+}
+
 // readHandle reads a handle's file from its current offset, as the
 // proxy's sendfile does, and compares it with want.
 func readHandle(h *cache.Handle, want []byte) error {
@@ -72,7 +86,7 @@ func TestFDCacheNeverServesPurgedFile(t *testing.T) {
 	data := textish(900, 64<<10)
 	obj := putObject(t, e.mc, e.bucket, "fd/a.txt", data, contract.EncodingZstd)
 	mustGet(t, e.c, &obj, data).Close()
-	if open, _ := openCacheFiles(t, e.dir); open != 1 {
+	if open, _ := settledOpenFiles(t, e.dir, func(open, _ int) bool { return open == 1 }); open != 1 {
 		t.Fatalf("%d cached files open after a closed hit, want 1 (kept for reuse)", open)
 	}
 
@@ -126,7 +140,7 @@ func TestFDCacheNeverServesPurgedFile(t *testing.T) {
 	if n := servedAfter.Load(); n != 0 {
 		t.Errorf("%d gets that started after Purge returned were served", n)
 	}
-	if open, deleted := openCacheFiles(t, e.dir); open != 0 || deleted != 0 {
+	if open, deleted := settledOpenFiles(t, e.dir, func(open, deleted int) bool { return open == 0 && deleted == 0 }); open != 0 || deleted != 0 {
 		t.Errorf("%d cached files still open (%d deleted) after the purge and every handle closed, want 0", open, deleted)
 	}
 	if n := len(diskFiles(t, e.dir, "objects")); n != 0 {
@@ -176,7 +190,8 @@ func TestFDCacheUnderEvictionServesRightBytes(t *testing.T) {
 	if s.Hits == 0 || s.Evictions == 0 {
 		t.Fatalf("hits %d, evictions %d: the test needs both", s.Hits, s.Evictions)
 	}
-	if open, deleted := openCacheFiles(t, e.dir); open > maxOpen || deleted != 0 {
+	open, deleted := settledOpenFiles(t, e.dir, func(open, deleted int) bool { return open <= maxOpen && deleted == 0 })
+	if open > maxOpen || deleted != 0 {
 		t.Errorf("%d cached files open (%d deleted) with every handle closed, want at most %d and none deleted", open, deleted, maxOpen)
 	}
 	if err := e.c.Close(); err != nil {
