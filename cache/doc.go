@@ -7,8 +7,10 @@
 //
 // A committed entry is a plain decoded file, so the HTTP layer can serve
 // Range, HEAD and ETag from it with sendfile (Handle.File). A failed object
-// is never visible: bytes go to a temporary file that is renamed into place
-// only after both digests and sizes match.
+// is never visible: bytes go to an unnamed file (O_TMPFILE) in the
+// object's directory, linked into place only after both digests and sizes
+// match (a temporary file renamed into place on file systems without
+// unnamed files).
 //
 // Eviction is W-TinyLFU: new entries land in a small LRU window and enter
 // the main LRU region only when a frequency sketch says they are used more
