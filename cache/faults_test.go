@@ -326,3 +326,69 @@ func TestPresignedRetries429And5xxNot404(t *testing.T) {
 		t.Errorf("requests for a missing object = %d, want 1", got)
 	}
 }
+
+// A presigned origin keeps its connections to the bucket between
+// fetches, as many as fetches run at once: with http.DefaultTransport's
+// two idle connections per host, 16 concurrent fetches opened a new TCP
+// connection for nearly every object (and, against a distant bucket, a
+// handshake per object).
+func TestPresignedOriginReusesConnections(t *testing.T) {
+	e := newEnv(t, cache.Config{MaxBytes: 64 << 20, MaxFetches: 16})
+	// A TCP forwarder in front of MinIO that counts connections; URLs are
+	// presigned for its address.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", e.srv.Endpoint)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go io.Copy(up, c)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	front, err := minio.New(ln.Addr().String(), &minio.Options{
+		Creds: credentials.NewStaticV4(testenv.MinIOAccessKey, testenv.MinIOSecretKey, ""), Region: testenv.MinIORegion,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &minioPresigner{mc: front, bucket: e.bucket, ttl: time.Hour}
+	if err := e.c.Mount(testContract, cache.NewPresignedOrigin(p, nil), 0); err != nil {
+		t.Fatal(err)
+	}
+	const n, workers = 96, 16
+	objs := make([]contract.ObjectClaim, n)
+	datas := make([][]byte, n)
+	for i := range objs {
+		datas[i] = textish(uint64(700+i), 8<<10)
+		objs[i] = putObject(t, e.mc, e.bucket, fmt.Sprintf("conn/%02d", i), datas[i], contract.EncodingIdentity)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
+				mustGet(t, e.c, &objs[i], datas[i]).Close()
+			}
+		})
+	}
+	wg.Wait()
+	if got := conns.Load(); got > workers+workers/2 {
+		t.Errorf("%d objects fetched by %d workers over %d connections; want at most %d (connections kept)", n, workers, got, workers+workers/2)
+	}
+}

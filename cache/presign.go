@@ -72,13 +72,19 @@ type presignBatch struct {
 const PresignTimeout = 30 * time.Second
 
 // NewPresignedOrigin makes a presigned-URL origin; client nil is a client
-// like http.DefaultClient's. Either way, redirects to another host than
-// the presigned URL's are not followed: a hostile registry or origin must
-// not point the sidecar at internal addresses.
+// whose transport keeps up to presignedIdleConns connections to a bucket
+// host (http.DefaultTransport keeps two: fetches running at once beyond
+// that opened a connection each). Either way, redirects to another host
+// than the presigned URL's are not followed: a hostile registry or origin
+// must not point the sidecar at internal addresses.
 func NewPresignedOrigin(p Presigner, client *http.Client) *PresignedOrigin {
 	c := &http.Client{}
 	if client != nil {
 		*c = *client
+	} else {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 4*presignedIdleConns, presignedIdleConns
+		c.Transport = tr
 	}
 	next := c.CheckRedirect
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
@@ -96,6 +102,11 @@ func NewPresignedOrigin(p Presigner, client *http.Client) *PresignedOrigin {
 	client = c
 	return &PresignedOrigin{presigner: p, client: client, urls: map[string]contract.PresignedURL{}, forgets: map[string]uint64{}}
 }
+
+// presignedIdleConns is how many idle connections a presigned origin
+// keeps per bucket host: more than a sidecar's fetches at once (16 by
+// default, --max-fetches).
+const presignedIdleConns = 64
 
 // Warm presigns the names that have no fresh URL, in batches of at most
 // contract.MaxPresignNames. Prefetch calls it before fetching. Names the
