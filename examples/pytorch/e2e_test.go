@@ -226,6 +226,9 @@ func startStack(tb testing.TB, m stackMode, samples, size int) *stack {
 		"--state-dir", filepath.Join(dir, "sidecar-state"), "--cache-dir", filepath.Join(dir, "sidecar-cache"),
 		"--cache-size", "512MiB", "--listen", sideAddr, "--sync-interval", "500ms", "--log-format", "text",
 		"--enrolment", filepath.Join(dir, "enrolment.jws")}
+	if d := os.Getenv("PROVGATE_BENCH_DEBUG_LISTEN"); d != "" {
+		serveArgs = append(serveArgs, "--debug-listen", d) // to profile the sidecar during a benchmark
+	}
 	var serveEnv []string
 	if m.mode == contract.ModeSelfHosted {
 		serveArgs = append(serveArgs, "--s3-endpoint", minio.URL())
