@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -340,7 +339,7 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 		if prev, ok := r.counted[key]; ok {
 			return fmt.Errorf("%w: batch %s: event %q of sidecar %s was already counted by entry %d", verify.ErrDuplicate, b.BatchID, id, kid, prev)
 		}
-		if ledger, n, ok := eventSeq(id); ok {
+		if ledger, n, ok := contract.SplitEventID(id); ok {
 			for _, prev := range r.ranges[kid+" "+ledger] {
 				if rs := prev.batch.Rows; n > rs.AfterSeq && n <= rs.LastSeq {
 					return fmt.Errorf("%w: batch %s: event %q of sidecar %s is row %d of ledger %s, which entry %d counted in rows (%d, %d]",
@@ -361,21 +360,6 @@ func (r *replay) meteringEntry(seq uint64, e *contract.Entry, tv *Terms) error {
 // version's effective_from) an event or an aggregate's last row may be
 // priced under it, as the registry allows.
 const TermsSkew = 5 * time.Minute
-
-// eventSeq splits a sidecar event id "<ledger id>-<row seq>" as the
-// registry does: the ledger id is base64url and may hold "-", the seq is
-// the canonical decimal after the last one.
-func eventSeq(id string) (string, int64, bool) {
-	i := strings.LastIndexByte(id, '-')
-	if i <= 0 {
-		return "", 0, false
-	}
-	n, err := strconv.ParseInt(id[i+1:], 10, 64)
-	if err != nil || n <= 0 || strconv.FormatInt(n, 10) != id[i+1:] {
-		return "", 0, false
-	}
-	return id[:i], n, true
-}
 
 // pricing is the pricing of the terms of entry termsSeq (an event or
 // aggregate names the terms it was priced under), or of the terms in

@@ -542,7 +542,7 @@ func keysOf[V any](m map[string]V) map[string]bool {
 // rowSeq is the ledger row seq of event id, when the event is this
 // ledger's.
 func (s *LedgerScope) rowSeq(id string) (int64, bool) {
-	ledger, n, ok := eventSeq(id)
+	ledger, n, ok := contract.SplitEventID(id)
 	return n, ok && ledger == s.ID
 }
 

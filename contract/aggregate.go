@@ -174,30 +174,7 @@ func CheckAggregateAmounts(a *MeteringAggregate, p Pricing) error {
 		}
 		return nil
 	}
-	want := a.Units
-	switch p.Unit {
-	case UnitSample:
-		want = a.Samples
-	case UnitByte:
-		want = a.Bytes
-	case UnitSubscription:
-		want = 0
-	}
-	if a.Units != want {
-		return fmt.Errorf("%s: %d units, but %d samples and %d bytes make %d %s units", what, a.Units, a.Samples, a.Bytes, want, p.Unit)
-	}
-	nano := p.NanoUSD()
-	if p.Unit == UnitSubscription {
-		nano = 0
-	}
-	hi, lo := bits.Mul64(uint64(a.Units), uint64(nano))
-	if hi != 0 || lo > math.MaxInt64 {
-		return fmt.Errorf("%s: %d units at %d nano-USD overflows", what, a.Units, nano)
-	}
-	if a.CostNanoUSD != int64(lo) {
-		return fmt.Errorf("%s: cost %d nano-USD, but %d units at %d nano-USD per %s cost %d", what, a.CostNanoUSD, a.Units, nano, p.Unit, int64(lo))
-	}
-	return nil
+	return checkPriced(what, p, a.Samples, a.Bytes, a.Units, a.CostNanoUSD)
 }
 
 // within reports whether v <= per*n, where per*n may pass int64.

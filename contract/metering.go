@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -212,28 +214,58 @@ func CheckEventAmounts(e *MeteringEvent, p Pricing) error {
 		}
 		return nil
 	}
-	want := e.Units
+	return checkPriced(fmt.Sprintf("event %q", e.ID), p, e.Samples, e.Bytes, e.Units, e.CostNanoUSD)
+}
+
+// EventID is the id a sidecar gives row seq of its ledger ledgerID:
+// "<ledger id>-<seq>", the seq in canonical decimal. The registry dedupes
+// aggregate ranges and per-event batches by it.
+func EventID(ledgerID string, seq int64) string {
+	return ledgerID + "-" + strconv.FormatInt(seq, 10)
+}
+
+// SplitEventID splits an EventID. The ledger id is base64url and may hold
+// "-": the seq is the canonical positive decimal after the last one; any
+// other id is not a ledger row's (ok false).
+func SplitEventID(id string) (ledgerID string, seq int64, ok bool) {
+	i := strings.LastIndexByte(id, '-')
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseInt(id[i+1:], 10, 64)
+	if err != nil || n <= 0 || strconv.FormatInt(n, 10) != id[i+1:] {
+		return "", 0, false
+	}
+	return id[:i], n, true
+}
+
+// checkPriced checks that billed amounts are priced as p says: units are
+// the samples or bytes the pricing unit counts (none for a subscription),
+// and the cost is units times the unit price, without overflow. what
+// names the event or aggregate in errors.
+func checkPriced(what string, p Pricing, samples, bytes, units, cost int64) error {
+	want := units
 	switch p.Unit {
 	case UnitSample:
-		want = e.Samples
+		want = samples
 	case UnitByte:
-		want = e.Bytes
+		want = bytes
 	case UnitSubscription:
 		want = 0
 	}
-	if e.Units != want {
-		return fmt.Errorf("event %q: %d units, but %d samples and %d bytes make %d %s units", e.ID, e.Units, e.Samples, e.Bytes, want, p.Unit)
+	if units != want {
+		return fmt.Errorf("%s: %d units, but %d samples and %d bytes make %d %s units", what, units, samples, bytes, want, p.Unit)
 	}
 	nano := p.NanoUSD()
 	if p.Unit == UnitSubscription {
 		nano = 0
 	}
-	hi, lo := bits.Mul64(uint64(e.Units), uint64(nano))
+	hi, lo := bits.Mul64(uint64(units), uint64(nano))
 	if hi != 0 || lo > math.MaxInt64 {
-		return fmt.Errorf("event %q: %d units at %d nano-USD overflows", e.ID, e.Units, nano)
+		return fmt.Errorf("%s: %d units at %d nano-USD overflows", what, units, nano)
 	}
-	if e.CostNanoUSD != int64(lo) {
-		return fmt.Errorf("event %q: cost %d nano-USD, but %d units at %d nano-USD per %s cost %d", e.ID, e.CostNanoUSD, e.Units, nano, p.Unit, int64(lo))
+	if cost != int64(lo) {
+		return fmt.Errorf("%s: cost %d nano-USD, but %d units at %d nano-USD per %s cost %d", what, cost, units, nano, p.Unit, int64(lo))
 	}
 	return nil
 }

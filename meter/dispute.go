@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/provgate/provgate/contract"
@@ -35,7 +33,7 @@ func checkAnswer(events []contract.MeteringEvent, mayRepeat int64, resp *contrac
 		if _, ok := byID[id]; !ok || dup[id] {
 			return fmt.Errorf("%w: registry called %q a duplicate, which this batch did not carry once", ErrDisputed, id)
 		}
-		if seq, ok := eventSeq(id); !ok || seq > mayRepeat {
+		if _, seq, ok := contract.SplitEventID(id); !ok || seq > mayRepeat {
 			return fmt.Errorf("%w: registry called event %q a duplicate, but this sidecar never sent it before", ErrDisputed, id)
 		}
 		dup[id] = true
@@ -50,16 +48,6 @@ func checkAnswer(events []contract.MeteringEvent, mayRepeat int64, resp *contrac
 		return fmt.Errorf("%w: registry counted %+v, the accepted events sum to %+v", ErrDisputed, resp.Counted, want)
 	}
 	return nil
-}
-
-// eventSeq is the ledger seq in an event id (see eventID).
-func eventSeq(id string) (int64, bool) {
-	i := strings.LastIndexByte(id, '-')
-	if i < 0 {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(id[i+1:], 10, 64)
-	return n, err == nil
 }
 
 // DisputeInfo is what a contract's disputes are: how many batches the

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-	"strconv"
 	"time"
 
 	"github.com/provgate/provgate/contract"
@@ -177,9 +176,7 @@ func (r *Row) MeteringEvent() contract.MeteringEvent {
 }
 
 // eventID mints the id of row seq of ledger id.
-func eventID(ledgerID string, seq int64) string {
-	return ledgerID + "-" + strconv.FormatInt(seq, 10)
-}
+func eventID(ledgerID string, seq int64) string { return contract.EventID(ledgerID, seq) }
 
 // recordVersion is the first byte of every encoded record: 1 for a row
 // without a lease, 2 for one with a lease (its string follows the others),

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/provgate/provgate/contract"
 )
@@ -98,7 +96,7 @@ func backfillEventSeqs(ctx context.Context, tx querier) error {
 			return err
 		}
 		var ok bool
-		if m.ledger, m.seq, ok = ledgerSeq(id); ok {
+		if m.ledger, m.seq, ok = contract.SplitEventID(id); ok {
 			marks = append(marks, m)
 		}
 	}
@@ -112,19 +110,6 @@ func backfillEventSeqs(ctx context.Context, tx querier) error {
 		}
 	}
 	return nil
-}
-
-// ledgerSeq splits a sidecar event id "<ledger id>-<seq>".
-func ledgerSeq(id string) (string, int64, bool) {
-	i := strings.LastIndexByte(id, '-')
-	if i <= 0 {
-		return "", 0, false
-	}
-	n, err := strconv.ParseInt(id[i+1:], 10, 64)
-	if err != nil || n <= 0 || strconv.FormatInt(n, 10) != id[i+1:] {
-		return "", 0, false
-	}
-	return id[:i], n, true
 }
 
 // aggregateRecord is what an aggregate batch adds to the store.
@@ -390,7 +375,7 @@ func markEventSeqs(ctx context.Context, tx *sqlTx, contractID, sender string, ev
 	}
 	defer st.Close()
 	for _, e := range events {
-		if ledger, seq, ok := ledgerSeq(e.ID); ok {
+		if ledger, seq, ok := contract.SplitEventID(e.ID); ok {
 			if _, err := st.ExecContext(ctx, contractID, sender, ledger, seq); err != nil {
 				return err
 			}
@@ -405,7 +390,7 @@ func (s *sqliteStore) inCountedRanges(ctx context.Context, contractID, sender st
 	type span struct{ lo, hi int64 }
 	by := map[string]*span{}
 	for _, id := range ids {
-		ledger, seq, ok := ledgerSeq(id)
+		ledger, seq, ok := contract.SplitEventID(id)
 		if !ok {
 			continue
 		}
@@ -438,7 +423,7 @@ func (s *sqliteStore) inCountedRanges(ctx context.Context, contractID, sender st
 			continue
 		}
 		for _, id := range ids {
-			l, seq, ok := ledgerSeq(id)
+			l, seq, ok := contract.SplitEventID(id)
 			if !ok || l != ledger {
 				continue
 			}
